@@ -1,0 +1,1 @@
+"""distill-golf: knowledge distillation toolkit for the Parameter Golf challenge."""

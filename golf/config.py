@@ -1,0 +1,236 @@
+"""The one configuration of every script: a dataclass whose fields are the challenge's environment variables.
+
+Each field is defined once. Its environment variable is the field name in UPPER_CASE (`num_layers` ->
+`NUM_LAYERS`), its flag the name in kebab-case (`--num-layers`). A named preset (`PRESET=demo-student`
+or `--preset demo-student`) sets a whole configuration. Precedence: flag > environment > preset > default,
+so `PRESET=demo-student ITERATIONS=10 python train_gpt.py` trains 10 steps.
+
+The defaults are the study's student (seed-factsheet sections 2 and 4).
+"""
+import argparse
+import dataclasses
+import os
+import uuid
+from dataclasses import dataclass, field, fields
+
+from golf.errors import GolfError
+
+
+def _f(default, help, group):
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass
+class Config:
+    # --- run -----------------------------------------------------------------------------------------
+    run_id: str = _f("", "run name: logs/<RUN_ID>.txt, checkpoints/<RUN_ID>.pt (default: random)", "run")
+    seed: int = _f(1337, "seed of python, numpy and torch RNGs", "run")
+    data_path: str = _f("./data/datasets/fineweb10B_sp1024", "folder of *_train_*.bin / *_val_*.bin shards", "run")
+    tokenizer_path: str = _f("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model", "run")
+    vocab_size: int = _f(1024, "vocabulary size; must equal the tokenizer's", "run")
+    log_dir: str = _f("logs", "folder of <RUN_ID>.txt and <RUN_ID>.jsonl", "run")
+    checkpoint_path: str = _f("", "final checkpoint (default checkpoints/<RUN_ID>.pt)", "run")
+    checkpoint_every: int = _f(0, "also write a resumable checkpoint every N steps (0 = only at the end)", "run")
+    device: str = _f("auto", "auto | cuda | cpu", "run")
+    dtype: str = _f("auto", "autocast dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32", "run")
+    compile: str = _f("auto", "torch.compile: auto (on for CUDA) | 1 | 0", "run")
+    # --- model -----------------------------------------------------------------------------------------
+    num_layers: int = _f(11, "transformer blocks (U-Net: first half encoder, rest decoder)", "model")
+    model_dim: int = _f(512, "residual width", "model")
+    num_heads: int = _f(8, "query heads (head dim = model_dim / num_heads)", "model")
+    num_kv_heads: int = _f(4, "key/value heads (GQA)", "model")
+    mlp_mult: float = _f(3.0, "MLP hidden = int(mlp_mult * model_dim), relu^2", "model")
+    logit_softcap: float = _f(30.0, "logits = c * tanh(logits / c)", "model")
+    rope_base: float = _f(10000.0, "RoPE base before NTK scaling", "model")
+    rope_ref_len: int = _f(1024, "NTK-scale RoPE for sequences longer than this (the study hard-coded 1024)", "model")
+    qk_gain_init: float = _f(1.5, "initial per-head query gain", "model")
+    xsa_last_n: int = _f(4, "exclusive self-attention on the last N blocks", "model")
+    bigram_vocab_size: int = _f(6144, "BigramHash buckets (0 = off)", "model")
+    bigram_dim: int = _f(128, "BigramHash embedding width", "model")
+    tied_embed_init_std: float = _f(0.005, "std of the tied embedding init", "model")
+    # --- training ---------------------------------------------------------------------------------------
+    train_batch_tokens: int = _f(786_432, "target tokens per optimizer step, all ranks", "train")
+    train_seq_len: int = _f(2048, "training sequence length", "train")
+    micro_batches: int = _f(8, "micro-batches per step over all ranks: grad accum = MICRO_BATCHES / world size", "train")
+    iterations: int = _f(200_000, "maximum optimizer steps", "train")
+    warmdown_iters: int = _f(1600, "linear LR warm-down over the last N (estimated) steps", "train")
+    max_wallclock_seconds: float = _f(600.0, "training-time budget in s (0 = none); compile and eval excluded", "train")
+    warmup_steps: int = _f(20, "compile warm-up steps, then weights, optimizer and loader are restored", "train")
+    matrix_lr: float = _f(0.04, "Muon learning rate (block matrices, bigram.proj)", "train")
+    scalar_lr: float = _f(0.04, "AdamW learning rate for vectors and control tensors", "train")
+    tied_embed_lr: float = _f(0.05, "AdamW learning rate for tok_emb and the bigram table", "train")
+    muon_momentum: float = _f(0.95, "Muon momentum after warm-up", "train")
+    muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0", "train")
+    muon_momentum_warmup_steps: int = _f(500, "steps of the linear Muon momentum warm-up", "train")
+    muon_backend_steps: int = _f(5, "Newton-Schulz iterations", "train")
+    muon_wd: float = _f(0.02, "Muon decoupled weight decay", "train")
+    adam_wd: float = _f(0.01, "AdamW weight decay", "train")
+    beta1: float = _f(0.9, "AdamW beta1", "train")
+    beta2: float = _f(0.95, "AdamW beta2", "train")
+    adam_eps: float = _f(1e-8, "AdamW eps", "train")
+    grad_clip_norm: float = _f(0.3, "global grad-norm clip (0 = off)", "train")
+    ema_enabled: bool = _f(True, "keep an EMA of the weights, applied at the end", "train")
+    ema_decay: float = _f(0.997, "EMA decay per step", "train")
+    late_qat: bool = _f(True, "fake-int6 QAT once the LR scale drops below QAT_THRESHOLD", "train")
+    qat_threshold: float = _f(0.1, "LR scale below which late QAT switches on", "train")
+    train_log_every: int = _f(200, "train line every N steps (steps 1-10 always)", "train")
+    # --- evaluation --------------------------------------------------------------------------------------
+    val_loss_every: int = _f(1000, "validation every N steps (0 = only at the end)", "eval")
+    val_batch_size: int = _f(524_288, "validation tokens per batch, all ranks", "eval")
+    val_max_tokens: int = _f(0, "truncate the val set to N targets (0 = all); for quick demos and tests", "eval")
+    eval_stride: int = _f(64, "sliding-window stride", "eval")
+    eval_batch_seqs: int = _f(32, "windows per sliding-eval batch per rank", "eval")
+    compressor: str = _f("auto", "artifact compressor: auto (zstd if installed) | zstd | lzma", "eval")
+    # --- distillation ------------------------------------------------------------------------------------
+    distill_cached: bool = _f(True, "teacher signal from a logit cache (1) or an online teacher (0)", "distill")
+    distill_soft: bool = _f(True, "soft KL on the teacher distribution (1) or teacher top-1 as label (0)", "distill")
+    distill_alpha: float = _f(0.5, "loss = (1-a) CE + a * teacher term", "distill")
+    distill_temp: float = _f(2.0, "KL temperature T (the KL term is scaled by T^2)", "distill")
+    distill_tail: str = _f("renorm", "top-K tail: renorm over the K entries | bucket (K+1-th rest-of-vocab bucket)", "distill")
+    logit_cache: str = _f("", "logit cache folder written by cache_logits.py", "distill")
+    teacher_path: str = _f("", "teacher checkpoint (online teacher; also checked against the cache)", "distill")
+    distill_seed_faithful: bool = _f(False, "reproduce the study's defects D1+D2 on purpose (ablation arm)", "distill")
+    restrict_to_cache: bool = _f(False, "train only on the cached shards instead of refusing to run past them", "distill")
+
+    # ------------------------------------------------------------------------------------------------------
+    def resolve_paths(self):
+        """Fill derived defaults (run id, checkpoint path) in place; returns self."""
+        if not self.run_id:
+            self.run_id = str(uuid.uuid4())
+        if not self.checkpoint_path:
+            self.checkpoint_path = os.path.join("checkpoints", f"{self.run_id}.pt")
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def lines(self):
+        """The resolved configuration, one `name:value` per line, sorted."""
+        return [f"{k}:{v}" for k, v in sorted(self.to_dict().items())]
+
+
+# Presets set whole configurations. Demo presets read the demo data that `prepare_data.py --demo` writes.
+_DEMO_DATA = dict(data_path="./data/datasets/demo_sp1024", tokenizer_path="./data/tokenizers/demo_1024_bpe.model")
+_DEMO_RUN = dict(
+    train_seq_len=256, micro_batches=1, warmup_steps=3, val_loss_every=200, train_log_every=50,
+    warmdown_iters=200, val_batch_size=16 * 256, eval_batch_seqs=32, muon_momentum_warmup_steps=100,
+    ema_decay=0.99, muon_backend_steps=5,
+)
+PRESETS: dict[str, dict] = {
+    "student": {},
+    # The study's 105.5M teacher (fact sheet 3); the study's teacher constructor forces XSA off.
+    "teacher": dict(num_layers=16, model_dim=768, num_heads=12, num_kv_heads=6, mlp_mult=4.0, xsa_last_n=0),
+    "demo-student": dict(
+        **_DEMO_DATA, **_DEMO_RUN, num_layers=2, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
+        xsa_last_n=1, bigram_vocab_size=2048, bigram_dim=64, train_batch_tokens=16 * 256,
+        iterations=600, max_wallclock_seconds=120.0,
+    ),
+    "demo-teacher": dict(
+        **_DEMO_DATA, **_DEMO_RUN, num_layers=4, model_dim=256, num_heads=4, num_kv_heads=2, mlp_mult=3.0,
+        xsa_last_n=0, bigram_vocab_size=2048, bigram_dim=64, train_batch_tokens=16 * 256,
+        iterations=450, max_wallclock_seconds=0.0, checkpoint_every=100,
+    ),
+    # Tiny: the test suite.
+    "test": dict(
+        num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_mult=2.0, xsa_last_n=1,
+        bigram_vocab_size=256, bigram_dim=64, train_batch_tokens=8 * 64, train_seq_len=64, micro_batches=1,
+        iterations=20, warmdown_iters=10, max_wallclock_seconds=0.0, warmup_steps=2, val_loss_every=0,
+        train_log_every=5, val_batch_size=8 * 64, val_max_tokens=4096, eval_batch_seqs=8,
+        muon_momentum_warmup_steps=10, ema_decay=0.9,
+    ),
+}
+PRESETS["demo-self-teacher"] = {**PRESETS["demo-student"], "iterations": 450, "max_wallclock_seconds": 0.0,
+                                "checkpoint_every": 100}
+
+
+def _parse_value(typ, raw: str, source: str):
+    """Parse one string from the environment or the command line into the field's type."""
+    try:
+        if typ is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise GolfError(f"{source}={raw!r} is not a valid {typ.__name__}; fix or unset it") from None
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _field_type(f):
+    return _TYPES[f.type] if isinstance(f.type, str) else f.type
+
+
+def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
+    """A parser with `--preset`, `--dry-run` and one `--flag` per config field (help shows the default)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=None, help=f"named configuration: {', '.join(PRESETS)} (env PRESET)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
+    if extra:
+        extra(parser)
+    groups = {}
+    for f in fields(Config):
+        g = f.metadata["group"]
+        if g not in groups:
+            groups[g] = parser.add_argument_group(f"{g} (env var = upper-case name)")
+        typ = _field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        extra_kw = dict(nargs="?", const="1") if typ is bool else {}  # `--ema-enabled` alone means 1
+        groups[g].add_argument(flag, dest=f.name, default=None, metavar=typ.__name__.upper(), **extra_kw,
+                               help=f"{f.metadata['help']} [{f.name.upper()}, default {f.default!r}]")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace | None = None, env: dict | None = None) -> Config:
+    """Defaults, then the preset, then environment variables, then `--flags`."""
+    env = os.environ if env is None else env
+    preset = (getattr(args, "preset", None) if args is not None else None) or env.get("PRESET", "student")
+    if preset not in PRESETS:
+        raise GolfError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = Config(**PRESETS[preset])
+    for f in fields(Config):
+        typ = _field_type(f)
+        raw = env.get(f.name.upper())
+        if raw is not None:
+            setattr(cfg, f.name, _parse_value(typ, raw, f.name.upper()))
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is not None:
+            setattr(cfg, f.name, _parse_value(typ, raw, "--" + f.name.replace("_", "-")))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config):
+    """Catch inconsistent settings before any work starts."""
+    if cfg.model_dim % cfg.num_heads:
+        raise GolfError(f"MODEL_DIM={cfg.model_dim} is not divisible by NUM_HEADS={cfg.num_heads}")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise GolfError(f"NUM_HEADS={cfg.num_heads} is not divisible by NUM_KV_HEADS={cfg.num_kv_heads}")
+    if (cfg.model_dim // cfg.num_heads) % 2:
+        raise GolfError("head dim (MODEL_DIM / NUM_HEADS) must be even for RoPE")
+    if cfg.distill_tail not in ("renorm", "bucket"):
+        raise GolfError(f"DISTILL_TAIL={cfg.distill_tail!r}: use renorm or bucket")
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
+    if cfg.compressor not in ("auto", "zstd", "lzma"):
+        raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
+
+
+def config_from_cli(description: str, argv=None, extra=None):
+    """Parse `argv`, resolve the config; returns (cfg, args)."""
+    parser = build_parser(description, extra)
+    args = parser.parse_args(argv)
+    return resolve_config(args), args

@@ -1,0 +1,112 @@
+"""The training stream and the distributed loader, with the challenge's exact consumption semantics
+(seed-factsheet 1.3), plus where every token came from.
+
+- `TokenStream` reads the sorted train shards in order and wraps to the first forever.
+- `DistributedTokenLoader.next_batch()`: every rank takes the same chunk of W * (local + 1) tokens from its
+  own identical stream (the streams stay in lockstep); rank r keeps chunk[r*span : (r+1)*span]; x is the
+  first `local` tokens of its span, y the same span shifted by one. The last token of each span is only a
+  target.
+- Each batch also reports `segments`: the (shard index, offset, length) pieces of the stream that its x
+  tokens were read from, in order. Position j of the flattened x lies at that place in the stream, so the
+  logit cache (whose row t holds the teacher's prediction for the token after stream position t) is looked
+  up by the same coordinates: alignment holds by construction for any world size, batch, sequence length
+  or accumulation.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from golf.errors import GolfError
+from golf.shards import load_shard
+
+Segment = tuple[int, int, int]  # (shard index, offset in shard, length)
+
+
+class TokenStream:
+    def __init__(self, paths: list[str]):
+        if not paths:
+            raise GolfError("no train shards given to the token stream")
+        self.paths = list(paths)
+        self.shard = 0
+        self.pos = 0
+        self.tokens = load_shard(self.paths[0])
+
+    def _advance(self):
+        self.shard = (self.shard + 1) % len(self.paths)
+        self.tokens = load_shard(self.paths[self.shard])
+        self.pos = 0
+
+    def take(self, n: int) -> tuple[np.ndarray, list[Segment]]:
+        """The next n tokens (possibly spanning shards and the wrap-around) and where they came from."""
+        parts, segments = [], []
+        left = n
+        while left > 0:
+            avail = len(self.tokens) - self.pos
+            if avail <= 0:
+                self._advance()
+                continue
+            k = min(left, avail)
+            parts.append(self.tokens[self.pos:self.pos + k])
+            segments.append((self.shard, self.pos, k))
+            self.pos += k
+            left -= k
+        return np.concatenate(parts), segments
+
+    def state(self) -> dict:
+        return {"shard": self.shard, "pos": self.pos}
+
+    def load_state(self, state: dict):
+        self.shard = state["shard"]
+        self.tokens = load_shard(self.paths[self.shard])
+        self.pos = state["pos"]
+
+
+def slice_segments(segments: list[Segment], start: int, length: int) -> list[Segment]:
+    """The pieces covering [start, start + length) of the stream that `segments` describe, in order."""
+    out, seen = [], 0
+    for shard, off, n in segments:
+        lo, hi = max(start, seen), min(start + length, seen + n)
+        if lo < hi:
+            out.append((shard, off + lo - seen, hi - lo))
+        seen += n
+    return out
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (rows, seq_len) int64 inputs
+    y: torch.Tensor  # (rows, seq_len) int64 targets
+    segments: list[Segment]  # where x.flatten() was read from
+    teacher: dict | None = None  # teacher tensors for this batch (filled by a teacher source)
+
+
+class DistributedTokenLoader:
+    def __init__(self, paths: list[str], rank: int, world_size: int, device=torch.device("cpu")):
+        self.stream = TokenStream(paths)
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def local_tokens(self, global_tokens: int, seq_len: int, accum: int) -> int:
+        local = global_tokens // (self.world_size * accum)
+        if local <= 0 or local % seq_len:
+            raise GolfError(
+                f"TRAIN_BATCH_TOKENS={global_tokens} over {self.world_size} rank(s) x {accum} micro-batch(es) gives "
+                f"{local} tokens per micro-batch, not a positive multiple of TRAIN_SEQ_LEN={seq_len}; adjust them"
+            )
+        return local
+
+    def next_batch(self, global_tokens: int, seq_len: int, accum: int) -> Batch:
+        local = self.local_tokens(global_tokens, seq_len, accum)
+        span = local + 1
+        chunk, segments = self.stream.take(self.world_size * span)
+        start = self.rank * span
+        mine = torch.from_numpy(chunk[start:start + span].astype(np.int64))
+        x = mine[:-1].reshape(-1, seq_len)
+        y = mine[1:].reshape(-1, seq_len)
+        return Batch(x, y, slice_segments(segments, start, local))
+
+    def state(self) -> dict:
+        return self.stream.state()
+
+    def load_state(self, state: dict):
+        self.stream.load_state(state)

@@ -1,0 +1,77 @@
+"""Process setup: torchrun or plain python, CUDA (NCCL) or CPU (gloo), one code path."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from golf.errors import GolfError
+
+
+@dataclass
+class Ctx:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None = plain fp32
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        """bf16 autocast where configured, else a no-op context."""
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def init_dist(device: str = "auto", dtype: str = "auto") -> Ctx:
+    """Read torchrun's environment (or default to one process), pick the device and start the process group."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise GolfError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu or auto")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    return Ctx(rank, local_rank, world, dev, torch.bfloat16 if dtype == "bf16" else None)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce when distributed; a no-op otherwise."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op)
+    return t
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank if `flag` is true on any rank (so all ranks take the same branch)."""
+    t = torch.tensor([1 if flag else 0], device=device, dtype=torch.int32)
+    return bool(all_reduce(t, dist.ReduceOp.MAX).item())
