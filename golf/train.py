@@ -236,6 +236,8 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
             log(f"stopping_early: wallclock_cap train_time:{approx_ms:.0f}ms step:{step}/{cfg.iterations}")
             stop = True
     pipeline.close()
+    if ctx.distributed:  # every rank says where it stopped: they must agree (the stop flag is all-reduced)
+        print(f"rank:{ctx.rank} stopped_at_step:{step}", flush=True)
     if ctx.device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")

@@ -1,0 +1,72 @@
+"""Make a tokenizer and challenge-format token shards, or check existing shards.
+
+Usage:
+    python prepare_data.py --demo                       # demo corpus shipped with Python, ~2 MB, a few seconds
+    python prepare_data.py --input a.jsonl b.txt --name mytext
+    python prepare_data.py --check data/datasets/fineweb10B_sp1024 [--vocab-size 1024]
+
+Output (for --demo the name is `demo`):
+    {out-dir}/tokenizers/{name}_{V}_bpe.model                    -> TOKENIZER_PATH
+    {out-dir}/datasets/{name}_sp{V}/{name}_{train,val}_NNNNNN.bin  -> DATA_PATH is that folder
+    {out-dir}/datasets/{name}_sp{V}/manifest.json                 (what was built from what)
+
+Input files: `.jsonl` holds one JSON object per line whose `text` field is a document (like the
+challenge's docs_selected.jsonl); any other file is UTF-8 text in which blank lines separate
+documents. Every --val-every-th document goes to val; the tokenizer (BPE with the challenge's
+SentencePiece options) is trained on the train documents only, unless --tokenizer reuses one.
+Each document becomes [BOS] + ids, concatenated and cut into --shard-tokens-token shards.
+"""
+import argparse
+
+from tqdm import tqdm
+
+from golf.corpus import CHALLENGE_SHARD_TOKENS, build_dataset, demo_documents, read_documents, split_train_val
+from golf.errors import GolfError, cli_main
+from golf.shards import check_shards, list_shards
+
+DEMO_SHARD_TOKENS = 100_000  # the demo's ~750k train tokens then span several shards, as real data does
+
+
+def check(data_path: str, vocab_size: int) -> None:
+    """Validate every shard of both splits in `data_path`; print shards and tokens per split."""
+    for split in ("train", "val"):
+        paths = list_shards(data_path, split)
+        counts = check_shards(tqdm(paths, desc=f"check {split}", unit="shard", disable=None), vocab_size)
+        print(f"{split}: {len(paths)} shards, {sum(counts):,} tokens, all ids < {vocab_size}")
+
+
+@cli_main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--demo", action="store_true", help="build the demo dataset from text shipped with Python")
+    mode.add_argument("--input", nargs="+", metavar="FILE", help="build a dataset from these .jsonl / text files")
+    mode.add_argument("--check", metavar="DIR", help="validate the shards in DIR and print their sizes")
+    parser.add_argument("--name", help="dataset name for --input (letters, digits, '.', '-')")
+    parser.add_argument("--out-dir", default="data", help="root folder of tokenizers/ and datasets/ (default: data)")
+    parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary size (default: 1024)")
+    parser.add_argument("--shard-tokens", type=int, help=f"tokens per shard (default: {DEMO_SHARD_TOKENS:,} for --demo, {CHALLENGE_SHARD_TOKENS:,} otherwise)")
+    parser.add_argument("--val-every", type=int, default=10, help="every N-th document goes to val (default: 10)")
+    parser.add_argument("--tokenizer", metavar="MODEL", help="use this SentencePiece model instead of training one")
+    args = parser.parse_args()
+
+    if args.check:
+        check(args.check, args.vocab_size)
+        return
+    if args.demo:
+        name, docs = "demo", demo_documents()
+        shard_tokens = args.shard_tokens or DEMO_SHARD_TOKENS
+    else:
+        if not args.name:
+            raise GolfError("--input needs --name NAME (the dataset and tokenizer file names are made from it)")
+        name, docs = args.name, read_documents(args.input)
+        shard_tokens = args.shard_tokens or CHALLENGE_SHARD_TOKENS
+    train, val = split_train_val(docs, args.val_every)
+    print(f"{name}: {len(train)} train and {len(val)} val documents")
+    out = build_dataset(train, val, name, args.out_dir, shard_tokens, args.vocab_size, args.tokenizer)
+    print(f"wrote {len(out.train_files)} train and {len(out.val_files)} val shards and {out.manifest_path}")
+    print(f"use: DATA_PATH={out.data_path} TOKENIZER_PATH={out.tokenizer_path} VOCAB_SIZE={args.vocab_size}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests that run training (in-process or under torchrun)."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from golf.config import PRESETS, Config
+from golf.dist import Ctx
+from golf.eval import load_val_tokens
+from golf.log import Logger
+from golf.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_config(ds, tmp, **overrides) -> Config:
+    """The `test` preset on the tiny dataset, writing under `tmp`."""
+    cfg = Config(**{**PRESETS["test"], "data_path": ds.data_path, "tokenizer_path": ds.tokenizer_path,
+                    "log_dir": os.path.join(tmp, "logs"), "run_id": "t",
+                    "checkpoint_path": os.path.join(tmp, "ck.pt"), **overrides})
+    return cfg
+
+
+def cpu_ctx() -> Ctx:
+    return Ctx(0, 0, 1, torch.device("cpu"), None)
+
+
+def run_inputs(cfg: Config):
+    """(train_files, val_tokens, luts) as start_run builds them."""
+    from golf.shards import list_shards
+    sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
+    luts = luts_to_torch(build_byte_luts(sp, cfg.vocab_size), "cpu")
+    return list_shards(cfg.data_path, "train"), load_val_tokens(cfg.data_path, cfg.train_seq_len, cfg.val_max_tokens), luts
+
+
+def logger(cfg: Config) -> Logger:
+    return Logger(cfg.log_dir, cfg.run_id)
+
+
+def run_script(args, env_overrides: dict, cwd: str, timeout: int = 240, nproc: int = 0):
+    """Run a repo script (under torchrun with `nproc` processes if > 0); returns CompletedProcess."""
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env_overrides.items()}}
+    env.pop("PRESET", None) if "PRESET" not in env_overrides else None
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    else:
+        cmd = [sys.executable]
+    cmd += [os.path.join(REPO, args[0]), *args[1:]]
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def dataset_env(ds) -> dict:
+    return {"DATA_PATH": ds.data_path, "TOKENIZER_PATH": ds.tokenizer_path}
