@@ -302,7 +302,7 @@ def build_dataset(
         os.remove(manifest_path)
     splits = {}
     for split, docs in (("train", docs_train), ("val", docs_val)):
-        paths, tokens = write_split(sp, docs, data_path, os.path.join(data_path, f"{name}_{split}"), shard_tokens)
+        paths, tokens = write_split(sp, docs, data_path, f"{name}_{split}", shard_tokens)
         splits[split] = dict(
             docs=len(docs),
             tokens=tokens,
