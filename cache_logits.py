@@ -1,0 +1,100 @@
+"""Cache the teacher's top-K log-probabilities for every train token (the logit cache of DESIGN.md).
+
+    python cache_logits.py --teacher checkpoints/teacher.pt --out caches/teacher_k32 [--k 32]
+           [--shards N | --tokens N] [--window L] [--stride S] [--encoding fp16|packed] [--verify N]
+    torchrun --standalone --nproc_per_node=8 cache_logits.py --teacher ... --out ...   # ranks split shards
+
+Row t of a shard's cache is the teacher's top-K for the token after stream position t (the student's target
+at input position t). The student looks rows up by the (shard, offset) its loader read the tokens from, so
+alignment holds for any world size, batch or sequence length. Writing is resumable: rerunning the same
+command after a crash recomputes only unfinished shards. Data and tokenizer come from DATA_PATH /
+TOKENIZER_PATH / VOCAB_SIZE (or PRESET) as in the training scripts.
+"""
+import json
+
+import torch
+
+from golf.cache import CacheSpec, CacheWriter
+from golf.cache_build import build_cache, verify_cache
+from golf.config import config_from_cli
+from golf.dist import cleanup, init_dist
+from golf.distill import load_teacher
+from golf.errors import GolfError, cli_main
+from golf.shards import list_shards, read_header
+from golf.tokenizer import file_sha256, load_tokenizer
+
+
+def _options(p):
+    p.add_argument("--teacher", required=False, help="teacher checkpoint (default TEACHER_PATH)")
+    p.add_argument("--out", required=False, help="cache folder (default LOGIT_CACHE)")
+    p.add_argument("--k", type=int, default=32, help="top-K entries per token")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shards", type=int, default=0, help="cache only the first N train shards")
+    g.add_argument("--tokens", type=int, default=0, help="cache the first shards covering N tokens")
+    p.add_argument("--window", type=int, default=0, help="teacher context length (default its TRAIN_SEQ_LEN)")
+    p.add_argument("--stride", type=int, default=0, help="window advance (default = window; smaller = more context)")
+    p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"], help="fp16 (128 B/token at K=32) or packed (72 B)")
+    p.add_argument("--batch-windows", type=int, default=0, help="windows per teacher forward (default: ~64k tokens)")
+    p.add_argument("--verify", type=int, default=0, help="afterwards recompute N random rows and report the difference")
+
+
+@cli_main
+def main():
+    cfg, args = config_from_cli(__doc__, extra=_options)
+    teacher_path = args.teacher or cfg.teacher_path
+    out = args.out or cfg.logit_cache
+    if not teacher_path or not out:
+        raise GolfError("cache_logits.py needs --teacher CKPT and --out DIR (or TEACHER_PATH and LOGIT_CACHE)")
+    ctx = init_dist(cfg.device, cfg.dtype)
+    try:
+        load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
+        shard_paths = list_shards(cfg.data_path, "train")
+        if args.shards:
+            shard_paths = shard_paths[: args.shards]
+        elif args.tokens:
+            keep, total = [], 0
+            for p in shard_paths:
+                if total >= args.tokens:
+                    break
+                keep.append(p)
+                total += read_header(p)
+            shard_paths = keep
+        model, sha, tcfg = load_teacher(teacher_path, ctx, cfg.vocab_size, file_sha256(cfg.tokenizer_path))
+        window = args.window or tcfg.train_seq_len
+        stride = args.stride or window
+        spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
+                         teacher_config=tcfg.to_dict(), window=window, stride=stride)
+        writer = CacheWriter(out, shard_paths, spec)
+        pending = writer.pending()
+        need = writer.bytes_needed()
+        if ctx.is_master:
+            tokens = sum(read_header(p) for p in shard_paths)
+            print(f"cache:{out} shards:{len(shard_paths)} tokens:{tokens} k:{args.k} encoding:{args.encoding} "
+                  f"window:{window} stride:{stride} teacher_sha256:{sha[:16]} pending_shards:{len(pending)} "
+                  f"bytes_to_write:{need} ({need / 1e9:.2f} GB)", flush=True)
+        writer.check_disk_space()
+        if ctx.distributed:  # every rank has its pending list before any rank commits a shard
+            torch.distributed.barrier()
+        if ctx.device.type == "cuda" and (cfg.compile in ("auto", "1")):
+            model = torch.compile(model, dynamic=False)
+        batch_windows = args.batch_windows or max(1, 65536 // window)
+        stats = build_cache(model, writer, shard_paths, pending, ctx, batch_windows)
+        if ctx.distributed:
+            torch.distributed.barrier()
+        if ctx.is_master:
+            left = writer.finalize()
+            if left:
+                raise GolfError(f"{len(left)} shard(s) of {out} are still incomplete; rerun the same command")
+            print(f"cache_done shards_written:{stats['shards']} positions:{stats['positions']} "
+                  f"seconds:{stats['seconds']:.1f} tokens_per_s:{stats['tokens_per_s']:.0f}", flush=True)
+            if args.verify:
+                v = verify_cache(model, out, shard_paths, args.verify, ctx)
+                print(f"verify rows:{v['rows']} max_abs_logprob_diff:{v['max_abs_logprob_diff']:.5f} "
+                      f"id_mismatches:{v['id_mismatches']}", flush=True)
+                print(json.dumps(v))
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()

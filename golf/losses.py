@@ -1,0 +1,255 @@
+"""Training losses: cross-entropy, and distillation from a cached top-K teacher or an online teacher.
+
+Shapes: student logits `z` (..., V), already softcapped, any float dtype (bf16 under autocast): every loss is
+computed in float32. Targets `y` (...), cached teacher top-K indices `idx` and log-probabilities `vals`
+(..., K), the latter at temperature 1 and sorted descending, so the teacher mass outside the top-K is
+`1 - exp(vals).sum(-1)`. Leading dimensions are flattened and every loss is a mean over all tokens.
+
+Cost is what makes cached distillation worth it, so the top-K path never builds an N x V teacher tensor: it
+gathers the student's log-probabilities at the K cached columns and does the rest on (N, K) tensors. The one
+N x V pass each way lives in `_GatherLogSoftmax`, whose backward is written by hand (softmax minus the
+scattered column gradients) instead of letting autograd chain log_softmax -> gather -> scatter.
+"""
+import torch
+import torch.nn.functional as F
+
+# Floor for a tail mass before its log: far below anything meaningful, so clamping only ever replaces an exact
+# or rounded-to-zero (or slightly negative, from fp16 rounding of the cached values) tail by ~0.
+_TAIL_FLOOR = 1e-30
+# Cached log-probs are clamped to this before use: a -inf entry (e.g. a one-hot teacher) would give 0 * -inf = NaN
+# in p * log p, while exp(-1e4 / T) is already exactly 0 in float32 for any sane temperature.
+_LOGP_FLOOR = -1e4
+
+TAILS = ("renorm", "bucket")
+MODES = ("soft", "hard")
+
+
+class _GatherLogSoftmax(torch.autograd.Function):
+    """log_softmax(z / T) gathered at `cols`, and the log of the student's mass outside the first `d` columns.
+
+    z (N, V) any float dtype; cols (N, C) int64 whose first d columns are distinct per row (the teacher's top-K,
+    or a single label) and whose other columns (e.g. the target y) may repeat them. Returns logq (N, C) and
+    log_rest (N,), both float32; log_rest is log(1) = 0, a constant, unless rest=True.
+
+    Why a hand-written Function: on CPU a fresh N x V float32 tensor costs more (page faults) than the arithmetic
+    on it, and autograd's log_softmax -> gather chain allocates several. Here the forward allocates one N x V
+    buffer (the float32 copy of z/T, turned into log-probs and then probabilities in place) and the backward
+    turns that same buffer into the gradient in place. A second backward through the same graph is therefore
+    refused by autograd's saved-tensor version check instead of silently returning a wrong gradient.
+
+    The rest mass is summed over the actual tail entries (the first d columns zeroed) rather than taken as
+    1 - sum(q_k): that difference cancels catastrophically when the student is confident, and a rounded-down
+    rest would blow up the gradient q_v / q_rest of the tail entries.
+
+    Gradient, with G = dL/dlogq, H = dL/dlog_rest (0 unless rest), q = softmax(z / T), R = the tail:
+        dL/dz_v = (1/T) * (sum of G over the columns equal to v + H [v in R] q_v / q_rest - q_v (sum G + H)).
+    """
+
+    @staticmethod
+    def forward(ctx, z, cols, inv_t: float, d: int, rest: bool):
+        # One fresh buffer, written in a single pass (float32 copy and 1/T scale fused), then reused in place.
+        buf = z * inv_t if z.dtype == torch.float32 else z.float().mul_(inv_t)
+        torch.log_softmax(buf, -1, out=buf)
+        logq = buf.gather(-1, cols)
+        q = buf.exp_()
+        if rest:
+            q.scatter_(-1, cols[:, :d], 0.0)
+            log_rest = q.sum(-1).clamp_min_(torch.finfo(torch.float32).tiny).log_()
+        else:
+            log_rest = torch.zeros_like(logq[:, 0])
+            ctx.mark_non_differentiable(log_rest)
+        ctx.save_for_backward(q, logq, cols, log_rest)
+        ctx.inv_t, ctx.d, ctx.rest, ctx.z_dtype = inv_t, d, rest, z.dtype
+        return logq, log_rest
+
+    @staticmethod
+    def backward(ctx, g_logq, g_rest):
+        q, logq, cols, log_rest = ctx.saved_tensors
+        inv_t, d = ctx.inv_t, ctx.d
+        sum_g = g_logq.sum(-1)
+        if ctx.rest:
+            sum_g = sum_g + g_rest
+            tail_coef = (g_rest * torch.exp(-log_rest) - sum_g) * inv_t
+        else:
+            tail_coef = -sum_g * inv_t
+        grad = q.mul_(tail_coef[:, None])  # right for the tail (every entry when not rest)
+        # The first d columns are distinct: overwrite them with their full value (they were zeroed in q if rest).
+        head = torch.addcmul(g_logq[:, :d], logq[:, :d].exp(), sum_g[:, None], value=-1.0)
+        grad.scatter_(-1, cols[:, :d], head if inv_t == 1.0 else head.mul_(inv_t))
+        if cols.shape[1] > d:  # extra columns may coincide with the first d or with each other: accumulate
+            grad.scatter_add_(-1, cols[:, d:], g_logq[:, d:] * inv_t)
+        return grad.to(ctx.z_dtype), None, None, None, None
+
+
+def _flat(z, *others):
+    """(..., V) logits and matching (...) / (..., K) tensors -> (N, V) and (N,) / (N, K)."""
+    n = z.numel() // z.shape[-1]
+    return (z.reshape(n, z.shape[-1]),) + tuple(
+        None if t is None else t.reshape(n, *t.shape[z.dim() - 1 :]) for t in others
+    )
+
+
+def _log1mexp(a):
+    """log(1 - exp(a)) for a <= 0 (a slightly positive from rounding counts as 0), floored at log(_TAIL_FLOOR).
+
+    -expm1(a) keeps full relative precision as a -> 0, which is exactly the small-tail case that matters.
+    """
+    return torch.log(-torch.expm1(a.clamp(max=-_TAIL_FLOOR)))
+
+
+def _mean_kl(logp, logq):
+    """Mean over rows of KL(p || q), from log-probabilities on the same support (N, C); p carries no gradient.
+
+    Written as two dot products over all N x C entries: few kernels for autograd to launch and sync, which on a
+    small shared CPU costs more than the arithmetic.
+    """
+    p = logp.exp().reshape(-1)
+    return (torch.dot(p, logp.reshape(-1)) - torch.dot(p, logq.reshape(-1))) / logp.shape[0]
+
+
+def _inv_temperature(temperature: float) -> float:
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: must be > 0")
+    return 1.0 / temperature
+
+
+def _check_tail(tail):
+    if tail not in TAILS:
+        raise ValueError(f"tail={tail!r}: use one of {TAILS}")
+
+
+def _topk_means(z, y, idx, vals, temperature: float, tail: str):
+    """(mean CE at y or None, mean KL) for flat inputs, sharing the student's log-softmax between them when possible.
+
+    "renorm" at T != 1 needs the student at two temperatures (CE at 1, KL at T): two N x V passes. "renorm" at
+    T = 1 and "bucket" at any T need only the T = 1 log-softmax, so CE and KL share one pass.
+    """
+    _check_tail(tail)
+    inv_t, k = _inv_temperature(temperature), idx.shape[-1]
+    idx = idx.long()
+    v = vals.detach().float().clamp_min(_LOGP_FLOOR)
+    if tail == "bucket":
+        v = torch.cat([v, _log1mexp(torch.logsumexp(v, -1))[:, None]], -1)
+    logp = torch.log_softmax(v * inv_t, -1)  # tempered teacher over the K entries (+ the rest bucket)
+
+    ce = None
+    if tail == "bucket" or inv_t == 1.0:
+        cols = idx if y is None else torch.cat([idx, y.long()[:, None]], -1)
+        logq, log_rest = _GatherLogSoftmax.apply(z, cols, 1.0, k, tail == "bucket")
+        if y is not None:
+            ce = -logq[:, k].mean()
+            logq = logq[:, :k]
+        if tail == "bucket":  # coarse-grain to K+1 buckets at T = 1, then temper: the same map as the teacher's
+            logq = torch.log_softmax(torch.cat([logq, log_rest[:, None]], -1) * inv_t, -1)
+    else:
+        logq = _GatherLogSoftmax.apply(z, idx, inv_t, k, False)[0]
+        if y is not None:
+            ce = -_GatherLogSoftmax.apply(z, y.long()[:, None], 1.0, 1, False)[0].mean()
+    return ce, _mean_kl(logp, logq)
+
+
+def cross_entropy(z, y):
+    """Mean cross-entropy of logits z (..., V) against integer targets y (...), in float32."""
+    z, y = _flat(z, y)
+    return -_GatherLogSoftmax.apply(z, y.long()[:, None], 1.0, 1, False)[0].mean()
+
+
+def topk_kl(z, idx, vals, temperature: float, tail: str = "renorm", seed_faithful_seq_len: int | None = None):
+    """Per-token mean KL(p_T || q_T) between a cached top-K teacher and the student, at temperature T.
+
+    idx, vals (..., K): the teacher's top-K token ids and log-probabilities at T = 1, K distinct ids per token.
+    Only the K student log-probabilities are gathered; nothing of size N x V is built for the teacher.
+
+    tail="renorm" (the study's definition): the teacher is its tempered top-K renormalised,
+        p_k = softmax(vals / T)_k, and KL = sum_k p_k (log p_k - log q_k) with q the student's full-vocabulary
+        softmax(z / T). The teacher puts no mass outside the K entries, so this trains the student's tail logits
+        down (the study's D7); it equals the study's scatter-into-(-100) + softmax + kl_div computation.
+    tail="bucket": a K+1-th bucket holds "the rest of the vocabulary". Both distributions are first
+        coarse-grained at T = 1 to K+1 buckets: teacher [exp(vals), r] with r = 1 - sum exp(vals) (clamped at
+        ~0: fp16 rounding of the cache can push it slightly negative, and tail masses below ~1e-4 are at that
+        rounding level anyway), student [q_1..q_K, q_rest] with q = softmax(z) and q_rest its exact tail sum.
+        Then the same tempering is applied to both: p_T ∝ [exp(vals), r]^(1/T), q_T ∝ [q_k, q_rest]^(1/T),
+        i.e. the tail is treated as one token whose log-mass is log r. Applying the *same* map to both sides
+        is what makes the loss zero exactly when the student's coarse-graining matches the teacher's, at any
+        T. (Tempering the student over the full vocabulary first and coarse-graining after would not: spreading
+        mass over many tail tokens raises its tempered weight, so even a student equal to the teacher would
+        be penalised and pushed to a smaller tail.) At T = 1 it is the exact KL between the two (K+1)-way
+        coarse-grainings of p and q. The tail bucket gets a gradient only through the student's total tail
+        mass; how that mass is spread inside the tail is left to the CE term.
+
+    seed_faithful_seq_len: None (correct). An int reproduces the study's defect D1, which divided this already
+    per-token mean by the sequence length again (2048 in the study); only for the seed-faithful ablation arm.
+    """
+    z, idx, vals = _flat(z, idx, vals)
+    kl = _topk_means(z, None, idx, vals, temperature, tail)[1]
+    return kl if seed_faithful_seq_len is None else kl / seed_faithful_seq_len
+
+
+def _full_mean(z, teacher_logits, temperature: float, logq=None):
+    """Mean exact KL(softmax(t/T) || softmax(z/T)) from flat (N, V) logits; logq = log_softmax(z/T) if known."""
+    inv_t = _inv_temperature(temperature)
+    if logq is None:
+        logq = torch.log_softmax(z.float() * inv_t, -1)
+    return _mean_kl(torch.log_softmax(teacher_logits.detach().float() * inv_t, -1), logq)
+
+
+def full_kl(z, teacher_logits, temperature: float):
+    """Per-token mean exact KL(softmax(t/T) || softmax(z/T)) over the full vocabulary (online teacher), float32."""
+    z, teacher_logits = _flat(z, teacher_logits)
+    return _full_mean(z, teacher_logits, temperature)
+
+
+def distill_loss(
+    z,
+    y,
+    *,
+    alpha: float,
+    mode: str,
+    temperature: float = 1.0,
+    tail: str = "renorm",
+    idx=None,
+    vals=None,
+    teacher_top1=None,
+    teacher_logits=None,
+    seed_faithful_seq_len: int | None = None,
+):
+    """Distillation objective -> (loss, parts), parts holding detached per-token means for logging.
+
+    mode="soft": (1-a) CE(z, y) + a T^2 KL(p_T || q_T), parts {"ce", "kl"} (kl unscaled: no T^2, no a, no
+        seed-faithful division). The teacher is the cache (idx, vals; see `topk_kl` for `tail`) or, given
+        teacher_logits (..., V), an online teacher with the exact full-vocabulary KL.
+    mode="hard": (1-a) CE(z, y) + a CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1,
+        else idx[..., 0] of the cache, else the argmax of teacher_logits.
+    seed_faithful_seq_len: divide the soft KL term by it (the study's defect D1; see `topk_kl`).
+    The student's log-softmax is computed once and shared by CE and the teacher term whenever both are at the
+    same temperature (hard; soft at T = 1; the cached "bucket" tail at any T).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: use one of {MODES}")
+    z, y, idx, vals, teacher_top1, teacher_logits = _flat(z, y, idx, vals, teacher_top1, teacher_logits)
+
+    if mode == "hard":
+        if seed_faithful_seq_len is not None:
+            raise ValueError("seed_faithful_seq_len divides the soft KL term; the hard loss has none")
+        if teacher_top1 is None:
+            if idx is not None:
+                teacher_top1 = idx[:, 0]
+            elif teacher_logits is not None:
+                teacher_top1 = teacher_logits.detach().argmax(-1)
+            else:
+                raise ValueError("hard distillation needs teacher_top1, idx or teacher_logits")
+        logq = _GatherLogSoftmax.apply(z, torch.stack([y.long(), teacher_top1.long()], -1), 1.0, 1, False)[0]
+        ce, hard_ce = -logq[:, 0].mean(), -logq[:, 1].mean()
+        return (1 - alpha) * ce + alpha * hard_ce, {"ce": ce.detach(), "hard_ce": hard_ce.detach()}
+
+    if idx is not None and vals is not None:
+        ce, kl = _topk_means(z, y, idx, vals, temperature, tail)
+    elif teacher_logits is not None:
+        logq = torch.log_softmax(z.float() * _inv_temperature(temperature), -1)
+        ce = F.nll_loss(logq, y.long()) if temperature == 1.0 else cross_entropy(z, y)
+        kl = _full_mean(z, teacher_logits, temperature, logq)
+    else:
+        raise ValueError("soft distillation needs idx and vals (cache) or teacher_logits (online teacher)")
+    kl_term = kl if seed_faithful_seq_len is None else kl / seed_faithful_seq_len
+    loss = (1 - alpha) * ce + alpha * temperature**2 * kl_term
+    return loss, {"ce": ce.detach(), "kl": kl.detach()}
