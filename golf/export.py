@@ -23,8 +23,8 @@ def artifact_path_for(checkpoint_path: str) -> str:
     return base + ".int6.ptz"
 
 
-def export_artifact(state_dict: dict, path: str, compressor: str, script_path: str, log: Logger) -> dict:
-    """Quantize + compress + write (atomically); log the size lines; returns the sizes."""
+def export_artifact(state_dict: dict, path: str, compressor: str, script_path: str, log=print) -> dict:
+    """Quantize + compress + write (atomically); `log` the size lines; returns the sizes."""
     obj = quantize_state_dict({k: v.detach().cpu() for k, v in state_dict.items()})
     comp = resolve_compressor(compressor)
     model_bytes = write_artifact(path, obj, comp)

@@ -1,0 +1,82 @@
+"""Score a checkpoint or an int6 artifact on the validation set: standard and sliding-window val_loss/val_bpb.
+
+    python eval_bpb.py checkpoints/<RUN_ID>.pt                 # float weights
+    python eval_bpb.py checkpoints/<RUN_ID>.int6.ptz --config checkpoints/<RUN_ID>.pt   # the artifact
+    EVAL_STRIDE=64 VAL_MAX_TOKENS=0 python eval_bpb.py CKPT --json
+
+Data, tokenizer and evaluation settings come from the environment / flags as in the training scripts; the
+model shape always comes from the checkpoint. An artifact holds no config, so `--config` names the
+checkpoint it was made from (default: the same path with .pt instead of .int6.ptz).
+"""
+import json
+import os
+import time
+
+import torch
+
+from golf.checkpoint import load_checkpoint, model_from_checkpoint
+from golf.config import Config, config_from_cli
+from golf.dist import cleanup, init_dist
+from golf.errors import GolfError, cli_main
+from golf.eval import eval_sliding, eval_val, load_val_tokens
+from golf.export import load_quantized_model
+from golf.quant import read_artifact
+from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
+
+
+def _options(p):
+    p.add_argument("path", help="checkpoint (.pt) or int6 artifact (.ptz)")
+    p.add_argument("--config", default="", help="checkpoint whose config an artifact uses")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
+
+
+def _load(path: str, config_path: str, device):
+    if path.endswith(".ptz"):
+        config_path = config_path or path[: -len(".int6.ptz")] + ".pt"
+        if not os.path.isfile(config_path):
+            raise GolfError(f"artifact {path} needs the checkpoint it came from for its config; pass --config CKPT")
+        ckpt = load_checkpoint(config_path)
+        mcfg = Config.from_dict(ckpt["config"])
+        return load_quantized_model(read_artifact(path), mcfg, device), ckpt, "int6"
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt, path).to(device), ckpt, "float"
+
+
+@cli_main
+def main():
+    cfg, args = config_from_cli(__doc__, extra=_options)
+    ctx = init_dist(cfg.device, cfg.dtype)
+    try:
+        model, ckpt, kind = _load(args.path, args.config, ctx.device)
+        mcfg = model.cfg
+        for name in ("data_path", "tokenizer_path"):  # the run's own data unless set explicitly
+            if name.upper() not in os.environ and getattr(args, name) is None:
+                setattr(cfg, name, getattr(mcfg, name))
+        sp = load_tokenizer(cfg.tokenizer_path, mcfg.vocab_size)
+        if ckpt.get("tokenizer_sha256") not in (None, file_sha256(cfg.tokenizer_path)):
+            raise GolfError(f"{args.path} was trained with another tokenizer than {cfg.tokenizer_path}; "
+                            "set TOKENIZER_PATH/DATA_PATH to the run's")
+        luts = luts_to_torch(build_byte_luts(sp, mcfg.vocab_size), ctx.device)
+        val = load_val_tokens(cfg.data_path, mcfg.train_seq_len, cfg.val_max_tokens)
+        model.eval()
+        t = time.perf_counter()
+        vl, vb = eval_val(model, val, luts, mcfg.train_seq_len, cfg.val_batch_size, ctx, progress=True)
+        t1 = time.perf_counter()
+        sl, sb = eval_sliding(model, val, luts, mcfg.train_seq_len, cfg.eval_stride, cfg.eval_batch_seqs, ctx,
+                              progress=True)
+        t2 = time.perf_counter()
+        res = {"path": args.path, "weights": kind, "val_tokens": len(val) - 1, "val_loss": vl, "val_bpb": vb,
+               "sliding_val_loss": sl, "sliding_val_bpb": sb, "stride": cfg.eval_stride,
+               "eval_s": t1 - t, "sliding_eval_s": t2 - t1}
+        if ctx.is_master:
+            print(f"{kind} val_loss:{vl:.8f} val_bpb:{vb:.8f} eval_time:{1000 * (t1 - t):.0f}ms")
+            print(f"{kind}_sliding_window val_loss:{sl:.8f} val_bpb:{sb:.8f} stride:{cfg.eval_stride} "
+                  f"eval_time:{1000 * (t2 - t1):.0f}ms")
+            if args.json:
+                print(json.dumps(res))
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    main()
