@@ -32,7 +32,7 @@ class Config:
     checkpoint_path: str = _f("", "final checkpoint (default checkpoints/<RUN_ID>.pt)", "run")
     checkpoint_every: int = _f(0, "also write a resumable checkpoint every N steps (0 = only at the end)", "run")
     device: str = _f("auto", "auto | cuda | cpu", "run")
-    dtype: str = _f("auto", "autocast dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32", "run")
+    dtype: str = _f("auto", "autocast dtype: auto (bf16 on CUDA and on CPUs with bf16 instructions, else fp32) | bf16 | fp32", "run")
     compile: str = _f("auto", "torch.compile: auto (on for CUDA) | 1 | 0", "run")
     # --- model -----------------------------------------------------------------------------------------
     num_layers: int = _f(11, "transformer blocks (U-Net: first half encoder, rest decoder)", "model")
@@ -141,7 +141,7 @@ PRESETS: dict[str, dict] = {
         bigram_vocab_size=256, bigram_dim=64, train_batch_tokens=8 * 64, train_seq_len=64, micro_batches=1,
         iterations=20, warmdown_iters=10, max_wallclock_seconds=0.0, warmup_steps=2, val_loss_every=0,
         train_log_every=5, val_batch_size=8 * 64, val_max_tokens=4096, eval_batch_seqs=8,
-        muon_momentum_warmup_steps=10, ema_decay=0.9,
+        muon_momentum_warmup_steps=10, ema_decay=0.9, dtype="fp32",
     ),
 }
 PRESETS["demo-self-teacher"] = {**PRESETS["demo-student"], "iterations": 450, "max_wallclock_seconds": 0.0,

@@ -55,8 +55,19 @@ def init_dist(device: str = "auto", dtype: str = "auto") -> Ctx:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
     if dtype == "auto":
-        dtype = "bf16" if dev.type == "cuda" else "fp32"
+        dtype = "bf16" if dev.type == "cuda" or cpu_has_bf16() else "fp32"
     return Ctx(rank, local_rank, world, dev, torch.bfloat16 if dtype == "bf16" else None)
+
+
+def cpu_has_bf16() -> bool:
+    """True if this CPU has native bf16 matmul instructions (AVX512-BF16 or AMX): there bf16 autocast trains
+    ~2x faster at the same quality; without them it would be much slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cleanup():
