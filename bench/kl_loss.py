@@ -83,7 +83,11 @@ def main():
     (lo, go), (ls, gs) = results["ours"], results["study"]
     rel = abs(lo.item() - ls.item()) / max(abs(ls.item()), 1e-12)
     gdiff = ((go - gs).abs().max() / gs.abs().max()).item()
-    print(f"N={args.n} V={args.v} K={args.k} T={args.temperature} threads={torch.get_num_threads()} reps={args.reps}")
+    load = os.getloadavg()[0]  # other processes on this machine slow small multi-threaded kernels a lot: say so
+    print(
+        f"N={args.n} V={args.v} K={args.k} T={args.temperature} threads={torch.get_num_threads()} reps={args.reps} "
+        f"loadavg={load:.2f} cpus={os.cpu_count()}"
+    )
     print(f"kl ours {lo.item():.6f} study {ls.item():.6f} rel_diff {rel:.2e} grad_rel_diff {gdiff:.2e}")
     if rel > 1e-5 or gdiff > 1e-4:
         raise GolfError(f"ours and the study's KL disagree (rel {rel:.2e}, grad {gdiff:.2e}): golf/losses.py is wrong")
@@ -91,6 +95,12 @@ def main():
     for name in methods:
         ts = sorted(t * 1e3 for t in times[name])
         print(f"{name:5s} fwd+bwd median {med[name]:8.2f} ms  (min {ts[0]:.2f}, max {ts[-1]:.2f})")
+    if load > os.cpu_count() and torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY") is None:
+        # Measured here: with the cores oversubscribed, OpenMP's default spin-waiting makes each small
+        # multi-threaded kernel cost ~10-20 ms instead of ~0.1-0.5; ours has ~15 small (N, K) kernels, the
+        # study's few huge ones hide that. OMP_WAIT_POLICY=PASSIVE (threads sleep instead of spinning) fixes it.
+        print(f"note: load {load:.1f} > {os.cpu_count()} cpus inflates ours most; "
+              "rerun when quiet, with OMP_WAIT_POLICY=PASSIVE, or with --threads 1")
     print(f"kl_cost_ratio {med['ours'] / med['study']:.3f}")
 
 

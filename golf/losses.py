@@ -16,6 +16,10 @@ import torch.nn.functional as F
 # Floor for a tail mass before its log: far below anything meaningful, so clamping only ever replaces an exact
 # or rounded-to-zero (or slightly negative, from fp16 rounding of the cached values) tail by ~0.
 _TAIL_FLOOR = 1e-30
+# Smallest normal float32: student probabilities are floored here before their log. Only a logit gap above 87 T
+# gets there (softcapped logits stay within 2 x softcap = 60); above it, log(softmax(x)) is as accurate as
+# log_softmax(x): both inherit the rounding of x - max(x), and a float32 relative error is a log's absolute one.
+_TINY = torch.finfo(torch.float32).tiny
 # Cached log-probs are clamped to this before use: a -inf entry (e.g. a one-hot teacher) would give 0 * -inf = NaN
 # in p * log p, while exp(-1e4 / T) is already exactly 0 in float32 for any sane temperature.
 _LOGP_FLOOR = -1e4
@@ -33,9 +37,9 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     Why a hand-written Function: on CPU a fresh N x V float32 tensor costs more (page faults) than the arithmetic
     on it, and autograd's log_softmax -> gather chain allocates several. Here the forward allocates one N x V
-    buffer (the float32 copy of z/T, turned into log-probs and then probabilities in place) and the backward
-    turns that same buffer into the gradient in place. A second backward through the same graph is therefore
-    refused by autograd's saved-tensor version check instead of silently returning a wrong gradient.
+    buffer (the float32 copy of z/T, turned into probabilities in place) and the backward turns that same
+    buffer into the gradient in place. A second backward through the same graph is therefore refused by
+    autograd's saved-tensor version check instead of silently returning a wrong gradient.
 
     The rest mass is summed over the actual tail entries (the first d columns zeroed) rather than taken as
     1 - sum(q_k): that difference cancels catastrophically when the student is confident, and a rounded-down
@@ -47,24 +51,29 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, cols, inv_t: float, d: int, rest: bool):
-        # One fresh buffer, written in a single pass (float32 copy and 1/T scale fused), then reused in place.
-        buf = z * inv_t if z.dtype == torch.float32 else z.float().mul_(inv_t)
-        torch.log_softmax(buf, -1, out=buf)
-        logq = buf.gather(-1, cols)
-        q = buf.exp_()
+        # One fresh float32 buffer (for float32 z the copy and the 1/T scale are one pass), then reused in place.
+        if z.dtype == torch.float32:
+            q = z * inv_t
+        else:
+            q = z.float()
+            if inv_t != 1.0:
+                q.mul_(inv_t)
+        torch.softmax(q, -1, out=q)
+        q_cols = q.gather(-1, cols)
+        logq = q_cols.clamp_min(_TINY).log()
         if rest:
             q.scatter_(-1, cols[:, :d], 0.0)
-            log_rest = q.sum(-1).clamp_min_(torch.finfo(torch.float32).tiny).log_()
+            log_rest = q.sum(-1).clamp_min_(_TINY).log_()
         else:
             log_rest = torch.zeros_like(logq[:, 0])
             ctx.mark_non_differentiable(log_rest)
-        ctx.save_for_backward(q, logq, cols, log_rest)
+        ctx.save_for_backward(q, q_cols, cols, log_rest)
         ctx.inv_t, ctx.d, ctx.rest, ctx.z_dtype = inv_t, d, rest, z.dtype
         return logq, log_rest
 
     @staticmethod
     def backward(ctx, g_logq, g_rest):
-        q, logq, cols, log_rest = ctx.saved_tensors
+        q, q_cols, cols, log_rest = ctx.saved_tensors
         inv_t, d = ctx.inv_t, ctx.d
         sum_g = g_logq.sum(-1)
         if ctx.rest:
@@ -74,7 +83,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
             tail_coef = -sum_g * inv_t
         grad = q.mul_(tail_coef[:, None])  # right for the tail (every entry when not rest)
         # The first d columns are distinct: overwrite them with their full value (they were zeroed in q if rest).
-        head = torch.addcmul(g_logq[:, :d], logq[:, :d].exp(), sum_g[:, None], value=-1.0)
+        head = torch.addcmul(g_logq[:, :d], q_cols[:, :d], sum_g[:, None], value=-1.0)
         grad.scatter_(-1, cols[:, :d], head if inv_t == 1.0 else head.mul_(inv_t))
         if cols.shape[1] > d:  # extra columns may coincide with the first d or with each other: accumulate
             grad.scatter_add_(-1, cols[:, d:], g_logq[:, d:] * inv_t)
@@ -166,8 +175,8 @@ def topk_kl(z, idx, vals, temperature: float, tail: str = "renorm", seed_faithfu
         down (the study's D7); it equals the study's scatter-into-(-100) + softmax + kl_div computation.
     tail="bucket": a K+1-th bucket holds "the rest of the vocabulary". Both distributions are first
         coarse-grained at T = 1 to K+1 buckets: teacher [exp(vals), r] with r = 1 - sum exp(vals) (clamped at
-        ~0: fp16 rounding of the cache can push it slightly negative, and tail masses below ~1e-4 are at that
-        rounding level anyway), student [q_1..q_K, q_rest] with q = softmax(z) and q_rest its exact tail sum.
+        ~0: the fp16 rounding of the cached values moves r by ~1e-4, which can push it slightly negative),
+        student [q_1..q_K, q_rest] with q = softmax(z) and q_rest its exact tail sum.
         Then the same tempering is applied to both: p_T ∝ [exp(vals), r]^(1/T), q_T ∝ [q_k, q_rest]^(1/T),
         i.e. the tail is treated as one token whose log-mass is log r. Applying the *same* map to both sides
         is what makes the loss zero exactly when the student's coarse-graining matches the teacher's, at any

@@ -1,0 +1,297 @@
+"""Losses against float64 dense references written from the definitions.
+
+Run: python -m pytest tests/test_losses.py -q
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from golf.losses import cross_entropy, distill_loss, full_kl, topk_kl
+
+# The in-place kernels of the top-K path are also checked on a GPU when there is one (the reference stays on CPU).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# ---- float64 dense references: full N x V distributions, KL by definition ------------------------------------------
+
+
+def _kl(p, q):
+    """Mean over rows of sum p (log p - log q), with 0 log 0 = 0 (dense float64 probabilities)."""
+    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
+    return terms.sum(-1).mean()
+
+
+def _temper(probs, temperature):
+    w = probs ** (1.0 / temperature)
+    return w / w.sum(-1, keepdim=True)
+
+
+def ref_renorm(z, idx, vals, temperature):
+    """Teacher: its top-K renormalised after tempering, as a dense V-vector; student: full-vocab softmax(z/T)."""
+    p = torch.zeros_like(z).scatter(-1, idx, _temper(vals.exp(), temperature))
+    return _kl(p, torch.softmax(z / temperature, -1))
+
+
+def ref_bucket(z, idx, vals, temperature):
+    """Both sides coarse-grained at T=1 to [top-K, rest of vocab], then tempered."""
+    in_topk = torch.zeros_like(z, dtype=torch.bool).scatter(-1, idx, True)
+    q = torch.softmax(z, -1)
+    q_coarse = torch.cat([q.gather(-1, idx), (q * ~in_topk).sum(-1, keepdim=True)], -1)
+    p_top = vals.exp()
+    p_coarse = torch.cat([p_top, (1 - p_top.sum(-1, keepdim=True)).clamp_min(0)], -1)
+    return _kl(_temper(p_coarse, temperature), _temper(q_coarse, temperature))
+
+
+def ref_full(z, t, temperature):
+    return _kl(torch.softmax(t / temperature, -1), torch.softmax(z / temperature, -1))
+
+
+def ref_ce(z, y):
+    return -torch.log_softmax(z, -1).gather(-1, y[:, None]).mean()
+
+
+REFS = {"renorm": ref_renorm, "bucket": ref_bucket}
+
+
+def make_case(n, v, k, seed=0, student_scale=2.0, teacher_scale=3.0):
+    """Student logits z, targets y, teacher logits t and its real top-K log-probs (vals, sorted) with indices."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, v, generator=g) * student_scale
+    t = torch.randn(n, v, generator=g) * teacher_scale
+    y = torch.randint(0, v, (n,), generator=g)
+    vals, idx = torch.log_softmax(t, -1).topk(k, dim=-1)
+    return z, y, t, idx, vals
+
+
+def value_and_grad(fn, z, device="cpu"):
+    """fn(z) and d fn / dz for a fresh leaf copy of z on `device`, both returned on the CPU."""
+    z = z.detach().to(device, copy=True).requires_grad_(True)
+    out = fn(z)
+    out = out[0] if isinstance(out, tuple) else out
+    (grad,) = torch.autograd.grad(out, z)
+    return out.detach().cpu(), grad.cpu()
+
+
+def assert_close_rel(actual, expected, rtol):
+    """Max abs difference relative to the reference's max abs value (gradients have tiny entries)."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = ((actual - expected).abs().max() / scale).item()
+    assert err <= rtol, f"relative error {err:.3e} > {rtol:.1e}"
+
+
+# ---- top-K KL -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n,v,k", [(64, 1024, 32), (16, 40, 5)])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("tail", ["renorm", "bucket"])
+def test_topk_kl_value_and_grad_match_dense_reference(n, v, k, temperature, tail, device):
+    z, _, _, idx, vals = make_case(n, v, k)
+    d_idx, d_vals = idx.to(device), vals.to(device)
+    val, grad = value_and_grad(lambda x: topk_kl(x, d_idx, d_vals, temperature, tail), z, device)
+    ref_val, ref_grad = value_and_grad(lambda x: REFS[tail](x, idx, vals.double(), temperature), z.double())
+    assert val.dtype == torch.float32 and val.item() > 0.1
+    assert val.item() == pytest.approx(ref_val.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
+
+
+def test_renorm_equals_study_scatter_method():
+    """The study: scatter the K values into an N x V tensor of -100, softmax(t/T), kl_div(..., 'batchmean')."""
+    z, _, _, idx, vals = make_case(64, 1024, 32, seed=1)
+    vals = vals.half()  # as stored in the cache
+    for temperature in (1.0, 2.0):
+
+        def study(x):
+            t_full = torch.full_like(x, -100.0).scatter(-1, idx, vals.float())
+            p = F.softmax(t_full / temperature, -1)
+            return F.kl_div(F.log_softmax(x / temperature, -1), p, reduction="batchmean")
+
+        ours, g_ours = value_and_grad(lambda x: topk_kl(x, idx, vals, temperature), z)
+        theirs, g_theirs = value_and_grad(study, z)
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+        assert_close_rel(g_ours, g_theirs, 1e-5)
+
+
+@pytest.mark.parametrize("tail", ["renorm", "bucket"])
+def test_k_equal_v_is_the_full_kl(tail):
+    z, _, t, idx, vals = make_case(32, 64, 64, seed=2)
+    # bucket only at T=1: with K=V the teacher's rest is float32 rounding noise (~1e-7), which r^(1/T) amplifies
+    for temperature in (1.0, 2.0) if tail == "renorm" else (1.0,):
+        full, g_full = value_and_grad(lambda x: full_kl(x, t, temperature), z)
+        top, g_top = value_and_grad(lambda x: topk_kl(x, idx, vals, temperature, tail), z)
+        assert top.item() == pytest.approx(full.item(), rel=1e-5)
+        assert_close_rel(g_top, g_full, 1e-5)
+
+
+def test_bucket_is_zero_when_the_student_is_the_teacher():
+    """Same coarse-graining + tempering on both sides: no penalty at the teacher itself, at any T (renorm has one)."""
+    _, _, t, idx, vals = make_case(32, 256, 16, seed=3)
+    for temperature in (1.0, 2.0, 4.0):
+        kl, grad = value_and_grad(lambda x: topk_kl(x, idx, vals, temperature, "bucket"), t)
+        assert abs(kl.item()) < 1e-6 and grad.abs().max().item() < 1e-6
+        assert topk_kl(t, idx, vals, temperature, "renorm").item() > 0.01
+
+
+def test_bucket_confident_student_keeps_its_tiny_tail_exact():
+    """Tail mass ~1e-19: 1 - sum(q_k) would round to 0 in float32, the exact tail sum does not."""
+    n, v, k = 16, 512, 8
+    _, _, _, idx, vals = make_case(n, v, k, seed=4)
+    z = torch.full((n, v), -22.0).scatter(-1, idx, 22.0)  # all the student's mass on the teacher's top-K
+    for temperature in (1.0, 2.0):
+        val, grad = value_and_grad(lambda x: topk_kl(x, idx, vals, temperature, "bucket"), z)
+        ref_val, ref_grad = value_and_grad(lambda x: ref_bucket(x, idx, vals.double(), temperature), z.double())
+        assert val.item() == pytest.approx(ref_val.item(), rel=1e-5)
+        assert_close_rel(grad, ref_grad, 1e-4)
+        # descent must raise the tail logits (the teacher has tail mass, the student none)
+        in_topk = torch.zeros(n, v, dtype=torch.bool).scatter(-1, idx, True)
+        assert (grad[~in_topk] <= 0).all()
+
+
+@pytest.mark.parametrize("tail", ["renorm", "bucket"])
+def test_one_hot_teacher_at_t1_is_cross_entropy(tail):
+    z, _, _, idx, _ = make_case(32, 128, 8, seed=5)
+    y = idx[:, 0]
+    ce, g_ce = value_and_grad(lambda x: F.cross_entropy(x, y), z)
+    cases = [(idx[:, :1], torch.zeros(32, 1)), (idx, torch.tensor([0.0] + [-1e4] * 7).expand(32, 8))]
+    cases.append((idx, torch.tensor([0.0] + [float("-inf")] * 7).expand(32, 8).half()))
+    for t_idx, t_vals in cases:
+
+        def loss(x):
+            return distill_loss(x, y, alpha=1.0, mode="soft", temperature=1.0, tail=tail, idx=t_idx, vals=t_vals)
+
+        val, grad = value_and_grad(loss, z)
+        assert val.item() == pytest.approx(ce.item(), rel=1e-5)
+        assert_close_rel(grad, g_ce, 1e-5)
+
+
+def test_seed_faithful_divides_the_kl_term_exactly():
+    z, y, _, idx, vals = make_case(64, 256, 16, seed=6)
+    kl = topk_kl(z, idx, vals, 2.0)
+    assert torch.equal(topk_kl(z, idx, vals, 2.0, seed_faithful_seq_len=2048), kl / 2048)
+    kw = dict(alpha=0.1, mode="soft", temperature=2.0, idx=idx, vals=vals)
+    loss, parts = distill_loss(z, y, **kw)
+    loss_sf, parts_sf = distill_loss(z, y, seed_faithful_seq_len=2048, **kw)
+    assert torch.equal(parts["kl"], parts_sf["kl"]) and torch.equal(parts["ce"], parts_sf["ce"])
+    ce, kl = parts["ce"].item(), parts["kl"].item()  # loss = (1 - a) CE + a T^2 KL (/ 2048)
+    assert loss.item() == pytest.approx(0.9 * ce + 0.4 * kl, rel=1e-6)
+    assert loss_sf.item() == pytest.approx(0.9 * ce + 0.4 * kl / 2048, rel=1e-6)
+
+
+# ---- distill_loss, cross-entropy, online teacher --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("tail", ["renorm", "bucket"])
+def test_soft_cached_distill_loss_matches_reference(temperature, tail, device):
+    z, y, _, idx, vals = make_case(64, 1024, 32, seed=7)
+    a = 0.3
+
+    def ours(x):
+        t_kw = dict(temperature=temperature, tail=tail, idx=idx.to(x.device), vals=vals.to(x.device))
+        return distill_loss(x, y.to(x.device), alpha=a, mode="soft", **t_kw)
+
+    def ref(x):
+        return (1 - a) * ref_ce(x, y) + a * temperature**2 * REFS[tail](x, idx, vals.double(), temperature)
+
+    val, grad = value_and_grad(ours, z, device)
+    ref_val, ref_grad = value_and_grad(ref, z.double())
+    assert val.item() == pytest.approx(ref_val.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
+    _, parts = ours(z)
+    assert set(parts) == {"ce", "kl"} and not parts["kl"].requires_grad
+    assert parts["ce"].item() == pytest.approx(ref_ce(z.double(), y).item(), rel=1e-5)
+    assert parts["kl"].item() == pytest.approx(REFS[tail](z.double(), idx, vals.double(), temperature).item(), rel=1e-5)
+
+
+def test_hard_distill_loss_matches_reference_for_every_teacher_source_and_device():
+    z, y, t, idx, vals = make_case(64, 512, 8, seed=8)
+    y[:8] = idx[:8, 0]  # label and teacher top-1 coincide on some rows: both terms must still count
+    a = 0.5
+
+    def ref(x):
+        return (1 - a) * ref_ce(x, y) + a * ref_ce(x, idx[:, 0])
+
+    ref_val, ref_grad = value_and_grad(ref, z.double())
+    sources = [dict(teacher_top1=idx[:, 0]), dict(idx=idx, vals=vals), dict(teacher_logits=t)]
+    for src, device in [(src, device) for src in sources for device in DEVICES]:
+        src = {key: x.to(device) for key, x in src.items()}
+        val, grad = value_and_grad(lambda x: distill_loss(x, y.to(device), alpha=a, mode="hard", **src), z, device)
+        assert val.item() == pytest.approx(ref_val.item(), rel=1e-5), src.keys()
+        assert_close_rel(grad, ref_grad, 1e-5)
+    _, parts = distill_loss(z, y, alpha=a, mode="hard", teacher_top1=idx[:, 0])
+    assert parts["hard_ce"].item() == pytest.approx(ref_ce(z.double(), idx[:, 0]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_full_kl_and_online_soft_loss_match_reference(temperature):
+    z, y, t, _, _ = make_case(48, 1024, 1, seed=9)
+    val, grad = value_and_grad(lambda x: full_kl(x, t, temperature), z)
+    ref_val, ref_grad = value_and_grad(lambda x: ref_full(x, t.double(), temperature), z.double())
+    assert val.item() == pytest.approx(ref_val.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
+
+    a = 0.4
+    val, grad = value_and_grad(
+        lambda x: distill_loss(x, y, alpha=a, mode="soft", temperature=temperature, teacher_logits=t), z
+    )
+    ref_val, ref_grad = value_and_grad(
+        lambda x: (1 - a) * ref_ce(x, y) + a * temperature**2 * ref_full(x, t.double(), temperature), z.double()
+    )
+    assert val.item() == pytest.approx(ref_val.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
+
+
+def test_cross_entropy_matches_reference_and_flattens_leading_dims():
+    z, y, _, idx, vals = make_case(64, 256, 8, seed=10)
+    val, grad = value_and_grad(lambda x: cross_entropy(x, y), z)
+    ref_val, ref_grad = value_and_grad(lambda x: ref_ce(x, y), z.double())
+    assert val.item() == pytest.approx(ref_val.item(), rel=1e-6)
+    assert_close_rel(grad, ref_grad, 1e-5)
+    # (B, T, V) logits: the same per-token means as the flat (N, V) view, not a per-sequence sum (cf. D1)
+    assert cross_entropy(z.view(4, 16, 256), y.view(4, 16)).item() == pytest.approx(val.item(), rel=1e-6)
+    flat = topk_kl(z, idx, vals, 2.0, "bucket")
+    assert topk_kl(z.view(4, 16, 256), idx.view(4, 16, 8), vals.view(4, 16, 8), 2.0, "bucket").item() == pytest.approx(
+        flat.item(), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("tail", ["renorm", "bucket"])
+def test_bf16_logits_compute_in_float32(tail):
+    z, y, _, idx, vals = make_case(64, 1024, 32, seed=11)
+    zb = z.bfloat16()
+
+    def loss(x):
+        return distill_loss(x, y, alpha=0.5, mode="soft", temperature=2.0, tail=tail, idx=idx, vals=vals.half())
+
+    val_b, grad_b = value_and_grad(loss, zb)
+    val_f, grad_f = value_and_grad(loss, zb.float())  # the same values in float32
+    val_0, _ = value_and_grad(loss, z)
+    assert val_b.dtype == torch.float32 and grad_b.dtype == torch.bfloat16
+    assert val_b.item() == pytest.approx(val_f.item(), rel=1e-6)
+    assert_close_rel(grad_b.float(), grad_f, 1e-2)  # bf16 rounding of the gradient itself
+    assert val_b.item() == pytest.approx(val_0.item(), rel=1e-2)
+
+
+def test_second_backward_through_the_same_graph_is_refused():
+    """The backward reuses the forward's buffer in place; autograd must catch a second use, not return garbage."""
+    z, y, _, _, _ = make_case(8, 64, 1, seed=12)
+    z.requires_grad_(True)
+    loss = cross_entropy(z, y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+
+
+def test_bad_arguments_are_refused():
+    z, y, t, idx, vals = make_case(8, 64, 4, seed=13)
+    with pytest.raises(ValueError, match="tail"):
+        topk_kl(z, idx, vals, 1.0, tail="full")
+    with pytest.raises(ValueError, match="temperature"):
+        topk_kl(z, idx, vals, 0.0)
+    with pytest.raises(ValueError, match="mode"):
+        distill_loss(z, y, alpha=0.5, mode="medium", teacher_logits=t)
+    with pytest.raises(ValueError, match="soft distillation needs"):
+        distill_loss(z, y, alpha=0.5, mode="soft", teacher_top1=idx[:, 0])
