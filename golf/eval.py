@@ -105,3 +105,15 @@ def eval_sliding(model, val_tokens: torch.Tensor, luts: ByteLuts, seq_len: int, 
     all_reduce(sums)
     model.train(was_training)
     return _finish(sums)
+
+
+def unigram_bpb(train_files: list[str], val_tokens: torch.Tensor, luts: ByteLuts, vocab_size: int) -> float:
+    """Bits per byte of a unigram model (add-one smoothed train token frequencies) on the val targets: the
+    floor any trained model must clear by a wide margin."""
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for p in train_files:
+        counts += np.bincount(np.asarray(load_shard(p)), minlength=vocab_size)[:vocab_size]
+    logp = torch.from_numpy(np.log(counts / counts.sum()))
+    x, y = val_tokens[:-1], val_tokens[1:]
+    nll = -logp[y].sum().item()
+    return nll / LN2 / count_bytes(x, y, luts).sum().item()
