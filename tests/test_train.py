@@ -1,4 +1,5 @@
 """The training loop: warm-up restore, a 2-process torchrun run, and the end-of-run lines."""
+import json
 import os
 import re
 
@@ -38,3 +39,17 @@ def test_train_gpt_two_processes(tiny_dataset, tmp_path):
     assert re.search(r"Total submission size int6\+\w+: \d+ bytes", out.stdout)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ddp.int6.ptz", "ddp.pt", "ddp.pt.sha256"]
     assert (tmp_path / "logs" / "ddp.txt").exists() and (tmp_path / "logs" / "ddp.jsonl").exists()
+
+
+def test_eval_bpb_reproduces_the_final_lines(tiny_dataset, tmp_path):
+    """eval_bpb.py on the artifact gives exactly the scores the training run printed for it."""
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "e", "ITERATIONS": 5, "WARMUP_STEPS": 0}
+    out = run_script(["train_gpt.py"], env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rt = re.search(r"final_int6_roundtrip_exact val_loss:(\S+) val_bpb:(\S+)", out.stdout).groups()
+    sw = re.search(r"final_int6_sliding_window_exact val_loss:(\S+) val_bpb:(\S+)", out.stdout).groups()
+    ev = run_script(["eval_bpb.py", "checkpoints/e.int6.ptz", "--json"], {**env}, cwd=str(tmp_path))
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    res = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert res["weights"] == "int6"
+    assert abs(res["val_bpb"] - float(rt[1])) < 1e-7 and abs(res["sliding_val_bpb"] - float(sw[1])) < 1e-7
