@@ -20,7 +20,7 @@ from golf.dist import cleanup
 from golf.distill import CachedTeacher, DistillObjective, arm_description, load_teacher
 from golf.errors import GolfError, cli_main
 from golf.export import finish_student
-from golf.runner import dry_run, start_run
+from golf.runner import dry_run, open_log, prepare_run
 from golf.train import train
 
 
@@ -34,7 +34,6 @@ def _cached_teacher(cfg, run):
     cached = reader.num_shards
     if cfg.restrict_to_cache:
         run.train_files = run.train_files[:cached]
-        run.log(f"distill:restrict_to_cache train_shards:{cached}")
     elif cached < len(run.train_files) and not cfg.distill_seed_faithful:
         cached_tokens = sum(reader.num_tokens)
         per_step = cfg.train_batch_tokens + cfg.micro_batches  # each micro-batch of each rank reads one extra token
@@ -52,8 +51,9 @@ def main():
     cfg, args = config_from_cli(__doc__)
     if args.dry_run:
         return dry_run(cfg)
-    run = start_run(cfg, "distill.py")
     try:
+        # Every refusal (data, tokenizer, cache, teacher) comes before the logs are opened.
+        run = prepare_run(cfg)
         source, online = None, None
         if cfg.distill_cached:
             source, teacher_sha = _cached_teacher(cfg, run)
@@ -61,6 +61,10 @@ def main():
             if not cfg.teacher_path:
                 raise GolfError("DISTILL_CACHED=0 (online teacher) needs TEACHER_PATH=CKPT")
             teacher, teacher_sha, tcfg = load_teacher(cfg.teacher_path, run.ctx, cfg.vocab_size, run.tokenizer_sha256)
+        open_log(run, "distill.py")
+        if cfg.distill_cached and cfg.restrict_to_cache:
+            run.log(f"distill:restrict_to_cache train_shards:{len(run.train_files)}")
+        if not cfg.distill_cached:
             run.log(f"distill:teacher loaded, {teacher.num_params()} params, {tcfg.num_layers}x{tcfg.model_dim}")
             use_compile = cfg.compile == "1" or (cfg.compile == "auto" and run.ctx.device.type == "cuda")
             online = torch.compile(teacher, dynamic=False) if use_compile else teacher

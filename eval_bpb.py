@@ -12,15 +12,13 @@ import json
 import os
 import time
 
-import torch
-
-from golf.checkpoint import load_checkpoint, model_from_checkpoint
+from golf.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
 from golf.config import Config, config_from_cli
 from golf.dist import cleanup, init_dist
 from golf.errors import GolfError, cli_main
 from golf.eval import eval_sliding, eval_val, load_val_tokens
-from golf.export import load_quantized_model
-from golf.quant import read_artifact
+from golf.model import GPT
+from golf.quant import dequantize_state_dict, read_artifact
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
 
 
@@ -34,10 +32,12 @@ def _load(path: str, config_path: str, device):
     if path.endswith(".ptz"):
         config_path = config_path or path[: -len(".int6.ptz")] + ".pt"
         if not os.path.isfile(config_path):
-            raise GolfError(f"artifact {path} needs the checkpoint it came from for its config; pass --config CKPT")
+            raise GolfError(f"artifact {path} needs the checkpoint it came from for its config ({config_path} not "
+                            "found); pass --config CKPT")
         ckpt = load_checkpoint(config_path)
-        mcfg = Config.from_dict(ckpt["config"])
-        return load_quantized_model(read_artifact(path), mcfg, device), ckpt, "int6"
+        weights = dequantize_state_dict(read_artifact(path))
+        model = load_weights(GPT(Config.from_dict(ckpt["config"])), weights, f"artifact {path} (config from {config_path})")
+        return model.to(device), ckpt, "int6"
     ckpt = load_checkpoint(path)
     return model_from_checkpoint(ckpt, path).to(device), ckpt, "float"
 
@@ -45,8 +45,8 @@ def _load(path: str, config_path: str, device):
 @cli_main
 def main():
     cfg, args = config_from_cli(__doc__, extra=_options)
-    ctx = init_dist(cfg.device, cfg.dtype)
     try:
+        ctx = init_dist(cfg.device, cfg.dtype)
         model, ckpt, kind = _load(args.path, args.config, ctx.device)
         mcfg = model.cfg
         for name in ("data_path", "tokenizer_path"):  # the run's own data unless set explicitly
@@ -57,7 +57,7 @@ def main():
             raise GolfError(f"{args.path} was trained with another tokenizer than {cfg.tokenizer_path}; "
                             "set TOKENIZER_PATH/DATA_PATH to the run's")
         luts = luts_to_torch(build_byte_luts(sp, mcfg.vocab_size), ctx.device)
-        val = load_val_tokens(cfg.data_path, mcfg.train_seq_len, cfg.val_max_tokens)
+        val = load_val_tokens(cfg.data_path, mcfg.train_seq_len, cfg.val_max_tokens, mcfg.vocab_size)
         model.eval()
         t = time.perf_counter()
         vl, vb = eval_val(model, val, luts, mcfg.train_seq_len, cfg.val_batch_size, ctx, progress=True)

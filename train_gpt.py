@@ -18,8 +18,8 @@ def main():
     cfg, args = config_from_cli(__doc__)
     if args.dry_run:
         return dry_run(cfg)
-    run = start_run(cfg, "train_gpt.py")
     try:
+        run = start_run(cfg, "train_gpt.py")
         result = train(cfg, run.ctx, run.log, run.train_files, run.val_tokens, run.luts,
                        extra_meta={"tokenizer_sha256": run.tokenizer_sha256})
         finish_student(result.model, cfg, run.ctx, run.val_tokens, run.luts, run.log, __file__)

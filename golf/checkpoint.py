@@ -27,6 +27,8 @@ def save_checkpoint(path: str, payload: dict) -> str:
 
 def checkpoint_sha256(path: str) -> str:
     """The checkpoint's sha256: from its sidecar when present and fresh, else computed."""
+    if not os.path.isfile(path):
+        raise GolfError(f"checkpoint {path} not found; check the path (TEACHER_PATH?) or train one first")
     side = path + ".sha256"
     if os.path.isfile(side) and os.path.getmtime(side) >= os.path.getmtime(path):
         with open(side) as f:
@@ -46,19 +48,39 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises many types for a damaged file
-        raise GolfError(f"checkpoint {path} is unreadable ({type(e).__name__}); it is damaged or not a checkpoint") from None
+        raise GolfError(f"checkpoint {path} is unreadable ({type(e).__name__}): damaged (an interrupted copy?) or not a "
+                        "checkpoint; use an intact copy or train it again") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise GolfError(f"checkpoint {path} has no model/config; it was not written by this toolkit")
     return ckpt
 
 
+def _weights_diff(expected: dict, got: dict) -> str:
+    """What differs between two state dicts' names and shapes, briefly, for an error message ('' if nothing)."""
+
+    def some(names):
+        return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+
+    shapes = [f"{k} has shape {tuple(got[k].shape)}, expected {tuple(v.shape)}" for k, v in expected.items()
+              if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    parts = shapes[:2] + ([f"{len(shapes) - 2} more shapes differ"] if len(shapes) > 2 else [])
+    parts += [f"{len(missing)} missing ({some(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({some(unexpected)})"] if unexpected else []
+    return "; ".join(parts)
+
+
+def load_weights(model: GPT, state_dict: dict, source: str) -> GPT:
+    """Load `state_dict` into `model` strictly (as fp32), or raise a GolfError naming `source` and what differs."""
+    why = _weights_diff(model.state_dict(), state_dict)
+    if why:
+        raise GolfError(f"{source}: weights do not match the configuration ({why}); it was edited or belongs to "
+                        "another configuration: use the checkpoint it came from")
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    return model
+
+
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> GPT:
     """A GPT of the checkpoint's own configuration with its weights loaded strictly (fp32)."""
-    cfg = Config.from_dict(ckpt["config"])
-    model = GPT(cfg)
-    try:
-        model.load_state_dict({k: v.float() for k, v in ckpt["model"].items()}, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise GolfError(f"{source}: weights do not match its saved configuration ({first})") from None
-    return model
+    return load_weights(GPT(Config.from_dict(ckpt["config"])), ckpt["model"], source)

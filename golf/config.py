@@ -197,9 +197,10 @@ def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace | None = None, env: dict | None = None) -> Config:
     """Defaults, then the preset, then environment variables, then `--flags`."""
     env = os.environ if env is None else env
-    preset = (getattr(args, "preset", None) if args is not None else None) or env.get("PRESET", "student")
+    flag = getattr(args, "preset", None) if args is not None else None
+    preset = flag or env.get("PRESET", "student")
     if preset not in PRESETS:
-        raise GolfError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise GolfError(f"{'--preset' if flag else 'PRESET'}={preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
     cfg = Config(**PRESETS[preset])
     for f in fields(Config):
         typ = _field_type(f)

@@ -82,9 +82,9 @@ class Batch:
 
 
 class DistributedTokenLoader:
-    def __init__(self, paths: list[str], rank: int, world_size: int, device=torch.device("cpu")):
+    def __init__(self, paths: list[str], rank: int, world_size: int, vocab_size: int | None = None):
         self.stream = TokenStream(paths)
-        self.rank, self.world_size, self.device = rank, world_size, device
+        self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
 
     def local_tokens(self, global_tokens: int, seq_len: int, accum: int) -> int:
         local = global_tokens // (self.world_size * accum)
@@ -99,11 +99,26 @@ class DistributedTokenLoader:
         local = self.local_tokens(global_tokens, seq_len, accum)
         span = local + 1
         chunk, segments = self.stream.take(self.world_size * span)
+        if self.vocab_size is not None and int(chunk.max()) >= self.vocab_size:
+            self._refuse_id(chunk, segments)
         start = self.rank * span
         mine = torch.from_numpy(chunk[start:start + span].astype(np.int64))
         x = mine[:-1].reshape(-1, seq_len)
         y = mine[1:].reshape(-1, seq_len)
         return Batch(x, y, slice_segments(segments, start, local))
+
+    def _refuse_id(self, chunk: np.ndarray, segments: list[Segment]):
+        """Name the first id >= vocab_size and where it lies. Checked here, on the host (~0.1 ms a batch),
+        because on the device it would be an index error mid-step, or a CUDA device-side assert."""
+        pos = int(np.argmax(chunk >= self.vocab_size))
+        bad = int(chunk[pos])
+        for shard, off, n in segments:
+            if pos < n:
+                break
+            pos -= n
+        raise GolfError(f"{self.stream.paths[shard]}: token id {bad} at position {off + pos} is >= VOCAB_SIZE="
+                        f"{self.vocab_size}: the shard was made with another tokenizer; check the shards with "
+                        "prepare_data.py --check DIR --vocab-size N, fix VOCAB_SIZE or re-create them")
 
     def state(self) -> dict:
         return self.stream.state()

@@ -8,17 +8,31 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from golf.dist import Ctx, all_reduce
+from golf.errors import GolfError
 from golf.shards import list_shards, load_shard
 from golf.tokenizer import ByteLuts, count_bytes
 
 LN2 = math.log(2)
 
 
-def load_val_tokens(data_path: str, seq_len: int, max_targets: int = 0) -> torch.Tensor:
+def load_val_tokens(data_path: str, seq_len: int, max_targets: int = 0, vocab_size: int | None = None) -> torch.Tensor:
     """All val shards concatenated, truncated to ((N-1)//L)*L + 1 tokens (whole sequences of targets).
-    `max_targets` > 0 keeps only the first that many targets (rounded down to whole sequences)."""
-    tokens = np.concatenate([np.asarray(load_shard(p)) for p in list_shards(data_path, "val")])
+    `max_targets` > 0 keeps only the first that many targets (rounded down to whole sequences).
+    With `vocab_size`, every id must be below it (else the embedding lookup would fail mid-evaluation)."""
+    parts = []
+    for path in list_shards(data_path, "val"):
+        tokens = np.asarray(load_shard(path))
+        if vocab_size is not None and len(tokens) and int(tokens.max()) >= vocab_size:
+            pos = int(np.argmax(tokens >= vocab_size))
+            raise GolfError(f"{path}: token id {int(tokens[pos])} at position {pos} is >= VOCAB_SIZE={vocab_size}: "
+                            "the shards were made with another tokenizer; fix VOCAB_SIZE/TOKENIZER_PATH or re-create "
+                            "the shards with prepare_data.py")
+        parts.append(tokens)
+    tokens = np.concatenate(parts)
     n_targets = ((len(tokens) - 1) // seq_len) * seq_len
+    if n_targets <= 0:
+        raise GolfError(f"the val shards in {data_path} hold {len(tokens)} tokens, fewer than one sequence of "
+                        f"TRAIN_SEQ_LEN={seq_len} + 1; use more validation text or a shorter TRAIN_SEQ_LEN")
     if max_targets > 0:
         n_targets = min(n_targets, max(max_targets // seq_len, 1) * seq_len)
     return torch.from_numpy(tokens[: n_targets + 1].astype(np.int64))

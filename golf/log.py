@@ -5,15 +5,15 @@ import time
 
 
 class Logger:
-    def __init__(self, log_dir: str, run_id: str, enabled: bool = True):
+    def __init__(self, log_dir: str, run_id: str, enabled: bool = True, append: bool = False):
         self.enabled = enabled
         self.txt_path = os.path.join(log_dir, f"{run_id}.txt")
         self.jsonl_path = os.path.join(log_dir, f"{run_id}.jsonl")
         if enabled:
             os.makedirs(log_dir, exist_ok=True)
-            # Start fresh: a rerun with the same RUN_ID replaces the old log rather than interleaving with it.
+            # A new run with the same RUN_ID replaces the old log; a resumed run continues it (append).
             for p in (self.txt_path, self.jsonl_path):
-                open(p, "w").close()
+                open(p, "a" if append else "w").close()
 
     def __call__(self, line: str = "", console: bool = True):
         """One log line: to stdout (unless console=False) and to the .txt log."""

@@ -1,15 +1,16 @@
-"""What every training script does before and after its loop: resolve the run, open the logs, check the
-data and tokenizer, print the challenge's preamble."""
+"""What every training script does before its loop: resolve the run, check the data, tokenizer and free disk
+(before writing anything), then open the logs and print the challenge's preamble."""
 import os
 import platform
+import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
 
 from golf.config import Config
 from golf.dist import Ctx, init_dist
+from golf.errors import GolfError
 from golf.eval import load_val_tokens
 from golf.log import Logger
 from golf.model import GPT
@@ -21,11 +22,11 @@ from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to
 class Run:
     cfg: Config
     ctx: Ctx
-    log: Logger
     train_files: list
     val_tokens: torch.Tensor
     luts: object
     tokenizer_sha256: str
+    log: Logger | None = None  # set by open_log
 
 
 def dry_run(cfg: Config):
@@ -46,30 +47,57 @@ def _git_describe() -> str:
         return "unknown"
 
 
-def start_run(cfg: Config, script: str) -> Run:
-    """Process group, logger, data checks and the preamble lines; every rank gets the same Run."""
+def _min_checkpoint_bytes(cfg: Config) -> int:
+    """A lower bound of the disk the run's checkpoints take: the final weights at >= 2 bytes each (bf16 runs keep
+    the embeddings in bf16) and, with CHECKPOINT_EVERY, a resumable checkpoint with the weights again and their
+    fp32 EMA (optimizer state and the artifact come on top). Being a lower bound, it never refuses a run that
+    would fit, and it catches a full disk before training rather than when the checkpoint is saved."""
+    with torch.device("meta"):
+        params = GPT(cfg).num_params()
+    resumable = (2 + 4 * cfg.ema_enabled) * params if cfg.checkpoint_every > 0 else 0
+    return 2 * params + resumable
+
+
+def _check_free_disk(cfg: Config):
+    folder = os.path.dirname(os.path.abspath(cfg.checkpoint_path))
+    while not os.path.isdir(folder):  # the folder is created at the first save; its disk is the nearest parent's
+        folder = os.path.dirname(folder)
+    need, free = _min_checkpoint_bytes(cfg), shutil.disk_usage(folder).free
+    if need > free:
+        raise GolfError(f"the checkpoints of this run need at least {need:,} bytes in {os.path.dirname(cfg.checkpoint_path) or '.'}, "
+                        f"only {free:,} bytes are free; free some space or set CHECKPOINT_PATH to another disk")
+
+
+def prepare_run(cfg: Config) -> Run:
+    """Resolve the run, start the process group and check every input (tokenizer, train and val shards, free
+    disk) on every rank, writing nothing: a refused run leaves the files of an earlier run with the same RUN_ID
+    (its logs included) untouched. A script runs its own refusals next, then `open_log`."""
     cfg.resolve_paths()
     ctx = init_dist(cfg.device, cfg.dtype)
-    log = Logger(cfg.log_dir, cfg.run_id, enabled=ctx.is_master)
+    sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
+    luts = luts_to_torch(build_byte_luts(sp, cfg.vocab_size), ctx.device)
+    train_files = list_shards(cfg.data_path, "train")
+    if sum(read_header(p) for p in train_files) == 0:
+        raise GolfError(f"the train shards in {cfg.data_path} hold no tokens (DATA_PATH); re-create them with prepare_data.py")
+    val_tokens = load_val_tokens(cfg.data_path, cfg.train_seq_len, cfg.val_max_tokens, cfg.vocab_size)
+    _check_free_disk(cfg)
+    return Run(cfg, ctx, train_files, val_tokens, luts, file_sha256(cfg.tokenizer_path))
+
+
+def open_log(run: Run, script: str, append: bool = False) -> Logger:
+    """Open logs/<RUN_ID>.txt and .jsonl (rank 0; an earlier log of the same RUN_ID is replaced, or continued
+    with `append`, as a resumed run does) and log the challenge's preamble lines."""
+    cfg, ctx = run.cfg, run.ctx
+    run.log = log = Logger(cfg.log_dir, cfg.run_id, enabled=ctx.is_master, append=append)
     log(log.txt_path)
     log(f"script:{script} git:{_git_describe()} python:{platform.python_version()} torch:{torch.__version__} "
         f"device:{torch.cuda.get_device_name(ctx.device) if ctx.device.type == 'cuda' else platform.processor() or 'cpu'}",
         console=False)
     for line in cfg.lines():
         log(f"config:{line}", console=False)
-    sp = load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
-    luts = luts_to_torch(build_byte_luts(sp, cfg.vocab_size), ctx.device)
     log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={cfg.tokenizer_path}")
-    train_files = list_shards(cfg.data_path, "train")
-    for p in train_files:
-        read_header(p)
-    log(f"train_loader:dataset:{os.path.basename(os.path.normpath(cfg.data_path))} train_shards:{len(train_files)}")
-    val_tokens = load_val_tokens(cfg.data_path, cfg.train_seq_len, cfg.val_max_tokens)
-    if int(val_tokens.max()) >= cfg.vocab_size:
-        from golf.errors import GolfError
-        raise GolfError(f"val shards in {cfg.data_path} hold token id {int(val_tokens.max())} >= VOCAB_SIZE="
-                        f"{cfg.vocab_size}; the data and tokenizer do not match")
-    log(f"val_loader:shards pattern={os.path.join(cfg.data_path, '*_val_*.bin')} tokens:{len(val_tokens) - 1}")
+    log(f"train_loader:dataset:{os.path.basename(os.path.normpath(cfg.data_path))} train_shards:{len(run.train_files)}")
+    log(f"val_loader:shards pattern={os.path.join(cfg.data_path, '*_val_*.bin')} tokens:{len(run.val_tokens) - 1}")
     with torch.device("meta"):
         log(f"model_params:{GPT(cfg).num_params()}")
     log(f"world_size:{ctx.world_size} grad_accum_steps:{cfg.micro_batches // ctx.world_size}")
@@ -82,4 +110,11 @@ def start_run(cfg: Config, script: str) -> Run:
     log(f"seed:{cfg.seed}")
     log(f"device:{ctx.device.type} autocast:{ctx.autocast_dtype or 'fp32'}")
     log.metrics(event="config", script=script, config=cfg.to_dict(), world_size=ctx.world_size)
-    return Run(cfg, ctx, log, train_files, val_tokens, luts, file_sha256(cfg.tokenizer_path))
+    return log
+
+
+def start_run(cfg: Config, script: str) -> Run:
+    """`prepare_run` then `open_log`, for scripts without refusals of their own."""
+    run = prepare_run(cfg)
+    open_log(run, script)
+    return run

@@ -12,7 +12,6 @@ recipe (seed-factsheet section 4), with its timing made honest:
 """
 import copy
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -84,6 +83,17 @@ def _set_rng_state(s):
     torch.set_rng_state(s["torch"])
 
 
+def _last_good(resume_path: str, saved_step: int | None, bad_step: int) -> str:
+    """Where to go back to after a non-finite loss at `bad_step`. That loss came from the weights after step
+    bad_step - 1, so a resumable checkpoint of that very step holds the diverged weights; one from an earlier
+    step holds weights whose loss was finite."""
+    if saved_step is None:
+        return "no resumable checkpoint was written (CHECKPOINT_EVERY)"
+    if saved_step == bad_step - 1:
+        return f"the resumable checkpoint {resume_path} (step {saved_step}) holds the weights that gave it"
+    return f"last good checkpoint: {resume_path} (step {saved_step})"
+
+
 def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens, luts, objective=None,
           teacher_source=None, resume: dict | None = None, extra_meta: dict | None = None) -> TrainResult:
     """Train `cfg`'s model; returns the EMA model after saving the final checkpoint (rank 0).
@@ -105,7 +115,7 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
     params = list(model.parameters())
 
     def new_pipeline(loader_state=None):
-        loader = DistributedTokenLoader(train_files, ctx.rank, ctx.world_size)
+        loader = DistributedTokenLoader(train_files, ctx.rank, ctx.world_size, cfg.vocab_size)
         if loader_state is not None:
             loader.load_state(loader_state)
         return BatchPipeline(loader, cfg.train_batch_tokens, cfg.train_seq_len, accum, ctx.device, teacher_source)
@@ -171,7 +181,11 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
     def meta():
         return {"config": cfg.to_dict(), **(extra_meta or {})}
 
+    saved_step = step if resume is not None else None  # step of the resumable checkpoint on disk, if any
+
     def save_resumable(path, elapsed_ms):
+        nonlocal saved_step
+        saved_step = step
         if not ctx.is_master:
             return
         save_checkpoint(path, {
@@ -219,9 +233,9 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
         reached_cap, nonfinite = flags.tolist()
         step_times.append(1000 * (time.perf_counter() - t_step))
         if nonfinite:
-            last_good = resume_path if cfg.checkpoint_every > 0 and step > cfg.checkpoint_every else "none"
-            raise GolfError(f"non-finite training loss at step {step}; stopped instead of training on "
-                            f"(last good checkpoint: {last_good}); lower the learning rates or check the data")
+            raise GolfError(f"non-finite training loss at step {step}: stopped instead of training on, no final "
+                            f"checkpoint written; {_last_good(resume_path, saved_step, step)}; lower the learning "
+                            "rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data")
         if step <= 10 or step % cfg.train_log_every == 0 or reached_cap or step == cfg.iterations:
             all_reduce(losses)
             losses = (losses / ctx.world_size).tolist()

@@ -1,0 +1,369 @@
+"""The cache builder (golf/cache_build.py) and cache_logits.py: window layout, cached rows against an
+independent recomputation of the teacher, kill -9 and resume, refusals, disk space, torchrun.
+
+Run: python -m pytest tests/test_cache_build.py -q
+"""
+import contextlib
+import io
+import json
+import os
+import re
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from golf.cache import CacheReader, CacheSpec, CacheWriter
+from golf.cache_build import build_cache, plan_windows, verify_cache
+from golf.checkpoint import save_checkpoint
+from golf.config import PRESETS, Config
+from golf.distill import load_teacher
+from golf.errors import GolfError
+from golf.model import GPT
+from golf.shards import load_shard, write_shard
+from helpers import REPO, cpu_ctx, run_script
+
+K = 8
+CONTENT_SIZES = (37, 100, 5, 64, 201)  # not multiples of any window or stride; one shard shorter than a stride
+SCRIPT_SIZES = (750, 666, 850, 600, 777, 700, 825, 650)  # many shards: time to kill between two
+# Script runs: a small stride and one window per forward make each shard take ~0.1-0.4 s on CPU.
+SCRIPT_ARGS = ["--k", "16", "--window", "32", "--stride", "8", "--batch-windows", "2"]
+
+
+def write_stream(folder, sizes, vocab=1024, seed=0) -> list[str]:
+    """Random-token train shards in `folder` (sorted name order = stream order)."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, n in enumerate(sizes):
+        paths.append(os.path.join(folder, f"rand_train_{i:06d}.bin"))
+        write_shard(paths[-1], rng.integers(0, vocab, n))
+    return paths
+
+
+def random_teacher(path, seed: int, seq_len: int = 32, vocab: int = 1024) -> GPT:
+    """A `test`-preset GPT with random weights saved as a checkpoint. The init zeroes the output projections
+    and the bigram table and makes the logits nearly uniform; the added noise makes every path (attention
+    over the context included) matter and the top-K well separated."""
+    cfg = Config(**{**PRESETS["test"], "train_seq_len": seq_len, "vocab_size": vocab})
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    save_checkpoint(str(path), {"config": cfg.to_dict(), "model": model.state_dict(), "kind": "final"})
+    return model.eval()
+
+
+def dir_bytes(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Bitwise-reproducible CPU kernels, identical to the scripts run with OMP_NUM_THREADS=1. Also much faster
+    for these tiny shapes on a busy machine, where two threads wait for each other at every op."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Window layout
+
+
+@pytest.mark.parametrize("window,stride,total", [(8, 8, 50), (8, 3, 50), (8, 1, 23), (16, 5, 16), (16, 7, 9), (5, 4, 101)])
+def test_plan_windows_scores_every_position_once_with_enough_context(window, stride, total):
+    """Brute force over every shard range [lo, hi): each position is scored exactly once, by a window whose
+    input it lies in, with >= window - stride tokens of context before it except in window 0, and by the
+    same window whatever the range (so shards, ranks and resumes agree)."""
+    owner = {}
+    for lo, hi in [(0, total)] + [(lo, hi) for lo in range(total) for hi in range(lo, total + 1)]:
+        scored = []
+        for ws, we, a, b in plan_windows(lo, hi, window, stride, total):
+            assert 0 <= ws and we <= total and 0 < we - ws <= window
+            assert we - ws == window or we == total  # only the stream's last window is short
+            assert ws % stride == 0 and ws <= a < b <= we
+            for p in range(a, b):
+                assert ws == 0 or p - ws >= window - stride, (ws, p)
+                assert owner.setdefault(p, (ws, we)) == (ws, we), p
+            scored += range(a, b)
+        assert scored == list(range(lo, hi)), (lo, hi)
+    assert sorted(owner) == list(range(total))
+
+
+def test_plan_windows_final_short_window_and_documented_spans():
+    assert list(plan_windows(0, 20, 8, 8, 20)) == [(0, 8, 0, 8), (8, 16, 8, 16), (16, 20, 16, 20)]
+    # stride 3: window 0 scores [0, 8), window k >= 1 its last 3 positions [3k + 5, 3k + 8)
+    assert list(plan_windows(6, 14, 8, 3, 13)) == [(0, 8, 6, 8), (3, 11, 8, 11), (6, 13, 11, 13)]
+    assert list(plan_windows(7, 7, 8, 3, 13)) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cached rows against an independent recomputation
+
+
+def expected_window(p: int, window: int, stride: int) -> int:
+    """The documented layout, searched by brute force: window 0 scores [0, L), window k [kS + L - S, kS + L)."""
+    for k in range(p + 2):
+        a = 0 if k == 0 else k * stride + window - stride
+        if a <= p < k * stride + window:
+            return k
+    raise AssertionError(p)
+
+
+def reference(model: GPT, tokens: np.ndarray, ws: int, we: int):
+    """Log-probabilities of the model on exactly the input tokens[ws:we] (one window, unpadded, no batch),
+    and their top-K values per position."""
+    x = torch.from_numpy(tokens[ws:we].astype(np.int64))[None]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(x)[0].double(), dim=-1)
+    return lp.numpy(), lp.topk(K, dim=-1).values.numpy()
+
+
+def fp16_tol(v):
+    """fp16 round-to-nearest (half an ulp <= |v| 2^-11) plus the noise of fp32 forwards of other shapes."""
+    return np.abs(v) * 2.0**-11 + 1e-4
+
+
+def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windows=4, fixed_shape=False):
+    spec = CacheSpec(k=K, vocab_size=vocab, encoding=encoding, teacher_sha256="0" * 64,
+                     teacher_config=model.cfg.to_dict(), window=window, stride=stride)
+    out = os.path.join(tmp, f"cache_{encoding}")
+    writer = CacheWriter(out, paths, spec)
+    stats = build_cache(model, writer, paths, writer.pending(), cpu_ctx(), batch_windows, fixed_shape)
+    assert writer.finalize() == [] and stats["positions"] == sum(CONTENT_SIZES)
+    return CacheReader(out, paths)
+
+
+@pytest.mark.parametrize("window,stride,vocab,batch_windows,fixed_shape", [
+    (32, 32, 1024, 64, False),
+    (32, 12, 1024, 3, False),
+    (24, 7, 1024, 5, True),  # every batch padded to one shape, as for a compiled teacher
+    (24, 24, 40000, 4, False),  # ids >= 2**15 do not fit the int16 the device side uses for small vocabs
+])
+def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, window, stride, vocab, batch_windows, fixed_shape):
+    paths = write_stream(tmp_path / "data", CONTENT_SIZES)
+    model = random_teacher(tmp_path / "teacher.pt", seed=1, seq_len=window, vocab=vocab)
+    reader = build(str(tmp_path), model, paths, window, stride, vocab, batch_windows=batch_windows, fixed_shape=fixed_shape)
+    tokens = np.concatenate([np.asarray(load_shard(p)) for p in paths])
+    idx, vals = reader.gather([(i, 0, n) for i, n in enumerate(CONTENT_SIZES)])
+    assert idx.shape == (len(tokens), K)
+
+    total, checked, shifted_differs = len(tokens), 0, []
+    for k in sorted({expected_window(p, window, stride) for p in range(total)}):
+        ws, we = k * stride, min(k * stride + window, total)
+        lp, top = reference(model, tokens, ws, we)
+        ps = [p for p in range(ws, we) if expected_window(p, window, stride) == k]
+        for p in ps:
+            ref = top[p - ws]
+            tol = fp16_tol(ref)
+            assert (np.abs(vals[p] - ref) <= tol).all(), (p, vals[p] - ref)
+            # ids: each cached id holds the reference's value at its rank (so ids are equal up to ties)
+            assert len(set(idx[p])) == K and (np.abs(lp[p - ws][idx[p]] - ref) <= 1e-4).all(), p
+            # the row is position p's prediction, not its neighbours' (the teacher depends on the context)
+            for q in (p - 1, p + 1):
+                if ws <= q < we:
+                    assert (np.abs(vals[p] - top[q - ws]) > tol).any(), (p, q)
+            checked += 1
+        if ws > 0:  # the same positions scored from a window starting one token later differ
+            top1 = reference(model, tokens, ws + 1, we)[1]
+            shifted_differs += [(np.abs(vals[p] - top1[p - ws - 1]) > fp16_tol(vals[p])).any() for p in ps if p > ws]
+    assert checked == total
+    assert np.mean(shifted_differs) > 0.9, np.mean(shifted_differs)  # so a one-token layout shift would show
+    if vocab > 1 << 15:
+        assert (idx >= 1 << 15).any()
+
+
+def test_packed_cache_holds_the_fp16_cache_rows(tmp_path):
+    paths = write_stream(tmp_path / "data", CONTENT_SIZES)
+    model = random_teacher(tmp_path / "teacher.pt", seed=2)
+    segments = [(i, 0, n) for i, n in enumerate(CONTENT_SIZES)]
+    fp16 = build(str(tmp_path), model, paths, 32, 12, 1024).gather(segments)
+    packed = build(str(tmp_path), model, paths, 32, 12, 1024, encoding="packed").gather(segments)
+    np.testing.assert_array_equal(packed[0], fp16[0])
+    assert np.abs(packed[1] - fp16[1]).max() <= 0.11  # the packed encoding's documented bound
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cache_logits.py: resume, refusals, disk space, torchrun, --verify
+
+
+class ScriptRuns:
+    """One train stream, one random teacher and one uninterrupted cache_logits.py run (in-process)."""
+
+    def __init__(self, root: Path, ds):
+        self.root = root
+        self.data = root / "data"
+        self.paths = write_stream(self.data, SCRIPT_SIZES)
+        self.teacher = root / "teacher.pt"
+        random_teacher(self.teacher, seed=3)
+        self.tokenizer = ds.tokenizer_path
+        self.ref = root / "ref"
+        with one_thread():
+            code, self.ref_stdout, err = self.main(self.ref, "--verify", "25")
+        assert code == 0, err
+
+    def env(self, data=None) -> dict:
+        # fp32: DTYPE=auto picks bf16 autocast on CPUs with bf16 instructions; the checks here use fp32
+        return {"DATA_PATH": str(data or self.data), "TOKENIZER_PATH": self.tokenizer, "DTYPE": "fp32"}
+
+    def args(self, out, *extra, teacher=None) -> list[str]:
+        return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *SCRIPT_ARGS, *extra]
+
+    def main(self, out, *extra, teacher=None, data=None, debug=False):
+        """Run cache_logits.main() in this process; returns (exit code, stdout, stderr)."""
+        script = runpy.run_path(os.path.join(REPO, "cache_logits.py"))
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("PRESET", "RANK", "WORLD_SIZE", "LOCAL_RANK", "DEBUG", "DEVICE"):
+                mp.delenv(name, raising=False)
+            for name, value in self.env(data).items():
+                mp.setenv(name, value)
+            if debug:
+                mp.setenv("DEBUG", "1")
+            mp.setattr(sys, "argv", self.args(out, *extra, teacher=teacher))
+            code = 0
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    script["main"]()
+                except SystemExit as e:
+                    code = e.code
+        return code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli(tiny_dataset, tmp_path_factory):
+    return ScriptRuns(tmp_path_factory.mktemp("cache_script"), tiny_dataset)
+
+
+def shard_stem(path) -> str:
+    return os.path.basename(path)[: -len(".bin")]
+
+
+def test_verify_reports_an_exact_cache_and_catches_a_wrong_one(cli, tmp_path):
+    line = re.search(r"verify rows:25 max_abs_logprob_diff:(\S+) id_mismatches:(\d+)", cli.ref_stdout)
+    assert line and float(line[1]) == 0.0 and line[2] == "0", cli.ref_stdout
+    assert json.loads(cli.ref_stdout.strip().splitlines()[-1]) == {"rows": 25, "max_abs_logprob_diff": 0.0, "id_mismatches": 0}
+    # verify has teeth: right values under the wrong ids, then values off by 0.25
+    bad = tmp_path / "bad"
+    shutil.copytree(cli.ref, bad)
+    for path in cli.paths:
+        ids = np.load(bad / f"{shard_stem(path)}.idx.npy", mmap_mode="r+")
+        ids[:] = np.roll(np.asarray(ids), 1, axis=1)
+        ids.flush()
+    model = load_teacher(str(cli.teacher), cpu_ctx(), 1024)[0]
+    assert verify_cache(model, str(bad), cli.paths, 10, cpu_ctx())["id_mismatches"] == 10
+    shutil.rmtree(bad)
+    shutil.copytree(cli.ref, bad)
+    for path in cli.paths:
+        v = np.load(bad / f"{shard_stem(path)}.val.npy", mmap_mode="r+")
+        v -= np.float16(0.25)
+        v.flush()
+    r = verify_cache(model, str(bad), cli.paths, 10, cpu_ctx())
+    assert r["id_mismatches"] == 0 and 0.24 < r["max_abs_logprob_diff"] < 0.26
+
+
+def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(cli, tmp_path):
+    out = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **cli.env()}
+    env.pop("PRESET", None)
+    args = cli.args(out)
+    cmd = [sys.executable, os.path.join(REPO, args[0]), *args[1:]]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def done():
+        return sorted(f for f in os.listdir(out) if f.endswith(".done")) if out.is_dir() else []
+
+    deadline = time.monotonic() + 120
+    while not done() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    finished = done()
+    assert 1 <= len(finished) < len(SCRIPT_SIZES), finished  # killed midway
+    kept = {}
+    for name in finished:
+        stem = name[: -len(".done")]
+        for f in (name, f"{stem}.idx.npy", f"{stem}.val.npy"):
+            st = os.stat(out / f)
+            kept[f] = (st.st_ino, st.st_mtime_ns)
+
+    rerun = run_script(args, cli.env(), cwd=str(tmp_path))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    left = len(SCRIPT_SIZES) - len(finished)
+    assert f"pending_shards:{left} " in rerun.stdout and f"shards_written:{left} " in rerun.stdout, rerun.stdout
+    for f, ident in kept.items():  # finished shards were not rewritten
+        st = os.stat(out / f)
+        assert (st.st_ino, st.st_mtime_ns) == ident, f
+    assert dir_bytes(out) == dir_bytes(cli.ref)  # no temp file left, every file byte-identical
+
+
+def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
+    out = tmp_path / "cache"
+    r = run_script(cli.args(out), cli.env(), cwd=str(tmp_path), nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"shards_written:{len(SCRIPT_SIZES) // 2} " in r.stdout, r.stdout  # rank 0 wrote half of them
+    assert dir_bytes(out) == dir_bytes(cli.ref)
+
+
+def _refused(cli, out, before, **kw):
+    code, _, err = cli.main(out, *kw.pop("extra", ()), **kw)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert dir_bytes(out) == before
+    return err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--k", "12"], "k 16 != 12"),
+    (["--stride", "16"], "stride 8 != 16"),
+    (["--encoding", "packed"], "encoding fp16 != packed"),
+])
+def test_rerun_with_other_settings_is_refused_and_changes_nothing(cli, tmp_path, extra, message):
+    out = tmp_path / "cache"
+    shutil.copytree(cli.ref, out)
+    err = _refused(cli, out, dir_bytes(out), extra=extra)  # argparse: the last --k/--stride wins
+    assert "made for something else" in err and message in err
+
+
+def test_rerun_with_another_teacher_or_changed_shard_is_refused(cli, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(cli.ref, out)
+    before = dir_bytes(out)
+    other = tmp_path / "other.pt"
+    random_teacher(other, seed=4)
+    assert "teacher_sha256" in _refused(cli, out, before, teacher=other)
+    data = tmp_path / "data"
+    shutil.copytree(cli.data, data)
+    changed = data / os.path.basename(cli.paths[2])
+    tokens = np.array(load_shard(changed))
+    write_shard(changed, tokens[::-1])  # same length, other tokens
+    assert "changed since the cache was made" in _refused(cli, out, before, data=data)
+
+
+def test_not_enough_disk_is_refused_before_anything_is_written(cli, tmp_path, monkeypatch):
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12, 1000))
+    out = tmp_path / "new" / "cache"
+    need = sum(SCRIPT_SIZES) * 16 * (2 + 2)  # uint16 ids + float16 values, K = 16
+    with pytest.raises(GolfError, match=rf"the logit cache needs {need:,} bytes \(0\.00 GB\) in .*cache, only 1,000 bytes .*--encoding packed"):
+        cli.main(out, debug=True)
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,591 @@
+"""Bad input and failed writes: every script refuses bad input with one clear line, and no write leaves a file
+half-written or overwritten.
+
+The matrix runs each case on its own copy of a small workspace (the tiny dataset, a teacher and its logit cache,
+a student checkpoint and artifact, the files of an earlier run with RUN_ID=r) that one setup function damages.
+Each case must exit 2 with `error: ...` naming the file or variable as the last line of stderr and no
+traceback, leave every file that existed byte-identical, and create nothing but the files it is allowed to
+(no `.*.tmp` temp file). Most cases run the script's __main__ in this process (importing torch once); the
+cases marked `own_process` run as real processes, in the background while the others run, and prove the same
+of the actual command line: exit status, stderr, and the traceback that DEBUG=1 shows. A full disk is
+simulated by a fake `shutil.disk_usage` or an `os.fsync` failing with ENOSPC (in a subprocess, through a
+`sitecustomize` shim on its PYTHONPATH).
+
+Then: a non-finite loss names the right checkpoint, and each atomic writer, failing between the write and the
+rename, leaves the previous file and no temp file.
+
+Run: python -m pytest tests/test_reliability.py -q
+"""
+import contextlib
+import errno
+import fnmatch
+import hashlib
+import io
+import os
+import re
+import runpy
+import shutil
+import stat
+import subprocess
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from golf.atomic import atomic_write_text
+from golf.cache import CacheReader, CacheSpec, CacheWriter
+from golf.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from golf.config import PRESETS, Config
+from golf.data import DistributedTokenLoader
+from golf.errors import GolfError
+from golf.losses import cross_entropy
+from golf.model import GPT
+from golf.quant import quantize_state_dict, read_artifact, write_artifact
+from golf.shards import HEADER_BYTES, load_shard, write_shard
+from golf.tokenizer import file_sha256
+from golf.train import train
+from helpers import REPO, cpu_ctx, logger, make_config, run_inputs
+
+DATA = "data/datasets/tiny_sp1024"  # relative: every case runs in its own copy of the workspace
+TOK = "data/tokenizers/tiny_1024_bpe.model"
+K = 8
+WORKERS = 2  # subprocess cases at a time, beside the in-process ones
+COMMON_ENV = {"PRESET": "test", "RUN_ID": "r", "DATA_PATH": DATA, "TOKENIZER_PATH": TOK, "ITERATIONS": 2,
+              "WARMUP_STEPS": 0, "VAL_MAX_TOKENS": 512, "DEBUG": "0"}
+
+# Fakes for the subprocesses, switched on by environment variables (Python imports sitecustomize at start-up).
+SHIM = '''import os
+if os.environ.get("GOLF_TEST_FREE_BYTES"):
+    import shutil
+    _free, _real = int(os.environ["GOLF_TEST_FREE_BYTES"]), shutil.disk_usage
+    def _disk_usage(path):
+        u = _real(path)
+        return type(u)(u.total, u.total - _free, _free)
+    shutil.disk_usage = _disk_usage
+if os.environ.get("GOLF_TEST_FSYNC_ENOSPC"):
+    def _fsync(fd):
+        raise OSError(28, os.strerror(28))
+    os.fsync = _fsync
+'''
+
+
+def student_config(**overrides) -> Config:
+    return Config(**{**PRESETS["test"], "data_path": DATA, "tokenizer_path": TOK, **overrides})
+
+
+def save_model(path: Path, cfg: Config, seed: int, **meta):
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    with torch.no_grad():  # the init zeroes some projections; noise makes every weight (and the sha) differ
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    save_checkpoint(str(path), {"config": cfg.to_dict(), "model": model.state_dict(), "kind": "final", "step": 0,
+                                **meta})
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The workspace every case copies
+
+
+@pytest.fixture(scope="module")
+def base(tiny_dataset, tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(tiny_dataset.root, ws / "data")
+    assert (ws / DATA).is_dir() and (ws / TOK).is_file()
+    tok_sha = file_sha256(ws / TOK)
+    cfg = student_config()
+    train_files = sorted(str(p) for p in (ws / DATA).glob("*_train_*.bin"))
+
+    # teachers: the cache's, another one, and one of another vocabulary
+    save_model(ws / "teacher.pt", cfg, 1, tokenizer_sha256=tok_sha, role="teacher")
+    save_model(ws / "teacher2.pt", cfg, 2, tokenizer_sha256=tok_sha, role="teacher")
+    save_model(ws / "teacher_v2048.pt", student_config(vocab_size=2048), 3, tokenizer_sha256=tok_sha, role="teacher")
+    # a complete logit cache of teacher.pt, exactly as `cache_logits.py --teacher teacher.pt --k 8` would make it
+    spec = CacheSpec(k=K, vocab_size=1024, encoding="fp16", teacher_sha256=checkpoint_sha256(str(ws / "teacher.pt")),
+                     teacher_config=cfg.to_dict(), window=cfg.train_seq_len, stride=cfg.train_seq_len)
+    writer = CacheWriter(str(ws / "cache"), train_files, spec)
+    for i, path in enumerate(train_files):
+        tokens = np.asarray(load_shard(path)).astype(np.int64)
+        idx = (tokens[:, None] + 97 * np.arange(K)[None, :]) % 1024
+        writer.write_shard(i, idx, np.broadcast_to(-np.arange(1, K + 1, dtype=np.float32), idx.shape))
+    assert writer.finalize() == []
+
+    # an earlier run with RUN_ID=r: its log, checkpoint and artifact must survive every refused rerun
+    (ws / "logs").mkdir()
+    (ws / "logs" / "r.txt").write_text("step:20/20 val_loss:6.0 val_bpb:3.0 (the earlier run)\n")
+    (ws / "logs" / "r.jsonl").write_text('{"event": "final"}\n')
+    student = save_model(ws / "checkpoints" / "r.pt", student_config(run_id="r"), 4, tokenizer_sha256=tok_sha)
+    write_artifact(ws / "checkpoints" / "r.int6.ptz", quantize_state_dict(student.state_dict()))
+    # checkpoints of other configurations
+    save_model(ws / "other.pt", student_config(model_dim=128), 5, tokenizer_sha256=tok_sha)
+    mismatch = GPT(cfg).state_dict()
+    save_checkpoint(str(ws / "mismatch.pt"), {"config": student_config(num_layers=3).to_dict(), "model": mismatch,
+                                              "kind": "final", "tokenizer_sha256": tok_sha})
+    return ws
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("shim")
+    (folder / "sitecustomize.py").write_text(SHIM)
+    return str(folder)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damage
+
+
+def shard(ws: Path, split: str, i: int) -> Path:
+    return ws / DATA / f"tiny_{split}_{i:06d}.bin"
+
+
+def set_header(path: Path, field: int, value: int):
+    header = np.fromfile(path, dtype="<i4", count=3)
+    header[field] = value
+    with open(path, "r+b") as f:
+        f.write(header.tobytes())
+
+
+def set_token(path: Path, pos: int, value: int):
+    with open(path, "r+b") as f:
+        f.seek(HEADER_BYTES + 2 * pos)
+        f.write(np.array([value], dtype="<u2").tobytes())
+
+
+def truncate(path: Path, drop: int):
+    os.truncate(path, path.stat().st_size - drop)
+
+
+def remove_train_shards(ws: Path):
+    for p in (ws / DATA).glob("*_train_*.bin"):
+        p.unlink()
+
+
+def craft_resume(ws: Path):
+    """A resumable checkpoint of run r, written by a 2-layer configuration."""
+    cfg = student_config(run_id="r", checkpoint_path="checkpoints/r.pt", checkpoint_every=10)
+    save_checkpoint(str(ws / "checkpoints" / "r.resume.pt"), {
+        "config": cfg.to_dict(), "kind": "resume", "model": GPT(cfg).state_dict(), "step": 10,
+        "tokenizer_sha256": file_sha256(ws / TOK)})
+
+
+def damaged_copy(src: str, dst: str, drop: int):
+    def setup(ws: Path):
+        shutil.copy(ws / src, ws / dst)
+        truncate(ws / dst, drop)
+    return setup
+
+
+def change_train_shard(ws: Path):
+    path = shard(ws, "train", 1)
+    write_shard(path, np.asarray(load_shard(path))[::-1].copy())  # same length, other tokens
+
+
+def write_text(rel: str, text: str):
+    return lambda ws: (ws / rel).write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The matrix
+
+
+def case(script, *args, env=None, setup=None, names=(), allow_new=(), check=None, rc=2, marks=(), own_process=False,
+         free_bytes=None, fsync_enospc=False):
+    """One bad-input case: `script args` run with `env` after `setup(ws)`; `names` must all appear in the error
+    line; `allow_new` globs name the only files it may create; `check(ws, stdout, error_line)` checks more.
+    `own_process`: run as a subprocess (else in this one); `free_bytes`: the disk has only that much free;
+    `fsync_enospc`: every fsync fails with "no space left on device"."""
+    return types.SimpleNamespace(args=[script, *args], env=env or {}, setup=setup, names=names, allow_new=allow_new,
+                                 check=check, rc=rc, marks=marks, own_process=own_process, free_bytes=free_bytes,
+                                 fsync_enospc=fsync_enospc)
+
+
+def check_nonfinite(ws: Path, stdout: str, line: str):
+    """The step of the first non-finite loss, the checkpoint to go back to (documented rule: the checkpoint of
+    step s - 1 holds the weights that produced it), no final checkpoint, and no training past that step."""
+    step = int(re.search(r"non-finite training loss at step (\d+)", line)[1])
+    saved = (step - 1) // 2 * 2  # CHECKPOINT_EVERY=2
+    assert saved >= 2, line  # the run got far enough to have written a checkpoint
+    ckpt = load_checkpoint(str(ws / "checkpoints" / "nf.resume.pt"))
+    assert ckpt["step"] == saved, (ckpt["step"], line)
+    if saved == step - 1:
+        assert f"checkpoints/nf.resume.pt (step {saved}) holds the weights that gave it" in line
+    else:
+        assert f"last good checkpoint: checkpoints/nf.resume.pt (step {saved})" in line
+        assert all(torch.isfinite(v.float()).all() for v in ckpt["model"].values())
+    losses = {int(s): float(v) for s, v in re.findall(r"^step:(\d+)/\d+ train_loss:(\S+)", stdout, re.M)}
+    assert sorted(losses) == list(range(1, step)) and all(np.isfinite(list(losses.values()))), stdout[-2000:]
+    assert not (ws / "checkpoints" / "nf.pt").exists() and not (ws / "checkpoints" / "nf.int6.ptz").exists()
+
+
+CASES = {
+    # --- configuration
+    "unknown_preset": case("train_gpt.py", env={"PRESET": "nope"}, names=("PRESET", "'nope'", "demo-student"),
+                           own_process=True),
+    "unknown_preset_flag": case("eval_bpb.py", "checkpoints/r.pt", "--preset", "nope", names=("--preset", "'nope'")),
+    "env_wrong_type": case("distill.py", env={"ITERATIONS": "ten"}, names=("ITERATIONS='ten'", "int")),
+    "env_wrong_bool": case("train_teacher.py", env={"EMA_ENABLED": "maybe"}, names=("EMA_ENABLED='maybe'", "bool")),
+    # --- data
+    "missing_data_dir": case("train_gpt.py", env={"DATA_PATH": "nope"}, names=("nope", "DATA_PATH")),
+    "missing_data_dir_eval": case("eval_bpb.py", "checkpoints/r.pt", env={"DATA_PATH": "nope"}, names=("nope", "DATA_PATH")),
+    "missing_data_dir_check": case("prepare_data.py", "--check", "nope", names=("nope",), own_process=True),
+    "no_train_shards": case("train_teacher.py", setup=remove_train_shards, names=("no train shards", "DATA_PATH")),
+    "no_train_shards_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
+                                  setup=remove_train_shards, names=("no train shards", "DATA_PATH")),
+    "bad_magic": case("train_gpt.py", setup=lambda ws: set_header(shard(ws, "train", 1), 0, 1234),
+                      names=("tiny_train_000001.bin", "bad magic 1234")),
+    "bad_version": case("prepare_data.py", "--check", DATA, setup=lambda ws: set_header(shard(ws, "val", 0), 1, 7),
+                        names=("tiny_val_000000.bin", "version 7")),
+    "truncated_train": case("distill.py", env={"LOGIT_CACHE": "cache"},
+                            setup=lambda ws: truncate(shard(ws, "train", 2), 10), names=("tiny_train_000002.bin", "truncated")),
+    "truncated_val": case("eval_bpb.py", "checkpoints/r.pt", setup=lambda ws: truncate(shard(ws, "val", 0), 1),
+                          names=("tiny_val_000000.bin", "truncated")),
+    "truncated_train_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
+                                  setup=lambda ws: truncate(shard(ws, "train", 0), 2),
+                                  names=("tiny_train_000000.bin", "truncated")),
+    "val_token_out_of_vocab": case("train_gpt.py", setup=lambda ws: set_token(shard(ws, "val", 0), 100, 2000),
+                                   names=("tiny_val_000000.bin", "token id 2000", "VOCAB_SIZE=1024")),
+    "val_token_out_of_vocab_eval": case("eval_bpb.py", "checkpoints/r.pt",
+                                        setup=lambda ws: set_token(shard(ws, "val", 0), 7, 1024),
+                                        names=("tiny_val_000000.bin", "token id 1024")),
+    "train_token_out_of_vocab_check": case("prepare_data.py", "--check", DATA,
+                                           setup=lambda ws: set_token(shard(ws, "train", 1), 5000, 1500),
+                                           names=("tiny_train_000001.bin", "token id 1500 at position 5000")),
+    # found by the loader once the run has started (its log is written): RUN_ID=t keeps run r's files apart
+    "train_token_out_of_vocab": case("train_teacher.py", env={"RUN_ID": "t"},
+                                     setup=lambda ws: set_token(shard(ws, "train", 0), 5, 1500),
+                                     names=("tiny_train_000000.bin", "token id 1500 at position 5", "VOCAB_SIZE=1024"),
+                                     allow_new=("logs/t.*",)),
+    "empty_train_shards": case("train_teacher.py", setup=lambda ws: [write_shard(p, []) for p in (ws / DATA).glob("*_train_*")],
+                               names=("hold no tokens", "DATA_PATH")),
+    "val_shorter_than_a_sequence": case("train_gpt.py", env={"TRAIN_SEQ_LEN": "8192"},
+                                        names=("val shards", "TRAIN_SEQ_LEN=8192")),
+    # --- tokenizer
+    "tokenizer_vocab": case("train_gpt.py", env={"VOCAB_SIZE": "512"}, names=("tiny_1024_bpe.model", "VOCAB_SIZE=512")),
+    "tokenizer_vocab_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
+                                  env={"VOCAB_SIZE": "2048"}, names=("tiny_1024_bpe.model", "VOCAB_SIZE=2048")),
+    "missing_tokenizer": case("distill.py", env={"TOKENIZER_PATH": "nope.model"}, names=("nope.model", "TOKENIZER_PATH")),
+    # --- checkpoints
+    "resume_other_config": case("train_teacher.py", "--resume", env={"NUM_LAYERS": "3", "CHECKPOINT_EVERY": "10"},
+                                setup=craft_resume, names=("r.resume.pt", "NUM_LAYERS=2 there, 3 here")),
+    "resume_missing": case("train_teacher.py", "--resume", names=("r.resume.pt", "CHECKPOINT_EVERY")),
+    "weights_other_config": case("eval_bpb.py", "mismatch.pt", names=("mismatch.pt", "10 missing (blocks.2.")),
+    "artifact_other_config": case("eval_bpb.py", "checkpoints/r.int6.ptz", "--config", "other.pt",
+                                  names=("r.int6.ptz", "other.pt", "shape")),
+    "truncated_checkpoint": case("quantize.py", "broken.pt", "--out", "checkpoints/r.int6.ptz",
+                                 setup=damaged_copy("checkpoints/r.pt", "broken.pt", 5000),
+                                 names=("broken.pt", "unreadable")),
+    "truncated_artifact": case("eval_bpb.py", "broken.int6.ptz", "--config", "checkpoints/r.pt",
+                               setup=damaged_copy("checkpoints/r.int6.ptz", "broken.int6.ptz", 100),
+                               names=("broken.int6.ptz", "truncated")),
+    "teacher_other_vocab": case("distill.py", env={"DISTILL_CACHED": "0", "TEACHER_PATH": "teacher_v2048.pt"},
+                                names=("teacher_v2048.pt", "2048", "VOCAB_SIZE=1024")),
+    "missing_teacher": case("distill.py", env={"LOGIT_CACHE": "cache", "TEACHER_PATH": "nope.pt"}, names=("nope.pt",)),
+    # --- logit cache
+    "cache_other_teacher": case("distill.py", env={"LOGIT_CACHE": "cache", "TEACHER_PATH": "teacher2.pt"},
+                                names=("cache", "teacher_sha256")),
+    "cache_other_k": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "cache", "--k", "4",
+                          names=("cache", "k 8 != 4")),
+    "cache_other_shards": case("distill.py", env={"LOGIT_CACHE": "cache"}, setup=change_train_shard,
+                               names=("tiny_train_000001.bin", "changed since the cache was made")),
+    "cache_missing_file": case("distill.py", env={"LOGIT_CACHE": "cache"},
+                               setup=lambda ws: (ws / "cache" / "tiny_train_000002.val.npy").unlink(),
+                               names=("tiny_train_000002.val.npy", "missing", "cache_logits.py"), own_process=True),
+    "cache_truncated_file": case("distill.py", env={"LOGIT_CACHE": "cache"},
+                                 setup=lambda ws: truncate(ws / "cache" / "tiny_train_000000.idx.npy", 3),
+                                 names=("tiny_train_000000.idx.npy", "truncated")),
+    "corrupt_manifest": case("distill.py", env={"LOGIT_CACHE": "cache"}, setup=write_text("cache/manifest.json", "{\"shards\": ["),
+                             names=("manifest.json", "corrupt")),
+    "corrupt_manifest_rerun": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "cache",
+                                   setup=write_text("cache/manifest.json", "not json"), names=("manifest.json", "corrupt"),
+                                   own_process=True),
+    # --- disk
+    "no_disk_for_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
+                              free_bytes=1000, names=("newcache", "1,000 bytes free")),
+    "no_disk_for_checkpoints": case("train_gpt.py", free_bytes=1000,
+                                    names=("checkpoints", "1,000 bytes are free")),
+    "disk_full_on_save": case("train_gpt.py", env={"RUN_ID": "r2", "CHECKPOINT_PATH": "checkpoints/r.pt"},
+                              fsync_enospc=True, names=("checkpoints/r.pt", "no space left"), allow_new=("logs/r2.*",),
+                              own_process=True),
+    # --- training
+    "nonfinite_loss": case("train_gpt.py", env={"RUN_ID": "nf", "MATRIX_LR": "1e6", "CHECKPOINT_EVERY": "2",
+                                                "ITERATIONS": "12", "TRAIN_LOG_EVERY": "1"},
+                           names=("non-finite training loss", "MATRIX_LR"),
+                           allow_new=("logs/nf.*", "checkpoints/nf.resume.pt*"), check=check_nonfinite,
+                           own_process=True),
+    # --- DEBUG=1 shows the traceback instead (and exits non-zero)
+    "debug_traceback": case("train_gpt.py", env={"PRESET": "nope", "DEBUG": "1"}, rc=1, own_process=True),
+}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def workspace(c, base: Path, tmp_path_factory, cid: str) -> tuple[Path, dict]:
+    """A damaged copy of the workspace for case `c`, and the hashes of its files."""
+    ws = tmp_path_factory.mktemp(cid)
+    shutil.copytree(base, ws, dirs_exist_ok=True)
+    if c.setup:
+        c.setup(ws)
+    return ws, snapshot(ws)
+
+
+
+
+def run_in_process(c, ws: Path, monkeypatch):
+    """Run the script's __main__ here (no torch import per case): the same checks as a subprocess, since an
+    exception that cli_main does not turn into `error:` + exit 2 escapes and fails the test."""
+    monkeypatch.chdir(ws)
+    for k, v in {**COMMON_ENV, **c.env}.items():
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.setattr(sys, "argv", [c.args[0], *c.args[1:]])
+    if c.free_bytes is not None:
+        real = shutil.disk_usage
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: type(real(p))(real(p).total, real(p).total - c.free_bytes, c.free_bytes))
+    if c.fsync_enospc:
+        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the subprocesses
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(os.path.join(REPO, c.args[0]), run_name="__main__")
+                rc = 0
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        torch.set_num_threads(threads)
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def launched(request, base, shim, tmp_path_factory):
+    """Start every selected subprocess case in the background (they run while the in-process cases do);
+    {case id: (workspace, files before, future of the CompletedProcess)}."""
+    selected = [item.callspec.params["cid"] for item in request.session.items
+                if item.module is request.module and "cid" in getattr(getattr(item, "callspec", None), "params", {})]
+    # The environment is fixed here, before any in-process case changes os.environ under the running threads.
+    outer = {k: v for k, v in os.environ.items() if k != "PRESET"}
+    jobs = {}
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        for cid in dict.fromkeys(selected):
+            c = CASES[cid]
+            if not c.own_process:
+                continue
+            ws, before = workspace(c, base, tmp_path_factory, cid)
+            env = {**outer, **{k: str(v) for k, v in {**COMMON_ENV, **c.env}.items()},
+                   "PYTHONPATH": os.pathsep.join([shim, REPO]), "OMP_NUM_THREADS": "1"}
+            if c.free_bytes is not None:
+                env["GOLF_TEST_FREE_BYTES"] = str(c.free_bytes)
+            if c.fsync_enospc:
+                env["GOLF_TEST_FSYNC_ENOSPC"] = "1"
+            cmd = [sys.executable, os.path.join(REPO, c.args[0]), *c.args[1:]]
+            jobs[cid] = (ws, before, pool.submit(subprocess.run, cmd, env=env, cwd=str(ws), capture_output=True,
+                                                 text=True, timeout=300))
+        yield jobs
+
+
+@pytest.mark.parametrize("cid", [pytest.param(cid, marks=c.marks) for cid, c in CASES.items()])
+def test_bad_input_gives_one_clear_line_and_damages_nothing(cid, launched, base, tmp_path_factory, monkeypatch):
+    c = CASES[cid]
+    if c.own_process:
+        ws, before, job = launched[cid]
+        out = job.result()
+    else:
+        ws, before = workspace(c, base, tmp_path_factory, cid)
+        out = run_in_process(c, ws, monkeypatch)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == c.rc, f"rc {out.returncode}\n{out.stderr[-3000:]}"
+    if cid == "debug_traceback":
+        assert "Traceback (most recent call last)" in out.stderr and "GolfError: PRESET='nope' is not a preset" in out.stderr
+    else:
+        assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert lines and lines[-1].startswith("error: "), out.stderr[-3000:]
+        for name in c.names:
+            assert name in lines[-1], (name, lines[-1])
+    after = snapshot(ws)
+    changed = [p for p, h in before.items() if after.get(p) != h]
+    assert not changed, f"changed or removed: {changed}"
+    new = [p for p in after if p not in before]
+    assert not [p for p in new if os.path.basename(p).startswith(".") and p.endswith(".tmp")], new
+    assert all(any(fnmatch.fnmatch(p, pat) for pat in c.allow_new) for p in new), f"unexpected new files: {new}"
+    if c.check:
+        c.check(ws, out.stdout, lines[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Non-finite loss in-process: which checkpoint is named
+
+
+@pytest.mark.parametrize("every", [2, 3, 5])
+def test_nonfinite_loss_names_the_checkpoint_whose_loss_was_finite(tiny_dataset, tmp_path, every):
+    """MATRIX_LR=1e6 makes the loss non-finite at some step s (the loss of the weights after step s - 1). The
+    error names the resumable checkpoint as good only if it is older than step s - 1; recomputing the loss of
+    its weights on the batch that followed it gives the logged (finite) loss, or the non-finite one."""
+    torch.set_num_threads(1)
+    cfg = make_config(tiny_dataset, str(tmp_path), matrix_lr=1e6, checkpoint_every=every, iterations=12,
+                      warmup_steps=0, train_log_every=1)
+    with pytest.raises(GolfError) as e:
+        train(cfg, cpu_ctx(), logger(cfg), *run_inputs(cfg))
+    msg = str(e.value)
+    step = int(re.search(r"non-finite training loss at step (\d+)", msg)[1])
+    assert step > every and not os.path.exists(cfg.checkpoint_path), msg
+    resume = str(tmp_path / "ck.resume.pt")
+    ckpt = load_checkpoint(resume)
+    saved = ckpt["step"]
+    assert saved == (step - 1) // every * every
+
+    loader = DistributedTokenLoader(run_inputs(cfg)[0], 0, 1)
+    loader.load_state(ckpt["loader"])
+    batch = loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, cfg.micro_batches)
+    model = GPT(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.set_qat(ckpt["qat"])
+    with torch.no_grad():
+        loss = float(cross_entropy(model(batch.x), batch.y))
+    if saved == step - 1:
+        assert f"the resumable checkpoint {resume} (step {saved}) holds the weights that gave it" in msg
+        assert not np.isfinite(loss)
+    else:
+        assert f"last good checkpoint: {resume} (step {saved})" in msg
+        logged = re.search(rf"^step:{saved + 1}/\d+ train_loss:(\S+)", Path(cfg.log_dir, "t.txt").read_text(), re.M)
+        assert abs(loss - float(logged[1])) < 1e-3, (loss, logged[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes: a failure between the write and the rename leaves the previous file and no temp file
+
+
+def _write_checkpoint(path: Path, version: int):
+    save_checkpoint(str(path), {"config": {}, "model": {"w": torch.full((64,), float(version))}, "v": version})
+
+
+def _read_checkpoint(path: Path):
+    return int(torch.load(path, weights_only=False)["v"])
+
+
+def _write_artifact(path: Path, version: int):
+    write_artifact(path, quantize_state_dict({"w": torch.full((8, 8), float(version))}), "lzma")
+
+
+def _read_artifact(path: Path):
+    return int(read_artifact(path)["tensors"]["w"]["data"][0, 0])
+
+
+def _write_shard(path: Path, version: int):
+    write_shard(path, np.full(100, version))
+
+
+def _read_shard(path: Path):
+    return int(load_shard(path)[0])
+
+
+def _write_text(path: Path, version: int):
+    atomic_write_text(path, f"version {version}\n")
+
+
+def _read_text(path: Path):
+    return int(path.read_text().split()[1])
+
+
+WRITERS = {"checkpoint": (_write_checkpoint, _read_checkpoint, "ck.pt"),
+           "artifact": (_write_artifact, _read_artifact, "m.int6.ptz"),
+           "shard": (_write_shard, _read_shard, "x_train_000000.bin"),
+           "text": (_write_text, _read_text, "results.csv")}
+
+
+def _failing(monkeypatch, where: str, err=None):
+    """Make os.fsync or os.replace raise (os.replace only for our temp files)."""
+    err = err or OSError(errno.EIO, "injected I/O error")
+    real = getattr(os, where)
+
+    def boom(*args, **kwargs):
+        if where == "replace" and not os.path.basename(args[0]).startswith("."):
+            return real(*args, **kwargs)
+        raise err
+    monkeypatch.setattr(os, where, boom)
+
+
+def _temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("where", ["fsync", "replace"])
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_failure_before_the_rename_keeps_the_previous_file(tmp_path, monkeypatch, kind, where):
+    write, read, name = WRITERS[kind]
+    path = tmp_path / name
+    write(path, 1)
+    old = path.read_bytes()
+    side = path.with_name(name + ".sha256")
+    old_side = side.read_bytes() if side.exists() else None
+    with monkeypatch.context() as m:
+        _failing(m, where)
+        with pytest.raises(OSError, match="injected"):
+            write(path, 2)
+    assert path.read_bytes() == old and read(path) == 1
+    assert (side.read_bytes() if side.exists() else None) == old_side
+    assert _temps(tmp_path) == []
+    write(path, 2)  # the same writer without the failure does replace the file
+    assert read(path) == 2 and _temps(tmp_path) == []
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    _write_checkpoint(path, 1)
+    old = path.read_bytes()
+    with monkeypatch.context() as m:
+        _failing(m, "fsync", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        with pytest.raises(GolfError, match=rf"no space left on the device while writing {re.escape(str(path))} .*free some space"):
+            _write_checkpoint(path, 2)
+    assert path.read_bytes() == old and _temps(tmp_path) == []
+
+
+def test_failed_manifest_rename_leaves_the_old_manifest_and_only_makes_readers_refuse(tmp_path, monkeypatch):
+    """A shard commits (data files and sidecar renamed), then the manifest's rename fails: the manifest stays the
+    old one (shard incomplete), a reader refuses rather than reads, and reopening the writer repairs it."""
+    files = []
+    for i in range(2):
+        files.append(str(tmp_path / "data" / f"x_train_{i:06d}.bin"))
+        write_shard(files[-1], np.arange(50) + i)
+    spec = CacheSpec(k=2, vocab_size=1024, encoding="fp16", teacher_sha256="a" * 64, teacher_config={}, window=8, stride=8)
+    out = tmp_path / "cache"
+    writer = CacheWriter(str(out), files, spec)
+    rows = np.stack([np.arange(50), np.arange(50) + 1], axis=1)
+    vals = np.broadcast_to(np.array([-1.0, -2.0], dtype=np.float32), rows.shape)
+    writer.write_shard(0, rows, vals)
+    old = (out / "manifest.json").read_bytes()
+    real = os.replace
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "injected"))
+                  if os.path.basename(b) == "manifest.json" else real(a, b))
+        with pytest.raises(OSError, match="injected"):
+            writer.write_shard(1, rows + 2, vals)
+    assert (out / "manifest.json").read_bytes() == old and _temps(out) == []
+    assert (out / "x_train_000001.done").exists()  # the shard itself is complete on disk
+    with pytest.raises(GolfError, match="x_train_000001.bin is not complete"):
+        CacheReader(str(out), files)
+    assert CacheWriter(str(out), files, spec).pending() == []
+    assert CacheReader(str(out), files).gather([(1, 0, 50)])[0][:, 0].tolist() == (np.arange(50) + 2).tolist()
+
+
+def test_new_files_get_the_usual_permissions_and_rewrites_keep_theirs(tmp_path):
+    """mkstemp makes 0o600 files; the atomic writers must not leave shards or checkpoints unreadable to others."""
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "x_train_000000.bin"
+        write_shard(path, np.arange(10))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)
+        write_shard(path, np.arange(20))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)
