@@ -47,12 +47,11 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from golf.atomic import atomic_write_text
+from golf.atomic import atomic_write_text, create_temp, fsync_dir
 from golf.errors import GolfError
 from golf.shards import read_header, shard_fingerprint
 
@@ -268,14 +267,6 @@ def _npy_problem(path: str, dtype: np.dtype, shape: tuple) -> str | None:
     return None
 
 
-def _fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _human(n: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -450,8 +441,7 @@ class ShardWriter:
         self.committed = False
         try:
             for name, dt, cols in self.spec.files(self.shard.stem):
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=writer.dir)
-                os.close(fd)
+                tmp = create_temp(writer._path(name))
                 self._temps.append((writer._path(name), tmp))
                 self._maps.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=(self.num_rows, cols)))
                 _reserve(tmp)
@@ -505,10 +495,10 @@ class ShardWriter:
         self._maps = []
         for final, tmp in self._temps:
             os.replace(tmp, final)
-        _fsync_dir(self.writer.dir)
+        fsync_dir(self.writer.dir)
         s = self.shard
         atomic_write_text(self.writer._path(f"{s.stem}.done"), json.dumps(self.writer._done_record(self.i)) + "\n")
-        _fsync_dir(self.writer.dir)
+        fsync_dir(self.writer.dir)
         self.committed = True
         self.writer._write_manifest()
 
