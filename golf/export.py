@@ -23,12 +23,16 @@ def artifact_path_for(checkpoint_path: str) -> str:
     return base + ".int6.ptz"
 
 
-def export_artifact(state_dict: dict, path: str, compressor: str, script_path: str, log=print) -> dict:
-    """Quantize + compress + write (atomically); `log` the size lines; returns the sizes."""
+def export_artifact(state_dict: dict, path: str, compressor: str, script_path: str, log=print,
+                    cfg: Config | None = None) -> dict:
+    """Quantize + compress + write (atomically); `log` the size lines; returns the sizes.
+
+    The code bytes are those of the single file generated from `script_path` with `cfg`'s arm settings
+    baked in (golf/bundle.py): the same file, hence the same number, as the submission dump writes."""
     obj = quantize_state_dict({k: v.detach().cpu() for k, v in state_dict.items()})
     comp = resolve_compressor(compressor)
     model_bytes = write_artifact(path, obj, comp)
-    code = code_bytes(script_path)
+    code = code_bytes(script_path, cfg)
     for line in size_report(model_bytes, code, f"int6+{comp}"):
         log(line)
     return {"model_bytes": model_bytes, "code_bytes": code, "total_bytes": model_bytes + code, "compressor": comp}

@@ -6,9 +6,10 @@ computed in float32. Targets `y` (...), cached teacher top-K indices `idx` and l
 `1 - exp(vals).sum(-1)`. Leading dimensions are flattened and every loss is a mean over all tokens.
 
 Cost is what makes cached distillation worth it, so the top-K path never builds an N x V teacher tensor: it
-gathers the student's log-probabilities at the K cached columns and does the rest on (N, K) tensors. The one
-N x V pass each way lives in `_GatherLogSoftmax`, whose backward is written by hand (softmax minus the
-scattered column gradients) instead of letting autograd chain log_softmax -> gather -> scatter.
+gathers the student's log-probabilities at the K cached columns and does the rest on (N, K) tensors. The
+N x V work lives in `_GatherLogSoftmax` and `_TwoTemperatureLogSoftmax`, whose backwards are written by hand
+(softmax minus the scattered column gradients, in the forward's buffer) instead of letting autograd chain
+log_softmax -> gather -> scatter.
 """
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ _TINY = torch.finfo(torch.float32).tiny
 # Cached log-probs are clamped to this before use: a -inf entry (e.g. a one-hot teacher) would give 0 * -inf = NaN
 # in p * log p, while exp(-1e4 / T) is already exactly 0 in float32 for any sane temperature.
 _LOGP_FLOOR = -1e4
+# Row blocks of the T = 2 path on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
+_BLOCK_FLOATS = 1 << 20
 
 TAILS = ("renorm", "bucket")
 MODES = ("soft", "hard")
@@ -37,9 +40,9 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     Why a hand-written Function: on CPU a fresh N x V float32 tensor costs more (page faults) than the arithmetic
     on it, and autograd's log_softmax -> gather chain allocates several. Here the forward allocates one N x V
-    buffer (the float32 copy of z/T, turned into probabilities in place) and the backward turns that same
-    buffer into the gradient in place. A second backward through the same graph is therefore refused by
-    autograd's saved-tensor version check instead of silently returning a wrong gradient.
+    buffer (the float32 softmax, straight from z at T = 1) and the backward turns that same buffer into the
+    gradient in place. A second backward through the same graph is therefore refused by autograd's saved-tensor
+    version check instead of silently returning a wrong gradient.
 
     The rest mass is summed over the actual tail entries (the first d columns zeroed) rather than taken as
     1 - sum(q_k): that difference cancels catastrophically when the student is confident, and a rounded-down
@@ -51,14 +54,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, cols, inv_t: float, d: int, rest: bool):
-        # One fresh float32 buffer (for float32 z the copy and the 1/T scale are one pass), then reused in place.
-        if z.dtype == torch.float32:
-            q = z * inv_t
-        else:
-            q = z.float()
-            if inv_t != 1.0:
-                q.mul_(inv_t)
-        torch.softmax(q, -1, out=q)
+        q = _softmax_f32(z, inv_t)
         q_cols = q.gather(-1, cols)
         logq = q_cols.clamp_min(_TINY).log()
         if rest:
@@ -88,6 +84,77 @@ class _GatherLogSoftmax(torch.autograd.Function):
         if cols.shape[1] > d:  # extra columns may coincide with the first d or with each other: accumulate
             grad.scatter_add_(-1, cols[:, d:], g_logq[:, d:] * inv_t)
         return grad.to(ctx.z_dtype), None, None, None, None
+
+
+class _TwoTemperatureLogSoftmax(torch.autograd.Function):
+    """(log_softmax(z) at y, log_softmax(z / T) at cols) from one node: the CE and the student side of a soft KL.
+
+    z (N, V) any float dtype, y (N,) int64, cols (N, K) int64 (repeats allowed); returns float32 (N,) and (N, K).
+    With g (N,), G (N, K) the incoming gradients, q = softmax(z) and q_T = softmax(z / T):
+        dL/dz_v = g [v = y] - g q_v + (1/T) * (sum of G over the columns equal to v - q_T,v sum_k G_k),
+    built in one N x V buffer (the forward's q, in place; a second backward is refused as in _GatherLogSoftmax).
+    Two separate nodes would cost two full chains plus autograd's N x V sum of their gradients.
+
+    At T = 2 (the study's temperature and our default) q_T = sqrt(q) / sum(sqrt(q)), so there is no second softmax
+    (exp is what a softmax costs) and no second N x V buffer: a sqrt over row blocks of q, recomputed in the
+    backward, gives the row sums and the gathered columns. Exact up to rounding while q is a normal float32, i.e.
+    for logit gaps below 87 (the softcap keeps them within 60). On CPU the blocks are ~4 MB, so no N x V
+    temporary is allocated (the page faults of fresh N x V temporaries were most of the cost of distillation
+    there; smaller blocks cost more in per-kernel thread wake-ups than they gain in cache hits); on CUDA it is
+    one block. Any other T takes a second softmax, kept for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, cols, inv_t: float):
+        q = _softmax_f32(z, 1.0)
+        logq_y = q.gather(-1, y[:, None])[:, 0].clamp_min_(_TINY).log_()
+        q_t, s = None, None
+        if inv_t == 0.5:
+            s = q.new_empty(q.shape[0])
+            logq_t = q.new_empty(cols.shape)
+            for a, b in _row_blocks(q):
+                r = q[a:b].sqrt()
+                torch.sum(r, -1, out=s[a:b])
+                torch.gather(r, -1, cols[a:b], out=logq_t[a:b])
+            logq_t.clamp_min_(_TINY).log_().sub_(s.log()[:, None])
+        else:
+            q_t = _softmax_f32(z, inv_t)
+            logq_t = q_t.gather(-1, cols).clamp_min_(_TINY).log_()
+        ctx.save_for_backward(q, q_t, s, y, cols)
+        ctx.inv_t, ctx.z_dtype = inv_t, z.dtype
+        return logq_y, logq_t
+
+    @staticmethod
+    def backward(ctx, g, g_t):
+        q, q_t, s, y, cols = ctx.saved_tensors
+        inv_t = ctx.inv_t
+        coef = -g[:, None]  # of q
+        coef_t = g_t.sum(-1, keepdim=True).mul_(-inv_t)  # of q_T
+        if q_t is None:  # q_T = sqrt(q) / s
+            coef_t.div_(s[:, None])
+            for a, b in _row_blocks(q):
+                r = q[a:b].sqrt()  # before this block of q turns into the gradient
+                q[a:b].mul_(coef[a:b]).addcmul_(r, coef_t[a:b])
+        else:
+            q.mul_(coef).addcmul_(q_t, coef_t)
+        q.scatter_add_(-1, y[:, None], g[:, None])
+        q.scatter_add_(-1, cols, g_t * inv_t)
+        return q.to(ctx.z_dtype), None, None, None
+
+
+def _softmax_f32(z, inv_t: float):
+    """softmax(z * inv_t) in a fresh float32 buffer, with as few passes over z as torch allows."""
+    if inv_t == 1.0:
+        return torch.softmax(z, -1, dtype=torch.float32)  # one kernel, also upcasts bf16
+    q = z * inv_t if z.dtype == torch.float32 else z.float().mul_(inv_t)
+    return torch.softmax(q, -1, out=q)
+
+
+def _row_blocks(x):
+    """(start, end) row ranges of x: ~4 MB of float32 per block on CPU, the whole tensor on CUDA."""
+    n = x.shape[0]
+    step = n if x.is_cuda else max(1, _BLOCK_FLOATS // x.shape[1])
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
 def _flat(z, *others):
@@ -130,8 +197,9 @@ def _check_tail(tail):
 def _topk_means(z, y, idx, vals, temperature: float, tail: str):
     """(mean CE at y or None, mean KL) for flat inputs, sharing the student's log-softmax between them when possible.
 
-    "renorm" at T != 1 needs the student at two temperatures (CE at 1, KL at T): two N x V passes. "renorm" at
-    T = 1 and "bucket" at any T need only the T = 1 log-softmax, so CE and KL share one pass.
+    "renorm" at T != 1 needs the student at two temperatures (CE at 1, KL at T): one node,
+    _TwoTemperatureLogSoftmax, with one gradient buffer (and one softmax at T = 2). "renorm" at T = 1 and
+    "bucket" at any T need only the T = 1 softmax, so CE and KL share it.
     """
     _check_tail(tail)
     inv_t, k = _inv_temperature(temperature), idx.shape[-1]
@@ -150,10 +218,11 @@ def _topk_means(z, y, idx, vals, temperature: float, tail: str):
             logq = logq[:, :k]
         if tail == "bucket":  # coarse-grain to K+1 buckets at T = 1, then temper: the same map as the teacher's
             logq = torch.log_softmax(torch.cat([logq, log_rest[:, None]], -1) * inv_t, -1)
-    else:
+    elif y is None:
         logq = _GatherLogSoftmax.apply(z, idx, inv_t, k, False)[0]
-        if y is not None:
-            ce = -_GatherLogSoftmax.apply(z, y.long()[:, None], 1.0, 1, False)[0].mean()
+    else:
+        logq_y, logq = _TwoTemperatureLogSoftmax.apply(z, y.long(), idx, inv_t)
+        ce = -logq_y.mean()
     return ce, _mean_kl(logp, logq)
 
 

@@ -1,0 +1,155 @@
+"""Helpers shared by the benchmarks: configuration, the machine line, teachers, a cache built in a temp folder,
+and robust timing statistics.
+
+Every benchmark measures ratios side by side in one process (these machines are noisy), reports medians of
+many repetitions taken in alternating order, and prints the load average, because other processes on a small
+shared machine inflate exactly the small multi-threaded kernels that distillation adds.
+"""
+import hashlib
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from golf.cache import CacheSpec, CacheWriter
+from golf.cache_build import build_cache
+from golf.config import PRESETS, Config, config_from_cli
+from golf.dist import Ctx
+from golf.distill import load_teacher
+from golf.errors import GolfError
+from golf.model import GPT
+from golf.shards import list_shards
+
+# Config fields that describe data and run shape rather than a model: a teacher made from a preset keeps the
+# student run's values of these (same data, vocabulary and device).
+_RUN_FIELDS = ("data_path", "tokenizer_path", "vocab_size", "device", "dtype", "compile", "seed")
+
+
+def bench_config(doc: str, extra, default_preset: str = "demo-student") -> tuple[Config, object]:
+    """(cfg, args) like the training scripts (`--flag` > env > preset), but the preset defaults to
+    `default_preset` instead of the full-size student when neither --preset nor PRESET is given."""
+    argv = sys.argv[1:]
+    if "PRESET" not in os.environ and not any(a == "--preset" or a.startswith("--preset=") for a in argv):
+        argv = ["--preset", default_preset] + argv
+    return config_from_cli(doc, argv, extra)
+
+
+def set_threads(n: int):
+    if n:
+        torch.set_num_threads(n)
+
+
+def machine_line(ctx: Ctx) -> str:
+    """What produced the numbers: device, dtype, threads, load, versions."""
+    if ctx.device.type == "cuda":
+        dev = torch.cuda.get_device_name(ctx.device)
+    else:
+        dev = f"cpu:{platform.processor() or platform.machine()} cpus={os.cpu_count()} threads={torch.get_num_threads()}"
+    load = os.getloadavg()[0]
+    return (f"machine device={dev} dtype={ctx.autocast_dtype or 'fp32'} loadavg={load:.2f} torch={torch.__version__} "
+            f"omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', '-')}")
+
+
+def load_note(ctx: Ctx):
+    """Warn when the machine was oversubscribed (see bench/kl_loss.py for why it matters)."""
+    load = os.getloadavg()[0]
+    if ctx.device.type == "cpu" and load > os.cpu_count():
+        fix = "" if os.environ.get("OMP_WAIT_POLICY") else " or with OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads)"
+        print(f"note: load {load:.1f} > {os.cpu_count()} cpus: other processes shared this machine; rerun when "
+              f"quiet{fix}, or compare CPU time with --threads 1 --clock process where the bench has it")
+
+
+def train_files(cfg: Config, n_shards: int = 0) -> list[str]:
+    """The run's train shards (the first `n_shards` if > 0), with a clear error when the data is missing."""
+    if not os.path.isdir(cfg.data_path):
+        raise GolfError(f"DATA_PATH={cfg.data_path} not found; run `python prepare_data.py --demo` in the repo root "
+                        "or pass --data-path")
+    files = list_shards(cfg.data_path, "train")
+    return files[:n_shards] if n_shards > 0 else files
+
+
+def teacher_config(cfg: Config, preset: str) -> Config:
+    """A teacher configuration: `preset`'s model with the student run's data, vocabulary and device settings."""
+    if preset not in PRESETS:
+        raise GolfError(f"unknown teacher preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    tcfg = Config(**PRESETS[preset])
+    for name in _RUN_FIELDS:
+        setattr(tcfg, name, getattr(cfg, name))
+    return tcfg
+
+
+def make_teacher(ctx: Ctx, path: str, tcfg: Config, vocab_size: int) -> tuple[torch.nn.Module, str, Config]:
+    """(frozen teacher on the device, sha256, its config): the checkpoint at `path` if given, else a randomly
+    initialised model of configuration `tcfg` (cost does not depend on the weights; values do, so anything that
+    measures distortion should pass a trained teacher)."""
+    if path:
+        return load_teacher(path, ctx, vocab_size)
+    torch.manual_seed(tcfg.seed + 1)
+    model = GPT(tcfg)
+    with torch.no_grad():  # the study's init zeroes every output projection; perturb them so layers matter
+        for p in model.parameters():
+            if p.ndim == 2 and not p.any():
+                p.normal_(0, 0.02)
+    model = model.to(ctx.device)
+    if ctx.autocast_dtype is not None:
+        model.apply_dtype_policy(ctx.autocast_dtype)
+    model.eval().requires_grad_(False)
+    sha = hashlib.sha256(f"random-teacher:{tcfg.num_layers}x{tcfg.model_dim}:{tcfg.seed + 1}".encode()).hexdigest()
+    return model, sha, tcfg
+
+
+def build_temp_cache(teacher, sha: str, tcfg: Config, files: list[str], ctx: Ctx, out: str, k: int = 32,
+                     encoding: str = "fp16", batch_windows: int = 0, fixed_shape: bool = False) -> dict:
+    """Write a logit cache of `files` into `out` with the real builder (golf.cache_build.build_cache), as
+    cache_logits.py does; returns build_cache's throughput figures."""
+    window = tcfg.train_seq_len
+    spec = CacheSpec(k=k, vocab_size=tcfg.vocab_size, encoding=encoding, teacher_sha256=sha,
+                     teacher_config=tcfg.to_dict(), window=window, stride=window)
+    writer = CacheWriter(out, files, spec)
+    return build_cache(teacher, writer, files, writer.pending(), ctx, batch_windows or max(1, 65536 // window),
+                       fixed_shape=fixed_shape)
+
+
+CLOCKS = {
+    "wall": time.perf_counter,
+    # CPU seconds of the whole process (all threads, the prefetch thread included). Much less sensitive than wall
+    # time to other processes on a small shared machine; only meaningful with OMP_WAIT_POLICY=PASSIVE (with
+    # OpenMP's default, idle threads spin and bill CPU time) and never on CUDA (the device's work is not in it).
+    "process": time.process_time,
+}
+
+
+def timed(fn, ctx: Ctx, clock: str = "wall") -> float:
+    """Seconds for fn() on `clock`, with the device synchronised before and after."""
+    now = CLOCKS[clock]
+    ctx.sync()
+    t0 = now()
+    fn()
+    ctx.sync()
+    return now() - t0
+
+
+def rotations(names: list[str], rep: int) -> list[str]:
+    """`names` rotated by `rep`: every arm runs first, second, ... equally often, so drifts hit all alike."""
+    r = rep % len(names)
+    return names[r:] + names[:r]
+
+
+def median_ms(ts: list[float]) -> float:
+    return statistics.median(ts) * 1e3
+
+
+def spread(ts: list[float]) -> str:
+    """'median (p25-p75) ms' of seconds."""
+    q = statistics.quantiles([t * 1e3 for t in ts], n=4) if len(ts) > 1 else [ts[0] * 1e3] * 3
+    return f"{median_ms(ts):8.2f} ms (p25 {q[0]:.2f}, p75 {q[2]:.2f}, n={len(ts)})"
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median over repetitions of num[i] / den[i]: pairs taken close in time cancel slow drifts in load."""
+    return statistics.median(a / b for a, b in zip(num, den))

@@ -1,0 +1,122 @@
+"""Benchmark: logit-cache write throughput against the teacher's forward pass alone, side by side in one process.
+
+    python bench/cache_write.py [--preset demo-teacher] [--teacher CKPT] [--shards 1] [--k 32]
+                                [--encoding fp16|packed] [--reps 3] [--batch-windows 0]
+
+Both sides run the same teacher over the same windows of the first --shards train shards (the builder's
+window layout, golf.cache_build.plan_windows, batched --batch-windows at a time, the stream's short last window
+padded to the teacher's length, every batch padded to one shape when the teacher is compiled):
+- forward: only the teacher's forward pass (logits, under the run's autocast), nothing kept;
+- cache: golf.cache_build.build_cache into a fresh folder, what cache_logits.py runs: forward, log-softmax,
+  top-K, device-to-host copy, encoding, the memory-mapped writes, fsync and commit.
+Repetitions alternate which side goes first. The last line is `cache_write_ratio X`: the cache's tokens/s over
+the forward's (1.0 = writing a cache costs nothing beyond the teacher's forward).
+"""
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from _common import bench_config, build_temp_cache, load_note, machine_line, make_teacher, set_threads, timed, train_files
+from golf.atomic import atomic_write_text
+from golf.cache import packed_row_bytes
+from golf.cache_build import StreamView, plan_windows
+from golf.dist import init_dist
+from golf.errors import GolfError, cli_main
+
+
+@torch.no_grad()
+def forward_only(model, stream: StreamView, window: int, batch_windows: int, ctx, fixed_shape: bool) -> int:
+    """Run the teacher over every window that scores the stream, as the builder batches them; returns positions."""
+    plan = list(plan_windows(0, stream.total, window, window, stream.total))
+    for b in range(0, len(plan), batch_windows):
+        rows = [np.pad(stream.read(ws, we), (0, window - (we - ws))) for ws, we, _, _ in plan[b:b + batch_windows]]
+        if fixed_shape and len(rows) < batch_windows:
+            rows += [rows[-1]] * (batch_windows - len(rows))
+        x = torch.from_numpy(np.stack(rows).astype(np.int64)).to(ctx.device, non_blocking=True)
+        with ctx.autocast():
+            model(x)
+    return stream.total
+
+
+def _options(p):
+    p.add_argument("--teacher", default="", help="teacher checkpoint (default: a random model of the preset's shape)")
+    p.add_argument("--shards", type=int, default=1, help="train shards to run over (0 = all)")
+    p.add_argument("--k", type=int, default=32, help="cached top-K")
+    p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"])
+    p.add_argument("--batch-windows", type=int, default=0, help="windows per forward (default: cache_logits.py's, ~64k tokens)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions of each side (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--tmp", default="", help="folder for the caches (default: the system's temp folder; use the disk "
+                                             "the real cache will live on)")
+    p.add_argument("--keep", default="", help="keep the last cache written, moved to this new folder")
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    p.add_argument("--quick", action="store_true", help="one repetition (smoke test)")
+
+
+@cli_main
+def main():
+    cfg, args = bench_config(__doc__, _options, default_preset="demo-teacher")
+    set_threads(args.threads)
+    if args.quick:
+        args.reps = 1
+    if args.reps <= 0:
+        raise GolfError("need --reps > 0")
+    ctx = init_dist(cfg.device, cfg.dtype)
+    files = train_files(cfg, args.shards)
+    if args.keep and os.path.exists(args.keep):
+        raise GolfError(f"--keep {args.keep} exists; give a new folder")
+    model, sha, tcfg = make_teacher(ctx, args.teacher, cfg, cfg.vocab_size)
+    window = tcfg.train_seq_len
+    batch_windows = args.batch_windows or max(1, 65536 // window)
+    compiled = ctx.device.type == "cuda" and cfg.compile in ("auto", "1")
+    run = torch.compile(model, dynamic=False) if compiled else model
+    stream = StreamView(files)
+    print(machine_line(ctx))
+    print(f"teacher {tcfg.num_layers}x{tcfg.model_dim} ({'checkpoint' if args.teacher else 'random'}) window {window} "
+          f"batch {batch_windows} windows | {len(files)} shards, {stream.total} tokens | K={args.k} {args.encoding} "
+          f"| compiled {compiled}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_write_", dir=args.tmp or None) as tmp:
+        # Warm-up: compile (CUDA) and first-touch costs, on both paths.
+        forward_only(run, stream, window, batch_windows, ctx, compiled)
+        build_temp_cache(run, sha, tcfg, files, ctx, os.path.join(tmp, "warmup"), args.k, args.encoding,
+                         batch_windows, fixed_shape=compiled)
+        fwd, cache = [], []
+        for rep in tqdm(range(args.reps), desc="reps", disable=None):
+            def do_forward():
+                fwd.append(stream.total / timed(lambda: forward_only(run, stream, window, batch_windows, ctx, compiled), ctx))
+
+            def do_cache():
+                out = os.path.join(tmp, f"rep{rep}")
+                stats = build_temp_cache(run, sha, tcfg, files, ctx, out, args.k, args.encoding, batch_windows,
+                                         fixed_shape=compiled)
+                cache.append(stats["tokens_per_s"])
+
+            for do in ((do_forward, do_cache) if rep % 2 == 0 else (do_cache, do_forward)):
+                do()
+        if args.keep:
+            shutil.move(os.path.join(tmp, f"rep{args.reps - 1}"), args.keep)
+    print(machine_line(ctx))
+    f, c = statistics.median(fwd), statistics.median(cache)
+    print(f"forward only : {f:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in fwd)})")
+    row_bytes = 4 * args.k if args.encoding == "fp16" else packed_row_bytes(args.k)
+    print(f"cache builder: {c:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in cache)}), "
+          f"{c * row_bytes / 1e6:.1f} MB/s written")
+    load_note(ctx)
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"machine": machine_line(ctx), "forward_tokens_per_s": fwd,
+                                                 "cache_tokens_per_s": cache, "ratio": c / f}, indent=1) + "\n")
+    print(f"cache_write_ratio {c / f:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Benchmark: the cost of a distillation training step over a baseline step, side by side in one process.
+
+    python bench/distill_step.py [--preset demo-student] [--teacher CKPT | --teacher-preset demo-teacher]
+                                 [--arms baseline,soft,hard,online] [--reps 40] [--warmup 5] [--seconds 0]
+
+Every arm is the same student (same preset, seed, data, batch) driven by the real training pieces:
+golf.pipeline.BatchPipeline over golf.data.DistributedTokenLoader (teacher rows gathered in its prefetch
+thread), the real objective under the run's autocast, backward over the micro-batches, grad clip, the Muon
+and AdamW steps (golf.train's one_step, minus EMA and logging, which are the same in every arm).
+- baseline: golf.train.CrossEntropyObjective (what train_gpt.py trains with: golf.losses.cross_entropy, the
+  same CE that every distillation loss contains, so the comparison is fair);
+- soft / hard: golf.distill.DistillObjective + CachedTeacher over a real cache that golf.cache_build wrote
+  into a temp folder from the teacher (a random one of --teacher-preset's shape unless --teacher is given);
+- online: DistillObjective with the teacher model run inside the step.
+After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds have passed) runs one step of
+every arm in rotated order, so load drifts hit every arm alike. Ratios are median step time over the
+baseline's median (the paired median of per-round ratios is printed too). The last line is
+`distill_step_ratio soft=X hard=Y online=Z` (each over `baseline`).
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+from tqdm import tqdm
+
+from _common import (CLOCKS, bench_config, build_temp_cache, load_note, machine_line, make_teacher, median_ms, paired_ratio,
+                     rotations, set_threads, spread, teacher_config, timed, train_files)
+from golf.atomic import atomic_write_text
+from golf.cache import CacheReader
+from golf.config import Config
+from golf.data import DistributedTokenLoader
+from golf.dist import init_dist
+from golf.distill import CachedTeacher, DistillObjective
+from golf.errors import GolfError, cli_main
+from golf.model import GPT
+from golf.optim import apply_schedule, build_optimizers
+from golf.pipeline import BatchPipeline
+from golf.train import CrossEntropyObjective, grad_accum_steps
+
+ARMS = ("baseline", "soft", "hard", "online")
+
+
+class Arm:
+    """One student with its optimizers, pipeline and objective; `step()` is one training step."""
+
+    def __init__(self, cfg: Config, ctx, files: list[str], objective, source=None):
+        self.cfg, self.ctx, self.objective = cfg, ctx, objective
+        self.accum = grad_accum_steps(cfg, ctx.world_size)
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(cfg).to(ctx.device)
+        if ctx.autocast_dtype is not None:
+            self.model.apply_dtype_policy(ctx.autocast_dtype)
+        use_compile = cfg.compile == "1" or (cfg.compile == "auto" and ctx.device.type == "cuda")
+        self.fwd = torch.compile(self.model, dynamic=False) if use_compile else self.model
+        self.opts = build_optimizers(self.model, cfg)
+        self.params = list(self.model.parameters())
+        loader = DistributedTokenLoader(files, ctx.rank, ctx.world_size)
+        self.pipeline = BatchPipeline(loader, cfg.train_batch_tokens, cfg.train_seq_len, self.accum, ctx.device, source)
+
+    def step(self):
+        """golf.train's one_step: schedule, forward/backward over the micro-batches, clip, optimizer steps."""
+        cfg = self.cfg
+        apply_schedule(self.opts, cfg, 0, 1.0)
+        for _ in range(self.accum):
+            batch = self.pipeline.next()
+            with self.ctx.autocast():
+                loss, parts = self.objective(self.fwd, batch)
+            (loss / self.accum).backward()
+            torch.stack([loss.detach().float()] + [parts[k].float() for k in self.objective.parts])
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm)
+        for opt in self.opts:
+            opt.step()
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+
+    def close(self):
+        self.pipeline.close()
+
+
+def _options(p):
+    p.add_argument("--arms", default="baseline,soft,hard,online", help=f"comma list from {', '.join(ARMS)}")
+    p.add_argument("--teacher", default="", help="teacher checkpoint (default: a random model of --teacher-preset)")
+    p.add_argument("--teacher-preset", default="demo-teacher", help="shape of the random teacher")
+    p.add_argument("--k", type=int, default=32, help="cached top-K")
+    p.add_argument("--cache-shards", type=int, default=1, help="train shards to cache and train on (0 = all)")
+    p.add_argument("--cache-dir", default="", help="existing cache for these shards (default: build one in a temp folder)")
+    p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"], help="encoding of the cache built here")
+    p.add_argument("--reps", type=int, default=40, help="timed rounds (one step of every arm per round)")
+    p.add_argument("--seconds", type=float, default=0, help="instead of --reps: timed rounds until this many seconds")
+    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (compile, allocator, caches)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall time, or CPU time of the process "
+                   "(robust to other processes on the machine; CPU only, with OMP_WAIT_POLICY=PASSIVE)")
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    p.add_argument("--quick", action="store_true", help="2 warm-up and 3 timed rounds (smoke test)")
+
+
+def _arm_config(cfg: Config, **kw) -> Config:
+    return Config(**{**cfg.to_dict(), **kw})
+
+
+@cli_main
+def main():
+    cfg, args = bench_config(__doc__, _options)
+    set_threads(args.threads)
+    if args.quick:
+        args.warmup, args.reps, args.seconds = 2, 3, 0
+    arms = [a for a in args.arms.split(",") if a]
+    if not arms or any(a not in ARMS for a in arms) or "baseline" not in arms:
+        raise GolfError(f"--arms {args.arms!r}: a comma list from {', '.join(ARMS)} that includes baseline")
+    if args.reps <= 0 and args.seconds <= 0:
+        raise GolfError("need --reps > 0 or --seconds > 0")
+    ctx = init_dist(cfg.device, cfg.dtype)
+    if args.clock == "process" and ctx.device.type == "cuda":
+        raise GolfError("--clock process measures CPU time only; use --clock wall on CUDA")
+    files = train_files(cfg, args.cache_shards)
+    cached = [a for a in arms if a in ("soft", "hard")]
+    compiled = cfg.compile == "1" or (cfg.compile == "auto" and ctx.device.type == "cuda")
+    teacher = tcfg = None
+    if "online" in arms or (cached and not args.cache_dir):
+        teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
+        teacher = torch.compile(teacher, dynamic=False) if compiled else teacher
+    print(machine_line(ctx))
+    print(f"student {cfg.num_layers}x{cfg.model_dim} batch {cfg.train_batch_tokens} seq {cfg.train_seq_len} "
+          f"accum {grad_accum_steps(cfg, ctx.world_size)} compiled {compiled} | shards {len(files)} | alpha "
+          f"{cfg.distill_alpha} T {cfg.distill_temp} tail {cfg.distill_tail} | teacher "
+          + (f"{tcfg.num_layers}x{tcfg.model_dim} ({'checkpoint' if args.teacher else 'random'})" if tcfg else "-")
+          + (f" | cache {args.cache_dir}" if args.cache_dir else ""))
+
+    with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
+        reader = None
+        if cached:
+            cache_dir = args.cache_dir
+            if not cache_dir:
+                cache_dir = os.path.join(tmp, "cache")
+                stats = build_temp_cache(teacher, sha, tcfg, files, ctx, cache_dir, args.k, args.encoding,
+                                         fixed_shape=compiled)
+                print(f"cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
+                      f"({stats['tokens_per_s']:.0f} tokens/s)")
+            reader = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
+        makers = {
+            "baseline": lambda: Arm(cfg, ctx, files, CrossEntropyObjective()),
+            "soft": lambda: Arm(cfg, ctx, files, DistillObjective(_arm_config(cfg, distill_soft=True)),
+                                CachedTeacher(reader, soft=True)),
+            "hard": lambda: Arm(cfg, ctx, files, DistillObjective(_arm_config(cfg, distill_soft=False)),
+                                CachedTeacher(reader, soft=False)),
+            "online": lambda: Arm(cfg, ctx, files,
+                                  DistillObjective(_arm_config(cfg, distill_soft=True, distill_cached=False), teacher)),
+        }
+        runs = {name: makers[name]() for name in arms}
+        try:
+            times = {name: [] for name in arms}
+            for rep in tqdm(range(args.warmup), desc="warm-up", disable=None):
+                for name in rotations(arms, rep):
+                    runs[name].step()
+            t_start, rep = time.perf_counter(), 0
+            bar = tqdm(total=args.reps if not args.seconds else None, desc="timed rounds", disable=None)
+            while (rep < args.reps) if not args.seconds else (time.perf_counter() - t_start < args.seconds):
+                for name in rotations(arms, rep):
+                    times[name].append(timed(runs[name].step, ctx, args.clock))
+                rep += 1
+                bar.update(1)
+            bar.close()
+        finally:
+            for run in runs.values():
+                run.close()
+
+    print(machine_line(ctx) + f" clock={args.clock}")  # the load during the run, not only before it
+    base = times["baseline"]
+    figures = {"machine": machine_line(ctx), "clock": args.clock, "rounds": len(base), "config": cfg.to_dict(), "arms": {}}
+    for name in arms:
+        ratio, paired = median_ms(times[name]) / median_ms(base), paired_ratio(times[name], base)
+        print(f"{name:9s} step {spread(times[name])}  ratio {ratio:.3f} paired {paired:.3f}")
+        figures["arms"][name] = {"median_ms": median_ms(times[name]), "ratio": ratio, "paired_ratio": paired,
+                                 "times_ms": [t * 1e3 for t in times[name]]}
+    load_note(ctx)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(figures, indent=1) + "\n")
+    print("distill_step_ratio " + " ".join(f"{n}={figures['arms'][n]['ratio']:.3f}"
+                                           for n in ("soft", "hard", "online") if n in arms))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# The distillation study end to end: data, both teachers, their logit caches, every ablation arm of the study
+# (seed-factsheet section 8) and more, the results table with seed statistics and plots, and the best arm's
+# records folder.
+#
+#   ./run.sh demo                       # CPU + the demo corpus: the whole study in ~20 min on 2 cores
+#   ./run.sh full                       # 8xH100 + FineWeb sp1024, 600 s per student arm (NPROC=4: 4 GPUs)
+#   ./run.sh demo baseline soft-a0.5    # only these arms (and the data, teachers and caches they need)
+#   ./run.sh --list [demo|full]         # every arm with its exact command
+#   ./run.sh --dry-run [demo|full]      # every command in order, nothing run
+#
+# Everything is written under the current folder: data/ and runs/<preset>/. Each run gets its own folder
+# runs/<preset>/<name>/ with command.txt (the exact command), console.txt, the <name>.txt/.jsonl logs, the
+# checkpoint and the artifact. Rerunning resumes the study: a run whose metrics file holds its final score
+# is skipped and an unfinished one is redone (a teacher continues from its last CHECKPOINT_EVERY checkpoint,
+# a cache from its last complete shard). A failed step is reported, the others go on, and the exit status is
+# 1 if anything failed. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
+# the plots; the best arm (lowest int6 sliding val_bpb at the main budget, under the cap) is dumped with
+# `quantize.py --submission` into runs/<preset>/submission/.
+#
+# Choices (the study leaves them open):
+# - The "best distillation arm" that gets the extended run and the extra seeds is fixed up front: cached soft
+#   KL from the big teacher, T=2, alpha 0.5 (the study's SELFDIST-4 setting; its soft arms were within 0.0005
+#   of each other). Fixed, so that every command is known before anything runs and --dry-run is exact. The
+#   tail-bucket arm uses the same setting.
+# - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline and soft-a0.5 also run
+#   with 42 and 2024.
+# - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
+#   configuration trained for 10,000 steps without a wall clock (the study does not give its length). Both
+#   caches hold the top-32 of every train token (`--encoding packed`, 72 B/token: ~576 GB each for 8B tokens),
+#   so students never run past them, the 2 h runs included.
+# - demo (sized from 2 otherwise idle cores: demo-teacher ~625 ms/step, student ~160 ms/step, ~16 s of start-up
+#   and evaluation per run): student arms train for 25 s each (extended: 80 s), validating every 75 steps,
+#   with a fixed 60-step warm-down (~40% of a 25 s run, ~12% of an extended one; the study kept its 1,600
+#   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 280 steps, the self teacher
+#   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb ~2.04 and ~2.20, a gap
+#   like the study's between its teacher and student (1.02 vs 1.15). Estimate: ~19 min in all.
+# - Threads: on a CPU that other work shares, OpenMP's spin-waiting made a 2-thread student step 13x slower
+#   (5.4 s instead of 0.4 s); `OMP_WAIT_POLICY=PASSIVE ./run.sh demo` avoids that, at +35% per student step
+#   (+8% per teacher step) on idle cores, so it is not the default.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+S=""  # how printed commands name the scripts: bare when run from the repository, else by full path
+[ "$REPO" = "$PWD" ] || S="$REPO/"
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+ACTION=run
+PRESET=""
+SELECTED=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --list) ACTION=list ;;
+    --dry-run) ACTION=dry ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    demo|full) PRESET=$1 ;;
+    -*) die "unknown option $1; see ./run.sh --help" ;;
+    *) SELECTED+=("$1") ;;
+  esac
+  shift
+done
+if [ -z "$PRESET" ]; then
+  [ "$ACTION" = run ] && die "which study? ./run.sh demo | ./run.sh full [ARM...]; see ./run.sh --help"
+  PRESET=demo
+fi
+
+# --- the preset: scale, launcher, teachers ----------------------------------------------------------------
+R="runs/$PRESET"
+case "$PRESET" in
+  demo)
+    LAUNCH="$PY"
+    DATA="data/datasets/demo_sp1024"
+    DATA_CMD="$PY ${S}prepare_data.py --demo"
+    STUDENT="PRESET=demo-student ITERATIONS=100000 WARMDOWN_ITERS=60 VAL_LOSS_EVERY=75"
+    BUDGET=25
+    LONG_BUDGET=80
+    BIG_TEACHER="PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"
+    SELF_TEACHER="PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80"
+    CACHE_OPTS="--k 32"
+    ;;
+  full)
+    NPROC="${NPROC:-8}"
+    LAUNCH="torchrun --standalone --nproc_per_node=$NPROC"
+    DATA="data/datasets/fineweb10B_sp1024"
+    DATA_CMD="$PY ${S}prepare_data.py --check $DATA"
+    STUDENT="PRESET=student"
+    BUDGET=600
+    LONG_BUDGET=7200
+    BIG_TEACHER="PRESET=teacher ITERATIONS=50000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"
+    SELF_TEACHER="PRESET=student ITERATIONS=10000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"
+    CACHE_OPTS="--k 32 --encoding packed"
+    ;;
+esac
+DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the student preset
+
+T_BIG="$R/teacher-big/teacher-big.pt"
+T_SELF="$R/teacher-self/teacher-self.pt"
+C_BIG="$R/cache-big"
+C_SELF="$R/cache-self"
+
+# --- the arms -----------------------------------------------------------------------------------------------
+ARMS=()
+declare -A SCRIPT NEEDS SETTINGS
+arm() { ARMS+=("$1"); SCRIPT[$1]=$2; NEEDS[$1]=$3; SETTINGS[$1]=$4; }
+M="MAX_WALLCLOCK_SECONDS=$BUDGET"
+L="MAX_WALLCLOCK_SECONDS=$LONG_BUDGET"
+HARD="DISTILL_SOFT=0"
+SOFT="DISTILL_SOFT=1 DISTILL_TEMP=2"
+BIG="DISTILL_CACHED=1 LOGIT_CACHE=$C_BIG TEACHER_PATH=$T_BIG"
+SELF="DISTILL_CACHED=1 LOGIT_CACHE=$C_SELF TEACHER_PATH=$T_SELF"
+FAITHFUL="DISTILL_SEED_FAITHFUL=1"
+#   name                     script        needs        settings                                   (study's name)
+arm baseline                 train_gpt.py  ""           "$M"                                       # baseline
+arm hard-self-a0.1           distill.py    cache-self   "$M $HARD DISTILL_ALPHA=0.1 $SELF"         # SELFDIST-5a
+arm hard-self-a0.5           distill.py    cache-self   "$M $HARD DISTILL_ALPHA=0.5 $SELF"         # SELFDIST-3
+arm hard-big-a0.1            distill.py    cache-big    "$M $HARD DISTILL_ALPHA=0.1 $BIG"          # SELFDIST-6
+arm soft-a0.1                distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.1 $BIG"          # SELFDIST-5c
+arm soft-a0.3                distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.3 $BIG"          # SELFDIST-5b
+arm soft-a0.5                distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.5 $BIG"          # SELFDIST-4
+arm online-a0.5              distill.py    teacher-big  "$M DISTILL_CACHED=0 $SOFT DISTILL_ALPHA=0.5 TEACHER_PATH=$T_BIG"  # DIST-2
+arm faithful-soft-a0.1       distill.py    cache-big    "$M $FAITHFUL $SOFT DISTILL_ALPHA=0.1 $BIG"      # 5c, defects D1+D2
+arm faithful-hard-self-a0.5  distill.py    cache-self   "$M $FAITHFUL $HARD DISTILL_ALPHA=0.5 $SELF"     # 3, defect D2
+arm soft-bucket-a0.5         distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
+arm baseline-s42             train_gpt.py  ""           "$M SEED=42"
+arm baseline-s2024           train_gpt.py  ""           "$M SEED=2024"
+arm soft-a0.5-s42            distill.py    cache-big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 $BIG"
+arm soft-a0.5-s2024          distill.py    cache-big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 $BIG"
+arm baseline-long            train_gpt.py  ""           "$L"                                       # 2 h run
+arm soft-a0.5-long           distill.py    cache-big    "$L $SOFT DISTILL_ALPHA=0.5 $BIG"          # 2 h run
+
+arm_cmd() {
+  echo "$STUDENT ${SETTINGS[$1]} RUN_ID=$1 LOG_DIR=$R/$1 CHECKPOINT_PATH=$R/$1/$1.pt $LAUNCH ${S}${SCRIPT[$1]}"
+}
+teacher_cmd() {  # big|self
+  local n="teacher-$1" env="$BIG_TEACHER"
+  [ "$1" = self ] && env="$SELF_TEACHER"
+  echo "$env RUN_ID=$n LOG_DIR=$R/$n CHECKPOINT_PATH=$R/$n/$n.pt $LAUNCH ${S}train_teacher.py"
+}
+cache_cmd() {  # big|self
+  local t="$T_BIG" c="$C_BIG"
+  [ "$1" = self ] && { t="$T_SELF"; c="$C_SELF"; }
+  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $t --out $c $CACHE_OPTS"
+}
+results_cmd() { echo "${S:+PYTHONPATH=$REPO }$PY -m golf.results $R"; }
+dump_cmd() {  # best arm
+  echo "rm -rf $R/submission && $PY ${S}quantize.py $R/$1/$1.pt --submission $R/submission"
+}
+
+if [ ${#SELECTED[@]} -eq 0 ]; then
+  SELECTED=("${ARMS[@]}")
+else
+  for a in "${SELECTED[@]}"; do
+    [ -n "${SCRIPT[$a]+x}" ] || die "unknown arm '$a'; the arms are: ${ARMS[*]}"
+  done
+fi
+
+if [ "$ACTION" = list ]; then
+  echo "# arms of ./run.sh $PRESET (each writes $R/<arm>/); ./run.sh --dry-run $PRESET shows every step"
+  for a in "${ARMS[@]}"; do
+    printf '%s\n    %s\n' "$a" "$(arm_cmd "$a")"
+  done
+  exit 0
+fi
+
+# The infrastructure the selected arms need: a cache needs its teacher.
+declare -A WANT
+for a in "${SELECTED[@]}"; do
+  case "${NEEDS[$a]}" in
+    cache-big) WANT[teacher-big]=1; WANT[cache-big]=1 ;;
+    cache-self) WANT[teacher-self]=1; WANT[cache-self]=1 ;;
+    teacher-big) WANT[teacher-big]=1 ;;
+  esac
+done
+
+is_done() { "$PY" -m golf.results --is-done "$1"; }
+
+# --- dry run: every step in order ---------------------------------------------------------------------------
+if [ "$ACTION" = dry ]; then
+  state() { if is_done "$1"; then echo "done: would skip"; else echo "would run"; fi; }
+  if [ "$PRESET" = demo ]; then
+    echo "# data ($DATA $([ -d "$DATA" ] && echo "present: would skip" || echo "missing: would build"))"
+    echo "[ -d $DATA ] || $DATA_CMD"
+  else
+    echo "# data ($DATA $([ -d "$DATA" ] && echo "present: would check" || echo "missing: download it first"))"
+    echo "$DATA_CMD"
+  fi
+  for t in big self; do
+    [ -n "${WANT[teacher-$t]+x}" ] || continue
+    echo "# teacher-$t ($(state "$R/teacher-$t"); resumes with --resume while $R/teacher-$t/teacher-$t.resume.pt exists)"
+    teacher_cmd "$t"
+  done
+  for t in big self; do
+    [ -n "${WANT[cache-$t]+x}" ] || continue
+    echo "# cache-$t ($(state "$R/cache-$t"))"
+    cache_cmd "$t"
+  done
+  for a in "${SELECTED[@]}"; do
+    echo "# $a ($(state "$R/$a"))"
+    arm_cmd "$a"
+  done
+  echo "# results"
+  results_cmd
+  echo "# submission folder of the best arm (chosen by: $PY -m golf.results --best $R)"
+  dump_cmd "<best>"
+  exit 0
+fi
+
+# --- run ----------------------------------------------------------------------------------------------------
+FAILED=()
+declare -A OK
+SUMMARY=()
+START=$SECONDS
+
+run_cmd() {  # NAME DIR COMMAND: run the command line; with a DIR, save it as DIR/command.txt and append its
+            # output to DIR/console.txt
+  local name=$1 dir=$2 cmd=$3 t0=$SECONDS rc log=/dev/null
+  if [ -n "$dir" ]; then
+    mkdir -p "$dir"
+    printf '%s\n' "$cmd" > "$dir/command.txt"
+    log="$dir/console.txt"
+    echo "=== $(date '+%F %T') $cmd" >> "$log"
+  fi
+  echo
+  echo "=== $name: $cmd"
+  bash -c "$cmd" 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 0 ]; then
+    SUMMARY+=("$(printf '%6ss  ok      %s' $((SECONDS - t0)) "$name")")
+  else
+    SUMMARY+=("$(printf '%6ss  FAILED  %s (exit %s%s)' $((SECONDS - t0)) "$name" "$rc" "${dir:+; see $log}")")
+    FAILED+=("$name")
+  fi
+  return "$rc"
+}
+
+step() {  # NAME DIR COMMAND [NEED]: skip when done, fail when NEED failed, else run
+  local name=$1 dir=$2 cmd=$3 need=${4:-}
+  if is_done "$dir"; then
+    echo "=== $name: done, skipped"
+    SUMMARY+=("$(printf '%6s   done    %s' - "$name")")
+    OK[$name]=1
+    return 0
+  fi
+  if [ -n "$need" ] && [ -z "${OK[$need]+x}" ]; then
+    echo "=== $name: not run, $need failed"
+    SUMMARY+=("$(printf '%6s   FAILED  %s (needs %s)' - "$name" "$need")")
+    FAILED+=("$name")
+    return 1
+  fi
+  run_cmd "$name" "$dir" "$cmd" && OK[$name]=1
+}
+
+echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH)"
+if [ "$PRESET" = demo ]; then
+  [ -d "$DATA" ] || run_cmd data "" "$DATA_CMD" || die "could not build the demo data"
+else
+  [ -d "$DATA" ] || die "$DATA is missing: download the FineWeb sp1024 shards there (the challenge's data/cached_challenge_fineweb.py --variant sp1024)"
+  run_cmd data "" "$DATA_CMD" || die "$DATA failed its check"
+fi
+
+for t in big self; do
+  [ -n "${WANT[teacher-$t]+x}" ] || continue
+  cmd="$(teacher_cmd "$t")"
+  [ -f "$R/teacher-$t/teacher-$t.resume.pt" ] && cmd="$cmd --resume"
+  step "teacher-$t" "$R/teacher-$t" "$cmd"
+done
+for t in big self; do
+  [ -n "${WANT[cache-$t]+x}" ] || continue
+  step "cache-$t" "$R/cache-$t" "$(cache_cmd "$t")" "teacher-$t"
+done
+for a in "${SELECTED[@]}"; do
+  step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]}"
+done
+
+if run_cmd results "" "$(results_cmd)"; then
+  if best="$("$PY" -m golf.results --best "$R")"; then
+    run_cmd submission "" "$(dump_cmd "$best")"
+  else
+    echo "=== submission: no finished under-cap arm to dump"
+  fi
+fi
+
+echo
+echo "=== study $PRESET: $((SECONDS - START)) s"
+printf '%s\n' "${SUMMARY[@]}"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "=== FAILED: ${FAILED[*]}; rerun ./run.sh $PRESET to retry them (finished runs are skipped)"
+  exit 1
+fi
+echo "=== results: $R/RESULTS.md"

@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmarks: each runs end to end at tiny sizes on the real code path, prints its summary
+line with sane figures, and writes its JSON; bench/gpu_check.sh passes `bash -n` and a CPU dry run.
+
+Run: python -m pytest tests/test_bench.py -q
+"""
+import json
+import math
+import os
+import re
+import subprocess
+
+from helpers import REPO, dataset_env, run_script
+
+
+def _summary(out: str, name: str) -> dict:
+    """The `name k=v k=v` (or `name v`) summary line -> {k: float}; it must be the last line of stdout."""
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(name + " "), f"last line is not the summary: {last!r}"
+    fields = last[len(name) + 1:].split()
+    if len(fields) == 1 and "=" not in fields[0]:
+        return {name: float(fields[0])}
+    return {k: float(v) for k, v in (f.split("=") for f in fields)}
+
+
+def _ok(p):
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def _positive(figures: dict):
+    for key, v in figures.items():
+        assert math.isfinite(v) and v > 0, f"{key}={v}"
+
+
+def test_kl_loss_bench_agrees_and_prints_its_ratio(tmp_path):
+    out = _ok(run_script(["bench/kl_loss.py", "--n", "256", "--reps", "2", "--warmup", "1"], {}, str(tmp_path)))
+    _positive(_summary(out, "kl_cost_ratio"))
+
+
+def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
+    js = tmp_path / "step.json"
+    out = _ok(run_script(["bench/distill_step.py", "--quick", "--preset", "test", "--teacher-preset", "test",
+                          "--json", str(js)], dataset_env(tiny_dataset), str(tmp_path)))
+    ratios = _summary(out, "distill_step_ratio")
+    assert set(ratios) == {"soft", "hard", "online"}
+    _positive(ratios)
+    fig = json.loads(js.read_text())
+    assert fig["rounds"] == 3 and set(fig["arms"]) == {"baseline", "soft", "hard", "online"}
+    assert all(len(a["times_ms"]) == 3 for a in fig["arms"].values())
+    assert abs(fig["arms"]["soft"]["ratio"] - ratios["soft"]) < 1e-3
+
+
+def test_distill_step_bench_refuses_arms_without_baseline(tiny_dataset, tmp_path):
+    p = run_script(["bench/distill_step.py", "--quick", "--preset", "test", "--arms", "soft"], dataset_env(tiny_dataset),
+                   str(tmp_path))
+    assert p.returncode == 2 and "includes baseline" in p.stderr
+
+
+def test_cache_write_bench_keeps_a_readable_cache(tiny_dataset, tmp_path):
+    keep = tmp_path / "kept"
+    out = _ok(run_script(["bench/cache_write.py", "--quick", "--preset", "test", "--shards", "1", "--keep", str(keep)],
+                         dataset_env(tiny_dataset), str(tmp_path)))
+    _positive(_summary(out, "cache_write_ratio"))
+    manifest = json.loads((keep / "manifest.json").read_text())
+    assert manifest["k"] == 32 and all(s["complete"] for s in manifest["shards"])
+
+
+def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path):
+    out = _ok(run_script(["bench/cache_read.py", "--quick", "--preset", "test", "--teacher-preset", "test",
+                          "--shards", "1"], dataset_env(tiny_dataset), str(tmp_path)))
+    _positive(_summary(out, "cache_read_fraction"))
+    # The packed encoding's documented bound is 4.9e-4 nats per token for the renormalised top-K at T = 1.
+    kl = [float(x) for x in re.findall(r"renorm_T1: mean (\S+) max (\S+)", out)[0]]
+    assert 0 < kl[0] <= kl[1] <= 4.9e-4
+
+
+def test_gpu_check_script_parses_and_dry_runs(tmp_path):
+    script = os.path.join(REPO, "bench", "gpu_check.sh")
+    subprocess.run(["bash", "-n", script], check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPU_CHECK_SECONDS": "1", "PYTHONPATH": REPO}
+    p = subprocess.run([script, "--dry-run", str(tmp_path / "out")], env=env, cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=300)
+    _ok(p)
+    line = [x for x in p.stdout.splitlines() if x.startswith("gpu_check device=")]
+    assert line, p.stdout[-2000:]
+    fig = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert fig["soft_ratio"] > 0 and fig["cache_write_ratio"] > 0
+    assert fig["stages"]["distill_step"]["config"]["train_seq_len"] == 64  # the test preset, not the full student

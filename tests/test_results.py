@@ -1,0 +1,202 @@
+"""golf/results.py: the statistics against hand-computed values, the table built from metrics files, the
+skip/resume decision (--is-done) and the best-arm choice.
+
+    python -m pytest tests/test_results.py -q
+"""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from golf import results
+from golf.config import PRESETS, Config
+from helpers import REPO
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_mean_and_sample_std_by_hand():
+    m, s = results.mean_std([1.0, 2.0, 4.0])
+    assert m == pytest.approx(7 / 3)
+    # deviations -4/3, -1/3, 5/3: squares sum to 42/9, divided by n-1 = 2 -> 7/3
+    assert s == pytest.approx(math.sqrt(7 / 3))
+    assert math.isnan(results.mean_std([5.0])[1])
+
+
+def test_paired_ttest_matches_closed_forms():
+    # d = a - b = [1, 2, 3]: mean 2, std 1, t = 2 / (1 / sqrt 3) = 2 sqrt 3; for df = 2 the two-sided
+    # p-value is 1 - t / sqrt(t^2 + 2) = 1 - sqrt(6/7).
+    r = results.paired_ttest([1.2, 1.5, 1.9], [0.2, -0.5, -1.1])
+    assert r["diffs"] == pytest.approx([1.0, 2.0, 3.0])
+    assert (r["n"], r["mean"], r["std"]) == (3, pytest.approx(2.0), pytest.approx(1.0))
+    assert r["t"] == pytest.approx(2 * math.sqrt(3))
+    assert r["p"] == pytest.approx(1 - math.sqrt(6 / 7))
+    # df = 1 (Cauchy): p = 1 - (2 / pi) atan(|t|); d = [1, 3] gives t = 2 / (sqrt 2 / sqrt 2) = 2
+    r = results.paired_ttest([1.0, 3.0], [0.0, 0.0])
+    assert r["t"] == pytest.approx(2.0)
+    assert r["p"] == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
+    # a sign flip of every difference flips t and keeps p
+    r2 = results.paired_ttest([0.0, 0.0], [1.0, 3.0])
+    assert (r2["t"], r2["p"]) == (pytest.approx(-2.0), pytest.approx(r["p"]))
+    assert math.isnan(results.paired_ttest([1.0, 2.0], [0.0, 1.0])["p"])  # equal differences: undefined
+
+
+def test_overhead_percent():
+    assert results.overhead_pct(110.0, 100.0) == pytest.approx(10.0)
+    assert results.overhead_pct(148.21 * 1.0732, 148.21) == pytest.approx(7.32)
+    assert results.overhead_pct(95.0, 100.0) == pytest.approx(-5.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A synthetic study: metrics files as golf/log.py writes them
+
+
+BIG = {"distill_cached": True, "distill_soft": True, "distill_temp": 2.0, "logit_cache": "runs/x/cache-big",
+       "teacher_path": "runs/x/teacher-big/teacher-big.pt"}
+
+
+def write_run(root, name, script="train_gpt.py", *, seed=1337, wall=30.0, steps=100, train_ms=10_000.0,
+              rt=None, sliding=None, total=1_000_000, vals=((50, 2.0), (100, 1.8)), finished=True, **overrides):
+    """`root/name/name.jsonl` with the events of a run of the demo-student preset (+ overrides)."""
+    cfg = Config(**{**PRESETS["demo-student"], "seed": seed, "max_wallclock_seconds": wall, "run_id": name,
+                    "log_dir": os.path.join(root, name), "checkpoint_path": os.path.join(root, name, name + ".pt"),
+                    **overrides})
+    events = [{"event": "config", "script": script, "config": cfg.to_dict(), "world_size": 1},
+              {"event": "val", "step": 0, "val_loss": 7.0, "val_bpb": 4.0, "train_ms": 0.0}]
+    events += [{"event": "val", "step": s, "val_loss": b * 1.6, "val_bpb": b, "train_ms": train_ms * s / steps}
+               for s, b in vals]
+    events.append({"event": "train", "step": steps // 2, "train_loss": 3.0, "train_ms": train_ms / 2})
+    if finished:
+        sliding = 1.5 if sliding is None else sliding
+        rt = sliding + 0.02 if rt is None else rt
+        events += [{"event": "train_end", "step": steps, "train_ms": train_ms, "step_ms_median": train_ms / steps},
+                   {"event": "final", "label": "int6", "val_loss": rt * 1.6, "val_bpb": rt,
+                    "sliding_val_loss": sliding * 1.6, "sliding_val_bpb": sliding},
+                   {"event": "artifact", "path": os.path.join(root, name, name + ".int6.ptz"),
+                    "model_bytes": total - 50_000, "code_bytes": 50_000, "total_bytes": total, "compressor": "zstd"}]
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    with open(os.path.join(root, name, name + ".jsonl"), "w") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in events))
+
+
+@pytest.fixture
+def study(tmp_path):
+    root = str(tmp_path / "demo")
+    write_run(root, "baseline", sliding=1.50)
+    write_run(root, "baseline-s42", seed=42, sliding=1.52)
+    write_run(root, "baseline-s2024", seed=2024, sliding=1.49)
+    soft = dict(script="distill.py", distill_alpha=0.5, train_ms=11_000.0, **BIG)
+    write_run(root, "soft-a0.5", sliding=1.47, **soft)
+    write_run(root, "soft-a0.5-s42", seed=42, sliding=1.50, **soft)
+    write_run(root, "soft-a0.5-s2024", seed=2024, sliding=1.48, **soft)
+    write_run(root, "hard-self-a0.1", "distill.py", sliding=1.40, total=16_000_001, distill_soft=False,
+              distill_alpha=0.1, logit_cache="runs/x/cache-self", teacher_path="runs/x/teacher-self/teacher-self.pt")
+    write_run(root, "soft-a0.1", "distill.py", distill_alpha=0.1, finished=False, **BIG)
+    write_run(root, "baseline-long", wall=105.0, steps=400, train_ms=40_000.0, sliding=1.30)
+    write_run(root, "teacher-big", "train_teacher.py", sliding=1.2, num_layers=4, model_dim=256)
+    os.makedirs(os.path.join(root, "cache-big"))  # folders without a metrics file are not runs
+    return root
+
+
+def test_rows_overhead_delta_and_cap(study):
+    runs = results.load_study(study)
+    rows = {w["arm"]: w for w in results.arm_rows(runs)}
+    assert "teacher-big" not in rows and "cache-big" not in rows
+    soft = rows["soft-a0.5"]
+    assert (soft["teacher"], soft["mode"], soft["alpha"], soft["temp"], soft["tail"]) == ("big", "soft", 0.5, 2.0, "renorm")
+    assert soft["baseline"] == "baseline" and soft["step_ms"] == pytest.approx(110.0)
+    assert soft["overhead_pct"] == pytest.approx(10.0)
+    assert soft["delta_sliding_val_bpb"] == pytest.approx(1.47 - 1.50)
+    # each seed replica is compared with the baseline of its own seed
+    assert rows["soft-a0.5-s42"]["baseline"] == "baseline-s42"
+    assert rows["soft-a0.5-s42"]["delta_sliding_val_bpb"] == pytest.approx(1.50 - 1.52)
+    hard = rows["hard-self-a0.1"]
+    assert (hard["teacher"], hard["mode"], hard["temp"], hard["over_cap"]) == ("self", "hard", None, True)
+    assert rows["baseline"]["overhead_pct"] is None and rows["baseline"]["delta_sliding_val_bpb"] is None
+    assert rows["baseline-long"]["baseline"] == "baseline-long"  # the extended run is its own reference
+    assert not rows["soft-a0.1"]["done"] and rows["soft-a0.1"]["sliding_val_bpb"] is None
+    order = [w["arm"] for w in results.arm_rows(runs)]
+    assert order[0] == "baseline" and order[-1] == "baseline-long"
+
+
+def test_seed_groups_and_paired_test(study):
+    runs = results.load_study(study)
+    groups = {results.group_name(g): [r.seed for r in g] for g in results.seed_groups(runs)}
+    assert groups == {"baseline": [42, 1337, 2024], "soft-a0.5": [42, 1337, 2024]}
+    (pair,) = results.paired_comparisons(results.seed_groups(runs))
+    assert (pair["arm"], pair["baseline"], pair["seeds"]) == ("soft-a0.5", "baseline", [42, 1337, 2024])
+    # per-seed differences (seed 42, 1337, 2024): -0.02, -0.03, -0.01 -> mean -0.02, std 0.01, t = -2 sqrt 3
+    assert pair["diffs"] == pytest.approx([-0.02, -0.03, -0.01])
+    assert (pair["mean"], pair["std"]) == (pytest.approx(-0.02), pytest.approx(0.01))
+    assert pair["t"] == pytest.approx(-2 * math.sqrt(3))
+    assert pair["p"] == pytest.approx(1 - math.sqrt(6 / 7))
+
+
+def test_best_arm_skips_over_cap_extended_and_unfinished(study):
+    # hard-self-a0.1 (1.40) is over the cap, baseline-long (1.30) has another budget, soft-a0.1 is unfinished
+    assert results.best_arm(results.load_study(study)).name == "soft-a0.5"
+    out = subprocess.run([sys.executable, "-m", "golf.results", "--best", study], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "soft-a0.5", out.stderr
+
+
+def test_write_results_files(study):
+    out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    md = open(os.path.join(study, "RESULTS.md")).read()
+    assert "| soft-a0.5 | big | soft | 0.5 | 2 | renorm | 1337 | 30 s | 100 | 110.0 | +10.0% | 1.4900 | 1.4700 | -0.0300 |" in md
+    assert "| 16,000,001 | OVER |" in md
+    assert "| baseline | 42, 1337, 2024 | 1.5033 ± 0.0153 |" in md  # sd of 1.52, 1.50, 1.49
+    assert "| soft-a0.5 | baseline | 42, 1337, 2024 | -0.0200, -0.0300, -0.0100 | -0.0200 ± 0.0100 | -3.46 | 0.0742 |" in md
+    assert "soft-a0.1: no final score" in md and "## Teachers" in md
+    with open(os.path.join(study, "results.csv")) as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert float(rows["soft-a0.5"]["overhead_pct"]) == pytest.approx(10.0)
+    assert rows["hard-self-a0.1"]["over_cap"] == "True" and rows["soft-a0.1"]["done"] == "False"
+    for png in ("val_bpb_vs_step.png", "val_bpb_vs_time.png", "alpha_sweep.png", "step_time.png"):
+        with open(os.path.join(study, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+        assert f"![{png}]({png})" in md
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Skip / resume: what run.sh asks before each step
+
+
+def _is_done_cli(folder) -> int:
+    return subprocess.run([sys.executable, "-m", "golf.results", "--is-done", folder], cwd=REPO).returncode
+
+
+def test_is_done_finished_unfinished_and_missing(tmp_path):
+    root = str(tmp_path)
+    write_run(root, "done")
+    write_run(root, "half", finished=False)
+    assert results.is_done(os.path.join(root, "done")) and _is_done_cli(os.path.join(root, "done")) == 0
+    assert not results.is_done(os.path.join(root, "half")) and _is_done_cli(os.path.join(root, "half")) == 1
+    assert not results.is_done(os.path.join(root, "never-started"))
+    # killed while writing its last line: the final score never made it, so the run is redone
+    path = os.path.join(root, "done", "done.jsonl")
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text[: text.rindex('{"event": "artifact"') + 30])
+    assert not results.is_done(os.path.join(root, "done"))
+
+
+def test_is_done_cache_manifest(tmp_path):
+    cache = tmp_path / "cache-big"
+    cache.mkdir()
+    shards = [{"name": "a.bin", "complete": True}, {"name": "b.bin", "complete": False}]
+    (cache / "manifest.json").write_text(json.dumps({"shards": shards}))
+    assert not results.is_done(str(cache))
+    shards[1]["complete"] = True
+    (cache / "manifest.json").write_text(json.dumps({"shards": shards}))
+    assert results.is_done(str(cache))
+    (cache / "manifest.json").write_text('{"shards": [')  # torn write
+    assert not results.is_done(str(cache))

@@ -1,0 +1,89 @@
+"""run.sh without training: --list and --dry-run name every arm of the study, and a real invocation skips a
+finished arm, redoes an unfinished one, reports failures (a failed teacher fails the arms that need it) and
+exits non-zero.
+
+    python -m pytest tests/test_run_sh.py -q
+"""
+import os
+import subprocess
+
+from helpers import REPO
+from test_results import write_run
+
+RUN_SH = os.path.join(REPO, "run.sh")
+# The study's arms (seed-factsheet 8) and ours: the names run.sh must offer.
+ARMS = ["baseline", "hard-self-a0.1", "hard-self-a0.5", "hard-big-a0.1", "soft-a0.1", "soft-a0.3", "soft-a0.5",
+        "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "soft-bucket-a0.5", "baseline-s42",
+        "baseline-s2024", "soft-a0.5-s42", "soft-a0.5-s2024", "baseline-long", "soft-a0.5-long"]
+
+
+def _run(args, cwd, timeout=120):
+    env = {k: v for k, v in os.environ.items() if k not in ("PRESET", "NPROC")}
+    return subprocess.run([RUN_SH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_list_every_arm_with_its_command(tmp_path):
+    for preset, launcher, budget in (("demo", "python ", "MAX_WALLCLOCK_SECONDS=25 "),
+                                     ("full", "torchrun --standalone --nproc_per_node=8 ", "MAX_WALLCLOCK_SECONDS=600 ")):
+        out = _run(["--list", preset], tmp_path)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()[1:]
+        names, commands = lines[0::2], [c.strip() for c in lines[1::2]]
+        assert names == ARMS
+        for name, cmd in zip(names, commands):
+            script = "train_gpt.py" if name.startswith("baseline") else "distill.py"
+            assert f"RUN_ID={name} LOG_DIR=runs/{preset}/{name} " in cmd and cmd.endswith(f"{launcher}{REPO}/{script}")
+            assert (budget if not name.endswith("-long") else "MAX_WALLCLOCK_SECONDS=") in cmd
+        cmds = dict(zip(names, commands))
+        assert "SEED=42 " in cmds["soft-a0.5-s42"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5"]
+        assert "DISTILL_CACHED=0 " in cmds["online-a0.5"] and "DISTILL_SEED_FAITHFUL=1" in cmds["faithful-soft-a0.1"]
+        assert "LOGIT_CACHE=runs/{0}/cache-self ".format(preset) in cmds["hard-self-a0.5"]
+    assert not os.listdir(tmp_path)
+
+
+def test_dry_run_full_prints_every_step_and_runs_nothing(tmp_path):
+    out = _run(["--dry-run", "full"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert f"prepare_data.py --check data/datasets/fineweb10B_sp1024" in text
+    assert "PRESET=teacher ITERATIONS=50000" in text and text.count("train_teacher.py") == 2
+    assert text.count("cache_logits.py") == 2 and "--k 32" in text
+    for name in ARMS:
+        assert f"# {name} (would run)" in text and f"RUN_ID={name} " in text
+    assert "-m golf.results runs/full" in text and "--submission runs/full/submission" in text
+    assert not os.listdir(tmp_path)
+    # NPROC changes the launcher
+    out = subprocess.run([RUN_SH, "--dry-run", "full", "baseline"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "NPROC": "4"})
+    assert "--nproc_per_node=4 " in out.stdout and "train_teacher.py" not in out.stdout  # baseline needs no teacher
+
+
+def test_unknown_arm_is_refused(tmp_path):
+    out = _run(["demo", "no-such-arm"], tmp_path)
+    assert out.returncode == 2 and "unknown arm 'no-such-arm'" in out.stderr
+
+
+def test_skip_finished_redo_unfinished_report_failures(tmp_path):
+    """baseline is finished (skipped); baseline-s42 is half done (redone: it fails at once on the empty data
+    folder); soft-a0.5 needs the big teacher, which fails the same way, so its cache and soft-a0.5 are not run.
+    The results are still written, the dump of the best arm fails (a synthetic run has no checkpoint), and the
+    exit status says something failed."""
+    os.makedirs(tmp_path / "data" / "datasets" / "demo_sp1024")  # present, so run.sh does not build it
+    root = str(tmp_path / "runs" / "demo")
+    write_run(root, "baseline")
+    write_run(root, "baseline-s42", seed=42, finished=False)
+    dry = _run(["--dry-run", "demo", "baseline", "baseline-s42"], tmp_path)
+    assert "# baseline (done: would skip)" in dry.stdout and "# baseline-s42 (would run)" in dry.stdout
+    out = _run(["demo", "baseline", "baseline-s42", "soft-a0.5"], tmp_path, timeout=300)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "=== baseline: done, skipped" in out.stdout
+    assert not os.path.exists(os.path.join(root, "baseline", "command.txt"))
+    with open(os.path.join(root, "baseline-s42", "command.txt")) as f:
+        assert "RUN_ID=baseline-s42 " in f.read()
+    with open(os.path.join(root, "baseline-s42", "console.txt")) as f:
+        assert "error:" in f.read()
+    assert "=== cache-big: not run, teacher-big failed" in out.stdout
+    assert "=== soft-a0.5: not run, cache-big failed" in out.stdout
+    failed = out.stdout.split("=== FAILED: ")[1].split(";")[0].split()
+    assert failed == ["teacher-big", "cache-big", "baseline-s42", "soft-a0.5", "submission"]  # no checkpoint
+    assert os.path.isfile(os.path.join(root, "RESULTS.md"))  # baseline's result still made the table

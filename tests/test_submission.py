@@ -1,0 +1,108 @@
+"""The submission dump (quantize.py --submission, golf/submission.py) and the generated single file
+(golf/bundle.py): the folder's contents, its byte counts, and the single train_gpt.py running alone.
+
+    python -m pytest tests/test_submission.py -q
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from golf.bundle import arm_settings, code_bytes, single_file_source
+from golf.config import PRESETS, Config, resolve_config
+from helpers import REPO, dataset_env, run_script
+
+
+@pytest.mark.parametrize("preset,changes", [
+    ("student", {}),
+    ("demo-student", {"distill_alpha": 0.1, "distill_soft": False, "max_wallclock_seconds": 30.0, "seed": 42,
+                      "logit_cache": "runs/demo/cache-self"}),
+    ("teacher", {"iterations": 50_000, "max_wallclock_seconds": 0.0, "adam_eps": 1e-9}),
+])
+def test_arm_settings_rebuild_the_config(preset, changes):
+    cfg = Config(**{**PRESETS[preset], **changes, "run_id": "x", "log_dir": "somewhere", "checkpoint_path": "a.pt"})
+    settings = arm_settings(cfg)
+    assert settings["PRESET"] == preset
+    assert not {"RUN_ID", "LOG_DIR", "CHECKPOINT_PATH"} & settings.keys()  # output locations are not the arm
+    assert len(settings) == 1 + len(changes)  # exactly the fields that differ from the preset
+    rebuilt = resolve_config(None, settings)
+    rebuilt.run_id, rebuilt.log_dir, rebuilt.checkpoint_path = "x", "somewhere", "a.pt"
+    assert rebuilt == cfg
+    src = single_file_source(os.path.join(REPO, "distill.py"), cfg)
+    for k, v in settings.items():
+        assert f"os.environ.setdefault({k!r}, {v!r})" in src
+    assert code_bytes(os.path.join(REPO, "distill.py"), cfg) == len(src.encode())
+
+
+@pytest.fixture(scope="module")
+def dumped(tiny_dataset, tmp_path_factory):
+    """Two seeds of a tiny baseline arm laid out as run.sh does (study/<arm>/), and the dump of the first."""
+    cwd = tmp_path_factory.mktemp("study")
+    for name, seed in (("arm", 1337), ("arm-s42", 42)):
+        env = {**dataset_env(tiny_dataset), "PRESET": "test", "ITERATIONS": 4, "SEED": seed, "RUN_ID": name,
+               "LOG_DIR": f"study/{name}", "CHECKPOINT_PATH": f"study/{name}/{name}.pt"}
+        out = run_script(["train_gpt.py"], env, cwd=str(cwd))
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = run_script(["quantize.py", "study/arm/arm.pt", "--submission", "sub", "--author", "Ada", "--github", "ada"],
+                     {}, cwd=str(cwd))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cwd, out.stdout
+
+
+def _events(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_submission_folder(dumped, tiny_dataset):
+    cwd, stdout = dumped
+    sub = cwd / "sub"
+    assert sorted(os.listdir(sub)) == ["README.md", "final_model.int6.ptz", "submission.json", "train_gpt.py",
+                                       "train_seed1337.jsonl", "train_seed1337.log", "train_seed42.jsonl",
+                                       "train_seed42.log"]
+    info = json.loads((sub / "submission.json").read_text())
+    events = _events(cwd / "study" / "arm" / "arm.jsonl")
+    final = next(e for e in events if e["event"] == "final")
+    assert info["val_bpb"] == final["sliding_val_bpb"] and info["roundtrip_val_bpb"] == final["val_bpb"]
+    assert (info["author"], info["github_id"], info["arm"], info["hardware"]) == ("Ada", "ada", "arm", "1x CPU")
+    assert info["bytes_code"] == os.path.getsize(sub / "train_gpt.py")
+    assert info["bytes_model"] == os.path.getsize(sub / "final_model.int6.ptz")
+    assert info["bytes_total"] == info["bytes_code"] + info["bytes_model"]
+    # the artifact is the one the run scored, byte for byte
+    assert (sub / "final_model.int6.ptz").read_bytes() == (cwd / "study" / "arm" / "arm.int6.ptz").read_bytes()
+    assert info["artifact_verified"] is True
+    seed42 = next(e for e in _events(cwd / "study" / "arm-s42" / "arm-s42.jsonl") if e["event"] == "final")
+    assert sorted(info["seed_results"]) == ["1337", "42"]
+    assert info["seed_results"]["42"]["val_bpb"] == seed42["sliding_val_bpb"]
+    assert info["mean_val_bpb"] == pytest.approx((final["sliding_val_bpb"] + seed42["sliding_val_bpb"]) / 2)
+    assert (sub / "train_seed42.log").read_text() == (cwd / "study" / "arm-s42" / "arm-s42.txt").read_text()
+    readme = (sub / "README.md").read_text()
+    assert "SEED=42 python train_gpt.py" in readme and f"{info['bytes_total']:,}" in readme
+    # What a training run of this arm logs as its code size (export_artifact with the run's config) is this
+    # file's size.
+    cfg = Config.from_dict(json.loads(json.dumps(events[0]["config"])))
+    assert code_bytes(os.path.join(REPO, "train_gpt.py"), cfg) == info["bytes_code"]
+    assert f"Code size: {info['bytes_code']} bytes" in stdout
+
+
+def test_single_file_runs_alone(dumped, tiny_dataset, tmp_path):
+    cwd, _ = dumped
+    info = json.loads((cwd / "sub" / "submission.json").read_text())
+    shutil.copy(cwd / "sub" / "train_gpt.py", tmp_path / "train_gpt.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and k not in ("PRESET", "ITERATIONS")}
+    probe = subprocess.run([sys.executable, "-c", "import golf"], cwd=tmp_path, env=env, capture_output=True)
+    assert probe.returncode != 0, "golf is importable without the repository: this test would prove nothing"
+    # the test preset via the environment; ITERATIONS overrides the 4 baked into the file
+    env.update(OMP_NUM_THREADS="1", PRESET="test", ITERATIONS="3", **dataset_env(tiny_dataset))
+    out = subprocess.run([sys.executable, "train_gpt.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step:3/3 val_loss:" in out.stdout
+    assert re.search(r"final_int6_roundtrip_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", out.stdout)
+    assert re.search(r"final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", out.stdout)
+    assert f"Code size: {info['bytes_code']} bytes" in out.stdout
+    assert os.listdir(tmp_path / "checkpoints") and os.listdir(tmp_path / "logs")
