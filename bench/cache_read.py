@@ -27,7 +27,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from _common import (bench_config, build_temp_cache, load_note, machine_line, make_teacher, median_ms, set_threads,
@@ -112,15 +111,15 @@ def _drop_pages(cache_dir: str):
 
 def fetch_times(cache_dir: str, files: list[str], batches: list[Batch], cold: bool, ctx) -> list[float]:
     """Seconds of CachedTeacher.fetch for each batch (soft rows: ids and values)."""
-    out = []
+    out, source = [], None
     for batch in tqdm(batches, desc=f"fetch {'cold' if cold else 'warm'}", disable=None):
+        source = None  # unmap the previous reader's files first: pages mapped into a process are not dropped
         if cold:
             _drop_pages(cache_dir)
         source = CachedTeacher(CacheReader(cache_dir, files), soft=True)
         if not cold:
             source.fetch(batch)  # bring the rows in first
         out.append(timed(lambda: source.fetch(batch), ctx))
-        del source
     return out
 
 

@@ -1,7 +1,7 @@
 """Benchmark: logit-cache write throughput against the teacher's forward pass alone, side by side in one process.
 
     python bench/cache_write.py [--preset demo-teacher] [--teacher CKPT] [--shards 1] [--k 32]
-                                [--encoding fp16|packed] [--reps 3] [--batch-windows 0]
+                                [--encoding fp16|packed] [--reps 5] [--batch-windows 0] [--keep DIR] [--json FILE]
 
 Both sides run the same teacher over the same windows of the first --shards train shards (the builder's
 window layout, golf.cache_build.plan_windows, batched --batch-windows at a time, the stream's short last window
@@ -53,7 +53,7 @@ def _options(p):
     p.add_argument("--k", type=int, default=32, help="cached top-K")
     p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"])
     p.add_argument("--batch-windows", type=int, default=0, help="windows per forward (default: cache_logits.py's, ~64k tokens)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions of each side (median reported)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions of each side (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--tmp", default="", help="folder for the caches (default: the system's temp folder; use the disk "
                                              "the real cache will live on)")
@@ -93,7 +93,8 @@ def main():
         fwd, cache = [], []
         for rep in tqdm(range(args.reps), desc="reps", disable=None):
             def do_forward():
-                fwd.append(stream.total / timed(lambda: forward_only(run, stream, window, batch_windows, ctx, compiled), ctx))
+                seconds = timed(lambda: forward_only(run, stream, window, batch_windows, ctx, compiled), ctx)
+                fwd.append(stream.total / seconds)
 
             def do_cache():
                 out = os.path.join(tmp, f"rep{rep}")
@@ -107,14 +108,16 @@ def main():
             shutil.move(os.path.join(tmp, f"rep{args.reps - 1}"), args.keep)
     print(machine_line(ctx))
     f, c = statistics.median(fwd), statistics.median(cache)
+    paired = statistics.median(b / a for a, b in zip(fwd, cache))  # repetition by repetition, close in time
     print(f"forward only : {f:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in fwd)})")
     row_bytes = 4 * args.k if args.encoding == "fp16" else packed_row_bytes(args.k)
     print(f"cache builder: {c:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in cache)}), "
-          f"{c * row_bytes / 1e6:.1f} MB/s written")
+          f"{c * row_bytes / 1e6:.1f} MB/s written; paired ratio {paired:.3f}")
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps({"machine": machine_line(ctx), "forward_tokens_per_s": fwd,
-                                                 "cache_tokens_per_s": cache, "ratio": c / f}, indent=1) + "\n")
+                                                 "cache_tokens_per_s": cache, "ratio": c / f, "paired_ratio": paired},
+                                                indent=1) + "\n")
     print(f"cache_write_ratio {c / f:.3f}")
 
 

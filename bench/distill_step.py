@@ -1,7 +1,8 @@
 """Benchmark: the cost of a distillation training step over a baseline step, side by side in one process.
 
     python bench/distill_step.py [--preset demo-student] [--teacher CKPT | --teacher-preset demo-teacher]
-                                 [--arms baseline,soft,hard,online] [--reps 40] [--warmup 5] [--seconds 0]
+                                 [--arms baseline,soft,hard,online] [--reps 100] [--warmup 5] [--seconds 0]
+                                 [--threads N] [--clock wall|process] [--cache-dir DIR] [--json FILE]
 
 Every arm is the same student (same preset, seed, data, batch) driven by the real training pieces:
 golf.pipeline.BatchPipeline over golf.data.DistributedTokenLoader (teacher rows gathered in its prefetch
@@ -91,9 +92,11 @@ def _options(p):
     p.add_argument("--cache-shards", type=int, default=1, help="train shards to cache and train on (0 = all)")
     p.add_argument("--cache-dir", default="", help="existing cache for these shards (default: build one in a temp folder)")
     p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"], help="encoding of the cache built here")
-    p.add_argument("--reps", type=int, default=40, help="timed rounds (one step of every arm per round)")
+    p.add_argument("--reps", type=int, default=100, help="timed rounds (one step of every arm per round)")
     p.add_argument("--seconds", type=float, default=0, help="instead of --reps: timed rounds until this many seconds")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (compile, allocator, caches)")
+    p.add_argument("--max-total-seconds", type=float, default=0, help="also stop the timed rounds when the whole run "
+                   "has taken this long (0 = no limit), so a slow compile shortens the measurement instead of killing it")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall time, or CPU time of the process "
                    "(robust to other processes on the machine; CPU only, with OMP_WAIT_POLICY=PASSIVE)")
@@ -107,6 +110,7 @@ def _arm_config(cfg: Config, **kw) -> Config:
 
 @cli_main
 def main():
+    t_run = time.perf_counter()
     cfg, args = bench_config(__doc__, _options)
     set_threads(args.threads)
     if args.quick:
@@ -159,13 +163,24 @@ def main():
             for rep in tqdm(range(args.warmup), desc="warm-up", disable=None):
                 for name in rotations(arms, rep):
                     runs[name].step()
+            print(f"warm-up: {args.warmup} rounds done at {time.perf_counter() - t_run:.0f}s", flush=True)
             t_start, rep = time.perf_counter(), 0
+            limit = args.max_total_seconds or float("inf")
+
+            def more() -> bool:
+                now = time.perf_counter()
+                if rep > 0 and now - t_run >= limit:
+                    return False
+                return rep < args.reps if not args.seconds else now - t_start < args.seconds
+
             bar = tqdm(total=args.reps if not args.seconds else None, desc="timed rounds", disable=None)
-            while (rep < args.reps) if not args.seconds else (time.perf_counter() - t_start < args.seconds):
+            while more():
                 for name in rotations(arms, rep):
                     times[name].append(timed(runs[name].step, ctx, args.clock))
                 rep += 1
                 bar.update(1)
+                if bar.disable and rep % 25 == 0:  # a sign of life in logs (tqdm is off there)
+                    print(f"timed rounds: {rep} at {time.perf_counter() - t_run:.0f}s", flush=True)
             bar.close()
         finally:
             for run in runs.values():

@@ -24,7 +24,7 @@ if [[ $# -ne 1 ]]; then
 fi
 OUT=$1
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 BUDGET=${GPU_CHECK_BUDGET:-470}
 
 if [[ $DRY == 1 ]]; then
@@ -59,11 +59,13 @@ cd "$REPO"
 "$PY" bench/gpu_check.py data "$DATA" --tokens "$TOKENS" | tee "$OUT/data.log"
 "$PY" bench/gpu_check.py cache "$DATA" "$WORK/cache" --k 32 | tee -a "$OUT/data.log"
 
-# Leave ~100 s of the budget for the cache-write stage and the summary.
+# Leave ~100 s of the budget for the cache-write stage and the summary (but give this stage at least 60 s).
 left=$((BUDGET - SECONDS - 100))
+if [[ $left -lt 60 ]]; then left=60; fi
 echo "distill_step: timed ${TIMED}s, stage limit ${left}s"
 timeout "$left" "$PY" -u bench/distill_step.py --preset "$STUDENT" --arms baseline,soft --cache-dir "$WORK/cache" \
-    --cache-shards 1 --warmup "$WARMUP" --seconds "$TIMED" --json "$OUT/distill_step.json" 2>&1 \
+    --cache-shards 1 --warmup "$WARMUP" --seconds "$TIMED" --max-total-seconds $((left - 15)) \
+    --json "$OUT/distill_step.json" 2>&1 \
     | tee "$OUT/distill_step.log" || echo "distill_step failed or timed out (see $OUT/distill_step.log)"
 
 left=$((BUDGET - SECONDS - 10))

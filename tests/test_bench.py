@@ -56,6 +56,17 @@ def test_distill_step_bench_refuses_arms_without_baseline(tiny_dataset, tmp_path
     assert p.returncode == 2 and "includes baseline" in p.stderr
 
 
+def test_losses_ab_bench_compares_two_loss_files(tiny_dataset, tmp_path):
+    out = _ok(run_script(["bench/losses_ab.py", "--quick", "--preset", "test", "--teacher-preset", "test", "--against",
+                          os.path.join(REPO, "golf", "losses.py")], dataset_env(tiny_dataset), str(tmp_path)))
+    figures = _summary(out, "losses_ab")
+    assert set(figures) == {"soft_old", "soft_new", "base_new", "soft_new_over_old"}
+    _positive(figures)
+    p = run_script(["bench/losses_ab.py", "--quick", "--preset", "test", "--against", str(tmp_path / "none.py")],
+                   dataset_env(tiny_dataset), str(tmp_path))
+    assert p.returncode == 2 and "no such file" in p.stderr
+
+
 def test_cache_write_bench_keeps_a_readable_cache(tiny_dataset, tmp_path):
     keep = tmp_path / "kept"
     out = _ok(run_script(["bench/cache_write.py", "--quick", "--preset", "test", "--shards", "1", "--keep", str(keep)],

@@ -1,0 +1,119 @@
+"""Benchmark: two versions of golf/losses.py side by side in one process, on the real distillation step.
+
+    python bench/losses_ab.py --against OLD/golf/losses.py [--preset demo-student] [--reps 30] [--threads N]
+                              [--clock wall|process]
+
+For checking that a change to the losses made training faster, not only the loss alone: separate runs of
+bench/distill_step.py on a shared machine differ by more than a few percent, while arms alternating in one
+process see the same load. Arms (rotated every round, as in bench/distill_step.py, whose Arm they use):
+baseline and cached-soft students with the old losses, and the same with the current ones. Before each step
+the loss functions that golf.train and golf.distill call are pointed at that arm's version; everything else
+(objectives, pipeline, cache, optimizer) is the real code. The last line is
+`losses_ab soft_old=A soft_new=B base_new=C soft_new_over_old=D`: each soft arm over its own baseline, then
+the new baseline and the new soft arm over their old counterparts (below 1 = the change made them faster).
+"""
+import importlib.util
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tqdm import tqdm
+
+import golf.distill
+import golf.losses
+import golf.train
+from _common import (CLOCKS, bench_config, build_temp_cache, load_note, machine_line, make_teacher, median_ms,
+                     rotations, set_threads, spread, teacher_config, timed, train_files)
+from distill_step import Arm, _arm_config
+from golf.cache import CacheReader
+from golf.dist import init_dist
+from golf.distill import CachedTeacher, DistillObjective
+from golf.errors import GolfError, cli_main
+from golf.train import CrossEntropyObjective
+
+
+def load_losses(path: str):
+    """Import a losses.py file as its own module (it may only depend on torch, like golf/losses.py)."""
+    if not os.path.isfile(path):
+        raise GolfError(f"--against {path}: no such file; pass an older golf/losses.py (e.g. from git show)")
+    spec = importlib.util.spec_from_file_location("losses_against", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not all(hasattr(mod, f) for f in ("cross_entropy", "distill_loss")):
+        raise GolfError(f"--against {path} has no cross_entropy / distill_loss: not a golf/losses.py")
+    return mod
+
+
+def _use(mod):
+    """Point the loss functions the real objectives call at module `mod`."""
+    golf.train.cross_entropy = mod.cross_entropy
+    golf.distill.distill_loss = mod.distill_loss
+
+
+def _options(p):
+    p.add_argument("--against", required=True, help="the other (older) golf/losses.py")
+    p.add_argument("--teacher-preset", default="demo-teacher", help="shape of the random teacher of the cache")
+    p.add_argument("--reps", type=int, default=30, help="timed rounds (one step of every arm per round)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="as in bench/distill_step.py")
+    p.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed rounds (smoke test)")
+
+
+@cli_main
+def main():
+    cfg, args = bench_config(__doc__, _options)
+    set_threads(args.threads)
+    if args.quick:
+        args.warmup, args.reps = 1, 2
+    if args.reps <= 0:
+        raise GolfError("need --reps > 0")
+    old, new = load_losses(args.against), golf.losses
+    ctx = init_dist(cfg.device, cfg.dtype)
+    if args.clock == "process" and ctx.device.type == "cuda":
+        raise GolfError("--clock process measures CPU time only; use --clock wall on CUDA")
+    files = train_files(cfg, 1)
+    teacher, sha, tcfg = make_teacher(ctx, "", teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
+    print(machine_line(ctx))
+    print(f"student {cfg.num_layers}x{cfg.model_dim} batch {cfg.train_batch_tokens} | soft alpha {cfg.distill_alpha} "
+          f"T {cfg.distill_temp} tail {cfg.distill_tail} | old losses {args.against}")
+    with tempfile.TemporaryDirectory(prefix="bench_ab_") as tmp:
+        build_temp_cache(teacher, sha, tcfg, files, ctx, os.path.join(tmp, "cache"))
+        reader = CacheReader(os.path.join(tmp, "cache"), files)
+        soft_cfg = _arm_config(cfg, distill_soft=True)
+        runs = {}
+        for tag, mod in (("old", old), ("new", new)):
+            runs[f"base_{tag}"] = (mod, Arm(cfg, ctx, files, CrossEntropyObjective()))
+            runs[f"soft_{tag}"] = (mod, Arm(cfg, ctx, files, DistillObjective(soft_cfg), CachedTeacher(reader, soft=True)))
+        names = list(runs)
+
+        def step(name):
+            mod, arm = runs[name]
+            _use(mod)
+            arm.step()
+
+        times = {name: [] for name in names}
+        try:
+            for rep in range(args.warmup):
+                for name in rotations(names, rep):
+                    step(name)
+            for rep in tqdm(range(args.reps), desc="timed rounds", disable=None):
+                for name in rotations(names, rep):
+                    times[name].append(timed(lambda: step(name), ctx, args.clock))
+        finally:
+            _use(new)
+            for _, arm in runs.values():
+                arm.close()
+    print(machine_line(ctx) + f" clock={args.clock}")
+    med = {name: median_ms(ts) for name, ts in times.items()}
+    for name in names:
+        print(f"{name:9s} step {spread(times[name])}")
+    load_note(ctx)
+    print(f"losses_ab soft_old={med['soft_old'] / med['base_old']:.3f} soft_new={med['soft_new'] / med['base_new']:.3f} "
+          f"base_new={med['base_new'] / med['base_old']:.3f} soft_new_over_old={med['soft_new'] / med['soft_old']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
