@@ -73,7 +73,7 @@ def finish_student(model: GPT, cfg: Config, ctx: Ctx, val_tokens, luts, log: Log
     path = artifact_path_for(cfg.checkpoint_path)
     sizes = {}
     if ctx.is_master:
-        sizes = export_artifact(model.state_dict(), path, cfg.compressor, script_path, log)
+        sizes = export_artifact(model.state_dict(), path, cfg.compressor, script_path, log, cfg=cfg)
         log(f"saved artifact {path}")
     if ctx.distributed:
         torch.distributed.barrier()  # every rank then reads the file rank 0 wrote: the true roundtrip
