@@ -16,6 +16,7 @@ from golf.log import Logger
 from golf.model import GPT
 from golf.shards import list_shards, read_header
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
+from golf.train import grad_accum_steps
 
 
 @dataclass
@@ -100,7 +101,7 @@ def open_log(run: Run, script: str, append: bool = False) -> Logger:
     log(f"val_loader:shards pattern={os.path.join(cfg.data_path, '*_val_*.bin')} tokens:{len(run.val_tokens) - 1}")
     with torch.device("meta"):
         log(f"model_params:{GPT(cfg).num_params()}")
-    log(f"world_size:{ctx.world_size} grad_accum_steps:{cfg.micro_batches // ctx.world_size}")
+    log(f"world_size:{ctx.world_size} grad_accum_steps:{grad_accum_steps(cfg, ctx.world_size)}")
     log(f"attention_mode:{'gqa' if cfg.num_kv_heads < cfg.num_heads else 'mha'} num_heads:{cfg.num_heads} "
         f"num_kv_heads:{cfg.num_kv_heads}")
     log(f"tie_embeddings:True embed_lr:{cfg.tied_embed_lr} head_lr:0.0 matrix_lr:{cfg.matrix_lr} "

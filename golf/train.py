@@ -51,11 +51,14 @@ def seed_everything(seed: int):
 
 
 def grad_accum_steps(cfg: Config, world_size: int) -> int:
-    """The challenge's accumulation rule (8 // W, W must divide 8), generalised to MICRO_BATCHES."""
-    if cfg.micro_batches % world_size:
-        raise GolfError(f"MICRO_BATCHES={cfg.micro_batches} is not divisible by the world size {world_size}; "
-                        "use a process count that divides it or change MICRO_BATCHES")
-    return cfg.micro_batches // world_size
+    """The challenge's accumulation rule (8 // W, W must divide 8), generalised to MICRO_BATCHES; more ranks
+    than micro-batches (W a multiple of it) means one micro-batch per rank."""
+    if cfg.micro_batches % world_size == 0:
+        return cfg.micro_batches // world_size
+    if world_size % cfg.micro_batches == 0:
+        return 1
+    raise GolfError(f"MICRO_BATCHES={cfg.micro_batches} and the world size {world_size} do not divide each other; "
+                    "use a process count that divides it (or a multiple of it) or change MICRO_BATCHES")
 
 
 def resume_checkpoint_path(cfg: Config) -> str:
