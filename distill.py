@@ -21,7 +21,7 @@ from golf.distill import CachedTeacher, DistillObjective, arm_description, load_
 from golf.errors import GolfError, cli_main
 from golf.export import finish_student
 from golf.runner import dry_run, open_log, prepare_run
-from golf.train import train
+from golf.train import grad_accum_steps, train
 
 
 def _cached_teacher(cfg, run):
@@ -36,7 +36,9 @@ def _cached_teacher(cfg, run):
         run.train_files = run.train_files[:cached]
     elif cached < len(run.train_files) and not cfg.distill_seed_faithful:
         cached_tokens = sum(reader.num_tokens)
-        per_step = cfg.train_batch_tokens + cfg.micro_batches  # each micro-batch of each rank reads one extra token
+        # Every rank's micro-batch reads one token past its inputs (the last target).
+        w = run.ctx.world_size
+        per_step = cfg.train_batch_tokens + grad_accum_steps(cfg, w) * w
         need = max(cfg.iterations, cfg.warmup_steps) * per_step
         if need > cached_tokens:
             raise GolfError(

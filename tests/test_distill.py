@@ -389,6 +389,17 @@ def test_distill_refuses_a_cache_that_does_not_fit(tiny_dataset, tmp_path, teach
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_distill_cache_coverage_counts_every_ranks_extra_token(tiny_dataset, tmp_path, teacher_ckpt, caches):
+    """Two ranks with one micro-batch each read 4096 + 2 tokens per step (each rank's span has its own last
+    target): 5 steps need 20490 tokens, not the single-process 20485."""
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "LOGIT_CACHE": caches.first_shard,
+           "TEACHER_PATH": teacher_ckpt, **PAST_CACHE}
+    out = run_script(["distill.py"], env, cwd=str(tmp_path), nproc=2)
+    assert out.returncode != 0
+    assert "ITERATIONS=5 would read 20490 train tokens" in out.stdout + out.stderr, out.stderr[-3000:]
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_distill_restrict_to_cache_trains_on_the_cached_shards(tiny_dataset, tmp_path, teacher_ckpt, caches):
     """The run that `past_cache` refuses trains with --restrict-to-cache (the stream wraps inside shard 0),
     and the cache's teacher matches TEACHER_PATH."""
