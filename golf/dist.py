@@ -1,4 +1,5 @@
 """Process setup: torchrun or plain python, CUDA (NCCL) or CPU (gloo), one code path."""
+import ctypes
 import os
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ def init_dist(device: str = "auto", dtype: str = "auto") -> Ctx:
         torch.backends.cudnn.allow_tf32 = True
     else:
         dev = torch.device("cpu")
+        keep_freed_memory()
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
@@ -68,6 +70,27 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel.
+
+    A CPU training step allocates and frees the same large tensors every step (an N x V float32 softmax is
+    16 MB at 4,096 tokens x 1,024). By default glibc serves blocks above a moving threshold with a fresh mmap
+    and trims its heap when the top is free, so each step page-faults and zeroes that memory again: on the
+    demo student this cost as much as the loss's arithmetic, and made the step time of identical runs differ
+    by 30% with the allocator's history (docs/performance.md). Fixing both thresholds keeps such blocks in the
+    heap. The same as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment; False (and
+    nothing changed) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def cleanup():

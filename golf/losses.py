@@ -11,6 +11,8 @@ N x V work lives in `_GatherLogSoftmax` and `_TwoTemperatureLogSoftmax`, whose b
 (softmax minus the scattered column gradients, in the forward's buffer) instead of letting autograd chain
 log_softmax -> gather -> scatter.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +26,7 @@ _TINY = torch.finfo(torch.float32).tiny
 # Cached log-probs are clamped to this before use: a -inf entry (e.g. a one-hot teacher) would give 0 * -inf = NaN
 # in p * log p, while exp(-1e4 / T) is already exactly 0 in float32 for any sane temperature.
 _LOGP_FLOOR = -1e4
-# Row blocks of the T = 2 path on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
+# Row blocks of the T = 2 backward on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
 _BLOCK_FLOATS = 1 << 20
 
 TAILS = ("renorm", "bucket")
@@ -92,60 +94,56 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
     z (N, V) any float dtype, y (N,) int64, cols (N, K) int64 (repeats allowed); returns float32 (N,) and (N, K).
     With g (N,), G (N, K) the incoming gradients, q = softmax(z) and q_T = softmax(z / T):
         dL/dz_v = g [v = y] - g q_v + (1/T) * (sum of G over the columns equal to v - q_T,v sum_k G_k),
-    built in one N x V buffer (the forward's q, in place; a second backward is refused as in _GatherLogSoftmax).
-    Two separate nodes would cost two full chains plus autograd's N x V sum of their gradients.
+    built in one N x V buffer (the forward's softmax, in place; a second backward is refused as in
+    _GatherLogSoftmax). Two separate nodes would cost two full chains plus autograd's N x V sum of their gradients.
 
-    At T = 2 (the study's temperature and our default) q_T = sqrt(q) / sum(sqrt(q)), so there is no second softmax
-    (exp is what a softmax costs) and no second N x V buffer: a sqrt over row blocks of q, recomputed in the
-    backward, gives the row sums and the gathered columns. Exact up to rounding while q is a normal float32, i.e.
-    for logit gaps below 87 (the softcap keeps them within 60). On CPU the blocks are ~4 MB, so no N x V
-    temporary is allocated (the page faults of fresh N x V temporaries were most of the cost of distillation
-    there; smaller blocks cost more in per-kernel thread wake-ups than they gain in cache hits); on CUDA it is
-    one block. Any other T takes a second softmax, kept for the backward.
+    At T = 2 (the study's temperature and our default) only p = q_T is computed: q = p^2 / sum(p^2), so
+    log q_y = 2 log p_y - log sum(p^2) (one norm over the rows) and the gradient is p * (a p + b) with per-row
+    a = -g / sum(p^2) and b = -(1/2) sum_k G_k: one softmax and two passes more than the CE alone, no second
+    N x V buffer, no sqrt. Exact up to rounding while p^2 is a normal float32, i.e. for logit gaps below 87 (the
+    softcap keeps them within 60). On CPU the backward runs over row blocks of ~4 MB, so its temporary stays in
+    cache (smaller blocks cost more in per-kernel thread wake-ups than they gain). Any other T takes a second
+    softmax, kept for the backward.
     """
 
     @staticmethod
     def forward(ctx, z, y, cols, inv_t: float):
-        q = _softmax_f32(z, 1.0)
-        logq_y = q.gather(-1, y[:, None])[:, 0].clamp_min_(_TINY).log_()
-        q_t, s = None, None
         if inv_t == 0.5:
-            s = q.new_empty(q.shape[0])
-            logq_t = q.new_empty(cols.shape)
-            for a, b in _row_blocks(q):
-                r = q[a:b].sqrt()
-                torch.sum(r, -1, out=s[a:b])
-                torch.gather(r, -1, cols[a:b], out=logq_t[a:b])
-            logq_t.clamp_min_(_TINY).log_().sub_(s.log()[:, None])
+            p = _softmax_f32(z, inv_t)
+            log_ss = torch.linalg.vector_norm(p, dim=-1).log_().mul_(2.0)
+            logq_y = p.gather(-1, y[:, None])[:, 0].clamp_min_(_TINY).log_().mul_(2.0).sub_(log_ss)
+            ctx.save_for_backward(p, log_ss, y, cols)
         else:
-            q_t = _softmax_f32(z, inv_t)
-            logq_t = q_t.gather(-1, cols).clamp_min_(_TINY).log_()
-        ctx.save_for_backward(q, q_t, s, y, cols)
+            q, p = _softmax_f32(z, 1.0), _softmax_f32(z, inv_t)
+            logq_y = q.gather(-1, y[:, None])[:, 0].clamp_min_(_TINY).log_()
+            ctx.save_for_backward(q, p, y, cols)
+        logq_t = p.gather(-1, cols).clamp_min_(_TINY).log_()
         ctx.inv_t, ctx.z_dtype = inv_t, z.dtype
         return logq_y, logq_t
 
     @staticmethod
     def backward(ctx, g, g_t):
-        q, q_t, s, y, cols = ctx.saved_tensors
         inv_t = ctx.inv_t
-        coef = -g[:, None]  # of q
         coef_t = g_t.sum(-1, keepdim=True).mul_(-inv_t)  # of q_T
-        if q_t is None:  # q_T = sqrt(q) / s
-            coef_t.div_(s[:, None])
-            for a, b in _row_blocks(q):
-                r = q[a:b].sqrt()  # before this block of q turns into the gradient
-                q[a:b].mul_(coef[a:b]).addcmul_(r, coef_t[a:b])
+        if inv_t == 0.5:
+            grad, log_ss, y, cols = ctx.saved_tensors  # grad holds p until it turns into the gradient
+            coef = g.neg()[:, None].mul_(torch.exp(-log_ss)[:, None])  # of p^2
+            for a, b in _row_blocks(grad):  # p * (coef p + coef_t); three plain kernels beat one addcmul here
+                grad[a:b].mul_((grad[a:b] * coef[a:b]).add_(coef_t[a:b]))
         else:
-            q.mul_(coef).addcmul_(q_t, coef_t)
-        q.scatter_add_(-1, y[:, None], g[:, None])
-        q.scatter_add_(-1, cols, g_t * inv_t)
-        return q.to(ctx.z_dtype), None, None, None
+            grad, p, y, cols = ctx.saved_tensors
+            grad.mul_(-g[:, None]).addcmul_(p, coef_t)
+        grad.scatter_add_(-1, y[:, None], g[:, None])
+        grad.scatter_add_(-1, cols, g_t * inv_t)
+        return grad.to(ctx.z_dtype), None, None, None
 
 
 def _softmax_f32(z, inv_t: float):
     """softmax(z * inv_t) in a fresh float32 buffer, with as few passes over z as torch allows."""
     if inv_t == 1.0:
         return torch.softmax(z, -1, dtype=torch.float32)  # one kernel, also upcasts bf16
+    if z.dtype != torch.float32 and math.frexp(inv_t)[0] == 0.5:  # a power of two scales bf16/fp16 exactly
+        return torch.softmax(z * inv_t, -1, dtype=torch.float32)
     q = z * inv_t if z.dtype == torch.float32 else z.float().mul_(inv_t)
     return torch.softmax(q, -1, out=q)
 
