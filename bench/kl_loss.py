@@ -1,6 +1,6 @@
 """Micro-benchmark: our gather-based top-K KL against the study's scatter-into-N x V KL, forward + backward.
 
-    python bench/kl_loss.py [--n 16384] [--reps 20]
+    python bench/kl_loss.py [--n 16384] [--reps 20] [--json FILE]
 
 The study's method (seed S:954-969, without its extra /seq_len) builds an N x V teacher tensor filled with -100,
 scatters the K cached log-probs into it, and takes kl_div(log_softmax(z/T), softmax(t/T), "batchmean"). Ours
@@ -9,6 +9,7 @@ each repetition runs both, alternating which goes first, so machine noise hits b
 `kl_cost_ratio X`, is ours over the study's median time (lower is better).
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from golf.atomic import atomic_write_text
+from golf.dist import keep_freed_memory
 from golf.errors import GolfError, cli_main
 from golf.losses import topk_kl
 
@@ -56,11 +59,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if not (args.n > 0 and 0 < args.k <= args.v and args.reps > 0 and args.temperature > 0):
         raise GolfError("need --n > 0, 0 < --k <= --v, --reps > 0 and --temperature > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as in every training process (golf.dist.init_dist)
 
     g = torch.Generator().manual_seed(args.seed)
     teacher = torch.randn(args.n, args.v, generator=g) * 2.0
@@ -101,6 +106,10 @@ def main():
         # study's few huge ones hide that. OMP_WAIT_POLICY=PASSIVE (threads sleep instead of spinning) fixes it.
         print(f"note: load {load:.1f} > {os.cpu_count()} cpus inflates ours most; "
               "rerun when quiet, with OMP_WAIT_POLICY=PASSIVE, or with --threads 1")
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "loadavg": load, "median_ms": med,
+                                                 "times_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
+                                                 "ratio": med["ours"] / med["study"]}, indent=1) + "\n")
     print(f"kl_cost_ratio {med['ours'] / med['study']:.3f}")
 
 
