@@ -82,9 +82,8 @@ def keep_freed_memory() -> bool:
     A CPU training step allocates and frees the same large tensors every step (an N x V float32 softmax is
     16 MB at 4,096 tokens x 1,024). By default glibc serves blocks above a moving threshold with a fresh mmap
     and trims its heap when the top is free, so each step page-faults and zeroes that memory again: on the
-    demo student this cost as much as the loss's arithmetic, and made the step time of identical runs differ
-    by 30% with the allocator's history (docs/performance.md). Fixing both thresholds keeps such blocks in the
-    heap. The same as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment; False (and
+    demo student this cost as much as the loss's arithmetic (docs/performance.md). Fixing both thresholds
+    keeps such blocks in the heap. The same as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment; False (and
     nothing changed) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
