@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from _common import oversubscribed
 from golf.atomic import atomic_write_text
 from golf.dist import keep_freed_memory
 from golf.errors import GolfError, cli_main
@@ -100,7 +101,7 @@ def main():
     for name in methods:
         ts = sorted(t * 1e3 for t in times[name])
         print(f"{name:5s} fwd+bwd median {med[name]:8.2f} ms  (min {ts[0]:.2f}, max {ts[-1]:.2f})")
-    if load > os.cpu_count() and torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY") is None:
+    if oversubscribed(load) and torch.get_num_threads() > 1 and os.environ.get("OMP_WAIT_POLICY") is None:
         # Measured here: with the cores oversubscribed, OpenMP's default spin-waiting makes each small
         # multi-threaded kernel cost ~10-20 ms instead of ~0.1-0.5; ours has ~15 small (N, K) kernels, the
         # study's few huge ones hide that. OMP_WAIT_POLICY=PASSIVE (threads sleep instead of spinning) fixes it.
