@@ -83,8 +83,8 @@ def keep_freed_memory() -> bool:
     16 MB at 4,096 tokens x 1,024). By default glibc serves blocks above a moving threshold with a fresh mmap
     and trims its heap when the top is free, so each step page-faults and zeroes that memory again: on the
     demo student this cost as much as the loss's arithmetic (docs/performance.md). Fixing both thresholds
-    keeps such blocks in the heap. The same as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment; False (and
-    nothing changed) where the C library is not glibc."""
+    keeps such blocks in the heap, as MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment would.
+    Returns False (and changes nothing) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))

@@ -100,10 +100,11 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
     At T = 2 (the study's temperature and our default) only p = q_T is computed: q = p^2 / sum(p^2), so
     log q_y = 2 log p_y - log sum(p^2) (one norm over the rows) and the gradient is p * (a p + b) with per-row
     a = -g / sum(p^2) and b = -(1/2) sum_k G_k: one softmax and two passes more than the CE alone, no second
-    N x V buffer, no sqrt. Exact up to rounding while p^2 is a normal float32, i.e. for logit gaps below 87 (the
-    softcap keeps them within 60). On CPU the backward runs over row blocks of ~4 MB, so its temporary stays in
-    cache (smaller blocks cost more in per-kernel thread wake-ups than they gain). Any other T takes a second
-    softmax, kept for the backward.
+    N x V buffer, no sqrt. Exact up to rounding while the gathered p are normal float32, i.e. for logit gaps
+    below ~160 (the softcap keeps them within 60); p^2 underflowing for smaller entries only drops terms below
+    1e-38 from the norm and the gradient. On CPU the backward runs over row blocks of ~4 MB, so its temporary
+    stays in cache (smaller blocks cost more in per-kernel thread wake-ups than they gain). Any other T takes a
+    second softmax, kept for the backward.
     """
 
     @staticmethod
