@@ -17,7 +17,7 @@ import shutil
 import torch
 
 from golf.cache import CacheSpec, CacheWriter
-from golf.cache_build import build_cache, verify_cache
+from golf.cache_build import build_cache, default_batch_windows, verify_cache
 from golf.config import config_from_cli
 from golf.dist import cleanup, init_dist
 from golf.distill import load_teacher
@@ -95,10 +95,7 @@ def main():
         if ctx.distributed:  # every rank has its pending list before any rank commits a shard
             torch.distributed.barrier()
         compiled = ctx.device.type == "cuda" and cfg.compile in ("auto", "1")
-        # ~64k tokens per forward on CUDA; on CPU ~4k, whose logits stay in cache (1.4x faster than 64k for
-        # the test teacher, 1.3x for a 4x256 one, and ~1 GB less memory)
-        batch_tokens = 65536 if ctx.device.type == "cuda" else 4096
-        batch_windows = args.batch_windows or max(1, batch_tokens // window)
+        batch_windows = args.batch_windows or default_batch_windows(window, ctx.device)
         stats = build_cache(torch.compile(model, dynamic=False) if compiled else model, writer, shard_paths,
                             pending, ctx, batch_windows, fixed_shape=compiled)
         if ctx.distributed:

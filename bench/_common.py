@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 from golf.cache import CacheSpec, CacheWriter
-from golf.cache_build import build_cache
+from golf.cache_build import build_cache, default_batch_windows
 from golf.config import PRESETS, Config, config_from_cli
 from golf.dist import Ctx
 from golf.distill import load_teacher
@@ -117,8 +117,8 @@ def build_temp_cache(teacher, sha: str, tcfg: Config, files: list[str], ctx: Ctx
     spec = CacheSpec(k=k, vocab_size=tcfg.vocab_size, encoding=encoding, teacher_sha256=sha,
                      teacher_config=tcfg.to_dict(), window=window, stride=window)
     writer = CacheWriter(out, files, spec)
-    return build_cache(teacher, writer, files, writer.pending(), ctx, batch_windows or max(1, 65536 // window),
-                       fixed_shape=fixed_shape)
+    batch_windows = batch_windows or default_batch_windows(window, ctx.device)
+    return build_cache(teacher, writer, files, writer.pending(), ctx, batch_windows, fixed_shape=fixed_shape)
 
 
 CLOCKS = {

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from _common import bench_config, build_temp_cache, load_note, machine_line, make_teacher, set_threads, timed, train_files
 from golf.atomic import atomic_write_text
 from golf.cache import packed_row_bytes
-from golf.cache_build import StreamView, plan_windows
+from golf.cache_build import StreamView, default_batch_windows, plan_windows
 from golf.dist import init_dist
 from golf.errors import GolfError, cli_main
 
@@ -52,7 +52,7 @@ def _options(p):
     p.add_argument("--shards", type=int, default=1, help="train shards to run over (0 = all)")
     p.add_argument("--k", type=int, default=32, help="cached top-K")
     p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"])
-    p.add_argument("--batch-windows", type=int, default=0, help="windows per forward (default: cache_logits.py's, ~64k tokens)")
+    p.add_argument("--batch-windows", type=int, default=0, help="windows per forward (default: cache_logits.py's: ~64k tokens on CUDA, ~4k on CPU)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of each side (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--tmp", default="", help="folder for the caches (default: the system's temp folder; use the disk "
@@ -76,7 +76,7 @@ def main():
         raise GolfError(f"--keep {args.keep} exists; give a new folder")
     model, sha, tcfg = make_teacher(ctx, args.teacher, cfg, cfg.vocab_size)
     window = tcfg.train_seq_len
-    batch_windows = args.batch_windows or max(1, 65536 // window)
+    batch_windows = args.batch_windows or default_batch_windows(window, ctx.device)
     compiled = ctx.device.type == "cuda" and cfg.compile in ("auto", "1")
     run = torch.compile(model, dynamic=False) if compiled else model
     stream = StreamView(files)

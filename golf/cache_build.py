@@ -60,10 +60,12 @@ def plan_windows(lo: int, hi: int, window: int, stride: int, total: int):
         yield ws, we, max(first, lo), min(we, hi)
 
 
-# On CPU the log-softmax and top-K run over blocks of about this many positions: a whole batch (65,536 x 1,024)
-# would need two fresh 268 MB float32 buffers, faulted in page by page every batch, where 16 MB blocks are
-# reused from the heap (golf.dist.keep_freed_memory); this took a quarter off the builder's post-forward time.
-_CPU_BLOCK_POSITIONS = 4096
+def default_batch_windows(window: int, device: torch.device) -> int:
+    """Windows per teacher forward (cache_logits.py and the benchmarks): ~64k tokens on CUDA; ~4k on CPU, where
+    the batch's activations stay in cache: 1.5-1.7x the forward tokens/s of 64k-token batches for the 4x256
+    demo teacher (bench/cache_write.py --batch-windows 256 against the default) and ~1 GB less memory."""
+    tokens = 65536 if device.type == "cuda" else 4096
+    return max(1, tokens // window)
 
 
 @torch.no_grad()
@@ -73,17 +75,8 @@ def teacher_topk(model, x: torch.Tensor, k: int, ctx: Ctx):
     Ids are int16 (half the device-to-host traffic of int32) unless the vocabulary has ids >= 2**15."""
     with ctx.autocast():
         logits = model(x)
-    ids_dtype = torch.int16 if logits.shape[-1] <= 1 << 15 else torch.int32
-    if logits.is_cuda:
-        vals, idx = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1, sorted=True)
-        return idx.to(ids_dtype), vals.to(torch.float16)
-    idx = torch.empty(*logits.shape[:-1], k, dtype=ids_dtype)
-    vals = torch.empty(*logits.shape[:-1], k, dtype=torch.float16)
-    step = max(1, _CPU_BLOCK_POSITIONS // logits.shape[1])
-    for a in range(0, logits.shape[0], step):
-        v, i = torch.log_softmax(logits[a:a + step], dim=-1, dtype=torch.float32).topk(k, dim=-1, sorted=True)
-        idx[a:a + step], vals[a:a + step] = i, v
-    return idx, vals
+    vals, idx = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1, sorted=True)
+    return idx.to(torch.int16 if logits.shape[-1] <= 1 << 15 else torch.int32), vals.to(torch.float16)
 
 
 def _batches(plan, batch_windows: int):
