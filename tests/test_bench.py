@@ -9,6 +9,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from helpers import REPO, dataset_env, run_script
 
 
@@ -35,6 +37,16 @@ def _positive(figures: dict):
 def test_kl_loss_bench_agrees_and_prints_its_ratio(tmp_path):
     out = _ok(run_script(["bench/kl_loss.py", "--n", "256", "--reps", "2", "--warmup", "1"], {}, str(tmp_path)))
     _positive(_summary(out, "kl_cost_ratio"))
+
+
+def test_loss_cost_bench_times_every_loss(tmp_path):
+    js = tmp_path / "loss.json"
+    out = _ok(run_script(["bench/loss_cost.py", "--n", "256", "--reps", "2", "--warmup", "1", "--json", str(js)], {},
+                         str(tmp_path)))
+    figures = _summary(out, "loss_cost_ms")
+    assert set(figures) == {"ce", "hard", "soft"}
+    _positive(figures)
+    assert json.loads(js.read_text())["median_ms"]["soft"] == pytest.approx(figures["soft"], abs=0.01)
 
 
 def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
