@@ -99,7 +99,6 @@ def arm_settings(cfg: Config) -> dict[str, str]:
     return {"PRESET": preset, **diff(preset)}
 
 
-
 def single_file_source(entry_path: str, cfg: Config | None = None) -> str:
     """The generated single-file script for `entry_path` (e.g. distill.py) with `cfg`'s arm settings baked in
     as defaults that the environment and --flags still override."""
