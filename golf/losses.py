@@ -42,9 +42,9 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     Why a hand-written Function: on CPU a fresh N x V float32 tensor costs more (page faults) than the arithmetic
     on it, and autograd's log_softmax -> gather chain allocates several. Here the forward allocates one N x V
-    buffer (the float32 softmax, straight from z at T = 1) and the backward turns that same buffer into the
-    gradient in place. A second backward through the same graph is therefore refused by autograd's saved-tensor
-    version check instead of silently returning a wrong gradient.
+    buffer (the float32 softmax, straight from z) and the backward turns that same buffer into the gradient in
+    place, row block by row block (see _row_blocks). A second backward through the same graph is therefore
+    refused by autograd's saved-tensor version check instead of silently returning a wrong gradient.
 
     The rest mass is summed over the actual tail entries (the first d columns zeroed) rather than taken as
     1 - sum(q_k): that difference cancels catastrophically when the student is confident, and a rounded-down
@@ -56,12 +56,17 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, cols, inv_t: float, d: int, rest: bool):
-        q = _softmax_f32(z, inv_t)
-        q_cols = q.gather(-1, cols)
-        logq = q_cols.clamp_min(_TINY).log()
+        q = torch.empty(z.shape, dtype=torch.float32, device=z.device)
+        q_cols = torch.empty(cols.shape, dtype=torch.float32, device=z.device)
+        rest_mass = torch.empty(z.shape[0], dtype=torch.float32, device=z.device) if rest else None
+        for a, b in _row_blocks(q):
+            qb = _softmax_into(q[a:b], z[a:b], inv_t)
+            torch.gather(qb, -1, cols[a:b], out=q_cols[a:b])
+            if rest:
+                torch.sum(qb.scatter_(-1, cols[a:b, :d], 0.0), -1, out=rest_mass[a:b])
+        logq = q_cols.clamp_min(_TINY).log_()
         if rest:
-            q.scatter_(-1, cols[:, :d], 0.0)
-            log_rest = q.sum(-1).clamp_min_(_TINY).log_()
+            log_rest = rest_mass.clamp_min_(_TINY).log_()
         else:
             log_rest = torch.zeros_like(logq[:, 0])
             ctx.mark_non_differentiable(log_rest)
@@ -71,7 +76,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_logq, g_rest):
-        q, q_cols, cols, log_rest = ctx.saved_tensors
+        grad, q_cols, cols, log_rest = ctx.saved_tensors  # grad holds q until it turns into the gradient
         inv_t, d = ctx.inv_t, ctx.d
         sum_g = g_logq.sum(-1)
         if ctx.rest:
@@ -79,13 +84,19 @@ class _GatherLogSoftmax(torch.autograd.Function):
             tail_coef = (g_rest * torch.exp(-log_rest) - sum_g) * inv_t
         else:
             tail_coef = -sum_g * inv_t
-        grad = q.mul_(tail_coef[:, None])  # right for the tail (every entry when not rest)
         # The first d columns are distinct: overwrite them with their full value (they were zeroed in q if rest).
         head = torch.addcmul(g_logq[:, :d], q_cols[:, :d], sum_g[:, None], value=-1.0)
-        grad.scatter_(-1, cols[:, :d], head if inv_t == 1.0 else head.mul_(inv_t))
-        if cols.shape[1] > d:  # extra columns may coincide with the first d or with each other: accumulate
-            grad.scatter_add_(-1, cols[:, d:], g_logq[:, d:] * inv_t)
-        return grad.to(ctx.z_dtype), None, None, None, None
+        head = head if inv_t == 1.0 else head.mul_(inv_t)
+        extra = g_logq[:, d:] * inv_t if cols.shape[1] > d else None
+        out = _grad_out(grad, ctx.z_dtype)
+        for a, b in _row_blocks(grad):
+            gb = grad[a:b].mul_(tail_coef[a:b, None])  # right for the tail (every entry when not rest)
+            gb.scatter_(-1, cols[a:b, :d], head[a:b])
+            if extra is not None:  # extra columns may coincide with the first d or with each other: accumulate
+                gb.scatter_add_(-1, cols[a:b, d:], extra[a:b])
+            if out is not grad:  # convert while the block is in cache
+                out[a:b].copy_(gb)
+        return out, None, None, None, None
 
 
 class _TwoTemperatureLogSoftmax(torch.autograd.Function):
@@ -94,66 +105,92 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
     z (N, V) any float dtype, y (N,) int64, cols (N, K) int64 (repeats allowed); returns float32 (N,) and (N, K).
     With g (N,), G (N, K) the incoming gradients, q = softmax(z) and q_T = softmax(z / T):
         dL/dz_v = g [v = y] - g q_v + (1/T) * (sum of G over the columns equal to v - q_T,v sum_k G_k),
-    built in one N x V buffer (the forward's softmax, in place; a second backward is refused as in
-    _GatherLogSoftmax). Two separate nodes would cost two full chains plus autograd's N x V sum of their gradients.
+    built in one N x V buffer (the forward's softmax, in place, row block by row block; a second backward is
+    refused as in _GatherLogSoftmax). Two separate nodes would cost two full chains plus autograd's N x V sum of
+    their gradients.
 
     At T = 2 (the study's temperature and our default) only p = q_T is computed: q = p^2 / sum(p^2), so
     log q_y = 2 log p_y - log sum(p^2) (one norm over the rows) and the gradient is p * (a p + b) with per-row
-    a = -g / sum(p^2) and b = -(1/2) sum_k G_k: one softmax and two passes more than the CE alone, no second
-    N x V buffer, no sqrt. Exact up to rounding while the gathered p are normal float32, i.e. for logit gaps
-    below ~160 (the softcap keeps them within 60); p^2 underflowing for smaller entries only drops terms below
-    1e-38 from the norm and the gradient. On CPU the backward runs over row blocks of ~4 MB, so its temporary
-    stays in cache (smaller blocks cost more in per-kernel thread wake-ups than they gain). Any other T takes a
-    second softmax, kept for the backward.
+    a = -g / sum(p^2) and b = -(1/2) sum_k G_k: one softmax and two passes more than the CE alone (both while
+    the block is in cache), no second N x V buffer, no sqrt. Exact up to rounding while the gathered p are
+    normal float32, i.e. for logit gaps below ~160 (the softcap keeps them within 60); p^2 underflowing for
+    smaller entries only drops terms below 1e-38 from the norm and the gradient. Any other T takes a second
+    softmax, kept for the backward.
     """
 
     @staticmethod
     def forward(ctx, z, y, cols, inv_t: float):
+        n, k = cols.shape
+        cols_y = torch.cat([cols, y[:, None]], -1)  # one gather and one scatter for both terms
+        p = torch.empty(z.shape, dtype=torch.float32, device=z.device)
+        p_cols = torch.empty(cols_y.shape, dtype=torch.float32, device=z.device)
         if inv_t == 0.5:
-            p = _softmax_f32(z, inv_t)
-            log_ss = torch.linalg.vector_norm(p, dim=-1).log_().mul_(2.0)
-            logq_y = p.gather(-1, y[:, None])[:, 0].clamp_min_(_TINY).log_().mul_(2.0).sub_(log_ss)
-            ctx.save_for_backward(p, log_ss, y, cols)
+            norm, q = torch.empty(n, dtype=torch.float32, device=z.device), None
         else:
-            q, p = _softmax_f32(z, 1.0), _softmax_f32(z, inv_t)
-            logq_y = q.gather(-1, y[:, None])[:, 0].clamp_min_(_TINY).log_()
-            ctx.save_for_backward(q, p, y, cols)
-        logq_t = p.gather(-1, cols).clamp_min_(_TINY).log_()
+            q, q_y = torch.empty_like(p), torch.empty(n, 1, dtype=torch.float32, device=z.device)
+        for a, b in _row_blocks(p):
+            pb = _softmax_into(p[a:b], z[a:b], inv_t)
+            torch.gather(pb, -1, cols_y[a:b], out=p_cols[a:b])
+            if q is None:
+                torch.linalg.vector_norm(pb, dim=-1, out=norm[a:b])
+            else:
+                torch.gather(_softmax_into(q[a:b], z[a:b], 1.0), -1, cols_y[a:b, k:], out=q_y[a:b])
+        logp_cols = p_cols.clamp_min_(_TINY).log_()
+        if q is None:
+            log_ss = norm.log_().mul_(2.0)
+            logq_y = logp_cols[:, k].mul(2.0).sub_(log_ss)
+            ctx.save_for_backward(p, log_ss, cols_y)
+        else:
+            logq_y = q_y[:, 0].clamp_min_(_TINY).log_()
+            ctx.save_for_backward(p, q, cols_y)
         ctx.inv_t, ctx.z_dtype = inv_t, z.dtype
-        return logq_y, logq_t
+        return logq_y, logp_cols[:, :k]
 
     @staticmethod
     def backward(ctx, g, g_t):
         inv_t = ctx.inv_t
         coef_t = g_t.sum(-1, keepdim=True).mul_(-inv_t)  # of q_T
+        src = torch.cat([g_t * inv_t, g[:, None]], -1)  # the scattered columns, cols then y
         if inv_t == 0.5:
-            grad, log_ss, y, cols = ctx.saved_tensors  # grad holds p until it turns into the gradient
+            grad, log_ss, cols_y = ctx.saved_tensors  # grad holds p until it turns into the gradient
             coef = g.neg()[:, None].mul_(torch.exp(-log_ss)[:, None])  # of p^2
-            for a, b in _row_blocks(grad):  # p * (coef p + coef_t); three plain kernels beat one addcmul here
-                grad[a:b].mul_((grad[a:b] * coef[a:b]).add_(coef_t[a:b]))
         else:
-            grad, p, y, cols = ctx.saved_tensors
-            grad.mul_(-g[:, None]).addcmul_(p, coef_t)
-        grad.scatter_add_(-1, y[:, None], g[:, None])
-        grad.scatter_add_(-1, cols, g_t * inv_t)
-        return grad.to(ctx.z_dtype), None, None, None
+            grad, q, cols_y = ctx.saved_tensors  # grad holds q_T until it turns into the gradient
+            coef = g.neg()[:, None]  # of q
+        out = _grad_out(grad, ctx.z_dtype)
+        for a, b in _row_blocks(grad):
+            gb = grad[a:b]
+            if inv_t == 0.5:  # p * (coef p + coef_t); three plain kernels beat one addcmul here
+                gb.mul_((gb * coef[a:b]).add_(coef_t[a:b]))
+            else:
+                gb.mul_(coef_t[a:b]).addcmul_(q[a:b], coef[a:b])
+            gb.scatter_add_(-1, cols_y[a:b], src[a:b])
+            if out is not grad:
+                out[a:b].copy_(gb)
+        return out, None, None, None
 
 
-def _softmax_f32(z, inv_t: float):
-    """softmax(z * inv_t) in a fresh float32 buffer, with as few passes over z as torch allows."""
+def _softmax_into(out, z, inv_t: float):
+    """out (float32) = softmax(z * inv_t) along the last dim, with as few passes over z as torch allows; -> out."""
     if inv_t == 1.0:
-        return torch.softmax(z, -1, dtype=torch.float32)  # one kernel, also upcasts bf16
-    if z.dtype != torch.float32 and math.frexp(inv_t)[0] == 0.5:  # a power of two scales bf16/fp16 exactly
-        return torch.softmax(z * inv_t, -1, dtype=torch.float32)
-    q = z * inv_t if z.dtype == torch.float32 else z.float().mul_(inv_t)
-    return torch.softmax(q, -1, out=q)
+        return torch.softmax(z, -1, dtype=torch.float32, out=out)  # one kernel, also upcasts bf16
+    return torch.softmax(out.copy_(z).mul_(inv_t), -1, out=out)
 
 
 def _row_blocks(x):
-    """(start, end) row ranges of x: ~4 MB of float32 per block on CPU, the whole tensor on CUDA."""
+    """(start, end) row ranges of x (N, V): ~4 MB of float32 per block on CPU, the whole tensor on CUDA.
+
+    On CPU the N x V passes of the losses run block by block, so each block's later passes find it in cache:
+    a ~20% cheaper soft loss than whole-tensor passes (bench/loss_cost.py). Smaller blocks cost more in
+    per-kernel thread wake-ups than they gain; on CUDA every kernel launch costs and one block is best."""
     n = x.shape[0]
     step = n if x.is_cuda else max(1, _BLOCK_FLOATS // x.shape[1])
     return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _grad_out(grad, dtype):
+    """The tensor a backward returns: the float32 gradient buffer itself, or a new one in z's dtype."""
+    return grad if dtype == torch.float32 else torch.empty(grad.shape, dtype=dtype, device=grad.device)
 
 
 def _flat(z, *others):

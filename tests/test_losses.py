@@ -6,10 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import golf.losses
 from golf.losses import cross_entropy, distill_loss, full_kl, topk_kl
 
 # The in-place kernels of the top-K path are also checked on a GPU when there is one (the reference stays on CPU).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=["one block", "many blocks"])
+def row_blocks(request, monkeypatch):
+    """The N x V passes run over row blocks on CPU: also check them with many blocks and a partial last one."""
+    if request.param == "many blocks":
+        monkeypatch.setattr(golf.losses, "_BLOCK_FLOATS", 3100)  # 3 rows of 1024, 6 of 512, 12 of 256
 
 
 # ---- float64 dense references: full N x V distributions, KL by definition ------------------------------------------
@@ -87,7 +95,7 @@ def assert_close_rel(actual, expected, rtol):
 @pytest.mark.parametrize("n,v,k", [(64, 1024, 32), (16, 40, 5)])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("tail", ["renorm", "bucket"])
-def test_topk_kl_value_and_grad_match_dense_reference(n, v, k, temperature, tail, device):
+def test_topk_kl_value_and_grad_match_dense_reference(n, v, k, temperature, tail, device, row_blocks):
     z, _, _, idx, vals = make_case(n, v, k)
     d_idx, d_vals = idx.to(device), vals.to(device)
     val, grad = value_and_grad(lambda x: topk_kl(x, d_idx, d_vals, temperature, tail), z, device)
@@ -185,7 +193,7 @@ def test_seed_faithful_divides_the_kl_term_exactly():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0])  # renorm: T = 2 and any other T take different paths
 @pytest.mark.parametrize("tail", ["renorm", "bucket"])
-def test_soft_cached_distill_loss_matches_reference(temperature, tail, device):
+def test_soft_cached_distill_loss_matches_reference(temperature, tail, device, row_blocks):
     z, y, _, idx, vals = make_case(64, 1024, 32, seed=7)
     a = 0.3
 
@@ -206,7 +214,7 @@ def test_soft_cached_distill_loss_matches_reference(temperature, tail, device):
     assert parts["kl"].item() == pytest.approx(REFS[tail](z.double(), idx, vals.double(), temperature).item(), rel=1e-5)
 
 
-def test_hard_distill_loss_matches_reference_for_every_teacher_source_and_device():
+def test_hard_distill_loss_matches_reference_for_every_teacher_source_and_device(row_blocks):
     z, y, t, idx, vals = make_case(64, 512, 8, seed=8)
     y[:8] = idx[:8, 0]  # label and teacher top-1 coincide on some rows: both terms must still count
     a = 0.5
@@ -244,7 +252,7 @@ def test_full_kl_and_online_soft_loss_match_reference(temperature):
     assert_close_rel(grad, ref_grad, 1e-5)
 
 
-def test_cross_entropy_matches_reference_and_flattens_leading_dims():
+def test_cross_entropy_matches_reference_and_flattens_leading_dims(row_blocks):
     z, y, _, idx, vals = make_case(64, 256, 8, seed=10)
     val, grad = value_and_grad(lambda x: cross_entropy(x, y), z)
     ref_val, ref_grad = value_and_grad(lambda x: ref_ce(x, y), z.double())
@@ -260,7 +268,7 @@ def test_cross_entropy_matches_reference_and_flattens_leading_dims():
 
 @pytest.mark.parametrize("temperature", [2.0, 3.0])  # bf16 logits are scaled exactly by 1/2, not by 1/3
 @pytest.mark.parametrize("tail", ["renorm", "bucket"])
-def test_bf16_logits_compute_in_float32(tail, temperature):
+def test_bf16_logits_compute_in_float32(tail, temperature, row_blocks):
     z, y, _, idx, vals = make_case(64, 1024, 32, seed=11)
     zb = z.bfloat16()
 
