@@ -9,8 +9,11 @@ padded to the teacher's length, every batch padded to one shape when the teacher
 - forward: only the teacher's forward pass (logits, under the run's autocast), nothing kept;
 - cache: golf.cache_build.build_cache into a fresh folder, what cache_logits.py runs: forward, log-softmax,
   top-K, device-to-host copy, encoding, the memory-mapped writes, fsync and commit.
-Repetitions alternate which side goes first. The last line is `cache_write_ratio X`: the cache's tokens/s over
-the forward's (1.0 = writing a cache costs nothing beyond the teacher's forward).
+Repetitions alternate which side goes first. Then, on one batch, where the builder's extra time goes: the
+forward, the log-softmax and the top-K selection (torch.topk on float32 against the builder's
+golf.cache_build.topk_logprobs), each a median of --reps x 4 rotated repetitions. The last line is
+`cache_write_ratio X`: the cache's tokens/s over the forward's (1.0 = writing a cache costs nothing beyond the
+teacher's forward).
 """
 import json
 import os
@@ -25,26 +28,52 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from _common import bench_config, build_temp_cache, load_note, machine_line, make_teacher, set_threads, timed, train_files
+from _common import (bench_config, build_temp_cache, load_note, machine_line, make_teacher, median_ms, rotations,
+                     set_threads, timed, train_files)
 from golf.atomic import atomic_write_text
 from golf.cache import packed_row_bytes
-from golf.cache_build import StreamView, default_batch_windows, plan_windows
+from golf.cache_build import StreamView, default_batch_windows, plan_windows, topk_logprobs
 from golf.dist import init_dist
 from golf.errors import GolfError, cli_main
 
 
-@torch.no_grad()
-def forward_only(model, stream: StreamView, window: int, batch_windows: int, ctx, fixed_shape: bool) -> int:
-    """Run the teacher over every window that scores the stream, as the builder batches them; returns positions."""
+def batches(stream: StreamView, window: int, batch_windows: int, ctx, fixed_shape: bool):
+    """The teacher's input batches over every window that scores the stream, as the builder forms them."""
     plan = list(plan_windows(0, stream.total, window, window, stream.total))
     for b in range(0, len(plan), batch_windows):
         rows = [np.pad(stream.read(ws, we), (0, window - (we - ws))) for ws, we, _, _ in plan[b:b + batch_windows]]
         if fixed_shape and len(rows) < batch_windows:
             rows += [rows[-1]] * (batch_windows - len(rows))
-        x = torch.from_numpy(np.stack(rows).astype(np.int64)).to(ctx.device, non_blocking=True)
+        yield torch.from_numpy(np.stack(rows).astype(np.int64)).to(ctx.device, non_blocking=True)
+
+
+@torch.no_grad()
+def forward_only(model, stream: StreamView, window: int, batch_windows: int, ctx, fixed_shape: bool) -> int:
+    """Run the teacher over every window that scores the stream, as the builder batches them; returns positions."""
+    for x in batches(stream, window, batch_windows, ctx, fixed_shape):
         with ctx.autocast():
             model(x)
     return stream.total
+
+
+@torch.no_grad()
+def selection_costs(model, x, k: int, ctx, reps: int) -> dict:
+    """Median ms of the teacher's forward on batch x and of what the builder does after it, rotated per round."""
+    def forward():
+        with ctx.autocast():
+            return model(x)
+
+    logits = forward()
+    logp = torch.log_softmax(logits, -1, dtype=torch.float32)
+    arms = {"forward": forward, "log_softmax": lambda: torch.log_softmax(logits, -1, dtype=torch.float32),
+            "topk_float32": lambda: logp.topk(k, -1), "topk_builder": lambda: topk_logprobs(logp, k)}
+    times = {name: [] for name in arms}
+    for rep in range(2 + reps * 4):
+        for name in rotations(list(arms), rep):
+            t = timed(arms[name], ctx)
+            if rep >= 2:
+                times[name].append(t)
+    return {name: median_ms(ts) for name, ts in times.items()}
 
 
 def _options(p):
@@ -106,6 +135,8 @@ def main():
                 do()
         if args.keep:
             shutil.move(os.path.join(tmp, f"rep{args.reps - 1}"), args.keep)
+        x = next(batches(stream, window, batch_windows, ctx, compiled))
+        sel = selection_costs(run, x, args.k, ctx, args.reps)
     print(machine_line(ctx))
     f, c = statistics.median(fwd), statistics.median(cache)
     paired = statistics.median(b / a for a, b in zip(fwd, cache))  # repetition by repetition, close in time
@@ -113,10 +144,14 @@ def main():
     row_bytes = 4 * args.k if args.encoding == "fp16" else packed_row_bytes(args.k)
     print(f"cache builder: {c:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in cache)}), "
           f"{c * row_bytes / 1e6:.1f} MB/s written; paired ratio {paired:.3f}")
+    print(f"one batch ({x.numel()} tokens), ms: forward {sel['forward']:.2f} | log-softmax {sel['log_softmax']:.2f} | "
+          f"top-K torch.topk float32 {sel['topk_float32']:.2f}, builder's {sel['topk_builder']:.2f} "
+          f"({sel['topk_builder'] / sel['topk_float32']:.2f}x)")
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps({"machine": machine_line(ctx), "forward_tokens_per_s": fwd,
-                                                 "cache_tokens_per_s": cache, "ratio": c / f, "paired_ratio": paired},
+                                                 "cache_tokens_per_s": cache, "ratio": c / f, "paired_ratio": paired,
+                                                 "one_batch_ms": sel},
                                                 indent=1) + "\n")
     print(f"cache_write_ratio {c / f:.3f}")
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from golf.cache import CacheReader, CacheSpec, CacheWriter
-from golf.cache_build import build_cache, plan_windows, verify_cache
+from golf.cache_build import build_cache, plan_windows, teacher_topk, verify_cache
 from golf.checkpoint import save_checkpoint
 from golf.config import PRESETS, Config
 from golf.distill import load_teacher
@@ -190,6 +190,26 @@ def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, windo
     assert np.mean(shifted_differs) > 0.9, np.mean(shifted_differs)  # so a one-token layout shift would show
     if vocab > 1 << 15:
         assert (idx >= 1 << 15).any()
+
+
+def test_teacher_topk_integer_keys_select_the_float_top_k_on_edge_rows():
+    """The CPU top-K ranks log-probabilities by their bits: check rows where that could go wrong against float64."""
+    g = torch.Generator().manual_seed(3)
+    v = 300
+    logits = torch.randn(6, v, generator=g) * 4
+    logits[1] = torch.randint(0, 4, (v,), generator=g).float()  # many exact ties, at and around the boundary
+    logits[2, 7] = 200.0  # one certain token: its log-prob is exactly 0.0
+    logits[3, :280] = float("-inf")  # a vocabulary mask leaving fewer than K finite entries: -inf ranks last
+    logits[4] = 0.0  # uniform
+    logits[5] = -logits[0]
+    idx, vals = teacher_topk(lambda x: logits[None], torch.zeros(1, 6, dtype=torch.int64), K, cpu_ctx())
+    assert idx.dtype == torch.int16 and vals.dtype == torch.float16
+    idx, vals = idx[0].long(), vals[0]
+    logp = torch.log_softmax(logits.double(), -1)
+    ref = logp.topk(K, -1).values
+    assert torch.equal(vals, ref.to(torch.float16))  # the top-K values, sorted descending
+    assert torch.equal(logp.gather(-1, idx).to(torch.float16), vals)  # ids hold them (equal up to ties)
+    assert all(len(set(row.tolist())) == K for row in idx)
 
 
 def test_packed_cache_holds_the_fp16_cache_rows(tmp_path):
