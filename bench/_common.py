@@ -8,6 +8,7 @@ shared machine inflate exactly the small multi-threaded kernels that distillatio
 import hashlib
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -159,3 +160,14 @@ def spread(ts: list[float]) -> str:
 def paired_ratio(num: list[float], den: list[float]) -> float:
     """Median over repetitions of num[i] / den[i]: pairs taken close in time cancel slow drifts in load."""
     return statistics.median(a / b for a, b in zip(num, den))
+
+
+def bootstrap_ci(stat, num: list[float], den: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of stat(num, den), resampling whole repetitions (each keeps its pair)."""
+    rng = random.Random(seed)
+    n, values = len(num), []
+    for _ in range(reps):
+        pick = [rng.randrange(n) for _ in range(n)]
+        values.append(stat([num[i] for i in pick], [den[i] for i in pick]))
+    values.sort()
+    return values[int(0.025 * reps)], values[int(0.975 * reps) - 1]

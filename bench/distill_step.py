@@ -14,9 +14,11 @@ and AdamW steps (golf.train's one_step, minus EMA and logging, which are the sam
   into a temp folder from the teacher (a random one of --teacher-preset's shape unless --teacher is given);
 - online: DistillObjective with the teacher model run inside the step.
 After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds have passed) runs one step of
-every arm in rotated order, so load drifts hit every arm alike. Ratios are median step time over the
-baseline's median (the paired median of per-round ratios is printed too). The last line is
-`distill_step_ratio soft=X hard=Y online=Z` (each over `baseline`).
+every arm in rotated order, so load drifts hit every arm alike. An arm's ratio is the median over rounds of
+its step time over the baseline's in the same round (paired: the arms of a round run within about a second,
+so the host's slow drifts cancel; on the shared 2-core VM its bootstrap 95% interval over 100 rounds is about
+a third as wide as that of the ratio of the two medians, which is printed too). The last line is
+`distill_step_ratio soft=X hard=Y online=Z` (the paired ratios over `baseline`).
 """
 import json
 import os
@@ -29,8 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from tqdm import tqdm
 
-from _common import (CLOCKS, bench_config, build_temp_cache, load_note, machine_line, make_teacher, median_ms, paired_ratio,
-                     rotations, set_threads, spread, teacher_config, timed, train_files)
+from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, load_note, machine_line, make_teacher,
+                     median_ms, paired_ratio, rotations, set_threads, spread, teacher_config, timed, train_files)
 from golf.atomic import atomic_write_text
 from golf.cache import CacheReader
 from golf.config import Config
@@ -191,13 +193,15 @@ def main():
     figures = {"machine": machine_line(ctx), "clock": args.clock, "rounds": len(base), "config": cfg.to_dict(), "arms": {}}
     for name in arms:
         ratio, paired = median_ms(times[name]) / median_ms(base), paired_ratio(times[name], base)
-        print(f"{name:9s} step {spread(times[name])}  ratio {ratio:.3f} paired {paired:.3f}")
-        figures["arms"][name] = {"median_ms": median_ms(times[name]), "ratio": ratio, "paired_ratio": paired,
-                                 "times_ms": [t * 1e3 for t in times[name]]}
+        lo, hi = bootstrap_ci(paired_ratio, times[name], base)
+        print(f"{name:9s} step {spread(times[name])}  paired ratio {paired:.3f} (95% {lo:.3f}-{hi:.3f}), "
+              f"ratio of medians {ratio:.3f}")
+        figures["arms"][name] = {"median_ms": median_ms(times[name]), "paired_ratio": paired, "paired_ci95": [lo, hi],
+                                 "ratio_of_medians": ratio, "times_ms": [t * 1e3 for t in times[name]]}
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps(figures, indent=1) + "\n")
-    print("distill_step_ratio " + " ".join(f"{n}={figures['arms'][n]['ratio']:.3f}"
+    print("distill_step_ratio " + " ".join(f"{n}={figures['arms'][n]['paired_ratio']:.3f}"
                                            for n in ("soft", "hard", "online") if n in arms))
 
 

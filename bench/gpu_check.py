@@ -80,7 +80,8 @@ def summary(out: str):
     if step is not None:
         arms = step["arms"]
         fig |= {"student_step_ms": {name: a["median_ms"] for name, a in arms.items()}, "rounds": step["rounds"],
-                "soft_ratio": arms["soft"]["ratio"], "soft_paired_ratio": arms["soft"]["paired_ratio"]}
+                "soft_ratio": arms["soft"]["paired_ratio"], "soft_ci95": arms["soft"]["paired_ci95"],
+                "soft_ratio_of_medians": arms["soft"]["ratio_of_medians"]}
     if write is not None:
         fig |= {"teacher_forward_tokens_per_s": float(np.median(write["forward_tokens_per_s"])),
                 "cache_write_tokens_per_s": float(np.median(write["cache_tokens_per_s"])),

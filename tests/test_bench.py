@@ -8,6 +8,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -59,7 +60,9 @@ def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
     fig = json.loads(js.read_text())
     assert fig["rounds"] == 3 and set(fig["arms"]) == {"baseline", "soft", "hard", "online"}
     assert all(len(a["times_ms"]) == 3 for a in fig["arms"].values())
-    assert abs(fig["arms"]["soft"]["ratio"] - ratios["soft"]) < 1e-3
+    soft = fig["arms"]["soft"]
+    assert abs(soft["paired_ratio"] - ratios["soft"]) < 1e-3
+    assert soft["paired_ci95"][0] <= soft["paired_ratio"] <= soft["paired_ci95"][1]
 
 
 def test_distill_step_bench_refuses_arms_without_baseline(tiny_dataset, tmp_path):
@@ -109,3 +112,15 @@ def test_gpu_check_script_parses_and_dry_runs(tmp_path):
     fig = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert fig["soft_ratio"] > 0 and fig["cache_write_ratio"] > 0
     assert fig["stages"]["distill_step"]["config"]["train_seq_len"] == 64  # the test preset, not the full student
+
+
+def test_bootstrap_interval_resamples_whole_pairs():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from _common import bootstrap_ci, paired_ratio
+
+    den = [1.0, 2.0, 3.0, 10.0, 50.0]  # rounds of very different speed, the arm always 10% slower
+    assert bootstrap_ci(paired_ratio, [1.1 * d for d in den], den) == pytest.approx((1.1, 1.1))
+    num = [1.1 * d for d in reversed(den)]  # pairs broken: per-round ratios from 0.022 to 55
+    lo, hi = bootstrap_ci(paired_ratio, num, den)
+    mid = paired_ratio(num, den)  # the middle pair, 3 / 3 x 1.1
+    assert mid == pytest.approx(1.1) and lo <= mid <= hi and hi - lo > 1.0
