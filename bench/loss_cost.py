@@ -2,8 +2,9 @@
 
     python bench/loss_cost.py [--n 4096] [--reps 60] [--threads N] [--clock wall|process] [--json FILE]
 
-What a distillation step adds to a baseline step, without the model: the same bf16 logits (N x V, as the
-student's forward returns them under autocast) go through golf.losses.cross_entropy (the baseline), the hard
+What a distillation step adds to a baseline step, without the model: the same float32 logits (N x V,
+softcapped, as the student's forward returns them: its softcap runs in float32 under autocast too) go
+through golf.losses.cross_entropy (the baseline), the hard
 loss (one teacher label per token) and the soft loss (cached top-K at temperature T, renormalised tail), with
 the teacher's ids and values converted as golf.distill.DistillObjective does (int16 -> int64, fp16 -> fp32).
 Each repetition runs every arm in rotated order on a fresh leaf copy of the logits (the copy is not timed).
@@ -46,7 +47,7 @@ def main():
     set_threads(args.threads)
     ctx = init_dist()
     g = torch.Generator().manual_seed(0)
-    z0 = (torch.randn(args.n, args.v, generator=g) * 3).to(ctx.device, torch.bfloat16)
+    z0 = (30 * torch.tanh(torch.randn(args.n, args.v, generator=g) * 0.1)).to(ctx.device)
     y = torch.randint(0, args.v, (args.n,), generator=g).to(ctx.device)
     vals, idx = torch.log_softmax(torch.randn(args.n, args.v, generator=g) * 3, -1).topk(args.k, -1)
     idx16, vals16 = idx.to(ctx.device, torch.int16), vals.to(ctx.device, torch.float16)  # as cached

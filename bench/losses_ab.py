@@ -10,7 +10,8 @@ baseline and cached-soft students with the old losses, and the same with the cur
 the loss functions that golf.train and golf.distill call are pointed at that arm's version; everything else
 (objectives, pipeline, cache, optimizer) is the real code. The last line is
 `losses_ab soft_old=A soft_new=B base_new=C soft_new_over_old=D`: each soft arm over its own baseline, then
-the new baseline and the new soft arm over their old counterparts (below 1 = the change made them faster).
+the new baseline and the new soft arm over their old counterparts (below 1 = the change made them faster), each
+the median over rounds of the two arms' ratio in that round (paired, as in bench/distill_step.py).
 """
 import importlib.util
 import os
@@ -24,7 +25,7 @@ from tqdm import tqdm
 import golf.distill
 import golf.losses
 import golf.train
-from _common import (CLOCKS, bench_config, build_temp_cache, load_note, machine_line, make_teacher, median_ms,
+from _common import (CLOCKS, bench_config, build_temp_cache, load_note, machine_line, make_teacher, paired_ratio,
                      rotations, set_threads, spread, teacher_config, timed, train_files)
 from distill_step import Arm, _arm_config
 from golf.cache import CacheReader
@@ -107,12 +108,12 @@ def main():
             for _, arm in runs.values():
                 arm.close()
     print(machine_line(ctx) + f" clock={args.clock}")
-    med = {name: median_ms(ts) for name, ts in times.items()}
     for name in names:
         print(f"{name:9s} step {spread(times[name])}")
     load_note(ctx)
-    print(f"losses_ab soft_old={med['soft_old'] / med['base_old']:.3f} soft_new={med['soft_new'] / med['base_new']:.3f} "
-          f"base_new={med['base_new'] / med['base_old']:.3f} soft_new_over_old={med['soft_new'] / med['soft_old']:.3f}")
+    pairs = {"soft_old": ("soft_old", "base_old"), "soft_new": ("soft_new", "base_new"),
+             "base_new": ("base_new", "base_old"), "soft_new_over_old": ("soft_new", "soft_old")}
+    print("losses_ab " + " ".join(f"{key}={paired_ratio(times[a], times[b]):.3f}" for key, (a, b) in pairs.items()))
 
 
 if __name__ == "__main__":

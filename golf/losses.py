@@ -11,7 +11,6 @@ N x V work lives in `_GatherLogSoftmax` and `_TwoTemperatureLogSoftmax`, whose b
 (softmax minus the scattered column gradients, in the forward's buffer) instead of letting autograd chain
 log_softmax -> gather -> scatter.
 """
-import math
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +173,8 @@ def _softmax_into(out, z, inv_t: float):
     """out (float32) = softmax(z * inv_t) along the last dim, with as few passes over z as torch allows; -> out."""
     if inv_t == 1.0:
         return torch.softmax(z, -1, dtype=torch.float32, out=out)  # one kernel, also upcasts bf16
+    if z.dtype == torch.float32:  # the student's logits (its softcap runs in float32)
+        return torch.softmax(torch.mul(z, inv_t, out=out), -1, out=out)
     return torch.softmax(out.copy_(z).mul_(inv_t), -1, out=out)
 
 
