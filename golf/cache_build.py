@@ -83,7 +83,7 @@ def topk_logprobs(logp: torch.Tensor, k: int):
     """(values, ids) of the k largest float32 log-probabilities along the last dim, sorted descending.
 
     On CPU the selection runs on integer keys: for values <= 0 the float32 bits without the sign grow as the
-    value falls (-inf last), and torch's CPU top-K is faster on int32 than on float32 (bench/topk_select.py).
+    value falls (-inf last), and torch's CPU top-K is faster on int32 than on float32 (bench/cache_write.py).
     The ids are torch.topk's up to the order of exact ties; the values are gathered from logp."""
     if logp.is_cuda:
         return logp.topk(k, dim=-1, sorted=True)
