@@ -6,6 +6,7 @@ many repetitions taken in alternating order, and prints the load average, becaus
 shared machine inflate exactly the small multi-threaded kernels that distillation adds.
 """
 import hashlib
+import importlib.util
 import os
 import platform
 import random
@@ -69,6 +70,18 @@ def load_note(ctx: Ctx):
         fix = "" if os.environ.get("OMP_WAIT_POLICY") else " or with OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads)"
         print(f"note: load {load:.1f} > {os.cpu_count()} cpus: other processes shared this machine; rerun when "
               f"quiet{fix}, or compare CPU time with --threads 1 --clock process where the bench has it")
+
+
+def load_losses(path: str):
+    """Import a losses.py file as its own module (it may only depend on torch, like golf/losses.py)."""
+    if not os.path.isfile(path):
+        raise GolfError(f"--against {path}: no such file; pass an older golf/losses.py (e.g. from git show)")
+    spec = importlib.util.spec_from_file_location("losses_against", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not all(hasattr(mod, f) for f in ("cross_entropy", "distill_loss")):
+        raise GolfError(f"--against {path} has no cross_entropy / distill_loss: not a golf/losses.py")
+    return mod
 
 
 def train_files(cfg: Config, n_shards: int = 0) -> list[str]:

@@ -1,15 +1,18 @@
 """Micro-benchmark: the training losses alone, forward + backward, side by side: CE, hard and soft distillation.
 
-    python bench/loss_cost.py [--n 4096] [--reps 60] [--threads N] [--clock wall|process] [--json FILE]
+    python bench/loss_cost.py [--n 4096] [--reps 60] [--against OLD/golf/losses.py] [--threads N]
+                              [--clock wall|process] [--json FILE]
 
 What a distillation step adds to a baseline step, without the model: the same float32 logits (N x V,
 softcapped, as the student's forward returns them: its softcap runs in float32 under autocast too) go
 through golf.losses.cross_entropy (the baseline), the hard
 loss (one teacher label per token) and the soft loss (cached top-K at temperature T, renormalised tail), with
 the teacher's ids and values converted as golf.distill.DistillObjective does (int16 -> int64, fp16 -> fp32).
+With --against, the same three losses from another golf/losses.py run as arms ce_old, hard_old, soft_old
+beside them (for a change to the losses; bench/losses_ab.py does the same on the whole step).
 Each repetition runs every arm in rotated order on a fresh leaf copy of the logits (the copy is not timed).
 The process is set up as every training process is (golf.dist.init_dist, so glibc keeps freed memory).
-Last line: `loss_cost_ms ce=A hard=B soft=C` (medians).
+Last line: `loss_cost_ms ce=A hard=B soft=C` (medians; then ce_old=... with --against).
 """
 import argparse
 import json
@@ -21,11 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from tqdm import tqdm
 
-from _common import CLOCKS, load_note, machine_line, median_ms, rotations, set_threads, spread, timed
+import golf.losses
+from _common import CLOCKS, load_losses, load_note, machine_line, median_ms, rotations, set_threads, spread, timed
 from golf.atomic import atomic_write_text
 from golf.dist import init_dist
 from golf.errors import GolfError, cli_main
-from golf.losses import cross_entropy, distill_loss
 
 
 @cli_main
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=5, help="untimed repetitions first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--clock", default="wall", choices=list(CLOCKS), help="as in bench/distill_step.py")
+    ap.add_argument("--against", default="", help="also time the losses of this other golf/losses.py")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if not (args.n > 0 and 0 < args.k <= args.v and args.reps > 0 and args.temperature > 0):
@@ -55,12 +59,16 @@ def main():
     def teacher():
         return {"idx": idx16.long(), "vals": vals16.float()}
 
-    losses = {
-        "ce": lambda z: cross_entropy(z, y),
-        "hard": lambda z: distill_loss(z, y, alpha=args.alpha, mode="hard", teacher_top1=idx16[:, 0].long())[0],
-        "soft": lambda z: distill_loss(z, y, alpha=args.alpha, mode="soft", temperature=args.temperature,
-                                       **teacher())[0],
-    }
+    def arms(mod, suffix=""):
+        return {
+            "ce" + suffix: lambda z: mod.cross_entropy(z, y),
+            "hard" + suffix: lambda z: mod.distill_loss(z, y, alpha=args.alpha, mode="hard",
+                                                        teacher_top1=idx16[:, 0].long())[0],
+            "soft" + suffix: lambda z: mod.distill_loss(z, y, alpha=args.alpha, mode="soft",
+                                                        temperature=args.temperature, **teacher())[0],
+        }
+
+    losses = arms(golf.losses) | (arms(load_losses(args.against), "_old") if args.against else {})
     names = list(losses)
     times = {name: [] for name in names}
     print(machine_line(ctx))
@@ -73,7 +81,8 @@ def main():
     print(machine_line(ctx) + f" clock={args.clock}")
     print(f"N={args.n} V={args.v} K={args.k} T={args.temperature} alpha={args.alpha}")
     for name in names:
-        print(f"{name:5s} fwd+bwd {spread(times[name])}  over ce {median_ms(times[name]) - median_ms(times['ce']):+.2f} ms")
+        ce = "ce_old" if name.endswith("_old") else "ce"
+        print(f"{name:8s} fwd+bwd {spread(times[name])}  over {ce} {median_ms(times[name]) - median_ms(times[ce]):+.2f} ms")
     load_note(ctx)
     med = {name: median_ms(times[name]) for name in names}
     if args.json:

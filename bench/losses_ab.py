@@ -13,7 +13,6 @@ the loss functions that golf.train and golf.distill call are pointed at that arm
 the new baseline and the new soft arm over their old counterparts (below 1 = the change made them faster), each
 the median over rounds of the two arms' ratio in that round (paired, as in bench/distill_step.py).
 """
-import importlib.util
 import os
 import sys
 import tempfile
@@ -25,26 +24,14 @@ from tqdm import tqdm
 import golf.distill
 import golf.losses
 import golf.train
-from _common import (CLOCKS, bench_config, build_temp_cache, load_note, machine_line, make_teacher, paired_ratio,
-                     rotations, set_threads, spread, teacher_config, timed, train_files)
+from _common import (CLOCKS, bench_config, build_temp_cache, load_losses, load_note, machine_line, make_teacher,
+                     paired_ratio, rotations, set_threads, spread, teacher_config, timed, train_files)
 from distill_step import Arm, _arm_config
 from golf.cache import CacheReader
 from golf.dist import init_dist
 from golf.distill import CachedTeacher, DistillObjective
 from golf.errors import GolfError, cli_main
 from golf.train import CrossEntropyObjective
-
-
-def load_losses(path: str):
-    """Import a losses.py file as its own module (it may only depend on torch, like golf/losses.py)."""
-    if not os.path.isfile(path):
-        raise GolfError(f"--against {path}: no such file; pass an older golf/losses.py (e.g. from git show)")
-    spec = importlib.util.spec_from_file_location("losses_against", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not all(hasattr(mod, f) for f in ("cross_entropy", "distill_loss")):
-        raise GolfError(f"--against {path} has no cross_entropy / distill_loss: not a golf/losses.py")
-    return mod
 
 
 def _use(mod):

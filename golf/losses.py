@@ -157,10 +157,13 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
             grad, q, cols_y = ctx.saved_tensors  # grad holds q_T until it turns into the gradient
             coef = g.neg()[:, None]  # of q
         out = _grad_out(grad, ctx.z_dtype)
-        for a, b in _row_blocks(grad):
+        blocks = _row_blocks(grad)
+        if inv_t == 0.5:  # one temporary for every block, so it stays in cache
+            tmp = torch.empty((blocks[0][1], grad.shape[1]), dtype=grad.dtype, device=grad.device)
+        for a, b in blocks:
             gb = grad[a:b]
             if inv_t == 0.5:  # p * (coef p + coef_t); three plain kernels beat one addcmul here
-                gb.mul_((gb * coef[a:b]).add_(coef_t[a:b]))
+                gb.mul_(torch.mul(gb, coef[a:b], out=tmp[: b - a]).add_(coef_t[a:b]))
             else:
                 gb.mul_(coef_t[a:b]).addcmul_(q[a:b], coef[a:b])
             gb.scatter_add_(-1, cols_y[a:b], src[a:b])
