@@ -5,9 +5,9 @@
 
 What a distillation step adds to a baseline step, without the model: the same float32 logits (N x V,
 softcapped, as the student's forward returns them: its softcap runs in float32 under autocast too) go
-through golf.losses.cross_entropy (the baseline), the hard
-loss (one teacher label per token) and the soft loss (cached top-K at temperature T, renormalised tail), with
-the teacher's ids and values converted as golf.distill.DistillObjective does (int16 -> int64, fp16 -> fp32).
+through golf.losses.cross_entropy (the baseline), the hard loss (one teacher label per token) and the soft
+loss (cached top-K at temperature T, renormalised tail), with the teacher's ids and values converted as
+golf.distill.DistillObjective does (int16 -> int64, fp16 -> fp32).
 With --against, the same three losses from another golf/losses.py run as arms ce_old, hard_old, soft_old
 beside them (for a change to the losses; bench/losses_ab.py does the same on the whole step).
 Each repetition runs every arm in rotated order on a fresh leaf copy of the logits (the copy is not timed).

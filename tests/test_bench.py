@@ -48,6 +48,9 @@ def test_loss_cost_bench_times_every_loss(tmp_path):
     assert set(figures) == {"ce", "hard", "soft"}
     _positive(figures)
     assert json.loads(js.read_text())["median_ms"]["soft"] == pytest.approx(figures["soft"], abs=0.01)
+    out = _ok(run_script(["bench/loss_cost.py", "--n", "256", "--reps", "2", "--warmup", "1", "--against",
+                          os.path.join(REPO, "golf", "losses.py")], {}, str(tmp_path)))
+    assert set(_summary(out, "loss_cost_ms")) == {"ce", "hard", "soft", "ce_old", "hard_old", "soft_old"}
 
 
 def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
