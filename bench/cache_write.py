@@ -81,7 +81,8 @@ def _options(p):
     p.add_argument("--shards", type=int, default=1, help="train shards to run over (0 = all)")
     p.add_argument("--k", type=int, default=32, help="cached top-K")
     p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"])
-    p.add_argument("--batch-windows", type=int, default=0, help="windows per forward (default: cache_logits.py's: ~64k tokens on CUDA, ~4k on CPU)")
+    p.add_argument("--batch-windows", type=int, default=0,
+                   help="windows per forward (default: cache_logits.py's: ~64k tokens on CUDA, ~4k on CPU)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of each side (median reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--tmp", default="", help="folder for the caches (default: the system's temp folder; use the disk "

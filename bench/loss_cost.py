@@ -82,7 +82,8 @@ def main():
     print(f"N={args.n} V={args.v} K={args.k} T={args.temperature} alpha={args.alpha}")
     for name in names:
         ce = "ce_old" if name.endswith("_old") else "ce"
-        print(f"{name:8s} fwd+bwd {spread(times[name])}  over {ce} {median_ms(times[name]) - median_ms(times[ce]):+.2f} ms")
+        extra = median_ms(times[name]) - median_ms(times[ce])
+        print(f"{name:8s} fwd+bwd {spread(times[name])}  over {ce} {extra:+.2f} ms")
     load_note(ctx)
     med = {name: median_ms(times[name]) for name in names}
     if args.json:

@@ -85,7 +85,8 @@ class _GatherLogSoftmax(torch.autograd.Function):
             tail_coef = -sum_g * inv_t
         # The first d columns are distinct: overwrite them with their full value (they were zeroed in q if rest).
         head = torch.addcmul(g_logq[:, :d], q_cols[:, :d], sum_g[:, None], value=-1.0)
-        head = head if inv_t == 1.0 else head.mul_(inv_t)
+        if inv_t != 1.0:
+            head.mul_(inv_t)
         extra = g_logq[:, d:] * inv_t if cols.shape[1] > d else None
         out = _grad_out(grad, ctx.z_dtype)
         for a, b in _row_blocks(grad):
@@ -184,8 +185,8 @@ def _softmax_into(out, z, inv_t: float):
 def _row_blocks(x):
     """(start, end) row ranges of x (N, V): ~4 MB of float32 per block on CPU, the whole tensor on CUDA.
 
-    On CPU the N x V passes of the losses run block by block, so each block's later passes find it in cache:
-    a ~20% cheaper soft loss than whole-tensor passes (bench/loss_cost.py). Smaller blocks cost more in
+    On CPU the N x V passes of the losses run block by block, so each block's later passes find it in cache
+    (with it the soft loss got ~15% cheaper: docs/performance.md). Smaller blocks cost more in
     per-kernel thread wake-ups than they gain; on CUDA every kernel launch costs and one block is best."""
     n = x.shape[0]
     step = n if x.is_cuda else max(1, _BLOCK_FLOATS // x.shape[1])

@@ -308,7 +308,8 @@ def arm_rows(runs: list[Run]) -> list[dict]:
         ref = reference_baseline(r, runs)
         row = {"arm": r.name, "script": r.script, **d, "seed": r.seed, "budget": r.budget,
                "budget_s": r.budget[0] or None, "iterations": r.budget[1] or None, "steps": r.steps,
-               "train_ms": r.train_end["train_ms"] if r.train_end else None, "step_ms": r.step_ms, "baseline": ref.name if ref else None, "overhead_pct": None, "done": r.done}
+               "train_ms": r.train_end["train_ms"] if r.train_end else None, "step_ms": r.step_ms,
+               "baseline": ref.name if ref else None, "overhead_pct": None, "done": r.done}
         if ref is not None and ref is not r and r.train_end:
             row["overhead_pct"] = overhead_pct(r.step_ms, ref.step_ms)
         for k in ("val_loss", "val_bpb", "sliding_val_loss", "sliding_val_bpb"):
