@@ -10,8 +10,9 @@ padded to the teacher's length, every batch padded to one shape when the teacher
 - cache: golf.cache_build.build_cache into a fresh folder, what cache_logits.py runs: forward, log-softmax,
   top-K, device-to-host copy, encoding, the memory-mapped writes, fsync and commit.
 Repetitions alternate which side goes first. Then, on one batch, where the builder's extra time goes: the
-forward, the log-softmax and the top-K selection (torch.topk on float32 against the builder's
-golf.cache_build.topk_logprobs), each a median of --reps x 4 rotated repetitions. The last line is
+forward, the log-softmax and the top-K selection (torch.topk on float32; on CPU torch's top-K on integer keys,
+the fallback where golf/topk.c cannot be built; the builder's golf.topk.topk_logprobs), each a median of
+--reps x 4 rotated repetitions. The last line is
 `cache_write_ratio X`: the cache's tokens/s over the forward's (1.0 = writing a cache costs nothing beyond the
 teacher's forward).
 """
@@ -32,9 +33,10 @@ from _common import (bench_config, build_temp_cache, load_note, machine_line, ma
                      set_threads, timed, train_files)
 from golf.atomic import atomic_write_text
 from golf.cache import packed_row_bytes
-from golf.cache_build import StreamView, default_batch_windows, plan_windows, topk_logprobs
+from golf.cache_build import StreamView, default_batch_windows, plan_windows
 from golf.dist import init_dist
 from golf.errors import GolfError, cli_main
+from golf.topk import cpu_backend, topk_logprobs, torch_topk_ids
 
 
 def batches(stream: StreamView, window: int, batch_windows: int, ctx, fixed_shape: bool):
@@ -67,6 +69,8 @@ def selection_costs(model, x, k: int, ctx, reps: int) -> dict:
     logp = torch.log_softmax(logits, -1, dtype=torch.float32)
     arms = {"forward": forward, "log_softmax": lambda: torch.log_softmax(logits, -1, dtype=torch.float32),
             "topk_float32": lambda: logp.topk(k, -1), "topk_builder": lambda: topk_logprobs(logp, k)}
+    if not logp.is_cuda:
+        arms["topk_int_keys"] = lambda: logp.gather(-1, torch_topk_ids(logp, k))
     times = {name: [] for name in arms}
     for rep in range(2 + reps * 4):
         for name in rotations(list(arms), rep):
@@ -113,7 +117,7 @@ def main():
     print(machine_line(ctx))
     print(f"teacher {tcfg.num_layers}x{tcfg.model_dim} ({'checkpoint' if args.teacher else 'random'}) window {window} "
           f"batch {batch_windows} windows | {len(files)} shards, {stream.total} tokens | K={args.k} {args.encoding} "
-          f"| compiled {compiled}")
+          f"| compiled {compiled}" + ("" if ctx.device.type == "cuda" else f" | top-K {cpu_backend()}"))
 
     with tempfile.TemporaryDirectory(prefix="bench_write_", dir=args.tmp or None) as tmp:
         # Warm-up: compile (CUDA) and first-touch costs, on both paths.
@@ -146,8 +150,9 @@ def main():
     print(f"cache builder: {c:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in cache)}), "
           f"{c * row_bytes / 1e6:.1f} MB/s written; paired ratio {paired:.3f}")
     print(f"one batch ({x.numel()} tokens), ms: forward {sel['forward']:.2f} | log-softmax {sel['log_softmax']:.2f} | "
-          f"top-K torch.topk float32 {sel['topk_float32']:.2f}, builder's {sel['topk_builder']:.2f} "
-          f"({sel['topk_builder'] / sel['topk_float32']:.2f}x)")
+          f"top-K torch.topk float32 {sel['topk_float32']:.2f}"
+          + (f", torch int keys {sel['topk_int_keys']:.2f}" if "topk_int_keys" in sel else "")
+          + f", builder's {sel['topk_builder']:.2f} ({sel['topk_builder'] / sel['topk_float32']:.2f}x)")
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps({"machine": machine_line(ctx), "forward_tokens_per_s": fwd,

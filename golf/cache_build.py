@@ -19,6 +19,7 @@ from tqdm import tqdm
 from golf.cache import CacheReader, CacheWriter
 from golf.dist import Ctx
 from golf.shards import load_shard
+from golf.topk import topk_logprobs
 
 
 class StreamView:
@@ -77,18 +78,6 @@ def teacher_topk(model, x: torch.Tensor, k: int, ctx: Ctx):
         logits = model(x)
     vals, idx = topk_logprobs(torch.log_softmax(logits, dim=-1, dtype=torch.float32), k)
     return idx.to(torch.int16 if logits.shape[-1] <= 1 << 15 else torch.int32), vals.to(torch.float16)
-
-
-def topk_logprobs(logp: torch.Tensor, k: int):
-    """(values, ids) of the k largest float32 log-probabilities along the last dim, sorted descending.
-
-    On CPU the selection runs on integer keys: for values <= 0 the float32 bits without the sign grow as the
-    value falls (-inf last), and torch's CPU top-K is faster on int32 than on float32 (bench/cache_write.py).
-    The ids are torch.topk's up to the order of exact ties; the values are gathered from logp."""
-    if logp.is_cuda:
-        return logp.topk(k, dim=-1, sorted=True)
-    idx = (logp.view(torch.int32) & 0x7FFFFFFF).topk(k, dim=-1, largest=False, sorted=True).indices
-    return logp.gather(-1, idx), idx
 
 
 def _batches(plan, batch_windows: int):

@@ -192,8 +192,9 @@ def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, windo
         assert (idx >= 1 << 15).any()
 
 
-def test_teacher_topk_integer_keys_select_the_float_top_k_on_edge_rows():
-    """The CPU top-K ranks log-probabilities by their bits: check rows where that could go wrong against float64."""
+def test_teacher_topk_selects_the_float64_top_k_on_edge_rows():
+    """teacher_topk's dtypes and values on rows a bit-level selection could get wrong (golf/topk.py, tested
+    further in tests/test_topk.py), against float64."""
     g = torch.Generator().manual_seed(3)
     v = 300
     logits = torch.randn(6, v, generator=g) * 4

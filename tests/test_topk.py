@@ -1,0 +1,96 @@
+"""golf/topk.py and its C kernel golf/topk.c: the logit cache's CPU top-K against a float64 sort.
+
+Run: python -m pytest tests/test_topk.py -q
+"""
+import os
+import shutil
+
+import pytest
+import torch
+
+from golf import topk
+
+
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    fn = topk.load_kernel()
+    if fn is None:
+        pytest.skip("no C compiler here: golf/topk.c cannot be built (the torch fallback is tested below)")
+    return fn
+
+
+def edge_rows(v: int, k: int, seed: int = 0) -> torch.Tensor:
+    """float32 log-probs: random rows and the ones a bit-level or threshold selection could get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(12, v, generator=g) * 4
+    logits[1] = torch.randint(0, 4, (v,), generator=g).float()  # many exact ties, at and around the boundary
+    logits[2, v // 3] = 200.0  # one certain token: its log-prob is exactly 0.0, the others -inf or tiny
+    logits[3, : v - k // 2] = float("-inf")  # fewer than K finite entries: -inf ranks last
+    logits[4] = 0.0  # uniform: every entry a candidate, ties broken by id
+    logits[5] = -logits[0]
+    logits[6] = torch.arange(v).float()  # ascending: the best at the end of the row
+    logits[7] = -torch.arange(v).float()  # descending: the best at the start
+    logits[8] = 0.0
+    logits[8, torch.randperm(v, generator=g)[:k]] = 1.0  # exactly K winners, scattered over the strided sets
+    logits[9] = torch.randn(v, generator=g) * 0.01  # nearly flat: many candidates after the threshold pass
+    return torch.log_softmax(logits, -1)
+
+
+def reference_ids(logp: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest by a float64 stable sort: exact ties in id order."""
+    return torch.sort(-logp.double(), dim=-1, stable=True).indices[:, :k]
+
+
+@pytest.mark.parametrize("v,k", [(1024, 32), (300, 32), (50, 32), (32, 32), (1000, 1), (7, 3), (1025, 32)])
+def test_kernel_selects_the_float64_top_k_with_ties_in_id_order(kernel, v, k):
+    logp = edge_rows(v, k, seed=v + k)
+    assert torch.equal(topk.native_topk_ids(logp, k, kernel, threads=1), reference_ids(logp, k))
+
+
+def test_kernel_row_blocks_on_threads_match_one_thread(kernel):
+    logp = torch.cat([edge_rows(1024, 32, seed=s) for s in range(70)])  # 840 rows: blocks of 280 on 3 threads
+    one = topk.native_topk_ids(logp, 32, kernel, threads=1)
+    assert torch.equal(topk.native_topk_ids(logp, 32, kernel, threads=3), one)
+    assert torch.equal(one, reference_ids(logp, 32))
+
+
+def test_kernel_rejects_k_outside_the_row(kernel):
+    with pytest.raises(ValueError, match="top-33 of rows of 32"):
+        topk.native_topk_ids(torch.zeros(2, 32), 33, kernel)
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_topk_logprobs_values_and_ids_on_batches(backend, request, monkeypatch):
+    monkeypatch.setattr(topk, "_kernel", request.getfixturevalue("kernel") if backend == "kernel" else False)
+    logp = edge_rows(300, 32).view(3, 4, 300)
+    vals, idx = topk.topk_logprobs(logp, 32)
+    ref = reference_ids(logp.view(12, 300), 32).view(3, 4, 32)
+    assert torch.equal(vals, logp.gather(-1, ref))  # sorted descending, the float32 values themselves
+    assert torch.equal(logp.gather(-1, idx), vals)  # the ids hold them (torch orders exact ties its own way)
+    assert all(len(set(row.tolist())) == 32 for row in idx.view(12, 32))
+    if backend == "kernel":
+        assert torch.equal(idx, ref)
+
+
+@needs_cc
+def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lib = topk.build()
+    assert lib.parent == tmp_path / "distill-golf" and os.listdir(lib.parent) == [lib.name]  # no temp left
+    stamp = lib.stat().st_mtime_ns
+    assert topk.build() == lib and lib.stat().st_mtime_ns == stamp  # the second call reuses the build
+    assert topk.load_kernel(compiler="no-such-cc") is None
+    assert "no C compiler 'no-such-cc'" in capsys.readouterr().err
+
+
+@needs_cc
+def test_a_failing_compile_leaves_no_library(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(topk, "SOURCE", tmp_path / "broken.c")
+    (tmp_path / "broken.c").write_text("this is not C\n")
+    assert topk.load_kernel() is None
+    assert "golf/topk.c not built" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "distill-golf") == []
