@@ -85,7 +85,7 @@ def summary(out: str):
     if write is not None:
         fig |= {"teacher_forward_tokens_per_s": float(np.median(write["forward_tokens_per_s"])),
                 "cache_write_tokens_per_s": float(np.median(write["cache_tokens_per_s"])),
-                "cache_write_ratio": write["ratio"]}
+                "cache_write_ratio": write["ratio"], "cache_write_ci95": write["ratio_ci95"]}
     atomic_write_text(os.path.join(out, "gpu_check.json"), json.dumps(fig, indent=1) + "\n")
     line = [f"device={fig['device'].replace(' ', '_')}"]
     if step is not None:
