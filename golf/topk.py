@@ -95,13 +95,13 @@ def native_topk_ids(logp: torch.Tensor, k: int, kernel, threads: int | None = No
     step = -(-n // threads)
     blocks = [(logp[a:a + step].data_ptr(), min(step, n - a), v, k, out[a:a + step].data_ptr())
               for a in range(0, n, step)]
-    if len(blocks) == 1:
-        codes = [kernel(*blocks[0])]
-    else:
+    others = []
+    if len(blocks) > 1:
         global _pool
         if _pool is None:  # threads start on demand, up to one per core
             _pool = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="golf-topk")
-        codes = list(_pool.map(lambda b: kernel(*b), blocks))
+        others = [_pool.submit(kernel, *b) for b in blocks[1:]]
+    codes = [kernel(*blocks[0])] + [f.result() for f in others]  # this thread takes a block too
     if any(codes):
         raise MemoryError("golf/topk.c: out of memory")
     return out
