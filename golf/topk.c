@@ -4,7 +4,8 @@
    come last. Per row of v keys:
    1. the minimum key of each of s = min(2k, v) strided sets {c, c + s, c + 2s, ...};
    2. thr = the k-th smallest of those minima: k distinct elements are <= thr, so the top k all are;
-   3. the candidates (keys <= thr, ~1.3k of them on teacher rows) are packed as (key << 32 | id);
+   3. the candidates (keys <= thr, ~1.3k of them on teacher rows) are flagged in a vectorised pass, then
+      packed as (key << 32 | id) by walking the set bytes of each 8-byte word of flags;
    4. each candidate's rank among the others places it, or, when ties leave many candidates, an insertion
       into the k best so far (ranking is quadratic in the candidates).
    Every pass over a row is a loop the compiler vectorises; ties keep the lower id first. */
@@ -38,12 +39,13 @@ int topk_rows(const float *x, int64_t rows, int64_t v, int64_t k, int64_t *out_i
     int32_t *mins = malloc(sets * sizeof *mins);
     int64_t *cand = malloc(v * sizeof *cand);
     int64_t *best = malloc(k * sizeof *best);
-    if (!mins || !cand || !best) {
-        free(mins), free(cand), free(best);
+    uint8_t *restrict flag = calloc(v + 8, 1);  /* zero padding: the last word may run past v */
+    if (!mins || !cand || !best || !flag) {
+        free(mins), free(cand), free(best), free(flag);
         return -1;
     }
     for (int64_t r = 0; r < rows; r++) {
-        const float *row = x + r * v;
+        const float *restrict row = x + r * v;  /* restrict: flag's stores cannot alias it */
         int64_t *out = out_id + r * k;
         for (int64_t c = 0; c < sets; c++) mins[c] = key_of(row + c);
         for (int64_t a = sets; a < v; a += sets) {
@@ -59,11 +61,15 @@ int topk_rows(const float *x, int64_t rows, int64_t v, int64_t k, int64_t *out_i
             for (int64_t d = 0; d < sets; d++) at_most += mins[d] <= m;
             thr = at_most >= k && m < thr ? m : thr;
         }
+        for (int64_t j = 0; j < v; j++) flag[j] = key_of(row + j) <= thr;
         int64_t n = 0;
-        for (int64_t j = 0; j < v; j++) {
-            int32_t key = key_of(row + j);
-            cand[n] = (int64_t)key << 32 | j;
-            n += key <= thr;
+        for (int64_t w = 0; w < v; w += 8) {
+            uint64_t bits;
+            memcpy(&bits, flag + w, 8);
+            for (; bits; bits &= bits - 1) {
+                int64_t j = w + (__builtin_ctzll(bits) >> 3);
+                cand[n++] = (int64_t)key_of(row + j) << 32 | j;
+            }
         }
         if (n <= 4 * k) {
             for (int64_t i = 0; i < n; i++) {
@@ -76,6 +82,6 @@ int topk_rows(const float *x, int64_t rows, int64_t v, int64_t k, int64_t *out_i
             for (int64_t j = 0; j < k; j++) out[j] = best[j] & 0xFFFFFFFF;
         }
     }
-    free(mins), free(cand), free(best);
+    free(mins), free(cand), free(best), free(flag);
     return 0;
 }
