@@ -8,7 +8,7 @@
       packed as (key << 32 | id) by walking the set bytes of each 8-byte word of flags;
    4. each candidate's rank among the others places it, or, when ties leave many candidates, an insertion
       into the k best so far (ranking is quadratic in the candidates).
-   Every pass over a row is a loop the compiler vectorises; ties keep the lower id first. */
+   Every full pass over a row is a loop the compiler vectorises; ties keep the lower id first. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
