@@ -23,8 +23,8 @@
 #   KL from the big teacher, T=2, alpha 0.5 (the study's SELFDIST-4 setting; its soft arms were within 0.0005
 #   of each other). Fixed, so that every command is known before anything runs and --dry-run is exact. The
 #   tail-bucket arm uses the same setting.
-# - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline and soft-a0.5 also run
-#   with 42 and 2024.
+# - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline, soft-a0.5 and
+#   soft-bucket-a0.5 (the two tails of the best arm's setting) also run with 42 and 2024.
 # - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
 #   configuration trained for 10,000 steps without a wall clock (the study does not give its length). Both
 #   caches hold the top-32 of every train token (`--encoding packed`, 72 B/token: ~576 GB each for 8B tokens),
@@ -129,6 +129,8 @@ arm baseline-s42             train_gpt.py  ""           "$M SEED=42"
 arm baseline-s2024           train_gpt.py  ""           "$M SEED=2024"
 arm soft-a0.5-s42            distill.py    cache-big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 $BIG"
 arm soft-a0.5-s2024          distill.py    cache-big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 $BIG"
+arm soft-bucket-a0.5-s42     distill.py    cache-big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
+arm soft-bucket-a0.5-s2024   distill.py    cache-big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
 arm baseline-long            train_gpt.py  ""           "$L"                                       # 2 h run
 arm soft-a0.5-long           distill.py    cache-big    "$L $SOFT DISTILL_ALPHA=0.5 $BIG"          # 2 h run
 
