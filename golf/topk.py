@@ -2,8 +2,8 @@
 
 CUDA: torch.topk. CPU: golf/topk.c, built with the system C compiler on first use into a per-user cache and
 called through ctypes (which releases the GIL) on torch's threads' worth of row blocks: at K=32, V=1024
-0.40x the time of torch.topk and ~0.53x that of the fallback (bench/cache_write.py's one-batch breakdown);
-exact ties keep the lower id first. Without a compiler, or with GOLF_NATIVE_TOPK=0: torch's top-K on integer
+0.33x the time of torch.topk and 0.40x that of the fallback (bench/cache_write.py's one-batch breakdown;
+docs/performance.md); exact ties keep the lower id first. Without a compiler, or with GOLF_NATIVE_TOPK=0: torch's top-K on integer
 keys (exact ties in torch's order)."""
 import ctypes
 import hashlib
@@ -87,8 +87,8 @@ def cpu_backend() -> str:
 def native_topk_ids(logp: torch.Tensor, k: int, kernel, threads: int | None = None) -> torch.Tensor:
     """(N, V) float32 log-probs -> (N, K) int64 ids of each row's K largest, largest first, by the C kernel."""
     n, v = logp.shape
-    if not 1 <= k <= v:
-        raise ValueError(f"top-{k} of rows of {v}")
+    if not 1 <= k <= v or logp.dtype != torch.float32 or logp.is_cuda:
+        raise ValueError(f"top-{k} of rows of {v} {logp.dtype} on {logp.device}: needs 1 <= K <= V, CPU float32")
     logp = logp.contiguous()
     out = torch.empty(n, k, dtype=torch.int64)
     threads = max(1, min(threads or torch.get_num_threads(), n // MIN_ROWS_PER_THREAD))
@@ -109,7 +109,7 @@ def native_topk_ids(logp: torch.Tensor, k: int, kernel, threads: int | None = No
 
 def torch_topk_ids(logp: torch.Tensor, k: int) -> torch.Tensor:
     """torch's CPU top-K on the float32 bits without the sign (smaller key = larger log-prob, -inf last):
-    ~0.87x the time of the float32 top-K."""
+    0.77-0.87x the time of the float32 top-K."""
     return (logp.view(torch.int32) & 0x7FFFFFFF).topk(k, dim=-1, largest=False, sorted=True).indices
 
 

@@ -57,9 +57,11 @@ def test_kernel_row_blocks_on_threads_match_one_thread(kernel):
     assert torch.equal(one, reference_ids(logp, 32))
 
 
-def test_kernel_rejects_k_outside_the_row(kernel):
+def test_kernel_rejects_what_it_cannot_read(kernel):
     with pytest.raises(ValueError, match="top-33 of rows of 32"):
         topk.native_topk_ids(torch.zeros(2, 32), 33, kernel)
+    with pytest.raises(ValueError, match="CPU float32"):
+        topk.native_topk_ids(torch.zeros(2, 32, dtype=torch.float64), 4, kernel)  # the kernel reads 4-byte floats
 
 
 @pytest.mark.parametrize("backend", ["kernel", "torch"])
