@@ -35,7 +35,7 @@
 #   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 280 steps, the self teacher
 #   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb 2.106 and 2.282 against
 #   the 25 s baseline student's 2.31-2.40, a gap like the study's between its teacher and student (1.02 vs
-#   1.15). Measured on 2 idle cores: 18m31s in all (README, "Results").
+#   1.15). Measured on 2 idle cores: 20m25s in all (README, "Results").
 # - Threads: on a CPU that other work shares, OpenMP's spin-waiting made a 2-thread student step 13x slower
 #   (5.4 s instead of 0.4 s); `OMP_WAIT_POLICY=PASSIVE ./run.sh demo` avoids that, at +35% per student step
 #   (+8% per teacher step) on idle cores, so it is not the default.
