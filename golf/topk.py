@@ -2,9 +2,9 @@
 
 CUDA: torch.topk. CPU: golf/topk.c, built with the system C compiler on first use into a per-user cache and
 called through ctypes (which releases the GIL) on torch's threads' worth of row blocks: at K=32, V=1024
-0.33x the time of torch.topk and 0.40x that of the fallback (bench/cache_write.py's one-batch breakdown;
-docs/performance.md); exact ties keep the lower id first. Without a compiler, or with GOLF_NATIVE_TOPK=0: torch's top-K on integer
-keys (exact ties in torch's order)."""
+0.33-0.51x the time of torch.topk and 0.40-0.61x that of the fallback (bench/cache_write.py's one-batch
+breakdown; docs/performance.md); exact ties keep the lower id first. Without a compiler, or with
+GOLF_NATIVE_TOPK=0: torch's top-K on integer keys (exact ties in torch's order)."""
 import ctypes
 import hashlib
 import os
