@@ -22,7 +22,7 @@
 # - The "best distillation arm" that gets the extended run and the extra seeds is fixed up front: cached soft
 #   KL from the big teacher, T=2, alpha 0.5 (the study's SELFDIST-4 setting; its soft arms were within 0.0005
 #   of each other). Fixed, so that every command is known before anything runs and --dry-run is exact. The
-#   tail-bucket arm uses the same setting.
+#   tail-bucket arm uses the same setting, with the same extended run and extra seeds.
 # - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline, soft-a0.5 and
 #   soft-bucket-a0.5 (the two tails of the best arm's setting) also run with 42 and 2024.
 # - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
@@ -35,7 +35,8 @@
 #   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 280 steps, the self teacher
 #   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb 2.106 and 2.282 against
 #   the 25 s baseline student's 2.31-2.40, a gap like the study's between its teacher and student (1.02 vs
-#   1.15). Measured on 2 idle cores: 20m25s in all (README, "Results").
+#   1.15). Measured on 2 idle cores: 20m25s in all before
+#   soft-bucket-a0.5-long was added, ~100 s more (README, "Results").
 # - Threads: on a CPU that other work shares, OpenMP's spin-waiting made a 2-thread student step 13x slower
 #   (5.4 s instead of 0.4 s); `OMP_WAIT_POLICY=PASSIVE ./run.sh demo` avoids that, at +35% per student step
 #   (+8% per teacher step) on idle cores, so it is not the default.
@@ -133,6 +134,7 @@ arm soft-bucket-a0.5-s42     distill.py    cache-big    "$M SEED=42 $SOFT DISTIL
 arm soft-bucket-a0.5-s2024   distill.py    cache-big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
 arm baseline-long            train_gpt.py  ""           "$L"                                       # 2 h run
 arm soft-a0.5-long           distill.py    cache-big    "$L $SOFT DISTILL_ALPHA=0.5 $BIG"          # 2 h run
+arm soft-bucket-a0.5-long    distill.py    cache-big    "$L $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"  # 2 h run
 
 arm_cmd() {
   echo "$STUDENT ${SETTINGS[$1]} RUN_ID=$1 LOG_DIR=$R/$1 CHECKPOINT_PATH=$R/$1/$1.pt $LAUNCH ${S}${SCRIPT[$1]}"

@@ -15,7 +15,7 @@ RUN_SH = os.path.join(REPO, "run.sh")
 ARMS = ["baseline", "hard-self-a0.1", "hard-self-a0.5", "hard-big-a0.1", "soft-a0.1", "soft-a0.3", "soft-a0.5",
         "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "soft-bucket-a0.5", "baseline-s42",
         "baseline-s2024", "soft-a0.5-s42", "soft-a0.5-s2024", "soft-bucket-a0.5-s42", "soft-bucket-a0.5-s2024",
-        "baseline-long", "soft-a0.5-long"]
+        "baseline-long", "soft-a0.5-long", "soft-bucket-a0.5-long"]
 
 
 def _run(args, cwd, timeout=120):
