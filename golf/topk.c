@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "golf/topk.c reads flag bytes as little-endian words; golf/topk.py falls back to torch's top-K"
+#endif
+
 static inline int32_t key_of(const float *p) {
     int32_t bits;
     memcpy(&bits, p, sizeof bits);
