@@ -11,11 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from golf.atomic import atomic_path
+from golf.errors import GolfError
 
 SOURCE = Path(__file__).with_name("topk.c")
 MIN_ROWS_PER_THREAD = 256  # below this a thread hand-off costs more than it saves
@@ -38,7 +40,7 @@ def compile_flags() -> list[str]:
 
 def build(compiler: str | None = None) -> Path:
     """Compile golf/topk.c unless this source, compiler and flags were built before; returns the library.
-    The library appears atomically, so ranks that build at once each load a whole file."""
+    The library appears atomically (golf.atomic), so ranks that build at once each load a whole file."""
     cc = shutil.which(compiler or os.environ.get("CC", "cc"))
     if cc is None:
         raise OSError(f"no C compiler {compiler or os.environ.get('CC', 'cc')!r} on PATH")
@@ -46,17 +48,10 @@ def build(compiler: str | None = None) -> Path:
     tag = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()[:16]
     lib = cache_dir() / f"topk-{tag}.so"
     if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=lib.parent, suffix=".so.tmp")
-        os.close(fd)
-        try:
+        with atomic_path(lib) as tmp:
             done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise OSError(f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
-            os.replace(tmp, lib)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return lib
 
 
@@ -64,7 +59,7 @@ def load_kernel(compiler: str | None = None):
     """The C kernel's topk_rows, or None (with one line on stderr saying why) when it cannot be built."""
     try:
         fn = ctypes.CDLL(str(build(compiler))).topk_rows
-    except (OSError, subprocess.SubprocessError) as e:
+    except (OSError, subprocess.SubprocessError, GolfError) as e:
         print(f"note: golf/topk.c not built ({e}); the logit cache uses torch's slower CPU top-K", file=sys.stderr)
         return None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]

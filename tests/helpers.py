@@ -52,3 +52,20 @@ def run_script(args, env_overrides: dict, cwd: str, timeout: int = 240, nproc: i
 
 def dataset_env(ds) -> dict:
     return {"DATA_PATH": ds.data_path, "TOKENIZER_PATH": ds.tokenizer_path}
+
+
+def edge_rows(v: int, k: int, seed: int = 0) -> torch.Tensor:
+    """float32 log-probs: random rows and the ones a bit-level or threshold selection could get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(12, v, generator=g) * 4
+    logits[1] = torch.randint(0, 4, (v,), generator=g).float()  # many exact ties, at and around the boundary
+    logits[2, v // 3] = 200.0  # one certain token: its log-prob is exactly 0.0, the others -inf or tiny
+    logits[3, : v - k // 2] = float("-inf")  # fewer than K finite entries: -inf ranks last
+    logits[4] = 0.0  # uniform: every entry a candidate, ties broken by id
+    logits[5] = -logits[0]
+    logits[6] = torch.arange(v).float()  # ascending: the best at the end of the row
+    logits[7] = -torch.arange(v).float()  # descending: the best at the start
+    logits[8] = 0.0
+    logits[8, torch.randperm(v, generator=g)[:k]] = 1.0  # exactly K winners, scattered over the strided sets
+    logits[9] = torch.randn(v, generator=g) * 0.01  # nearly flat: many candidates after the threshold pass
+    return torch.log_softmax(logits, -1)

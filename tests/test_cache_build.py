@@ -29,7 +29,7 @@ from golf.distill import load_teacher
 from golf.errors import GolfError
 from golf.model import GPT
 from golf.shards import load_shard, write_shard
-from helpers import REPO, cpu_ctx, run_script
+from helpers import REPO, cpu_ctx, edge_rows, run_script
 
 K = 8
 CONTENT_SIZES = (37, 100, 5, 64, 201)  # not multiples of any window or stride; one shard shorter than a stride
@@ -193,17 +193,9 @@ def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, windo
 
 
 def test_teacher_topk_selects_the_float64_top_k_on_edge_rows():
-    """teacher_topk's dtypes and values on rows a bit-level selection could get wrong (golf/topk.py, tested
-    further in tests/test_topk.py), against float64."""
-    g = torch.Generator().manual_seed(3)
-    v = 300
-    logits = torch.randn(6, v, generator=g) * 4
-    logits[1] = torch.randint(0, 4, (v,), generator=g).float()  # many exact ties, at and around the boundary
-    logits[2, 7] = 200.0  # one certain token: its log-prob is exactly 0.0
-    logits[3, :280] = float("-inf")  # a vocabulary mask leaving fewer than K finite entries: -inf ranks last
-    logits[4] = 0.0  # uniform
-    logits[5] = -logits[0]
-    idx, vals = teacher_topk(lambda x: logits[None], torch.zeros(1, 6, dtype=torch.int64), K, cpu_ctx())
+    """teacher_topk's dtypes and values on the rows tests/test_topk.py checks golf/topk.py with, against float64."""
+    logits = edge_rows(300, K)  # log-probs are valid logits: their log-softmax is themselves
+    idx, vals = teacher_topk(lambda x: logits[None], torch.zeros(1, len(logits), dtype=torch.int64), K, cpu_ctx())
     assert idx.dtype == torch.int16 and vals.dtype == torch.float16
     idx, vals = idx[0].long(), vals[0]
     logp = torch.log_softmax(logits.double(), -1)
