@@ -18,9 +18,10 @@ import torch
 
 from golf.cache import CacheSpec, CacheWriter
 from golf.cache_build import build_cache, default_batch_windows, verify_cache
+from golf.checkpoint import load_teacher
+from golf.codecs import ENCODINGS
 from golf.config import config_from_cli
-from golf.dist import cleanup, init_dist
-from golf.distill import load_teacher
+from golf.dist import cleanup, compile_enabled, init_dist
 from golf.errors import GolfError, cli_main
 from golf.shards import list_shards, read_header
 from golf.tokenizer import file_sha256, load_tokenizer
@@ -35,7 +36,7 @@ def _options(p):
     g.add_argument("--tokens", type=int, default=0, help="cache the first shards covering N tokens")
     p.add_argument("--window", type=int, default=0, help="teacher context length (default its TRAIN_SEQ_LEN)")
     p.add_argument("--stride", type=int, default=0, help="window advance (default = window; smaller = more context)")
-    p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"], help="fp16 (128 B/token at K=32) or packed (72 B)")
+    p.add_argument("--encoding", default="fp16", choices=ENCODINGS, help="cache codec (golf/codecs.py): fp16 (128 B/token at K=32) or packed (72 B)")
     p.add_argument("--batch-windows", type=int, default=0, help="windows per teacher forward (default: ~64k tokens on CUDA, ~4k on CPU)")
     p.add_argument("--verify", type=int, default=0, help="afterwards recompute N random rows and report the difference")
 
@@ -94,7 +95,7 @@ def main():
         writer.check_disk_space()
         if ctx.distributed:  # every rank has its pending list before any rank commits a shard
             torch.distributed.barrier()
-        compiled = ctx.device.type == "cuda" and cfg.compile in ("auto", "1")
+        compiled = compile_enabled(cfg.compile, ctx.device)
         batch_windows = args.batch_windows or default_batch_windows(window, ctx.device)
         stats = build_cache(torch.compile(model, dynamic=False) if compiled else model, writer, shard_paths,
                             pending, ctx, batch_windows, fixed_shape=compiled)

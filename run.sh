@@ -79,9 +79,6 @@ case "$PRESET" in
     STUDENT="PRESET=demo-student ITERATIONS=100000 WARMDOWN_ITERS=60 VAL_LOSS_EVERY=75"
     BUDGET=25
     LONG_BUDGET=80
-    BIG_TEACHER="PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"
-    SELF_TEACHER="PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80"
-    CACHE_OPTS="--k 32"
     ;;
   full)
     NPROC="${NPROC:-8}"
@@ -91,63 +88,76 @@ case "$PRESET" in
     STUDENT="PRESET=student"
     BUDGET=600
     LONG_BUDGET=7200
-    BIG_TEACHER="PRESET=teacher ITERATIONS=50000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"
-    SELF_TEACHER="PRESET=student ITERATIONS=10000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"
-    CACHE_OPTS="--k 32 --encoding packed"
     ;;
 esac
 DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the student preset
 
-T_BIG="$R/teacher-big/teacher-big.pt"
-T_SELF="$R/teacher-self/teacher-self.pt"
-C_BIG="$R/cache-big"
-C_SELF="$R/cache-self"
+# --- the teachers: each is one declaration, how to train it and how to cache it, at each scale ---------------
+# A teacher NAME is trained into $R/teacher-NAME/teacher-NAME.pt (train_teacher.py) and cached into $R/cache-NAME
+# (cache_logits.py); an arm names the teacher it uses, "cache:NAME" (its cache) or "online:NAME" (the checkpoint).
+TEACHERS=()
+declare -A TEACHER_TRAIN TEACHER_CACHE
+teacher() {  # NAME TRAIN_DEMO TRAIN_FULL CACHE_OPTIONS_DEMO CACHE_OPTIONS_FULL
+  TEACHERS+=("$1")
+  if [ "$PRESET" = demo ]; then TEACHER_TRAIN[$1]=$2; TEACHER_CACHE[$1]=$4; else TEACHER_TRAIN[$1]=$3; TEACHER_CACHE[$1]=$5; fi
+}
+teacher_ckpt() { echo "$R/teacher-$1/teacher-$1.pt"; }
+#       name  training (demo)                                          training (full)
+teacher big   "PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"  "PRESET=teacher ITERATIONS=50000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500" \
+              "--k 32"                                                 "--k 32 --encoding packed"
+teacher self  "PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80" "PRESET=student ITERATIONS=10000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500" \
+              "--k 32"                                                 "--k 32 --encoding packed"
 
 # --- the arms -----------------------------------------------------------------------------------------------
 ARMS=()
 declare -A SCRIPT NEEDS SETTINGS
-arm() { ARMS+=("$1"); SCRIPT[$1]=$2; NEEDS[$1]=$3; SETTINGS[$1]=$4; }
+arm() {  # NAME SCRIPT TEACHER SETTINGS, TEACHER "" | cache:NAME | online:NAME
+  local name=$1 kind=${3%%:*} t=${3#*:} use=""
+  case "$3" in
+    "") ;;
+    cache:*) use="DISTILL_TEACHER=cache LOGIT_CACHE=$R/cache-$t TEACHER_PATH=$(teacher_ckpt "$t")"; NEEDS[$name]="cache-$t" ;;
+    online:*) use="DISTILL_TEACHER=online TEACHER_PATH=$(teacher_ckpt "$t")"; NEEDS[$name]="teacher-$t" ;;
+    *) die "arm $name: teacher '$3' is not cache:NAME or online:NAME" ;;
+  esac
+  [ -z "$kind" ] || [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "arm $name: no teacher '$t' is declared"
+  ARMS+=("$name"); SCRIPT[$name]=$2; SETTINGS[$name]="$4${use:+ $use}"
+}
 M="MAX_WALLCLOCK_SECONDS=$BUDGET"
 L="MAX_WALLCLOCK_SECONDS=$LONG_BUDGET"
-HARD="DISTILL_SOFT=0"
-SOFT="DISTILL_SOFT=1 DISTILL_TEMP=2"
-BIG="DISTILL_CACHED=1 LOGIT_CACHE=$C_BIG TEACHER_PATH=$T_BIG"
-SELF="DISTILL_CACHED=1 LOGIT_CACHE=$C_SELF TEACHER_PATH=$T_SELF"
+HARD="DISTILL_TARGET=hard"
+SOFT="DISTILL_TARGET=soft DISTILL_TEMP=2"
 FAITHFUL="DISTILL_SEED_FAITHFUL=1"
-#   name                     script        needs        settings                                   (study's name)
+#   name                     script        teacher      settings                                   (study's name)
 arm baseline                 train_gpt.py  ""           "$M"                                       # baseline
-arm hard-self-a0.1           distill.py    cache-self   "$M $HARD DISTILL_ALPHA=0.1 $SELF"         # SELFDIST-5a
-arm hard-self-a0.5           distill.py    cache-self   "$M $HARD DISTILL_ALPHA=0.5 $SELF"         # SELFDIST-3
-arm hard-big-a0.1            distill.py    cache-big    "$M $HARD DISTILL_ALPHA=0.1 $BIG"          # SELFDIST-6
-arm soft-a0.1                distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.1 $BIG"          # SELFDIST-5c
-arm soft-a0.3                distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.3 $BIG"          # SELFDIST-5b
-arm soft-a0.5                distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.5 $BIG"          # SELFDIST-4
-arm online-a0.5              distill.py    teacher-big  "$M DISTILL_CACHED=0 $SOFT DISTILL_ALPHA=0.5 TEACHER_PATH=$T_BIG"  # DIST-2
-arm faithful-soft-a0.1       distill.py    cache-big    "$M $FAITHFUL $SOFT DISTILL_ALPHA=0.1 $BIG"      # 5c, defects D1+D2
-arm faithful-hard-self-a0.5  distill.py    cache-self   "$M $FAITHFUL $HARD DISTILL_ALPHA=0.5 $SELF"     # 3, defect D2
-arm soft-bucket-a0.5         distill.py    cache-big    "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
+arm hard-self-a0.1           distill.py    cache:self   "$M $HARD DISTILL_ALPHA=0.1"               # SELFDIST-5a
+arm hard-self-a0.5           distill.py    cache:self   "$M $HARD DISTILL_ALPHA=0.5"               # SELFDIST-3
+arm hard-big-a0.1            distill.py    cache:big    "$M $HARD DISTILL_ALPHA=0.1"               # SELFDIST-6
+arm soft-a0.1                distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.1"               # SELFDIST-5c
+arm soft-a0.3                distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.3"               # SELFDIST-5b
+arm soft-a0.5                distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.5"               # SELFDIST-4
+arm online-a0.5              distill.py    online:big   "$M $SOFT DISTILL_ALPHA=0.5"               # DIST-2
+arm faithful-soft-a0.1       distill.py    cache:big    "$M $FAITHFUL $SOFT DISTILL_ALPHA=0.1"     # 5c, defects D1+D2
+arm faithful-hard-self-a0.5  distill.py    cache:self   "$M $FAITHFUL $HARD DISTILL_ALPHA=0.5"     # 3, defect D2
+arm soft-bucket-a0.5         distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 arm baseline-s42             train_gpt.py  ""           "$M SEED=42"
 arm baseline-s2024           train_gpt.py  ""           "$M SEED=2024"
-arm soft-a0.5-s42            distill.py    cache-big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 $BIG"
-arm soft-a0.5-s2024          distill.py    cache-big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 $BIG"
-arm soft-bucket-a0.5-s42     distill.py    cache-big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
-arm soft-bucket-a0.5-s2024   distill.py    cache-big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"
+arm soft-a0.5-s42            distill.py    cache:big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5"
+arm soft-a0.5-s2024          distill.py    cache:big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
+arm soft-bucket-a0.5-s42     distill.py    cache:big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
+arm soft-bucket-a0.5-s2024   distill.py    cache:big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 arm baseline-long            train_gpt.py  ""           "$L"                                       # 2 h run
-arm soft-a0.5-long           distill.py    cache-big    "$L $SOFT DISTILL_ALPHA=0.5 $BIG"          # 2 h run
-arm soft-bucket-a0.5-long    distill.py    cache-big    "$L $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket $BIG"  # 2 h run
+arm soft-a0.5-long           distill.py    cache:big    "$L $SOFT DISTILL_ALPHA=0.5"               # 2 h run
+arm soft-bucket-a0.5-long    distill.py    cache:big    "$L $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"  # 2 h run
 
 arm_cmd() {
   echo "$STUDENT ${SETTINGS[$1]} RUN_ID=$1 LOG_DIR=$R/$1 CHECKPOINT_PATH=$R/$1/$1.pt $LAUNCH ${S}${SCRIPT[$1]}"
 }
-teacher_cmd() {  # big|self
-  local n="teacher-$1" env="$BIG_TEACHER"
-  [ "$1" = self ] && env="$SELF_TEACHER"
-  echo "$env RUN_ID=$n LOG_DIR=$R/$n CHECKPOINT_PATH=$R/$n/$n.pt $LAUNCH ${S}train_teacher.py"
+teacher_cmd() {  # NAME
+  local n="teacher-$1"
+  echo "${TEACHER_TRAIN[$1]} RUN_ID=$n LOG_DIR=$R/$n CHECKPOINT_PATH=$R/$n/$n.pt $LAUNCH ${S}train_teacher.py"
 }
-cache_cmd() {  # big|self
-  local t="$T_BIG" c="$C_BIG"
-  [ "$1" = self ] && { t="$T_SELF"; c="$C_SELF"; }
-  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $t --out $c $CACHE_OPTS"
+cache_cmd() {  # NAME
+  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $(teacher_ckpt "$1") --out $R/cache-$1 ${TEACHER_CACHE[$1]}"
 }
 results_cmd() { echo "${S:+PYTHONPATH=$REPO }$PY -m golf.results $R"; }
 dump_cmd() {  # best arm
@@ -173,10 +183,10 @@ fi
 # The infrastructure the selected arms need: a cache needs its teacher.
 declare -A WANT
 for a in "${SELECTED[@]}"; do
-  case "${NEEDS[$a]}" in
-    cache-big) WANT[teacher-big]=1; WANT[cache-big]=1 ;;
-    cache-self) WANT[teacher-self]=1; WANT[cache-self]=1 ;;
-    teacher-big) WANT[teacher-big]=1 ;;
+  need=${NEEDS[$a]:-}
+  case "$need" in
+    cache-*) WANT[teacher-${need#cache-}]=1; WANT[$need]=1 ;;
+    teacher-*) WANT[$need]=1 ;;
   esac
 done
 
@@ -192,12 +202,12 @@ if [ "$ACTION" = dry ]; then
     echo "# data ($DATA $([ -d "$DATA" ] && echo "present: would check" || echo "missing: download it first"))"
     echo "$DATA_CMD"
   fi
-  for t in big self; do
+  for t in "${TEACHERS[@]}"; do
     [ -n "${WANT[teacher-$t]+x}" ] || continue
     echo "# teacher-$t ($(state "$R/teacher-$t"); resumes with --resume while $R/teacher-$t/teacher-$t.resume.pt exists)"
     teacher_cmd "$t"
   done
-  for t in big self; do
+  for t in "${TEACHERS[@]}"; do
     [ -n "${WANT[cache-$t]+x}" ] || continue
     echo "# cache-$t ($(state "$R/cache-$t"))"
     cache_cmd "$t"
@@ -266,18 +276,18 @@ else
   run_cmd data "" "$DATA_CMD" || die "$DATA failed its check"
 fi
 
-for t in big self; do
+for t in "${TEACHERS[@]}"; do
   [ -n "${WANT[teacher-$t]+x}" ] || continue
   cmd="$(teacher_cmd "$t")"
   [ -f "$R/teacher-$t/teacher-$t.resume.pt" ] && cmd="$cmd --resume"
   step "teacher-$t" "$R/teacher-$t" "$cmd"
 done
-for t in big self; do
+for t in "${TEACHERS[@]}"; do
   [ -n "${WANT[cache-$t]+x}" ] || continue
   step "cache-$t" "$R/cache-$t" "$(cache_cmd "$t")" "teacher-$t"
 done
 for a in "${SELECTED[@]}"; do
-  step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]}"
+  step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]:-}"
 done
 
 if run_cmd results "" "$(results_cmd)"; then

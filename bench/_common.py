@@ -20,9 +20,9 @@ import torch
 
 from golf.cache import CacheSpec, CacheWriter
 from golf.cache_build import build_cache, default_batch_windows
+from golf.checkpoint import load_teacher
 from golf.config import PRESETS, Config, config_from_cli
 from golf.dist import Ctx
-from golf.distill import load_teacher
 from golf.errors import GolfError
 from golf.model import GPT
 from golf.shards import list_shards

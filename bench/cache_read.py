@@ -10,7 +10,7 @@
 2. Distortion of packed against fp16, over every cached row: mean and max KL(p_fp16 || p_packed) of the
    teacher distribution the loss sees (top-K renormalised at T = 1 and T = 2, and the K+1 "bucket" at T = 1),
    and the error of the tail mass 1 - sum(exp(values)).
-3. Read cost: golf.distill.CachedTeacher.fetch (what the prefetch thread runs) for the batches the real loader
+3. Read cost: golf.teachers.CachedTeacher.fetch (what the prefetch thread runs) for the batches the real loader
    produces (--rows overrides the batch size: 98304 is one micro-batch of the full-size student, 48 x 2048),
    warm (pages in memory) and cold (the cache files' pages dropped with posix_fadvise before each fetch and a
    fresh reader opened, so the rows come from disk), against the median time of one baseline student step
@@ -33,12 +33,13 @@ from _common import (bench_config, build_temp_cache, load_note, machine_line, ma
                      teacher_config, timed, train_files)
 from distill_step import Arm
 from golf.atomic import atomic_write_text
-from golf.cache import CacheReader, CacheWriter, packed_row_bytes
-from golf.data import Batch, DistributedTokenLoader
+from golf.cache import CacheReader, CacheWriter
+from golf.codecs import packed_row_bytes
+from golf.data import Batch, DistributedTokenLoader, grad_accum_steps
 from golf.dist import init_dist
-from golf.distill import CachedTeacher
 from golf.errors import GolfError, cli_main
-from golf.train import CrossEntropyObjective, grad_accum_steps
+from golf.objectives import CrossEntropyObjective
+from golf.teachers import CachedTeacher
 
 _CHUNK = 1 << 16  # rows per step when packing and comparing whole shards
 
@@ -116,7 +117,7 @@ def fetch_times(cache_dir: str, files: list[str], batches: list[Batch], cold: bo
         source = None  # unmap the previous reader's files first: pages mapped into a process are not dropped
         if cold:
             _drop_pages(cache_dir)
-        source = CachedTeacher(CacheReader(cache_dir, files), soft=True)
+        source = CachedTeacher(CacheReader(cache_dir, files), "soft")
         if not cold:
             source.fetch(batch)  # bring the rows in first
         out.append(timed(lambda: source.fetch(batch), ctx))

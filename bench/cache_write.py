@@ -32,7 +32,7 @@ from tqdm import tqdm
 from _common import (bench_config, bootstrap_ci, build_temp_cache, load_note, machine_line, make_teacher, median_ms,
                      paired_ratio, rotations, set_threads, timed, train_files)
 from golf.atomic import atomic_write_text
-from golf.cache import packed_row_bytes
+from golf.codecs import CODECS, ENCODINGS
 from golf.cache_build import StreamView, default_batch_windows, plan_windows
 from golf.dist import init_dist
 from golf.errors import GolfError, cli_main
@@ -84,7 +84,7 @@ def _options(p):
     p.add_argument("--teacher", default="", help="teacher checkpoint (default: a random model of the preset's shape)")
     p.add_argument("--shards", type=int, default=1, help="train shards to run over (0 = all)")
     p.add_argument("--k", type=int, default=32, help="cached top-K")
-    p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"])
+    p.add_argument("--encoding", default="fp16", choices=ENCODINGS)
     p.add_argument("--batch-windows", type=int, default=0,
                    help="windows per forward (default: cache_logits.py's: ~64k tokens on CUDA, ~4k on CPU)")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of each side (median reported)")
@@ -147,7 +147,7 @@ def main():
     paired = paired_ratio(cache, fwd)
     lo, hi = bootstrap_ci(paired_ratio, cache, fwd)
     print(f"forward only : {f:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in fwd)})")
-    row_bytes = 4 * args.k if args.encoding == "fp16" else packed_row_bytes(args.k)
+    row_bytes = CODECS[args.encoding].row_bytes(args.k)
     print(f"cache builder: {c:12.0f} tokens/s (reps {', '.join(f'{x:.0f}' for x in cache)}), "
           f"{c * row_bytes / 1e6:.1f} MB/s written")
     print(f"one batch ({x.numel()} tokens), ms: forward {sel['forward']:.2f} | log-softmax {sel['log_softmax']:.2f} | "

@@ -7,12 +7,12 @@
 Every arm is the same student (same preset, seed, data, batch) driven by the real training pieces:
 golf.pipeline.BatchPipeline over golf.data.DistributedTokenLoader (teacher rows gathered in its prefetch
 thread), the real objective under the run's autocast, backward over the micro-batches, grad clip, the Muon
-and AdamW steps (golf.train's one_step, minus EMA and logging, which are the same in every arm).
-- baseline: golf.train.CrossEntropyObjective (what train_gpt.py trains with: golf.losses.cross_entropy, the
+and AdamW steps (golf.train.TrainState.optimizer_step; EMA and logging, the same in every arm, left out).
+- baseline: golf.objectives.CrossEntropyObjective (what train_gpt.py trains with: golf.losses.cross_entropy, the
   same CE that every distillation loss contains, so the comparison is fair);
-- soft / hard: golf.distill.DistillObjective + CachedTeacher over a real cache that golf.cache_build wrote
+- soft / hard: golf.objectives.DistillObjective + golf.teachers.CachedTeacher over a real cache that golf.cache_build wrote
   into a temp folder from the teacher (a random one of --teacher-preset's shape unless --teacher is given);
-- online: DistillObjective with the teacher model run inside the step.
+- online: DistillObjective with golf.teachers.OnlineTeacher, the teacher model run inside the step.
 After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds have passed) runs one step of
 every arm in rotated order, so load drifts hit every arm alike. An arm's ratio is the median over rounds of
 its step time over the baseline's in the same round (paired: the arms of a round run within about a second,
@@ -20,6 +20,7 @@ so the host's slow drifts cancel; on the shared 2-core VM its bootstrap 95% inte
 a third as wide as that of the ratio of the two medians, which is printed too). The last line is
 `distill_step_ratio soft=X hard=Y online=Z` (the paired ratios over `baseline`).
 """
+import dataclasses
 import json
 import os
 import sys
@@ -28,59 +29,34 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch
 from tqdm import tqdm
 
 from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, load_note, machine_line, make_teacher,
                      median_ms, paired_ratio, rotations, set_threads, spread, teacher_config, timed, train_files)
 from golf.atomic import atomic_write_text
 from golf.cache import CacheReader
+from golf.codecs import ENCODINGS
 from golf.config import Config
-from golf.data import DistributedTokenLoader
-from golf.dist import init_dist
-from golf.distill import CachedTeacher, DistillObjective
+from golf.data import grad_accum_steps
+from golf.dist import compile_enabled, init_dist, maybe_compile
 from golf.errors import GolfError, cli_main
-from golf.model import GPT
-from golf.optim import apply_schedule, build_optimizers
-from golf.pipeline import BatchPipeline
-from golf.train import CrossEntropyObjective, grad_accum_steps
+from golf.objectives import CrossEntropyObjective, distill_objective
+from golf.teachers import CachedTeacher, OnlineTeacher
+from golf.train import TrainState
 
 ARMS = ("baseline", "soft", "hard", "online")
 
 
 class Arm:
-    """One student with its optimizers, pipeline and objective; `step()` is one training step."""
+    """One student (golf.train.TrainState: model, optimizers, objective, teacher) and its batch pipeline; `step()`
+    is the training loop's optimizer step (schedule, forward/backward over the micro-batches, clip, optimizers)."""
 
-    def __init__(self, cfg: Config, ctx, files: list[str], objective, source=None):
-        self.cfg, self.ctx, self.objective = cfg, ctx, objective
-        self.accum = grad_accum_steps(cfg, ctx.world_size)
-        torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg).to(ctx.device)
-        if ctx.autocast_dtype is not None:
-            self.model.apply_dtype_policy(ctx.autocast_dtype)
-        use_compile = cfg.compile == "1" or (cfg.compile == "auto" and ctx.device.type == "cuda")
-        self.fwd = torch.compile(self.model, dynamic=False) if use_compile else self.model
-        self.opts = build_optimizers(self.model, cfg)
-        self.params = list(self.model.parameters())
-        loader = DistributedTokenLoader(files, ctx.rank, ctx.world_size)
-        self.pipeline = BatchPipeline(loader, cfg.train_batch_tokens, cfg.train_seq_len, self.accum, ctx.device, source)
+    def __init__(self, cfg: Config, ctx, files: list[str], objective):
+        self.state = TrainState(cfg, ctx, files, objective)
+        self.pipeline = self.state.pipeline()
 
     def step(self):
-        """golf.train's one_step: schedule, forward/backward over the micro-batches, clip, optimizer steps."""
-        cfg = self.cfg
-        apply_schedule(self.opts, cfg, 0, 1.0)
-        for _ in range(self.accum):
-            batch = self.pipeline.next()
-            with self.ctx.autocast():
-                loss, parts = self.objective(self.fwd, batch)
-            (loss / self.accum).backward()
-            torch.stack([loss.detach().float()] + [parts[k].float() for k in self.objective.parts])
-        if cfg.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm)
-        for opt in self.opts:
-            opt.step()
-        for opt in self.opts:
-            opt.zero_grad(set_to_none=True)
+        self.state.optimizer_step(self.pipeline, 0, 1.0)
 
     def close(self):
         self.pipeline.close()
@@ -93,7 +69,7 @@ def _options(p):
     p.add_argument("--k", type=int, default=32, help="cached top-K")
     p.add_argument("--cache-shards", type=int, default=1, help="train shards to cache and train on (0 = all)")
     p.add_argument("--cache-dir", default="", help="existing cache for these shards (default: build one in a temp folder)")
-    p.add_argument("--encoding", default="fp16", choices=["fp16", "packed"], help="encoding of the cache built here")
+    p.add_argument("--encoding", default="fp16", choices=ENCODINGS, help="encoding of the cache built here")
     p.add_argument("--reps", type=int, default=100, help="timed rounds (one step of every arm per round)")
     p.add_argument("--seconds", type=float, default=0, help="instead of --reps: timed rounds until this many seconds")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first (compile, allocator, caches)")
@@ -106,8 +82,9 @@ def _options(p):
     p.add_argument("--quick", action="store_true", help="2 warm-up and 3 timed rounds (smoke test)")
 
 
-def _arm_config(cfg: Config, **kw) -> Config:
-    return Config(**{**cfg.to_dict(), **kw})
+def arm_objective(cfg: Config, teacher, target: str):
+    """The distillation objective of `cfg` with `target` and this teacher."""
+    return distill_objective(dataclasses.replace(cfg, distill_target=target), teacher)
 
 
 @cli_main
@@ -127,11 +104,10 @@ def main():
         raise GolfError("--clock process measures CPU time only; use --clock wall on CUDA")
     files = train_files(cfg, args.cache_shards)
     cached = [a for a in arms if a in ("soft", "hard")]
-    compiled = cfg.compile == "1" or (cfg.compile == "auto" and ctx.device.type == "cuda")
+    compiled = compile_enabled(cfg.compile, ctx.device)
     teacher = tcfg = None
     if "online" in arms or (cached and not args.cache_dir):
         teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
-        teacher = torch.compile(teacher, dynamic=False) if compiled else teacher
     print(machine_line(ctx))
     print(f"student {cfg.num_layers}x{cfg.model_dim} batch {cfg.train_batch_tokens} seq {cfg.train_seq_len} "
           f"accum {grad_accum_steps(cfg, ctx.world_size)} compiled {compiled} | shards {len(files)} | alpha "
@@ -145,19 +121,17 @@ def main():
             cache_dir = args.cache_dir
             if not cache_dir:
                 cache_dir = os.path.join(tmp, "cache")
-                stats = build_temp_cache(teacher, sha, tcfg, files, ctx, cache_dir, args.k, args.encoding,
-                                         fixed_shape=compiled)
+                stats = build_temp_cache(maybe_compile(teacher, cfg.compile, ctx.device), sha, tcfg, files, ctx,
+                                         cache_dir, args.k, args.encoding, fixed_shape=compiled)
                 print(f"cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
                       f"({stats['tokens_per_s']:.0f} tokens/s)")
             reader = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
         makers = {
             "baseline": lambda: Arm(cfg, ctx, files, CrossEntropyObjective()),
-            "soft": lambda: Arm(cfg, ctx, files, DistillObjective(_arm_config(cfg, distill_soft=True)),
-                                CachedTeacher(reader, soft=True)),
-            "hard": lambda: Arm(cfg, ctx, files, DistillObjective(_arm_config(cfg, distill_soft=False)),
-                                CachedTeacher(reader, soft=False)),
-            "online": lambda: Arm(cfg, ctx, files,
-                                  DistillObjective(_arm_config(cfg, distill_soft=True, distill_cached=False), teacher)),
+            "soft": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "soft"), "soft")),
+            "hard": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "hard"), "hard")),
+            "online": lambda: Arm(cfg, ctx, files, arm_objective(
+                cfg, OnlineTeacher(teacher, args.teacher or "random", sha, cfg.compile, ctx.device), "soft")),
         }
         runs = {name: makers[name]() for name in arms}
         try:

@@ -7,7 +7,7 @@ For checking that a change to the losses made training faster, not only the loss
 bench/distill_step.py on a shared machine differ by more than a few percent, while arms alternating in one
 process see the same load. Arms (rotated every round, as in bench/distill_step.py, whose Arm they use):
 baseline and cached-soft students with the old losses, and the same with the current ones. Before each step
-the loss functions that golf.train and golf.distill call are pointed at that arm's version; everything else
+the loss functions that golf.objectives calls are pointed at that arm's version; everything else
 (objectives, pipeline, cache, optimizer) is the real code. The last line is
 `losses_ab soft_old=A soft_new=B base_new=C soft_new_over_old=D`: each soft arm over its own baseline, then
 the new baseline and the new soft arm over their old counterparts (below 1 = the change made them faster), each
@@ -21,23 +21,38 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm
 
-import golf.distill
 import golf.losses
-import golf.train
+import golf.objectives
 from _common import (CLOCKS, bench_config, build_temp_cache, load_losses, load_note, machine_line, make_teacher,
                      paired_ratio, rotations, set_threads, spread, teacher_config, timed, train_files)
-from distill_step import Arm, _arm_config
+from distill_step import Arm
 from golf.cache import CacheReader
 from golf.dist import init_dist
-from golf.distill import CachedTeacher, DistillObjective
 from golf.errors import GolfError, cli_main
-from golf.train import CrossEntropyObjective
+from golf.objectives import CrossEntropyObjective
+from golf.teachers import CachedTeacher
+
+
+class SoftObjective:
+    """The cached soft arm of golf.objectives.DistillObjective, computed by the `distill_loss` of the losses module
+    `_use` selected (older modules have no `distill_terms`), so both versions run the same objective."""
+
+    parts, losses = ("ce", "kl"), golf.losses
+
+    def __init__(self, cfg, teacher):
+        self.cfg, self.teacher = cfg, teacher
+
+    def __call__(self, model, batch):
+        c = self.cfg
+        return SoftObjective.losses.distill_loss(model(batch.x), batch.y, alpha=c.distill_alpha, mode="soft",
+                                                 temperature=c.distill_temp, tail=c.distill_tail,
+                                                 **batch.teacher.loss_inputs(batch.y.shape))
 
 
 def _use(mod):
-    """Point the loss functions the real objectives call at module `mod`."""
-    golf.train.cross_entropy = mod.cross_entropy
-    golf.distill.distill_loss = mod.distill_loss
+    """Point the loss functions the objectives call at module `mod`."""
+    golf.objectives.cross_entropy = mod.cross_entropy
+    SoftObjective.losses = mod
 
 
 def _options(p):
@@ -70,11 +85,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench_ab_") as tmp:
         build_temp_cache(teacher, sha, tcfg, files, ctx, os.path.join(tmp, "cache"))
         reader = CacheReader(os.path.join(tmp, "cache"), files)
-        soft_cfg = _arm_config(cfg, distill_soft=True)
         runs = {}
         for tag, mod in (("old", old), ("new", new)):
             runs[f"base_{tag}"] = (mod, Arm(cfg, ctx, files, CrossEntropyObjective()))
-            runs[f"soft_{tag}"] = (mod, Arm(cfg, ctx, files, DistillObjective(soft_cfg), CachedTeacher(reader, soft=True)))
+            runs[f"soft_{tag}"] = (mod, Arm(cfg, ctx, files, SoftObjective(cfg, CachedTeacher(reader, "soft"))))
         names = list(runs)
 
         def step(name):

@@ -28,131 +28,30 @@ Several ranks rewriting the manifest concurrently can leave it one commit behind
 rank after a barrier (when nobody writes any more) to make it exact. A reader trusts only a manifest that
 says complete AND files that check out, so a lagging manifest can only make it refuse, never read garbage.
 
-Packed encoding (vocab <= 1024, at most 72 bytes per token at K=32). Row layout:
-- bytes [0, 5*ceil(K/4)): the K token ids, 10 bits each, little-endian, four ids per 5 bytes (zero-padded);
-- 1 byte, "mass": the log-odds of the tail against the top-K, l = log((1 - m) / m) with m = sum(exp(v)),
-  on the grid l = MASS_LO + q * MASS_STEP (q in 0..255, MASS_LO = -16, MASS_STEP = 3/32, so l in [-16, 7.9]);
-- K-1 bytes, "gaps": d_k = v_0 - v_k for k = 1..K-1 on the grid d = q * GAP_STEP (GAP_STEP = 1/16 nat, so
-  d in [0, 15.94]; larger gaps, i.e. p_k / p_0 < 1.2e-7, are clamped to 15.94).
-Decoding rebuilds v_k = log(m) - logsumexp(-d) - d_k, so the top-K mass and the tail bucket 1 - m are kept to
-within 4.7% relative, each value to within 3/64 + 1/16 = 0.11 nat, and the ids exactly. Every gap within range is off by at most 1/32 nat, so the top-K
-renormalised distribution has KL(p || p_packed) <= (1/16)^2 / 8 = 4.9e-4 nats for every token (Hoeffding's
-lemma). Measured means: 1.0e-4 for top-32 of logits ~ N(0, 3^2) over 1024 tokens, 1.5e-4 for N(0, 1), 5e-5
-with one boosted logit (tests/test_cache.py); an fp16 cache is ~1e-7 from exact.
-Gaps, not absolute values, because the KL only sees differences; log-odds of the mass, not v_0, because an
-8-bit v_0 would move a tail of 1e-3 by more than itself.
+Encodings (`fp16`, `packed`, ...) are codecs in golf/codecs.py, which also describes the packed rows' layout and
+error bounds; this module stores whatever files a codec declares and never branches on its name.
 """
 import contextlib
 import glob
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from golf.atomic import atomic_write_text, create_temp, fsync_dir
+from golf.codecs import CODECS, ENCODINGS, Codec, FileLayout
 from golf.errors import GolfError
 from golf.shards import read_header, shard_fingerprint
 
 FORMAT_VERSION = 1
 VALUE_KIND = "logprob_T1"
-ENCODINGS = ("fp16", "packed")
 MANIFEST = "manifest.json"
-
-# Packed quantisation grids (recorded in the manifest; a reader refuses a cache made with other grids).
-INDEX_BITS = 10
-GAP_STEP = 1.0 / 16
-MASS_LO = -16.0
-MASS_STEP = 3.0 / 32
-PACKED_GRIDS = {"index_bits": INDEX_BITS, "gap_step": GAP_STEP, "mass_lo": MASS_LO, "mass_step": MASS_STEP}
-_GAP = (np.arange(256) * GAP_STEP).astype(np.float32)  # gap byte -> d
-_EXP_NEG_GAP = np.exp(-_GAP)
 
 _REDO = "rerun cache_logits.py with the same settings and --out {dir} to finish it"
 _NEW_OUT = "use a new --out or delete {dir}"
 _HEADER_SLACK = 1024  # an upper bound on an .npy header, for the disk-space estimate
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Packed encoding
-
-
-def _id_bytes(k: int) -> int:
-    """Bytes of K 10-bit ids, padded to whole groups of four ids (5 bytes each)."""
-    return 5 * -(-k // 4)
-
-
-def packed_row_bytes(k: int) -> int:
-    """Bytes per token of the packed encoding: 10-bit ids (4 per 5 bytes) + 1 mass byte + K-1 gap bytes."""
-    return _id_bytes(k) + k
-
-
-def encode_packed(idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
-    """Pack top-K ids (< 1024) and sorted-descending log-probs [n, K] into uint8 [n, packed_row_bytes(K)].
-
-    The quantisation is described in the module docstring.
-    """
-    idx = np.asarray(idx)
-    n, k = idx.shape
-    v = np.asarray(vals, dtype=np.float32)
-    if v.shape != (n, k):
-        raise ValueError(f"idx {idx.shape} and vals {v.shape} must have the same shape")
-    if n and (idx.min() < 0 or idx.max() >= 1 << INDEX_BITS):
-        raise ValueError(f"packed ids must lie in [0, {1 << INDEX_BITS}), got [{idx.min()}, {idx.max()}]")
-    out = np.empty((n, packed_row_bytes(k)), dtype=np.uint8)
-    nb = _id_bytes(k)
-
-    # Ids: id j of a group of four occupies bits [10j, 10j + 10) of 5 little-endian bytes, so its low bits
-    # land in byte j and its high bits in byte j + 1. One column at a time: ~3x faster than broadcasting.
-    ids = np.zeros((n, nb // 5 * 4), dtype=np.uint16)
-    ids[:, :k] = idx
-    ids = ids.reshape(n, -1, 4)
-    groups = np.zeros((n, nb // 5, 5), dtype=np.uint8)
-    for j in range(4):
-        groups[..., j] |= (ids[..., j] << 2 * j) & 0xFF
-        groups[..., j + 1] |= ids[..., j] >> (8 - 2 * j)
-    out[:, :nb] = groups.reshape(n, nb)
-
-    # Mass byte: log-odds of the tail against the top-K mass m. float32 is enough because
-    # log(m) = v_0 + log1p(sum_k>0 exp(-d_k)) has no cancellation, even for m = 1 - 1e-7.
-    gaps = v[:, :1] - v[:, 1:]
-    log_m = np.minimum(v[:, 0] + np.log1p(np.exp(-gaps).sum(axis=1)), 0)
-    with np.errstate(divide="ignore"):  # m == 1 exactly gives log(0) = -inf, which the clip maps to MASS_LO
-        odds = np.log(-np.expm1(log_m)) - log_m
-    out[:, nb] = np.clip(np.rint((odds - MASS_LO) / MASS_STEP), 0, 255)
-    out[:, nb + 1 :] = np.clip(np.rint(gaps * np.float32(1 / GAP_STEP)), 0, 255)
-    return out
-
-
-def decode_packed(packed: np.ndarray, k: int, out_idx: np.ndarray | None = None, out_vals: np.ndarray | None = None):
-    """Inverse of `encode_packed`: (ids [n, K] int64, log-probs [n, K] float32), optionally written into `out_*`."""
-    packed = np.asarray(packed)
-    n = packed.shape[0]
-    if packed.shape != (n, packed_row_bytes(k)):
-        raise ValueError(f"packed rows have shape {packed.shape}, expected (n, {packed_row_bytes(k)}) for K={k}")
-    out_idx = np.empty((n, k), dtype=np.int64) if out_idx is None else out_idx
-    out_vals = np.empty((n, k), dtype=np.float32) if out_vals is None else out_vals
-    nb = _id_bytes(k)
-
-    b = packed[:, :nb].reshape(n, -1, 5).astype(np.uint16)
-    ids = np.empty((n, nb // 5, 4), dtype=np.uint16)
-    for j in range(4):  # id j = bits [2j, 2j + 10) of bytes j, j + 1; in place, one column at a time is fastest
-        x = b[..., j + 1] << 8
-        x |= b[..., j]
-        x >>= 2 * j
-        x &= 0x3FF
-        ids[..., j] = x
-    out_idx[...] = ids.reshape(n, -1)[:, :k]
-
-    # v_k = log(m) - log(sum_j exp(-d_j)) - d_k with d_0 = 0 (so the sum is >= 1); tables replace exp and *.
-    q = packed[:, nb + 1 :]
-    odds = packed[:, nb].astype(np.float32) * np.float32(MASS_STEP) + np.float32(MASS_LO)
-    log_m = -np.logaddexp(np.float32(0), odds)  # m = 1 / (1 + exp(odds))
-    v0 = log_m - np.log1p(np.take(_EXP_NEG_GAP, q).sum(axis=1))
-    out_vals[:, 0] = v0
-    np.subtract(v0[:, None], np.take(_GAP, q), out=out_vals[:, 1:])
-    return out_idx, out_vals
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,7 +64,7 @@ class CacheSpec:
 
     k: int
     vocab_size: int
-    encoding: str  # "fp16" or "packed"
+    encoding: str  # a name in golf.codecs.CODECS
     teacher_sha256: str  # of the teacher checkpoint file
     teacher_config: dict  # the teacher's model configuration (JSON-serialisable)
     window: int  # the teacher's context length when it scored the stream
@@ -174,7 +73,7 @@ class CacheSpec:
     def __post_init__(self):
         if self.encoding not in ENCODINGS:
             raise GolfError(f"logit cache encoding {self.encoding!r} is unknown; use one of {', '.join(ENCODINGS)}")
-        max_vocab = (1 << INDEX_BITS) if self.encoding == "packed" else (1 << 16)
+        max_vocab = self.codec.max_vocab
         if not 1 <= self.vocab_size <= max_vocab:
             raise GolfError(f"logit cache encoding {self.encoding} needs 1 <= vocab_size <= {max_vocab}, got {self.vocab_size}; use encoding fp16 or a smaller vocabulary")
         if not 1 <= self.k <= self.vocab_size:
@@ -182,17 +81,52 @@ class CacheSpec:
         if not 1 <= self.stride <= self.window:
             raise GolfError(f"teacher window {self.window} and stride {self.stride} need 1 <= stride <= window, or some positions get no teacher output")
 
+    @property
+    def codec(self) -> Codec:
+        return CODECS[self.encoding]
+
     def key(self) -> dict:
-        """The spec as the manifest stores it (JSON round-tripped, so tuples and lists compare equal)."""
-        d = {"version": FORMAT_VERSION, "value_kind": VALUE_KIND, **asdict(self)}
-        d["packed"] = PACKED_GRIDS if self.encoding == "packed" else None
+        """Everything a reader must match: the spec, the format version, the value kind and the codec's
+        parameters (JSON round-tripped, so tuples and lists compare equal)."""
+        d = {"version": FORMAT_VERSION, "value_kind": VALUE_KIND, **asdict(self), _CODEC_PARAMS: self.codec.params}
         return json.loads(json.dumps(d, sort_keys=True))
 
-    def files(self, stem: str) -> list[tuple[str, np.dtype, int]]:
+    def files(self, stem: str) -> list[FileLayout]:
         """(file name, dtype, columns) of the data files of shard `stem`."""
-        if self.encoding == "fp16":
-            return [(f"{stem}.idx.npy", np.dtype(np.uint16), self.k), (f"{stem}.val.npy", np.dtype(np.float16), self.k)]
-        return [(f"{stem}.pk.npy", np.dtype(np.uint8), packed_row_bytes(self.k))]
+        return self.codec.files(stem, self.k)
+
+    @classmethod
+    def from_key(cls, key: dict) -> "CacheSpec":
+        return cls(**{f.name: key[f.name] for f in fields(cls)})
+
+
+# The manifest holds the spec's key with the teacher's fields nested under "teacher"; the codec's parameters sit
+# under "packed" (the one codec with parameters when format version 1 was fixed).
+_CODEC_PARAMS = "packed"
+_NESTED = {"teacher_sha256": ("teacher", "sha256"), "teacher_config": ("teacher", "config")}
+
+
+def _manifest_of_key(key: dict) -> dict:
+    m = {}
+    for name, value in key.items():
+        outer, inner = _NESTED.get(name, (name, None))
+        if inner is None:
+            m[name] = value
+        else:
+            m.setdefault(outer, {})[inner] = value
+    return m
+
+
+def _key_of_manifest(m: dict) -> dict:
+    """The manifest's fields in the shape of `CacheSpec.key()` (missing ones None)."""
+    key = {}
+    for name in [f.name for f in fields(CacheSpec)] + ["version", "value_kind", _CODEC_PARAMS]:
+        outer, inner = _NESTED.get(name, (name, None))
+        if inner is None:
+            key[name] = m.get(name)
+        else:
+            key[name] = m[outer].get(inner) if isinstance(m.get(outer), dict) else None
+    return key
 
 
 @dataclass(frozen=True)
@@ -208,15 +142,6 @@ class _Shard:
 
 def _describe_shards(shard_paths) -> list[_Shard]:
     return [_Shard(os.path.basename(os.fspath(p)), read_header(p), shard_fingerprint(p)) for p in shard_paths]
-
-
-def _spec_key_of_manifest(m: dict) -> dict:
-    """The manifest's fields in the shape of `CacheSpec.key()`."""
-    teacher = m.get("teacher") if isinstance(m.get("teacher"), dict) else {}
-    return {key: m.get(key) for key in ("version", "value_kind", "k", "vocab_size", "encoding", "window", "stride", "packed")} | {
-        "teacher_sha256": teacher.get("sha256"),
-        "teacher_config": teacher.get("config"),
-    }
 
 
 def _spec_diff(cached: dict, wanted: dict) -> str:
@@ -321,7 +246,7 @@ class CacheWriter:
             raise GolfError(f"logit cache folder {self.dir} is a file; {_NEW_OUT.format(dir=self.dir)}")
         if os.path.exists(self.manifest_path):
             m = _load_manifest(self.manifest_path, fix=_NEW_OUT.format(dir=self.dir))
-            why = _spec_diff(_spec_key_of_manifest(m), spec.key())
+            why = _spec_diff(_key_of_manifest(m), spec.key())
             if not why:
                 cached = m.get("shards", [])
                 why = _shard_diff(cached, self.shards)
@@ -407,19 +332,8 @@ class CacheWriter:
 
     def _write_manifest(self) -> list[int]:
         pending, spec = self.pending(), self.spec
-        m = {
-            "format": "golf-logit-cache",
-            "version": FORMAT_VERSION,
-            "value_kind": VALUE_KIND,
-            "k": spec.k,
-            "vocab_size": spec.vocab_size,
-            "encoding": spec.encoding,
-            "packed": spec.key()["packed"],
-            "teacher": {"sha256": spec.teacher_sha256, "config": spec.teacher_config},
-            "window": spec.window,
-            "stride": spec.stride,
-            "shards": [asdict(s) | {"complete": i not in pending} for i, s in enumerate(self.shards)],
-        }
+        m = {"format": "golf-logit-cache", **_manifest_of_key(spec.key()),
+             "shards": [asdict(s) | {"complete": i not in pending} for i, s in enumerate(self.shards)]}
         atomic_write_text(self.manifest_path, json.dumps(m, indent=1) + "\n")
         return pending
 
@@ -472,11 +386,8 @@ class ShardWriter:
         if not (np.isfinite(vals).all() and (vals[:, :-1] >= vals[:, 1:]).all()):
             raise ValueError("values must be finite log-probabilities sorted descending along K")
         rows = slice(row_start, row_start + m)
-        if self.spec.encoding == "fp16":
-            self._maps[0][rows] = idx
-            self._maps[1][rows] = vals
-        else:
-            self._maps[0][rows] = encode_packed(idx, vals)
+        for mm, data in zip(self._maps, self.spec.codec.encode(idx, vals)):
+            mm[rows] = data
         self._spans.append((row_start, row_start + m))
 
     def commit(self):
@@ -544,15 +455,13 @@ class CacheReader:
         m = _load_manifest(path, fix=f"delete {d} and run cache_logits.py --out {d} again")
         if m.get("version") != FORMAT_VERSION:
             raise GolfError(f"{path}: cache format version {m.get('version')}, this code reads {FORMAT_VERSION}; rebuild it with this cache_logits.py")
-        try:
-            self.spec = CacheSpec(
-                k=m["k"], vocab_size=m["vocab_size"], encoding=m["encoding"], teacher_sha256=m["teacher"]["sha256"],
-                teacher_config=m["teacher"]["config"], window=m["window"], stride=m["stride"],
-            )
-        except (KeyError, TypeError) as e:
-            raise GolfError(f"{path}: manifest lacks field {e}; delete {d} and run cache_logits.py --out {d} again") from None
+        key = _key_of_manifest(m)
+        missing = [f.name for f in fields(CacheSpec) if key[f.name] is None]
+        if missing:
+            raise GolfError(f"{path}: manifest lacks field '{missing[0]}'; delete {d} and run cache_logits.py --out {d} again")
+        self.spec = CacheSpec.from_key(key)
         self.manifest = m
-        why = _spec_diff(_spec_key_of_manifest(m), self.spec.key())  # value kind, packed grids
+        why = _spec_diff(key, self.spec.key())  # version, value kind, codec parameters
         for key, want in (("k", k), ("vocab_size", vocab_size), ("teacher_sha256", teacher_sha256)):
             got = getattr(self.spec, key)
             if want is not None and got != want:
@@ -593,6 +502,19 @@ class CacheReader:
         """File names of the covered train shards, in stream order."""
         return [s.name for s in self.shards]
 
+    def _rows(self, segments, n: int):
+        """(rows of the data files, destination slice) for each segment, after checking it."""
+        if sum(length for _, _, length in segments) != n:
+            raise ValueError(f"segments hold {sum(length for _, _, length in segments)} rows, the outputs {n}")
+        pos = 0
+        for shard, offset, length in segments:
+            if not 0 <= shard < self.num_shards:
+                raise GolfError(f"the run reached train shard {shard} but logit cache {self.dir} covers only {self.num_shards} shards; cache more shards with cache_logits.py or set RESTRICT_TO_CACHE=1")
+            if not 0 <= offset <= offset + length <= self.shards[shard].num_tokens:
+                raise ValueError(f"rows [{offset}, {offset + length}) outside shard {self.shards[shard].name} ({self.shards[shard].num_tokens} rows)")
+            yield [m[offset:offset + length] for m in self._maps[shard]], slice(pos, pos + length)
+            pos += length
+
     def gather(self, segments, out_idx: np.ndarray | None = None, out_vals: np.ndarray | None = None):
         """Rows for `segments` = [(shard_index, offset, length), ...], concatenated in order.
 
@@ -604,18 +526,15 @@ class CacheReader:
         out_vals = np.empty((n, self.k), dtype=np.float32) if out_vals is None else out_vals
         if out_idx.shape != (n, self.k) or out_vals.shape != (n, self.k):
             raise ValueError(f"outputs have shapes {out_idx.shape} and {out_vals.shape}, expected ({n}, {self.k})")
-        pos = 0
-        for shard, offset, length in segments:
-            if not 0 <= shard < self.num_shards:
-                raise GolfError(f"the run reached train shard {shard} but logit cache {self.dir} covers only {self.num_shards} shards; cache more shards with cache_logits.py or set RESTRICT_TO_CACHE=1")
-            if not 0 <= offset <= offset + length <= self.shards[shard].num_tokens:
-                raise ValueError(f"rows [{offset}, {offset + length}) outside shard {self.shards[shard].name} ({self.shards[shard].num_tokens} rows)")
-            rows, dst = slice(offset, offset + length), slice(pos, pos + length)
-            maps = self._maps[shard]
-            if self.spec.encoding == "fp16":
-                np.copyto(out_idx[dst], maps[0][rows], casting="same_kind")
-                np.copyto(out_vals[dst], maps[1][rows], casting="same_kind")
-            else:
-                decode_packed(maps[0][rows], self.k, out_idx[dst], out_vals[dst])
-            pos += length
+        for arrays, dst in self._rows(segments, n):
+            self.spec.codec.decode(arrays, self.k, out_idx[dst], out_vals[dst])
         return out_idx, out_vals
+
+    def gather_ids(self, segments, out_idx: np.ndarray) -> np.ndarray:
+        """Only the first out_idx.shape[1] ids of the rows for `segments` (the teacher's top-1 for a hard label),
+        decoded without touching the values."""
+        if not 1 <= out_idx.shape[1] <= self.k:
+            raise ValueError(f"asked for {out_idx.shape[1]} id columns of a top-{self.k} cache")
+        for arrays, dst in self._rows(segments, out_idx.shape[0]):
+            self.spec.codec.decode_ids(arrays, self.k, out_idx[dst])
+        return out_idx

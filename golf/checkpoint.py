@@ -8,6 +8,7 @@ import torch
 
 from golf.atomic import atomic_path, atomic_write_text
 from golf.config import Config
+from golf.dist import Ctx
 from golf.errors import GolfError
 from golf.model import GPT
 
@@ -84,3 +85,20 @@ def load_weights(model: GPT, state_dict: dict, source: str) -> GPT:
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> GPT:
     """A GPT of the checkpoint's own configuration with its weights loaded strictly (fp32)."""
     return load_weights(GPT(Config.from_dict(ckpt["config"])), ckpt["model"], source)
+
+
+def load_teacher(path: str, ctx: Ctx, vocab_size: int, tokenizer_sha256: str | None = None):
+    """(frozen teacher model on the device, its sha256, its config) from a checkpoint; refuses a teacher
+    trained with another tokenizer or vocabulary."""
+    ckpt = load_checkpoint(path)
+    if tokenizer_sha256 and ckpt.get("tokenizer_sha256") not in (None, tokenizer_sha256):
+        raise GolfError(f"teacher {path} was trained with another tokenizer (sha256 {ckpt['tokenizer_sha256'][:12]}, "
+                        f"TOKENIZER_PATH has {tokenizer_sha256[:12]}); use the matching tokenizer and data")
+    model = model_from_checkpoint(ckpt, f"teacher checkpoint {path}").to(ctx.device)
+    if model.cfg.vocab_size != vocab_size:
+        raise GolfError(f"teacher {path} has vocabulary {model.cfg.vocab_size}, the run has VOCAB_SIZE={vocab_size}; "
+                        "use a teacher trained on this tokenizer")
+    if ctx.autocast_dtype is not None:
+        model.apply_dtype_policy(ctx.autocast_dtype)
+    model.eval().requires_grad_(False)
+    return model, checkpoint_sha256(path), model.cfg

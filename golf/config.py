@@ -82,8 +82,10 @@ class Config:
     eval_batch_seqs: int = _f(32, "windows per sliding-eval batch per rank", "eval")
     compressor: str = _f("auto", "artifact compressor: auto (zstd if installed) | zstd | lzma", "eval")
     # --- distillation ------------------------------------------------------------------------------------
-    distill_cached: bool = _f(True, "teacher signal from a logit cache (1) or an online teacher (0)", "distill")
-    distill_soft: bool = _f(True, "soft KL on the teacher distribution (1) or teacher top-1 as label (0)", "distill")
+    distill_teacher: str = _f("cache", "teacher: cache (rows of LOGIT_CACHE) | online (TEACHER_PATH run in the step); "
+                              "the study's DISTILL_CACHED=1|0 means cache|online", "distill")
+    distill_target: str = _f("soft", "soft (KL to the teacher distribution at DISTILL_TEMP) | hard (teacher top-1 as the "
+                             "label); the study's DISTILL_SOFT=1|0 means soft|hard", "distill")
     distill_alpha: float = _f(0.5, "loss = (1-a) CE + a * teacher term", "distill")
     distill_temp: float = _f(2.0, "KL temperature T (the KL term is scaled by T^2)", "distill")
     distill_tail: str = _f("renorm", "top-K tail: renorm over the K entries | bucket (K+1-th rest-of-vocab bucket)", "distill")
@@ -106,12 +108,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, d):
+        """A config from `to_dict` output, also of older versions (their legacy fields mapped, unknown ones dropped)."""
+        d = dict(d)
+        for old, (new, values) in LEGACY_SETTINGS.items():
+            if old in d and new not in d:
+                d[new] = values[bool(d[old])]
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def lines(self):
         """The resolved configuration, one `name:value` per line, sorted."""
         return [f"{k}:{v}" for k, v in sorted(self.to_dict().items())]
+
+
+# The study's own variables, still read: each maps onto the setting that replaced it (a choice of more than
+# two values is one setting, not a pair of booleans). Old checkpoints and metrics files carry them too.
+LEGACY_SETTINGS = {
+    "distill_cached": ("distill_teacher", {True: "cache", False: "online"}),
+    "distill_soft": ("distill_target", {True: "soft", False: "hard"}),
+}
 
 
 # Presets set whole configurations. Demo presets read the demo data that `prepare_data.py --demo` writes.
@@ -204,6 +219,7 @@ def resolve_config(args: argparse.Namespace | None = None, env: dict | None = No
     if preset not in PRESETS:
         raise GolfError(f"{'--preset' if flag else 'PRESET'}={preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
     cfg = Config(**PRESETS[preset])
+    _apply_legacy_env(cfg, env)
     for f in fields(Config):
         typ = _field_type(f)
         raw = env.get(f.name.upper())
@@ -216,6 +232,21 @@ def resolve_config(args: argparse.Namespace | None = None, env: dict | None = No
     return cfg
 
 
+def _apply_legacy_env(cfg: Config, env):
+    """The study's variables (LEGACY_SETTINGS) at the environment's precedence; one that contradicts the setting
+    that replaced it, set beside it, is refused."""
+    for old, (new, values) in LEGACY_SETTINGS.items():
+        raw = env.get(old.upper())
+        if raw is None:
+            continue
+        value = values[_parse_value(bool, raw, old.upper())]
+        given = env.get(new.upper())
+        if given is not None and given != value:
+            raise GolfError(f"{old.upper()}={raw} means {new.upper()}={value}, but {new.upper()}={given} is set too; "
+                            f"unset {old.upper()}")
+        setattr(cfg, new, value)
+
+
 def validate(cfg: Config):
     """Catch inconsistent settings before any work starts."""
     if cfg.model_dim % cfg.num_heads:
@@ -224,8 +255,14 @@ def validate(cfg: Config):
         raise GolfError(f"NUM_HEADS={cfg.num_heads} is not divisible by NUM_KV_HEADS={cfg.num_kv_heads}")
     if (cfg.model_dim // cfg.num_heads) % 2:
         raise GolfError("head dim (MODEL_DIM / NUM_HEADS) must be even for RoPE")
-    if cfg.distill_tail not in ("renorm", "bucket"):
-        raise GolfError(f"DISTILL_TAIL={cfg.distill_tail!r}: use renorm or bucket")
+    # The registries are the one list of each choice; imported here because they import this module.
+    from golf.losses import MODES, TAILS
+    from golf.teachers import TEACHERS
+
+    for name, value, choices in (("DISTILL_TEACHER", cfg.distill_teacher, TEACHERS),
+                                 ("DISTILL_TARGET", cfg.distill_target, MODES), ("DISTILL_TAIL", cfg.distill_tail, TAILS)):
+        if value not in choices:
+            raise GolfError(f"{name}={value!r}: use one of {', '.join(choices)}")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from golf.config import Config
 from golf.errors import GolfError
 from golf.shards import load_shard
 
@@ -78,7 +79,35 @@ class Batch:
     x: torch.Tensor  # (rows, seq_len) int64 inputs
     y: torch.Tensor  # (rows, seq_len) int64 targets
     segments: list[Segment]  # where x.flatten() was read from
-    teacher: dict | None = None  # teacher tensors for this batch (filled by a teacher source)
+    teacher: object = None  # the teacher's golf.teachers.Signal for this batch, when a loader-side teacher gave one
+
+
+def grad_accum_steps(cfg: Config, world_size: int) -> int:
+    """The challenge's accumulation rule (8 // W, W must divide 8), generalised to MICRO_BATCHES; more ranks
+    than micro-batches (W a multiple of it) means one micro-batch per rank."""
+    if cfg.micro_batches % world_size == 0:
+        return cfg.micro_batches // world_size
+    if world_size % cfg.micro_batches == 0:
+        return 1
+    raise GolfError(f"MICRO_BATCHES={cfg.micro_batches} and the world size {world_size} do not divide each other; "
+                    "use a process count that divides it (or a multiple of it) or change MICRO_BATCHES")
+
+
+def local_tokens(global_tokens: int, seq_len: int, accum: int, world_size: int) -> int:
+    """Input tokens per rank per micro-batch."""
+    local = global_tokens // (world_size * accum)
+    if local <= 0 or local % seq_len:
+        raise GolfError(
+            f"TRAIN_BATCH_TOKENS={global_tokens} over {world_size} rank(s) x {accum} micro-batch(es) gives "
+            f"{local} tokens per micro-batch, not a positive multiple of TRAIN_SEQ_LEN={seq_len}; adjust them"
+        )
+    return local
+
+
+def tokens_read_per_batch(global_tokens: int, seq_len: int, accum: int, world_size: int) -> int:
+    """Stream tokens one `next_batch` takes, all ranks together: each rank's span is its inputs plus one last
+    target. The loader consumes exactly this, so it is also what a cache must cover per micro-batch."""
+    return world_size * (local_tokens(global_tokens, seq_len, accum, world_size) + 1)
 
 
 class DistributedTokenLoader:
@@ -86,19 +115,10 @@ class DistributedTokenLoader:
         self.stream = TokenStream(paths)
         self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
 
-    def local_tokens(self, global_tokens: int, seq_len: int, accum: int) -> int:
-        local = global_tokens // (self.world_size * accum)
-        if local <= 0 or local % seq_len:
-            raise GolfError(
-                f"TRAIN_BATCH_TOKENS={global_tokens} over {self.world_size} rank(s) x {accum} micro-batch(es) gives "
-                f"{local} tokens per micro-batch, not a positive multiple of TRAIN_SEQ_LEN={seq_len}; adjust them"
-            )
-        return local
-
     def next_batch(self, global_tokens: int, seq_len: int, accum: int) -> Batch:
-        local = self.local_tokens(global_tokens, seq_len, accum)
+        local = local_tokens(global_tokens, seq_len, accum, self.world_size)
         span = local + 1
-        chunk, segments = self.stream.take(self.world_size * span)
+        chunk, segments = self.stream.take(tokens_read_per_batch(global_tokens, seq_len, accum, self.world_size))
         if self.vocab_size is not None and int(chunk.max()) >= self.vocab_size:
             self._refuse_id(chunk, segments)
         start = self.rank * span

@@ -36,6 +36,17 @@ class Ctx:
             torch.cuda.synchronize(self.device)
 
 
+def compile_enabled(compile_setting: str, device: torch.device) -> bool:
+    """The one rule for torch.compile (COMPILE): on for CUDA under auto, always with 1, never with 0. On CPU a
+    cold compile costs 20+ s for a few percent (docs), hence off by default there."""
+    return compile_setting == "1" or (compile_setting == "auto" and device.type == "cuda")
+
+
+def maybe_compile(module, compile_setting: str, device: torch.device):
+    """`module` compiled with static shapes when `compile_enabled`, else `module` itself."""
+    return torch.compile(module, dynamic=False) if compile_enabled(compile_setting, device) else module
+
+
 def init_dist(device: str = "auto", dtype: str = "auto") -> Ctx:
     """Read torchrun's environment (or default to one process), pick the device and start the process group."""
     rank = int(os.environ.get("RANK", 0))

@@ -3,14 +3,13 @@
 The score is self-certifying: the int6 artifact is decompressed into a fresh model and evaluated, standard
 and sliding-window, and the challenge's lines are printed with the exact values.
 """
-import os
 import time
 
 import torch
 
 from golf.bundle import code_bytes
 from golf.config import Config
-from golf.dist import Ctx
+from golf.dist import Ctx, maybe_compile
 from golf.eval import eval_sliding, eval_val
 from golf.log import Logger
 from golf.model import GPT
@@ -47,8 +46,7 @@ def load_quantized_model(obj: dict, cfg: Config, device) -> GPT:
 def score(model: GPT, cfg: Config, ctx: Ctx, val_tokens, luts, log: Logger, label: str,
           progress: bool = True) -> dict:
     """Standard and sliding-window eval of `model`, logged as `final_<label>[_exact]` lines."""
-    use_compile = cfg.compile == "1" or (cfg.compile == "auto" and ctx.device.type == "cuda")
-    fwd = torch.compile(model, dynamic=False) if use_compile else model
+    fwd = maybe_compile(model, cfg.compile, ctx.device)
     ctx.sync()
     t = time.perf_counter()
     vl, vb = eval_val(fwd, val_tokens, luts, cfg.train_seq_len, cfg.val_batch_size, ctx, progress)

@@ -273,7 +273,7 @@ def cross_entropy(z, y):
     return -_GatherLogSoftmax.apply(z, y.long()[:, None], 1.0, 1, False)[0].mean()
 
 
-def topk_kl(z, idx, vals, temperature: float, tail: str = "renorm", seed_faithful_seq_len: int | None = None):
+def topk_kl(z, idx, vals, temperature: float, tail: str = "renorm"):
     """Per-token mean KL(p_T || q_T) between a cached top-K teacher and the student, at temperature T.
 
     idx, vals (..., K): the teacher's top-K token ids and log-probabilities at T = 1, K distinct ids per token.
@@ -295,13 +295,9 @@ def topk_kl(z, idx, vals, temperature: float, tail: str = "renorm", seed_faithfu
         be penalised and pushed to a smaller tail.) At T = 1 it is the exact KL between the two (K+1)-way
         coarse-grainings of p and q. The tail bucket gets a gradient only through the student's total tail
         mass; how that mass is spread inside the tail is left to the CE term.
-
-    seed_faithful_seq_len: None (correct). An int reproduces the study's defect D1, which divided this already
-    per-token mean by the sequence length again (2048 in the study); only for the seed-faithful ablation arm.
     """
     z, idx, vals = _flat(z, idx, vals)
-    kl = _topk_means(z, None, idx, vals, temperature, tail)[1]
-    return kl if seed_faithful_seq_len is None else kl / seed_faithful_seq_len
+    return _topk_means(z, None, idx, vals, temperature, tail)[1]
 
 
 def _full_mean(z, teacher_logits, temperature: float, logq=None):
@@ -318,38 +314,23 @@ def full_kl(z, teacher_logits, temperature: float):
     return _full_mean(z, teacher_logits, temperature)
 
 
-def distill_loss(
-    z,
-    y,
-    *,
-    alpha: float,
-    mode: str,
-    temperature: float = 1.0,
-    tail: str = "renorm",
-    idx=None,
-    vals=None,
-    teacher_top1=None,
-    teacher_logits=None,
-    seed_faithful_seq_len: int | None = None,
-):
-    """Distillation objective -> (loss, parts), parts holding detached per-token means for logging.
+def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "renorm", idx=None, vals=None,
+                  teacher_top1=None, teacher_logits=None):
+    """The two terms of a distillation objective, unmixed -> (ce, teacher_term, parts).
 
-    mode="soft": (1-a) CE(z, y) + a T^2 KL(p_T || q_T), parts {"ce", "kl"} (kl unscaled: no T^2, no a, no
-        seed-faithful division). The teacher is the cache (idx, vals; see `topk_kl` for `tail`) or, given
-        teacher_logits (..., V), an online teacher with the exact full-vocabulary KL.
-    mode="hard": (1-a) CE(z, y) + a CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1,
-        else idx[..., 0] of the cache, else the argmax of teacher_logits.
-    seed_faithful_seq_len: divide the soft KL term by it (the study's defect D1; see `topk_kl`).
-    The student's log-softmax is computed once and shared by CE and the teacher term whenever both are at the
-    same temperature (hard; soft at T = 1; the cached "bucket" tail at any T).
+    mode="soft": teacher_term = KL(p_T || q_T), a per-token mean, parts {"ce", "kl"}. The teacher is the cache
+        (idx, vals; see `topk_kl` for `tail`) or, given teacher_logits (..., V), an online teacher with the exact
+        full-vocabulary KL.
+    mode="hard": teacher_term = CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1, else
+        idx[..., 0] of the cache, else the argmax of teacher_logits.
+    parts are detached, for logging. The student's log-softmax is computed once and shared by CE and the teacher
+    term whenever both are at the same temperature (hard; soft at T = 1; the cached "bucket" tail at any T).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
     z, y, idx, vals, teacher_top1, teacher_logits = _flat(z, y, idx, vals, teacher_top1, teacher_logits)
 
     if mode == "hard":
-        if seed_faithful_seq_len is not None:
-            raise ValueError("seed_faithful_seq_len divides the soft KL term; the hard loss has none")
         if teacher_top1 is None:
             if idx is not None:
                 teacher_top1 = idx[:, 0]
@@ -359,7 +340,7 @@ def distill_loss(
                 raise ValueError("hard distillation needs teacher_top1, idx or teacher_logits")
         logq = _GatherLogSoftmax.apply(z, torch.stack([y.long(), teacher_top1.long()], -1), 1.0, 1, False)[0]
         ce, hard_ce = -logq[:, 0].mean(), -logq[:, 1].mean()
-        return (1 - alpha) * ce + alpha * hard_ce, {"ce": ce.detach(), "hard_ce": hard_ce.detach()}
+        return ce, hard_ce, {"ce": ce.detach(), "hard_ce": hard_ce.detach()}
 
     if idx is not None and vals is not None:
         ce, kl = _topk_means(z, y, idx, vals, temperature, tail)
@@ -369,6 +350,18 @@ def distill_loss(
         kl = _full_mean(z, teacher_logits, temperature, logq)
     else:
         raise ValueError("soft distillation needs idx and vals (cache) or teacher_logits (online teacher)")
-    kl_term = kl if seed_faithful_seq_len is None else kl / seed_faithful_seq_len
-    loss = (1 - alpha) * ce + alpha * temperature**2 * kl_term
-    return loss, {"ce": ce.detach(), "kl": kl.detach()}
+    return ce, kl, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+def mix(ce, teacher_term, *, alpha: float, mode: str, temperature: float = 1.0):
+    """(1-a) CE + a w teacher_term, with w = T^2 for the soft KL (Hinton's gradient-scale correction), 1 for hard."""
+    weight = temperature**2 if mode == "soft" else 1.0
+    return (1 - alpha) * ce + alpha * weight * teacher_term
+
+
+def distill_loss(z, y, *, alpha: float, mode: str, temperature: float = 1.0, **teacher):
+    """Distillation objective -> (loss, parts): `mix` of `distill_terms` (same arguments: tail, idx, vals,
+    teacher_top1, teacher_logits). Soft: (1-a) CE(z, y) + a T^2 KL(p_T || q_T); hard: (1-a) CE(z, y) + a CE(z,
+    teacher label); parts hold the unscaled per-token means."""
+    ce, term, parts = distill_terms(z, y, mode=mode, temperature=temperature, **teacher)
+    return mix(ce, term, alpha=alpha, mode=mode, temperature=temperature), parts

@@ -30,6 +30,7 @@ from golf.atomic import atomic_path, atomic_write_text
 from golf.bundle import LOCAL_FIELDS
 from golf.config import Config
 from golf.errors import GolfError, cli_main
+from golf.objectives import describe_arm
 
 MAIN_SEED = Config().seed  # the seed of the main arms (1337, as in the study)
 IGNORED_FIELDS = LOCAL_FIELDS + ("checkpoint_every",)  # where a run writes, not what it is
@@ -78,7 +79,7 @@ def overhead_pct(step_ms: float, base_step_ms: float) -> float:
 
 
 @dataclass
-class Run:
+class RunRecord:
     """One run's metrics file, digested."""
 
     name: str
@@ -147,14 +148,17 @@ def read_events(path: str) -> list[dict]:
     return events
 
 
-def parse_run(jsonl_path: str) -> Run:
-    """A Run from a metrics file `<folder>/<name>.jsonl`."""
+def parse_run(jsonl_path: str) -> RunRecord:
+    """A RunRecord from a metrics file `<folder>/<name>.jsonl`."""
     folder, base = os.path.split(jsonl_path)
-    run = Run(name=base.removesuffix(".jsonl"), folder=folder or ".")
+    run = RunRecord(name=base.removesuffix(".jsonl"), folder=folder or ".")
     for e in read_events(jsonl_path):
         kind = e.get("event")
         if kind == "config":
-            run.script, run.config, run.world_size = e.get("script", ""), e.get("config", {}), e.get("world_size", 1)
+            # Through Config, so metrics files of older versions (the study's DISTILL_CACHED / DISTILL_SOFT fields)
+            # compare and describe like new ones.
+            run.script, run.world_size = e.get("script", ""), e.get("world_size", 1)
+            run.config = Config.from_dict(e.get("config", {})).to_dict()
         elif kind == "val":
             run.vals.append(e)
         elif kind == "train":
@@ -168,13 +172,13 @@ def parse_run(jsonl_path: str) -> Run:
     return run
 
 
-def load_run(folder: str) -> Run | None:
+def load_run(folder: str) -> RunRecord | None:
     """The run in `folder` (its metrics file is `<folder>/<folder name>.jsonl`), or None if there is none."""
     path = os.path.join(folder, os.path.basename(os.path.normpath(folder)) + ".jsonl")
     return parse_run(path) if os.path.isfile(path) else None
 
 
-def load_study(root: str) -> list[Run]:
+def load_study(root: str) -> list[RunRecord]:
     """Every run directly under `root` that got as far as logging its configuration, by folder name."""
     if not os.path.isdir(root):
         raise GolfError(f"{root} is not a folder; pass the study folder run.sh wrote (e.g. runs/demo)")
@@ -209,7 +213,7 @@ def _key(config: dict, drop: tuple) -> str:
     return json.dumps({k: v for k, v in sorted(config.items()) if k not in drop})
 
 
-def _seed_key(run: Run) -> str:
+def _seed_key(run: RunRecord) -> str:
     """Equal for runs of the same script that differ only in SEED."""
     return run.script + _key(run.config, IGNORED_FIELDS + ("seed",))
 
@@ -222,24 +226,18 @@ def teacher_label(path: str) -> str:
     return name
 
 
-def describe(run: Run) -> dict:
-    """teacher, mode, alpha, T and tail of a run, from its configuration."""
-    c = run.config
+def describe(run: RunRecord) -> dict:
+    """teacher, mode, alpha, T and tail of a run, from its configuration (golf.objectives.describe_arm)."""
     if run.script != "distill.py":
         return {"teacher": "–", "mode": "teacher" if run.is_teacher else "CE", "alpha": 0.0, "temp": None,
                 "tail": "–", "faithful": False}
-    if not c.get("distill_cached", True):
-        mode, source = "online", c.get("teacher_path", "")
-    else:
-        mode, source = ("soft" if c.get("distill_soft", True) else "hard"), c.get("logit_cache", "")
-    soft = mode != "hard"
-    return {"teacher": teacher_label(source) if source else "?", "mode": mode, "alpha": c.get("distill_alpha"),
-            "temp": c.get("distill_temp") if soft else None,
-            "tail": c.get("distill_tail") if mode == "soft" else "–",
-            "faithful": bool(c.get("distill_seed_faithful"))}
+    d = describe_arm(Config.from_dict(run.config))
+    mode = d["target"] if d["teacher"] == "cache" else d["teacher"] + ("" if d["target"] == "soft" else " hard")
+    return {"teacher": teacher_label(d["source"]) if d["source"] != "-" else "?", "mode": mode, "alpha": d["alpha"],
+            "temp": d["temp"], "tail": d["tail"] or "–", "faithful": d["seed_faithful"]}
 
 
-def reference_baseline(run: Run, runs: list[Run]) -> Run | None:
+def reference_baseline(run: RunRecord, runs: list[RunRecord]) -> RunRecord | None:
     """The complete train_gpt.py run that equals `run` apart from the distillation settings."""
     key = _key(run.config, IGNORED_FIELDS + DISTILL_FIELDS)
     for r in runs:
@@ -248,22 +246,22 @@ def reference_baseline(run: Run, runs: list[Run]) -> Run | None:
     return None
 
 
-def seed_groups(runs: list[Run]) -> list[list[Run]]:
+def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
     """Complete student runs grouped by configuration apart from SEED; groups of two or more seeds, each
     sorted by seed."""
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[RunRecord]] = {}
     for r in runs:
         if r.done and not r.is_teacher:
             groups.setdefault(_seed_key(r), []).append(r)
     return [sorted(g, key=lambda r: r.seed) for g in groups.values() if len({r.seed for r in g}) >= 2]
 
 
-def group_name(group: list[Run]) -> str:
+def group_name(group: list[RunRecord]) -> str:
     """The name of the group's main-seed member (the arm the seeds replicate), else of its first run."""
     return next((r.name for r in group if r.seed == MAIN_SEED), group[0].name)
 
 
-def paired_comparisons(groups: list[list[Run]]) -> list[dict]:
+def paired_comparisons(groups: list[list[RunRecord]]) -> list[dict]:
     """Every non-baseline seed group against the baseline group that differs from it only in the
     distillation settings, paired by seed."""
     drop = IGNORED_FIELDS + DISTILL_FIELDS + ("seed",)
@@ -284,13 +282,13 @@ def paired_comparisons(groups: list[list[Run]]) -> list[dict]:
     return out
 
 
-def main_budget(runs: list[Run]) -> tuple | None:
+def main_budget(runs: list[RunRecord]) -> tuple | None:
     """The budget most student runs share: the study's "600 s" (longer ones are the extended runs)."""
     budgets = Counter(r.budget for r in runs if not r.is_teacher)
     return min(budgets, key=lambda b: (-budgets[b], b)) if budgets else None
 
 
-def best_arm(runs: list[Run]) -> Run | None:
+def best_arm(runs: list[RunRecord]) -> RunRecord | None:
     """The complete, under-cap student run with the lowest sliding val_bpb at the main budget."""
     budget = main_budget(runs)
     ok = [r for r in runs if r.done and not r.is_teacher and r.budget == budget
@@ -298,7 +296,7 @@ def best_arm(runs: list[Run]) -> Run | None:
     return min(ok, key=lambda r: r.final["sliding_val_bpb"], default=None)
 
 
-def arm_rows(runs: list[Run]) -> list[dict]:
+def arm_rows(runs: list[RunRecord]) -> list[dict]:
     """One row per student run: what it is, what it measured, and Δ/overhead against its baseline."""
     rows = []
     for r in runs:
@@ -348,7 +346,7 @@ def _mode_label(row: dict) -> str:
     return row["mode"] + (" (seed-faithful)" if row["faithful"] else "")
 
 
-def markdown(root: str, runs: list[Run], rows: list[dict], plots: list[str]) -> str:
+def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str]) -> str:
     """RESULTS.md: the arms table, teachers, seed statistics, unfinished runs and the plots."""
     stride = next((r.config.get("eval_stride") for r in runs if r.config), "?")
     out = [f"# Results: {root}", "",
@@ -417,7 +415,7 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def representatives(runs: list[Run]) -> list[Run]:
+def representatives(runs: list[RunRecord]) -> list[RunRecord]:
     """Student runs, one per seed group (its main-seed member): the curves and bars to draw."""
     seen, out = set(), []
     for r in sorted((r for r in runs if not r.is_teacher), key=lambda r: (r.seed != MAIN_SEED, r.seed)):
@@ -433,7 +431,7 @@ def _save(fig, path: str):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def write_plots(root: str, runs: list[Run], rows: list[dict]) -> list[str]:
+def write_plots(root: str, runs: list[RunRecord], rows: list[dict]) -> list[str]:
     """val_bpb against step and against training time, the alpha sweep, and step time per arm (PNG)."""
     import matplotlib
 

@@ -16,7 +16,7 @@ from golf.log import Logger
 from golf.model import GPT
 from golf.shards import list_shards, read_header
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
-from golf.train import grad_accum_steps
+from golf.data import grad_accum_steps
 
 
 @dataclass

@@ -19,13 +19,13 @@ from golf.checkpoint import load_checkpoint
 from golf.config import Config
 from golf.errors import GolfError
 from golf.export import export_artifact
-from golf.results import Run, describe, group_name, load_study, mean_std, parse_run, seed_groups
+from golf.results import RunRecord, describe, group_name, load_study, mean_std, parse_run, seed_groups
 
 ARTIFACT_NAME = "final_model.int6.ptz"
 SCRIPT_NAME = "train_gpt.py"
 
 
-def find_run(checkpoint_path: str, cfg: Config) -> Run:
+def find_run(checkpoint_path: str, cfg: Config) -> RunRecord:
     """The complete run that wrote the checkpoint: its metrics file `<LOG_DIR>/<RUN_ID>.jsonl` (as logged, i.e.
     relative to where the run started) or, failing that, beside the checkpoint."""
     candidates = [os.path.join(cfg.log_dir, cfg.run_id + ".jsonl"),
@@ -42,7 +42,7 @@ def find_run(checkpoint_path: str, cfg: Config) -> Run:
     return run
 
 
-def seed_runs(run: Run) -> list[Run]:
+def seed_runs(run: RunRecord) -> list[RunRecord]:
     """The run and its seed replicas (runs beside it that differ only in SEED), one per seed, by seed."""
     study = load_study(os.path.dirname(os.path.abspath(run.folder)))
     group = next((g for g in seed_groups(study) if run.name in {r.name for r in g}), [])
@@ -51,7 +51,7 @@ def seed_runs(run: Run) -> list[Run]:
     return [by_seed[s] for s in sorted(by_seed)]
 
 
-def hardware(run: Run) -> str:
+def hardware(run: RunRecord) -> str:
     """"<world size>x <device>", from the run's text log (`script:... device:NAME` and `device:TYPE ...`)."""
     name, kind = "", ""
     if os.path.isfile(run.txt_path):
@@ -71,7 +71,7 @@ def _same_bytes(a: str, b: str) -> bool:
         return fa.read() == fb.read()
 
 
-def _scored_artifact(run: Run, checkpoint_path: str) -> str | None:
+def _scored_artifact(run: RunRecord, checkpoint_path: str) -> str | None:
     """The artifact file the run scored, if it is still there."""
     logged = run.artifact.get("path", "")
     for p in (logged, os.path.join(os.path.dirname(checkpoint_path), os.path.basename(logged))):
@@ -80,14 +80,14 @@ def _scored_artifact(run: Run, checkpoint_path: str) -> str | None:
     return None
 
 
-def _seed_result(r: Run, code_bytes: int) -> dict:
+def _seed_result(r: RunRecord, code_bytes: int) -> dict:
     return {"val_loss": r.final["sliding_val_loss"], "val_bpb": r.final["sliding_val_bpb"],
             "roundtrip_val_bpb": r.final["val_bpb"], "steps": r.steps, "ms_per_step": round(r.step_ms, 2),
             "training_seconds": round(r.train_end["train_ms"] / 1000, 1), "bytes_model": r.artifact["model_bytes"],
             "bytes_total": r.artifact["model_bytes"] + code_bytes}
 
 
-def _readme(info: dict, run: Run, seeds: list[Run], settings: dict, command: str) -> str:
+def _readme(info: dict, run: RunRecord, seeds: list[RunRecord], settings: dict, command: str) -> str:
     d = describe(run)
     what = ("the baseline (cross-entropy only)" if d["mode"] == "CE" else
             f"{d['mode']} distillation{' (seed-faithful)' if d['faithful'] else ''} from teacher `{d['teacher']}`, "

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import golf.cache as cache
-from golf.cache import CacheReader, CacheSpec, CacheWriter, decode_packed, encode_packed, packed_row_bytes
+from golf.cache import CacheReader, CacheSpec, CacheWriter
+from golf.codecs import GAP_STEP, MASS_STEP, PACKED_GRIDS, decode_packed, encode_packed, packed_row_bytes
 from golf.data import DistributedTokenLoader
 from golf.errors import GolfError
 from golf.shards import load_shard, shard_fingerprint, write_shard
@@ -453,81 +454,7 @@ def test_disk_space_check(tmp_path, shards, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Packed encoding
-
-
-def topk_logprobs(logits, k):
-    """Top-k log_softmax in float64, sorted descending (what the teacher stores)."""
-    lp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    idx = np.argsort(-lp, axis=1, kind="stable")[:, :k]
-    return idx, np.take_along_axis(lp, idx, axis=1)
-
-
-def kl_renormalised(a, b):
-    """Per-row KL(p_a || p_b) between the top-K distributions renormalised over the K entries (float64)."""
-    la = a - np.logaddexp.reduce(a, axis=1, keepdims=True)
-    lb = b - np.logaddexp.reduce(b, axis=1, keepdims=True)
-    return (np.exp(la) * (la - lb)).sum(axis=1)
-
-
-def test_packed_ids_follow_the_documented_bit_layout():
-    rng = np.random.default_rng(1)
-    for k in (32, 5, 1):
-        idx = rng.integers(0, 1024, (50, k))
-        idx[0] = 1023
-        idx[1] = 0
-        packed = encode_packed(idx, np.zeros((50, k)) - np.arange(k))
-        assert packed.dtype == np.uint8 and packed.shape == (50, packed_row_bytes(k))
-        for row in range(50):  # brute force: a little-endian bit stream of 10-bit ids
-            stream = int.from_bytes(packed[row, : 5 * -(-k // 4)].tobytes(), "little")
-            assert [(stream >> (10 * j)) & 1023 for j in range(k)] == list(idx[row])
-        np.testing.assert_array_equal(decode_packed(packed, k)[0], idx)
-    assert packed_row_bytes(32) == 72
-
-
-@pytest.mark.parametrize("case", ["N(0,3^2)", "peaked", "flat"])
-def test_packed_distortion_is_small(case):
-    rng = np.random.default_rng(2)
-    n = 3000
-    logits = rng.normal(0, {"N(0,3^2)": 3.0, "peaked": 3.0, "flat": 1.0}[case], (n, 1024))
-    if case == "peaked":
-        logits[np.arange(n), rng.integers(0, 1024, n)] += rng.uniform(5, 25, n)
-    idx, v = topk_logprobs(logits, 32)
-    v16 = v.astype(np.float16).astype(np.float64)  # what the fp16 cache holds
-    got_idx, got = decode_packed(encode_packed(idx, v.astype(np.float32)), 32)
-    np.testing.assert_array_equal(got_idx, idx)
-    kl = kl_renormalised(v16, got.astype(np.float64))
-    assert kl.mean() <= 1e-3
-    # Every gap is within 1/32 nat of the truth, so Hoeffding's lemma bounds each row: (1/16)^2 / 8.
-    kl_exact = kl_renormalised(v, got.astype(np.float64))
-    assert kl_exact.max() <= cache.GAP_STEP**2 / 8 + 1e-6
-    gaps, got_gaps = v[:, :1] - v, (got[:, :1] - got).astype(np.float64)
-    gap_ok = gaps < 255 * cache.GAP_STEP  # larger gaps (p_k / p_0 < 1.2e-7) are clamped to the last step
-    assert np.abs(gaps - got_gaps)[gap_ok].max() <= cache.GAP_STEP / 2 + 1e-5
-    assert (got_gaps[~gap_ok] == np.float32(255 * cache.GAP_STEP)).all()
-    assert case != "peaked" or (~gap_ok).mean() > 0.1  # the peaked case does exercise the clamp
-
-    # The top-K mass m (so the tail bucket 1 - m) keeps its log-odds log((1 - m) / m) within half a step;
-    # a tail below 1.1e-7 of m is clamped to that.
-    def log_odds(x):
-        log_m = np.logaddexp.reduce(x, axis=1)
-        return np.log(-np.expm1(log_m)) - log_m
-
-    odds, got_odds = log_odds(v), log_odds(got.astype(np.float64))
-    odds_ok = odds > cache.MASS_LO
-    assert np.abs(odds - got_odds)[odds_ok].max() <= cache.MASS_STEP / 2 + 1e-3
-    np.testing.assert_allclose(got_odds[~odds_ok], cache.MASS_LO, atol=1e-3)
-    # Hence each value is off by at most half a mass step plus a gap step (via v_0 and via d_k).
-    assert np.abs(v - got)[odds_ok[:, None] & gap_ok].max() <= cache.MASS_STEP / 2 + cache.GAP_STEP
-
-
-def test_packed_extremes_stay_finite():
-    idx = np.tile(np.arange(4), (3, 1))
-    vals = np.array([[0.0, -30, -40, -50], [-1e-9, -25, -26, -27], [-6.9, -6.91, -6.92, -6.93]])
-    got = decode_packed(encode_packed(idx, vals), 4)[1]
-    assert np.isfinite(got).all() and (got <= 0).all() and (np.diff(got, axis=1) <= 0).all()
-    np.testing.assert_allclose(got[:2, 0], vals[:2, 0], atol=1e-6)  # m ~ 1: top-1 ~ 0 is kept
-    np.testing.assert_allclose(got[2], vals[2], atol=cache.MASS_STEP / 2 + cache.GAP_STEP)  # a 99.6% tail
+# Packed encoding in storage (the codec itself: tests/test_codecs.py)
 
 
 def test_packed_cache_reads_back_decoded(tmp_path, shards):
@@ -536,7 +463,7 @@ def test_packed_cache_reads_back_decoded(tmp_path, shards):
     pk = np.load(out / "fineweb_train_000000.pk.npy", mmap_mode="r")
     assert pk.dtype == np.uint8 and pk.shape == (SIZES[0], packed_row_bytes(K))
     assert not (out / "fineweb_train_000000.idx.npy").exists()
-    assert json.loads((out / "manifest.json").read_text())["packed"] == cache.PACKED_GRIDS
+    assert json.loads((out / "manifest.json").read_text())["packed"] == PACKED_GRIDS
 
     r = CacheReader(out, shards)
     segments = [(0, 40, 10), (1, 0, 37), (2, 0, 1)]
@@ -545,7 +472,7 @@ def test_packed_cache_reads_back_decoded(tmp_path, shards):
     np.testing.assert_array_equal(idx, np.concatenate([want[s][0][o : o + n] for s, o, n in segments]))
     np.testing.assert_array_equal(vals, np.concatenate([want[s][1][o : o + n] for s, o, n in segments]))
     exact = np.concatenate([rows(s, SIZES[s])[1][o : o + n] for s, o, n in segments])
-    np.testing.assert_allclose(vals, exact, atol=cache.MASS_STEP / 2 + cache.GAP_STEP)
+    np.testing.assert_allclose(vals, exact, atol=MASS_STEP / 2 + GAP_STEP)
 
 
 def test_packed_needs_a_small_vocabulary():
@@ -553,3 +480,18 @@ def test_packed_needs_a_small_vocabulary():
         spec(encoding="packed", vocab_size=2048)
     with pytest.raises(GolfError, match="K=2000 must lie in"):
         spec(k=2000)
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "packed"])
+def test_gather_ids_reads_the_first_columns_alone(tmp_path, shards, encoding):
+    """What a hard label reads: the first ids of the rows, equal to those of the full gather, across shards."""
+    out = tmp_path / "cache"
+    write_all(out, shards, spec(encoding=encoding))
+    r = CacheReader(out, shards)
+    segments = [(0, SIZES[0] - 5, 5), (1, 0, SIZES[1]), (2, 3, 4)]
+    idx, _ = r.gather(segments)
+    for c in (1, 2, K):
+        ids = r.gather_ids(segments, np.full((len(idx), c), -1, dtype=np.int16))
+        np.testing.assert_array_equal(ids, idx[:, :c])
+    with pytest.raises(ValueError, match="asked for"):
+        r.gather_ids(segments, np.empty((len(idx), K + 1), dtype=np.int16))

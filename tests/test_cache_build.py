@@ -23,9 +23,8 @@ import torch
 
 from golf.cache import CacheReader, CacheSpec, CacheWriter
 from golf.cache_build import build_cache, plan_windows, teacher_topk, verify_cache
-from golf.checkpoint import save_checkpoint
+from golf.checkpoint import load_teacher, save_checkpoint
 from golf.config import PRESETS, Config
-from golf.distill import load_teacher
 from golf.errors import GolfError
 from golf.model import GPT
 from golf.shards import load_shard, write_shard

@@ -5,6 +5,7 @@ refusals of a cache that does not fit the run.
 Run: python -m pytest tests/test_distill.py -q
 This file is also the worker of the 2-process alignment runs: `torchrun tests/test_distill.py OUT DATA TOK CACHE`.
 """
+import dataclasses
 import os
 import re
 import sys
@@ -14,17 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from golf.cache import CacheReader, CacheSpec, CacheWriter
+from golf.cache import CacheSpec, CacheWriter
 from golf.checkpoint import checkpoint_sha256, save_checkpoint
 from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx, cleanup, init_dist
-from golf.distill import CachedTeacher, DistillObjective
+from golf.objectives import CrossEntropyObjective, DistillObjective, build_objective, distill_objective
 from golf.log import Logger
 from golf.model import GPT
 from golf.shards import load_shard, write_shard
 from golf.tokenizer import file_sha256
-from golf.train import CrossEntropyObjective, train
+from golf.teachers import OnlineTeacher, Top1, TopK
+from golf.train import train
 from helpers import cpu_ctx, dataset_env, make_config, run_inputs, run_script
 
 # Small train shards of random tokens, so a few steps cross every shard boundary and the wrap-around.
@@ -34,7 +36,7 @@ K = 4
 # gives whole sequences per micro-batch for 1 and 2 processes (accumulation 2/1, 4/2, 6/3).
 SETTINGS = [
     dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=8),
-    dict(train_batch_tokens=1536, train_seq_len=32, micro_batches=4, iterations=3, distill_soft=False),
+    dict(train_batch_tokens=1536, train_seq_len=32, micro_batches=4, iterations=3, distill_target="hard"),
     dict(train_batch_tokens=576, train_seq_len=48, micro_batches=6, iterations=7),
 ]
 SEED_FAITHFUL = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=13, distill_seed_faithful=True)
@@ -72,9 +74,9 @@ def write_position_cache(out: str, files: list[str]):
     return stream, starts
 
 
-def decode_positions(teacher: dict, starts) -> np.ndarray:
-    idx = teacher["idx"].long().numpy()
-    np.testing.assert_array_equal(teacher["vals"].float().numpy(), np.broadcast_to(-np.arange(1.0, K + 1), idx.shape))
+def decode_positions(teacher: TopK, starts) -> np.ndarray:
+    idx = teacher.ids.long().numpy()
+    np.testing.assert_array_equal(teacher.logprobs.float().numpy(), np.broadcast_to(-np.arange(1.0, K + 1), idx.shape))
     return starts[idx[:, 1]] + idx[:, 2] * 1024 + idx[:, 3]
 
 
@@ -101,27 +103,27 @@ def pos_data(tiny_dataset, tmp_path_factory):
 
 
 class Recorder:
-    """The distillation objective, plus a copy of what each micro-batch delivered to it (as on the device)."""
+    """A distillation objective, plus a copy of what each micro-batch delivered to it (as on the device)."""
 
-    def __init__(self, cfg: Config, online_teacher=None):
-        self.inner = DistillObjective(cfg, online_teacher)
-        self.parts = self.inner.parts
+    def __init__(self, inner):
+        self.inner = inner
+        self.parts, self.teacher = inner.parts, inner.teacher
         self.calls = []
 
     def __call__(self, model, batch):
-        teacher = {k: v.cpu().clone() for k, v in batch.teacher.items()} if batch.teacher else None
+        teacher = batch.teacher.apply(lambda t: t.cpu().clone()) if batch.teacher is not None else None
         self.calls.append((batch.x.cpu().clone(), batch.y.cpu().clone(), teacher))
         return self.inner(model, batch)
 
 
 def recorded_train(cfg: Config, ctx: Ctx, cache: str):
-    """train() with the cached teacher of `cache`; returns (TrainResult, recorded calls)."""
+    """train() with the cached teacher of `cache`, built as distill.py builds it (seed-faithful wrapper included);
+    returns (TrainResult, recorded calls)."""
     files, val, luts = run_inputs(cfg)
-    source = CachedTeacher(CacheReader(cache, files, vocab_size=cfg.vocab_size), soft=cfg.distill_soft,
-                           seed_faithful=cfg.distill_seed_faithful)
-    rec = Recorder(cfg)
-    result = train(cfg, ctx, Logger(cfg.log_dir, cfg.run_id, enabled=ctx.is_master), files, val, luts,
-                   objective=rec, teacher_source=source)
+    cfg = dataclasses.replace(cfg, logit_cache=cache, distill_teacher="cache")
+    run = types.SimpleNamespace(train_files=files, ctx=ctx, tokenizer_sha256=None)
+    rec = Recorder(build_objective(cfg, run))
+    result = train(cfg, ctx, Logger(cfg.log_dir, cfg.run_id, enabled=ctx.is_master), files, val, luts, objective=rec)
     return result, rec.calls
 
 
@@ -153,12 +155,12 @@ def check_alignment(calls, cfg: Config, world: int, rank: int, pos):
         assert x.shape == (local // cfg.train_seq_len, cfg.train_seq_len)
         np.testing.assert_array_equal(x.flatten().numpy(), pos.stream[p])
         np.testing.assert_array_equal(y.flatten().numpy(), pos.stream[(p + 1) % total])
-        if cfg.distill_soft:
+        if cfg.distill_target == "soft":
             np.testing.assert_array_equal(decode_positions(teacher, pos.starts), p)
-            np.testing.assert_array_equal(teacher["idx"][:, 0].long(), y.flatten())
+            np.testing.assert_array_equal(teacher.ids[:, 0].long(), y.flatten())
         else:
-            assert set(teacher) == {"top1"}
-            np.testing.assert_array_equal(teacher["top1"].long(), y.flatten())  # the hard label is y
+            assert isinstance(teacher, Top1)  # column 0 alone
+            np.testing.assert_array_equal(teacher.ids.long(), y.flatten())  # the hard label is y
 
 
 def check_seed_faithful(calls, cfg: Config, world: int, rank: int, pos):
@@ -204,10 +206,10 @@ def test_cached_rows_are_the_tokens_rows_two_processes(pos_data, tmp_path):
     for i, s in enumerate(SETTINGS):
         cfg = pos_config(pos_data, "", **s)
         for rank in (0, 1):
-            check_alignment(torch.load(tmp_path / f"calls{i}_rank{rank}.pt"), cfg, 2, rank, pos_data)
+            check_alignment(torch.load(tmp_path / f"calls{i}_rank{rank}.pt", weights_only=False), cfg, 2, rank, pos_data)
     cfg = pos_config(pos_data, "", **SEED_FAITHFUL)
     for rank in (0, 1):
-        check_seed_faithful(torch.load(tmp_path / f"calls_sf_rank{rank}.pt"), cfg, 2, rank, pos_data)
+        check_seed_faithful(torch.load(tmp_path / f"calls_sf_rank{rank}.pt", weights_only=False), cfg, 2, rank, pos_data)
 
 
 def _worker(out: str, data_path: str, tokenizer_path: str, cache: str):
@@ -238,9 +240,9 @@ def test_warmup_with_distillation_then_restore(pos_data, tmp_path, seed_faithful
                                 pos_data.cache)
     # The warm-up called the distillation objective with teacher rows, on batches the real run reads again.
     assert len(calls_a) == (4 + 4) * 2 and len(calls_b) == 4 * 2
-    assert all(t is not None and set(t) == {"idx", "vals"} for _, _, t in calls_a)
+    assert all(isinstance(t, TopK) for _, _, t in calls_a)
     for (xa, _, ta), (xb, _, tb) in zip(calls_a[8:], calls_b):
-        assert torch.equal(xa, xb) and torch.equal(ta["idx"], tb["idx"])
+        assert torch.equal(xa, xb) and torch.equal(ta.ids, tb.ids)
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
     # Not vacuous: the warm-up read rows past the first ones, and the timed run starts again from row 0.
@@ -262,6 +264,10 @@ def random_teacher(cfg: Config, seed: int) -> GPT:
     return model.eval().requires_grad_(False)
 
 
+def online_objective(cfg: Config, model) -> DistillObjective:
+    return distill_objective(cfg, OnlineTeacher(model, "", "", "0", torch.device("cpu")))
+
+
 def _grads(objective, model, batch):
     model.zero_grad(set_to_none=True)
     objective(model, batch)[0].backward()
@@ -270,14 +276,14 @@ def _grads(objective, model, batch):
 
 @pytest.mark.parametrize("soft", [True, False])
 def test_online_teacher_is_in_the_loss_and_gradient(tiny_dataset, tmp_path, soft):
-    cfg = make_config(tiny_dataset, str(tmp_path), distill_cached=False, distill_soft=soft, distill_alpha=0.4,
-                      distill_temp=2.0)
+    cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="online", distill_target="soft" if soft else "hard",
+                      distill_alpha=0.4, distill_temp=2.0)
     batch = DistributedTokenLoader(tiny_dataset.train_files, 0, 1).next_batch(256, 64, 1)
     student = random_teacher(cfg, 0).train().requires_grad_(True)
     t1, t2 = random_teacher(cfg, 1), random_teacher(cfg, 2)
 
     # The loss equals a float64 reference computed from the teacher's own logits.
-    loss, parts = DistillObjective(cfg, online_teacher=t1)(student, batch)
+    loss, parts = online_objective(cfg, t1)(student, batch)
     with torch.no_grad():
         z, tz = student(batch.x).double().flatten(0, 1), t1(batch.x).double().flatten(0, 1)
     y, a, T = batch.y.flatten(), cfg.distill_alpha, cfg.distill_temp
@@ -291,10 +297,9 @@ def test_online_teacher_is_in_the_loss_and_gradient(tiny_dataset, tmp_path, soft
     torch.testing.assert_close(parts["ce"].double(), ce, rtol=1e-5, atol=1e-6)
 
     # Two teachers give two gradients; and both differ from cross-entropy alone.
-    g1 = _grads(DistillObjective(cfg, online_teacher=t1), student, batch)
-    g2 = _grads(DistillObjective(cfg, online_teacher=t2), student, batch)
-    cfg0 = make_config(tiny_dataset, str(tmp_path), distill_cached=False, distill_soft=soft, distill_alpha=0.0)
-    g0 = _grads(DistillObjective(cfg0, online_teacher=t1), student, batch)
+    g1 = _grads(online_objective(cfg, t1), student, batch)
+    g2 = _grads(online_objective(cfg, t2), student, batch)
+    g0 = _grads(online_objective(dataclasses.replace(cfg, distill_alpha=0.0), t1), student, batch)
     g_ce = _grads(CrossEntropyObjective(), student, batch)
     torch.testing.assert_close(g0, g_ce)  # alpha = 0 is exactly cross-entropy
     for g in (g1, g2):
@@ -327,10 +332,10 @@ def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, 
     (tmp_path / "online").mkdir()
     base = run_script(["train_gpt.py"], env, cwd=str(tmp_path / "base"))
     assert base.returncode == 0, base.stderr[-3000:]
-    online = run_script(["distill.py"], {**env, "DISTILL_CACHED": 0, "TEACHER_PATH": teacher_ckpt,
+    online = run_script(["distill.py"], {**env, "DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt,
                                          "DISTILL_ALPHA": 0.5}, cwd=str(tmp_path / "online"))
     assert online.returncode == 0, online.stderr[-3000:]
-    assert "distill:arm mode:online_soft" in online.stdout
+    assert "distill:arm teacher:online target:soft" in online.stdout
     b, o = _step1(base.stdout), _step1(online.stdout)
     assert o["ce"] == b["train_loss"] == b["ce"]
     assert abs(float(o["train_loss"]) - float(b["train_loss"])) > 1e-2, (o, b)
@@ -373,7 +378,7 @@ PAST_CACHE = {"ITERATIONS": 5, "TRAIN_BATCH_TOKENS": 4096, "WARMUP_STEPS": 1}
 @pytest.mark.parametrize("case", ["unset", "missing", "other_teacher", "vocab", "past_cache"])
 def test_distill_refuses_a_cache_that_does_not_fit(tiny_dataset, tmp_path, teacher_ckpt, caches, case):
     env, expect = {
-        "unset": ({}, "DISTILL_CACHED=1 needs LOGIT_CACHE"),
+        "unset": ({}, "DISTILL_TEACHER=cache needs LOGIT_CACHE"),
         "missing": ({"LOGIT_CACHE": str(tmp_path / "nope")}, "not found"),
         "other_teacher": ({"LOGIT_CACHE": caches.other_teacher, "TEACHER_PATH": teacher_ckpt}, "teacher_sha256 bbbb"),
         "vocab": ({"LOGIT_CACHE": caches.vocab}, "vocab_size 2048 in the cache != 1024"),

@@ -174,19 +174,6 @@ def test_one_hot_teacher_at_t1_is_cross_entropy(tail):
         assert_close_rel(grad, g_ce, 1e-5)
 
 
-def test_seed_faithful_divides_the_kl_term_exactly():
-    z, y, _, idx, vals = make_case(64, 256, 16, seed=6)
-    kl = topk_kl(z, idx, vals, 2.0)
-    assert torch.equal(topk_kl(z, idx, vals, 2.0, seed_faithful_seq_len=2048), kl / 2048)
-    kw = dict(alpha=0.1, mode="soft", temperature=2.0, idx=idx, vals=vals)
-    loss, parts = distill_loss(z, y, **kw)
-    loss_sf, parts_sf = distill_loss(z, y, seed_faithful_seq_len=2048, **kw)
-    assert torch.equal(parts["kl"], parts_sf["kl"]) and torch.equal(parts["ce"], parts_sf["ce"])
-    ce, kl = parts["ce"].item(), parts["kl"].item()  # loss = (1 - a) CE + a T^2 KL (/ 2048)
-    assert loss.item() == pytest.approx(0.9 * ce + 0.4 * kl, rel=1e-6)
-    assert loss_sf.item() == pytest.approx(0.9 * ce + 0.4 * kl / 2048, rel=1e-6)
-
-
 # ---- distill_loss, cross-entropy, online teacher --------------------------------------------------------------------
 
 

@@ -57,7 +57,7 @@ def test_overhead_percent():
 # A synthetic study: metrics files as golf/log.py writes them
 
 
-BIG = {"distill_cached": True, "distill_soft": True, "distill_temp": 2.0, "logit_cache": "runs/x/cache-big",
+BIG = {"distill_teacher": "cache", "distill_target": "soft", "distill_temp": 2.0, "logit_cache": "runs/x/cache-big",
        "teacher_path": "runs/x/teacher-big/teacher-big.pt"}
 
 
@@ -95,7 +95,7 @@ def study(tmp_path):
     write_run(root, "soft-a0.5", sliding=1.47, **soft)
     write_run(root, "soft-a0.5-s42", seed=42, sliding=1.50, **soft)
     write_run(root, "soft-a0.5-s2024", seed=2024, sliding=1.48, **soft)
-    write_run(root, "hard-self-a0.1", "distill.py", sliding=1.40, total=16_000_001, distill_soft=False,
+    write_run(root, "hard-self-a0.1", "distill.py", sliding=1.40, total=16_000_001, distill_target="hard",
               distill_alpha=0.1, logit_cache="runs/x/cache-self", teacher_path="runs/x/teacher-self/teacher-self.pt")
     write_run(root, "soft-a0.1", "distill.py", distill_alpha=0.1, finished=False, **BIG)
     write_run(root, "baseline-long", wall=105.0, steps=400, train_ms=40_000.0, sliding=1.30)
@@ -123,6 +123,26 @@ def test_rows_overhead_delta_and_cap(study):
     assert not rows["soft-a0.1"]["done"] and rows["soft-a0.1"]["sliding_val_bpb"] is None
     order = [w["arm"] for w in results.arm_rows(runs)]
     assert order[0] == "baseline" and order[-1] == "baseline-long"
+
+
+def test_metrics_of_older_versions_read_the_study_variables(tmp_path):
+    """Metrics files written before DISTILL_TEACHER / DISTILL_TARGET hold the study's DISTILL_CACHED / DISTILL_SOFT:
+    their arms are described as before."""
+    root = str(tmp_path / "old")
+    for name, cached, soft in (("online-a0.5", False, True), ("hard-big", True, False), ("soft-big", True, True)):
+        write_run(root, name, "distill.py", distill_alpha=0.5, **BIG)
+        path = os.path.join(root, name, name + ".jsonl")
+        with open(path) as f:
+            events = [json.loads(line) for line in f]
+        c = events[0]["config"]
+        del c["distill_teacher"], c["distill_target"]
+        c.update(distill_cached=cached, distill_soft=soft)
+        with open(path, "w") as f:
+            f.write("".join(json.dumps(e) + "\n" for e in events))
+    rows = {w["arm"]: w for w in results.arm_rows(results.load_study(root))}
+    assert (rows["online-a0.5"]["mode"], rows["online-a0.5"]["teacher"], rows["online-a0.5"]["tail"]) == ("online", "big", "–")
+    assert (rows["hard-big"]["mode"], rows["hard-big"]["temp"]) == ("hard", None)
+    assert (rows["soft-big"]["mode"], rows["soft-big"]["tail"], rows["soft-big"]["temp"]) == ("soft", "renorm", 2.0)
 
 
 def test_seed_groups_and_paired_test(study):

@@ -38,7 +38,7 @@ def test_list_every_arm_with_its_command(tmp_path):
         cmds = dict(zip(names, commands))
         assert "SEED=42 " in cmds["soft-a0.5-s42"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5"]
         assert "SEED=2024 " in cmds["soft-bucket-a0.5-s2024"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5-s2024"]
-        assert "DISTILL_CACHED=0 " in cmds["online-a0.5"] and "DISTILL_SEED_FAITHFUL=1" in cmds["faithful-soft-a0.1"]
+        assert "DISTILL_TEACHER=online " in cmds["online-a0.5"] and "DISTILL_SEED_FAITHFUL=1" in cmds["faithful-soft-a0.1"]
         assert "LOGIT_CACHE=runs/{0}/cache-self ".format(preset) in cmds["hard-self-a0.5"]
     assert not os.listdir(tmp_path)
 
@@ -47,7 +47,7 @@ def test_dry_run_full_prints_every_step_and_runs_nothing(tmp_path):
     out = _run(["--dry-run", "full"], tmp_path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert f"prepare_data.py --check data/datasets/fineweb10B_sp1024" in text
+    assert "prepare_data.py --check data/datasets/fineweb10B_sp1024" in text
     assert "PRESET=teacher ITERATIONS=50000" in text and text.count("train_teacher.py") == 2
     assert text.count("cache_logits.py") == 2 and "--k 32" in text
     for name in ARMS:

@@ -19,7 +19,7 @@ from helpers import REPO, dataset_env, run_script
 
 @pytest.mark.parametrize("preset,changes", [
     ("student", {}),
-    ("demo-student", {"distill_alpha": 0.1, "distill_soft": False, "max_wallclock_seconds": 30.0, "seed": 42,
+    ("demo-student", {"distill_alpha": 0.1, "distill_target": "hard", "max_wallclock_seconds": 30.0, "seed": 42,
                       "logit_cache": "runs/demo/cache-self"}),
     ("teacher", {"iterations": 50_000, "max_wallclock_seconds": 0.0, "adam_eps": 1e-9}),
 ])

@@ -1,0 +1,229 @@
+"""Teachers: where each position's distillation signal comes from.
+
+Every teacher implements `Teacher`: built from the config by `from_config` (all refusals happen there, before
+the logs open), given the training state by `bind` (a teacher built from the student itself reads its EMA
+weights there), `reset` at the start of the warm-up and again of the timed run, and `fetch(batch)` returning a
+typed `Signal` aligned to the batch's positions. Where `fetch` runs is the teacher's `where`: "loader" (in the
+prefetch thread, on host data, moved to the device with the batch) or "step" (inside the training step, on
+the device, under autocast). `track` says whether its whole cost is inside the timed budget ("record") or
+was partly paid before it, e.g. a teacher trained for hours ("non-record").
+
+A new teacher is one class here (or in its own module) plus its line in `TEACHERS`; DISTILL_TEACHER picks it.
+The objective (golf/objectives.py) consumes the signal without knowing where it came from.
+"""
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from golf.cache import CacheReader
+from golf.checkpoint import checkpoint_sha256, load_teacher
+from golf.config import Config
+from golf.data import Batch, Segment, grad_accum_steps, tokens_read_per_batch
+from golf.dist import maybe_compile
+from golf.errors import GolfError
+
+# ----------------------------------------------------------------------------------------------------------
+# Signals: what a teacher says about the positions of one batch (rows in the order of batch.x.flatten())
+
+
+@dataclass
+class Signal(ABC):
+    """Base of the signals; every field is a tensor whose first dimension runs over the batch's positions."""
+
+    def apply(self, fn) -> "Signal":
+        """The same signal with `fn` applied to every tensor (pinning, moving to the device)."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    @abstractmethod
+    def loss_inputs(self, shape: torch.Size) -> dict:
+        """The teacher keywords of golf.losses.distill_terms, widened and shaped like the targets `shape`."""
+
+
+@dataclass
+class TopK(Signal):
+    """The teacher's top-K ids and log-probabilities at T = 1, sorted descending (compact dtypes: int16 /
+    float16 from a cache, widened on the device)."""
+
+    ids: torch.Tensor  # (n, K)
+    logprobs: torch.Tensor  # (n, K)
+
+    def loss_inputs(self, shape):
+        k = self.ids.shape[-1]
+        return {"idx": self.ids.long().view(*shape, k), "vals": self.logprobs.float().view(*shape, k)}
+
+
+@dataclass
+class Top1(Signal):
+    """The teacher's most likely next token (a hard label)."""
+
+    ids: torch.Tensor  # (n,)
+
+    def loss_inputs(self, shape):
+        return {"teacher_top1": self.ids.long().view(shape)}
+
+
+@dataclass
+class Logits(Signal):
+    """The teacher's full-vocabulary logits (an online teacher)."""
+
+    logits: torch.Tensor  # (..., V) shaped like the batch
+
+    def loss_inputs(self, shape):
+        return {"teacher_logits": self.logits}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The interface
+
+
+class Teacher(ABC):
+    name: str  # its DISTILL_TEACHER value
+    where: str  # "loader" | "step": where fetch runs
+    track: str  # "record" (whole cost inside the budget) | "non-record"
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Config, run) -> "Teacher":
+        """Build it for the run (golf.runner.Run), refusing bad input with a GolfError; may restrict the run's
+        train shards. Called before the logs open."""
+
+    def bind(self, state) -> None:
+        """Called once the training state (golf.train.TrainState) exists, before the warm-up."""
+
+    def reset(self) -> None:
+        """Back to the start of the stream: before the warm-up and again before the timed run."""
+
+    @abstractmethod
+    def fetch(self, batch: Batch) -> Signal:
+        """The signal for every position of `batch`."""
+
+    @property
+    def source(self) -> str:
+        """Where it comes from (a cache folder, a checkpoint), for the arm line."""
+        return "-"
+
+    @property
+    def sha256(self) -> str:
+        """The teacher checkpoint's sha256 ('' when there is none)."""
+        return ""
+
+    def log_lines(self) -> list[str]:
+        """Lines the run logs about it once the logs are open."""
+        return []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teachers prepared before the run (non-record track)
+
+
+class CachedTeacher(Teacher):
+    """Rows of a logit cache (cache_logits.py), looked up by the stream coordinates the loader read the batch's
+    tokens from; runs in the prefetch thread. Soft: TopK, int16 ids and float16 log-probs (12.6 MB per 48x2048
+    micro-batch at K = 32, half of int64 / float32). Hard: Top1, decoding column 0 of the ids alone."""
+
+    name, where, track = "cache", "loader", "non-record"
+
+    def __init__(self, reader: CacheReader, target: str, restricted: bool = False):
+        self.reader, self.target, self.restricted = reader, target, restricted
+        self.id_dtype = np.int16 if reader.spec.vocab_size <= 1 << 15 else np.int32
+
+    @classmethod
+    def open(cls, cfg: Config, run) -> "CachedTeacher":
+        """The cache reader, checked against the run's shards, vocabulary and teacher (no coverage check)."""
+        if not cfg.logit_cache:
+            raise GolfError("DISTILL_TEACHER=cache needs LOGIT_CACHE=DIR (a cache from cache_logits.py), or set "
+                            "DISTILL_TEACHER=online with TEACHER_PATH for an online teacher")
+        teacher_sha = checkpoint_sha256(cfg.teacher_path) if cfg.teacher_path else None
+        reader = CacheReader(cfg.logit_cache, run.train_files, vocab_size=cfg.vocab_size, teacher_sha256=teacher_sha)
+        if cfg.restrict_to_cache:
+            run.train_files = run.train_files[: reader.num_shards]
+        return cls(reader, cfg.distill_target, restricted=cfg.restrict_to_cache)
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        teacher = cls.open(cfg, run)
+        teacher.check_coverage(cfg, run)
+        return teacher
+
+    def check_coverage(self, cfg: Config, run):
+        """Refuse a run whose loader would read past the cached shards (it would stop mid-run)."""
+        reader = self.reader
+        if reader.num_shards >= len(run.train_files):
+            return
+        cached_tokens, w = sum(reader.num_tokens), run.ctx.world_size
+        accum = grad_accum_steps(cfg, w)
+        per_step = accum * tokens_read_per_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum, w)
+        need, steps = max(cfg.iterations, cfg.warmup_steps) * per_step, cached_tokens // per_step
+        if need > cached_tokens:
+            raise GolfError(
+                f"ITERATIONS={cfg.iterations} would read {need} train tokens but {cfg.logit_cache} caches only the first "
+                f"{reader.num_shards} of {len(run.train_files)} shards ({cached_tokens} tokens, {steps} steps); set "
+                f"ITERATIONS<={steps}, cache more shards, or pass --restrict-to-cache")
+
+    def rows(self, segments: list[Segment], n: int) -> Signal:
+        """The signal of the `n` rows at `segments`."""
+        if self.target == "hard":
+            top1 = self.reader.gather_ids(segments, np.empty((n, 1), dtype=self.id_dtype))
+            return Top1(torch.from_numpy(top1[:, 0]))
+        idx = np.empty((n, self.reader.k), dtype=self.id_dtype)
+        vals = np.empty((n, self.reader.k), dtype=np.float16)
+        self.reader.gather(segments, idx, vals)
+        return TopK(torch.from_numpy(idx), torch.from_numpy(vals))
+
+    def fetch(self, batch):
+        return self.rows(batch.segments, batch.x.numel())
+
+    @property
+    def source(self):
+        return self.reader.dir
+
+    @property
+    def sha256(self):
+        return self.reader.spec.teacher_sha256
+
+    def log_lines(self):
+        return [f"distill:restrict_to_cache train_shards:{self.reader.num_shards}"] if self.restricted else []
+
+
+class OnlineTeacher(Teacher):
+    """A teacher checkpoint run inside the student's step (exact full-vocabulary signal)."""
+
+    name, where, track = "online", "step", "non-record"
+
+    def __init__(self, model, path: str, sha256: str, compile_setting: str, device: torch.device):
+        self.model, self.path, self._sha256 = model, path, sha256
+        self.forward = maybe_compile(model, compile_setting, device)
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        if not cfg.teacher_path:
+            raise GolfError("DISTILL_TEACHER=online needs TEACHER_PATH=CKPT")
+        model, sha, _ = load_teacher(cfg.teacher_path, run.ctx, cfg.vocab_size, run.tokenizer_sha256)
+        return cls(model, cfg.teacher_path, sha, cfg.compile, run.ctx.device)
+
+    def fetch(self, batch):
+        with torch.no_grad():
+            return Logits(self.forward(batch.x))
+
+    @property
+    def source(self):
+        return self.path
+
+    @property
+    def sha256(self):
+        return self._sha256
+
+    def log_lines(self):
+        c = self.model.cfg
+        return [f"distill:teacher loaded, {self.model.num_params()} params, {c.num_layers}x{c.model_dim}"]
+
+
+TEACHERS: dict[str, type[Teacher]] = {t.name: t for t in (CachedTeacher, OnlineTeacher)}
+
+
+def build_teacher(cfg: Config, run) -> Teacher:
+    """The teacher DISTILL_TEACHER names, built for the run."""
+    return TEACHERS[cfg.distill_teacher].from_config(cfg, run)
