@@ -12,10 +12,10 @@ TOKENIZER_PATH / VOCAB_SIZE (or PRESET) as in the training scripts.
 """
 import json
 import os
-import shutil
 
 import torch
 
+from golf.atomic import require_free_disk
 from golf.cache import CacheSpec, CacheWriter
 from golf.cache_build import build_cache, default_batch_windows, verify_cache
 from golf.checkpoint import load_teacher
@@ -45,16 +45,9 @@ def _check_new_cache_fits(out: str, shard_paths: list[str], spec: CacheSpec):
     """Refuse a new cache that would not fit before anything is written. CacheWriter creates the folder and
     its manifest at once, and a leftover manifest would refuse the smaller K or packed encoding that the
     error suggests; a resumed cache is checked by CacheWriter.check_disk_space (pending shards only)."""
-    if os.path.exists(out):
-        return
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    need = sum(read_header(p) * cols * dt.itemsize for p in shard_paths for _, dt, cols in spec.files("shard"))
-    free = shutil.disk_usage(parent).free
-    if need > free:
-        raise GolfError(f"the logit cache needs {need:,} bytes ({need / 1e9:.2f} GB) in {out}, only {free:,} bytes "
-                        f"free on {parent}; free some space, use a smaller --k or --encoding packed, or another --out")
+    if not os.path.exists(out):
+        require_free_disk(out, sum(spec.shard_bytes(read_header(p)) for p in shard_paths), "the logit cache",
+                          "free some space, use a smaller --k or --encoding packed, or another --out")
 
 
 @cli_main

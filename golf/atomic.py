@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 
 from golf.errors import GolfError
 
@@ -78,3 +79,21 @@ def atomic_write_bytes(path, data: bytes):
 
 def atomic_write_text(path, text: str):
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def require_free_disk(path: str, need: int, what: str, fix: str):
+    """The one free-disk check, before anything is written: refuse when `need` bytes would not fit on the disk of
+    `path` (of its nearest existing folder: a folder created later lands on its parent's disk)."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise GolfError(f"{what}: {human_bytes(need)} needed in {path}, only {human_bytes(free)} free; {fix}")

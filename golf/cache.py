@@ -35,12 +35,11 @@ import contextlib
 import glob
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from golf.atomic import atomic_write_text, create_temp, fsync_dir
+from golf.atomic import atomic_write_text, create_temp, fsync_dir, human_bytes, require_free_disk
 from golf.codecs import CODECS, ENCODINGS, Codec, FileLayout
 from golf.errors import GolfError
 from golf.shards import read_header, shard_fingerprint
@@ -51,6 +50,7 @@ MANIFEST = "manifest.json"
 
 _REDO = "rerun cache_logits.py with the same settings and --out {dir} to finish it"
 _NEW_OUT = "use a new --out or delete {dir}"
+_DISK_FIX = "free some space, use a smaller K or the packed encoding, or another --out"
 _HEADER_SLACK = 1024  # an upper bound on an .npy header, for the disk-space estimate
 
 
@@ -94,6 +94,10 @@ class CacheSpec:
     def files(self, stem: str) -> list[FileLayout]:
         """(file name, dtype, columns) of the data files of shard `stem`."""
         return self.codec.files(stem, self.k)
+
+    def shard_bytes(self, num_tokens: int) -> int:
+        """Disk bytes of one shard's data files (an upper bound: headers counted generously)."""
+        return sum(num_tokens * cols * dt.itemsize + _HEADER_SLACK for _, dt, cols in self.files("shard"))
 
     @classmethod
     def from_key(cls, key: dict) -> "CacheSpec":
@@ -192,13 +196,6 @@ def _npy_problem(path: str, dtype: np.dtype, shape: tuple) -> str | None:
     return None
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
-
-
 def _reserve(path: str):
     """Allocate a sparse file's blocks now: a full disk then fails here with a clear error, not later with
     SIGBUS when the kernel writes back the memory map."""
@@ -208,7 +205,7 @@ def _reserve(path: str):
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as e:
-        raise GolfError(f"{path}: cannot allocate {_human(os.fstat(fd).st_size)} ({e.strerror}); free disk space or use another --out") from None
+        raise GolfError(f"{path}: cannot allocate {human_bytes(os.fstat(fd).st_size)} ({e.strerror}); free disk space or use another --out") from None
     finally:
         os.close(fd)
 
@@ -285,17 +282,11 @@ class CacheWriter:
 
     def bytes_needed(self) -> int:
         """Disk bytes the pending shards will take (their old files are deleted before rewriting)."""
-        total = 0
-        for i in self.pending():
-            for _, dt, cols in self.spec.files(self.shards[i].stem):
-                total += self.shards[i].num_tokens * cols * dt.itemsize + _HEADER_SLACK
-        return total
+        return sum(self.spec.shard_bytes(self.shards[i].num_tokens) for i in self.pending())
 
     def check_disk_space(self):
         """Refuse to start if the pending shards would not fit on the cache's disk."""
-        need, free = self.bytes_needed(), shutil.disk_usage(self.dir).free
-        if need > free:
-            raise GolfError(f"the logit cache needs {_human(need)} in {self.dir}, only {_human(free)} free; free some space, use a smaller K or the packed encoding, or another --out")
+        require_free_disk(self.dir, self.bytes_needed(), "the logit cache", _DISK_FIX)
 
     def open_shard(self, i: int) -> "ShardWriter":
         """Start (re)writing shard i; its old sidecar, data files and temp files are deleted first."""

@@ -2,12 +2,12 @@
 (before writing anything), then open the logs and print the challenge's preamble."""
 import os
 import platform
-import shutil
 import subprocess
 from dataclasses import dataclass
 
 import torch
 
+from golf.atomic import require_free_disk
 from golf.config import Config
 from golf.dist import Ctx, init_dist
 from golf.errors import GolfError
@@ -59,14 +59,6 @@ def _min_checkpoint_bytes(cfg: Config) -> int:
     return 2 * params + resumable
 
 
-def _check_free_disk(cfg: Config):
-    folder = os.path.dirname(os.path.abspath(cfg.checkpoint_path))
-    while not os.path.isdir(folder):  # the folder is created at the first save; its disk is the nearest parent's
-        folder = os.path.dirname(folder)
-    need, free = _min_checkpoint_bytes(cfg), shutil.disk_usage(folder).free
-    if need > free:
-        raise GolfError(f"the checkpoints of this run need at least {need:,} bytes in {os.path.dirname(cfg.checkpoint_path) or '.'}, "
-                        f"only {free:,} bytes are free; free some space or set CHECKPOINT_PATH to another disk")
 
 
 def prepare_run(cfg: Config) -> Run:
@@ -81,7 +73,8 @@ def prepare_run(cfg: Config) -> Run:
     if sum(read_header(p) for p in train_files) == 0:
         raise GolfError(f"the train shards in {cfg.data_path} hold no tokens (DATA_PATH); re-create them with prepare_data.py")
     val_tokens = load_val_tokens(cfg.data_path, cfg.train_seq_len, cfg.val_max_tokens, cfg.vocab_size)
-    _check_free_disk(cfg)
+    require_free_disk(os.path.dirname(cfg.checkpoint_path) or ".", _min_checkpoint_bytes(cfg),
+                      "the checkpoints of this run (at least)", "free some space or set CHECKPOINT_PATH to another disk")
     return Run(cfg, ctx, train_files, val_tokens, luts, file_sha256(cfg.tokenizer_path))
 
 

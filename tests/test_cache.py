@@ -4,6 +4,7 @@ Run: python -m pytest tests/test_cache.py -q
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -441,10 +442,10 @@ def test_disk_space_check(tmp_path, shards, monkeypatch):
     data = sum(n * K * 4 for n in SIZES)  # uint16 + float16 per entry
     assert data < need <= data + 6 * 1024
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: Usage(10**12, 0, need - 1))
-    with pytest.raises(GolfError, match=rf"needs {need / 1e3:.2f} kB in .*cache, only {(need - 1) / 1e3:.2f} kB free"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 0, need - 1))
+    with pytest.raises(GolfError, match=rf"the logit cache: {need / 1e3:.2f} kB needed in .*cache, only {(need - 1) / 1e3:.2f} kB free"):
         w.check_disk_space()
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: Usage(10**12, 0, need))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 0, need))
     w.check_disk_space()
 
     w.write_shard(1, *rows(1, SIZES[1]))

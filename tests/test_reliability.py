@@ -306,9 +306,9 @@ CASES = {
                                    own_process=True),
     # --- disk
     "no_disk_for_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
-                              free_bytes=1000, names=("newcache", "1,000 bytes free")),
+                              free_bytes=1000, names=("newcache", "only 1.00 kB free")),
     "no_disk_for_checkpoints": case("train_gpt.py", free_bytes=1000,
-                                    names=("checkpoints", "1,000 bytes are free")),
+                                    names=("checkpoints", "only 1.00 kB free")),
     "disk_full_on_save": case("train_gpt.py", env={"RUN_ID": "r2", "CHECKPOINT_PATH": "checkpoints/r.pt"},
                               fsync_enospc=True, names=("checkpoints/r.pt", "no space left"), allow_new=("logs/r2.*",),
                               own_process=True),
