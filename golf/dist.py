@@ -43,8 +43,39 @@ def compile_enabled(compile_setting: str, device: torch.device) -> bool:
 
 
 def maybe_compile(module, compile_setting: str, device: torch.device):
-    """`module` compiled with static shapes when `compile_enabled`, else `module` itself."""
-    return torch.compile(module, dynamic=False) if compile_enabled(compile_setting, device) else module
+    """`module` compiled with static shapes when `compile_enabled`, else `module` itself.
+
+    GOLF_COMPILE_BACKEND (default inductor) picks torch.compile's backend, for tests: which graphs are compiled,
+    and when, is Dynamo's decision and the same under `aot_eager`, which skips inductor's C++ code generation
+    (tens of seconds per graph on a small CPU)."""
+    if not compile_enabled(compile_setting, device):
+        return module
+    return torch.compile(module, dynamic=False, backend=os.environ.get("GOLF_COMPILE_BACKEND", "inductor"))
+
+
+class CompileWatch:
+    """Counts torch.compile compilations while open: every Dynamo graph (a first compile or a recompile after a
+    guard failed) and every backward graph compiled lazily at its first backward, through Dynamo's compile-start
+    callbacks. Reading `count` costs nothing, so the training loop compares it around each timed step and logs
+    any compile that lands inside the budget (the study's defect D4) instead of silently paying for it."""
+
+    def __init__(self):
+        from torch._dynamo.callback import callback_handler  # imported here: only compiled runs pay for dynamo
+
+        self.count, self.ids = 0, []
+        self._handler = callback_handler
+        self._handler.register_start_callback(self._on_start)
+
+    def _on_start(self, args=None):
+        self.count += 1
+        self.ids.append(str(getattr(args, "compile_id", "?")))
+
+    def since(self, count: int) -> list[str]:
+        """The compile ids started after `count` compiles had been seen."""
+        return self.ids[count:]
+
+    def close(self):
+        self._handler.remove_start_callback(self._on_start)
 
 
 def init_dist(device: str = "auto", dtype: str = "auto") -> Ctx:

@@ -102,6 +102,18 @@ def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
     return scale
 
 
+def warmup_plan(cfg: Config) -> list[bool]:
+    """The compile warm-up's steps, True where late-QAT fake quantisation is on: the first half without, the
+    second half with, so both training graphs are compiled before the timed run. With LATE_QAT the warm-up is
+    at least two steps (one of each): WARMUP_STEPS=1 would otherwise compile only the QAT graph and the first
+    timed step would compile the other inside the budget (docs/decisions.md)."""
+    n = cfg.warmup_steps
+    if n <= 0 or not cfg.late_qat:
+        return [False] * max(n, 0)
+    n = max(n, 2)
+    return [i >= n // 2 for i in range(n)]
+
+
 def muon_momentum(cfg: Config, step: int) -> float:
     f = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps > 0 else 1.0
     return (1 - f) * cfg.muon_momentum_warmup_start + f * cfg.muon_momentum

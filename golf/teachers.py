@@ -24,6 +24,7 @@ from golf.config import Config
 from golf.data import Batch, Segment, grad_accum_steps, tokens_read_per_batch
 from golf.dist import maybe_compile
 from golf.errors import GolfError
+from golf.optim import warmup_plan
 
 # ----------------------------------------------------------------------------------------------------------
 # Signals: what a teacher says about the positions of one batch (rows in the order of batch.x.flatten())
@@ -156,7 +157,7 @@ class CachedTeacher(Teacher):
         cached_tokens, w = sum(reader.num_tokens), run.ctx.world_size
         accum = grad_accum_steps(cfg, w)
         per_step = accum * tokens_read_per_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum, w)
-        need, steps = max(cfg.iterations, cfg.warmup_steps) * per_step, cached_tokens // per_step
+        need, steps = max(cfg.iterations, len(warmup_plan(cfg))) * per_step, cached_tokens // per_step
         if need > cached_tokens:
             raise GolfError(
                 f"ITERATIONS={cfg.iterations} would read {need} train tokens but {cfg.logit_cache} caches only the first "

@@ -3,13 +3,18 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
+from golf.cache import CacheSpec, CacheWriter
+from golf.checkpoint import save_checkpoint
 from golf.config import PRESETS, Config
 from golf.dist import Ctx
 from golf.eval import load_val_tokens
 from golf.log import Logger
-from golf.tokenizer import build_byte_luts, load_tokenizer, luts_to_torch
+from golf.model import GPT
+from golf.shards import load_shard
+from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,3 +74,34 @@ def edge_rows(v: int, k: int, seed: int = 0) -> torch.Tensor:
     logits[8, torch.randperm(v, generator=g)[:k]] = 1.0  # exactly K winners, scattered over the strided sets
     logits[9] = torch.randn(v, generator=g) * 0.01  # nearly flat: many candidates after the threshold pass
     return torch.log_softmax(logits, -1)
+
+
+def random_teacher(cfg: Config, seed: int) -> GPT:
+    """A GPT with sharp, seed-dependent outputs (a fresh init is nearly uniform)."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.3)
+    return model.eval().requires_grad_(False)
+
+
+def write_teacher_checkpoint(path: str, cfg: Config, tokenizer_path: str, seed: int = 7) -> str:
+    """A teacher checkpoint of `cfg`'s shape (sharp random weights) as the training scripts write one."""
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": random_teacher(cfg, seed).state_dict(),
+                           "tokenizer_sha256": file_sha256(tokenizer_path), "kind": "final"})
+    return path
+
+
+def synthetic_cache(out: str, files: list[str], k: int = 4, **spec_overrides) -> str:
+    """A complete cache with valid rows (sorted log-probs, ids < 1024) for `files`."""
+    spec = CacheSpec(**{"k": k, "vocab_size": 1024, "encoding": "fp16", "teacher_sha256": "b" * 64,
+                        "teacher_config": {}, "window": 64, "stride": 64, **spec_overrides})
+    w = CacheWriter(out, files, spec)
+    for i, p in enumerate(files):
+        t = load_shard(p).astype(np.int64)
+        idx = (t[:, None] + 97 * np.arange(k)[None, :]) % 1024
+        vals = np.broadcast_to(-np.arange(1, k + 1, dtype=np.float32), idx.shape)
+        w.write_shard(i, idx, vals)
+    assert w.finalize() == []
+    return out

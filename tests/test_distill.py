@@ -16,18 +16,17 @@ import pytest
 import torch
 
 from golf.cache import CacheSpec, CacheWriter
-from golf.checkpoint import checkpoint_sha256, save_checkpoint
+from golf.checkpoint import checkpoint_sha256
 from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx, cleanup, init_dist
 from golf.objectives import CrossEntropyObjective, DistillObjective, build_objective, distill_objective
 from golf.log import Logger
-from golf.model import GPT
 from golf.shards import load_shard, write_shard
-from golf.tokenizer import file_sha256
 from golf.teachers import OnlineTeacher, Top1, TopK
 from golf.train import train
-from helpers import cpu_ctx, dataset_env, make_config, run_inputs, run_script
+from helpers import (cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, synthetic_cache,
+                     write_teacher_checkpoint)
 
 # Small train shards of random tokens, so a few steps cross every shard boundary and the wrap-around.
 POS_SIZES = (1000, 613, 1501)
@@ -254,16 +253,6 @@ def test_warmup_with_distillation_then_restore(pos_data, tmp_path, seed_faithful
 # The online teacher is in the gradient
 
 
-def random_teacher(cfg: Config, seed: int) -> GPT:
-    """A GPT with sharp, seed-dependent outputs (a fresh init is nearly uniform)."""
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p), alpha=0.3)
-    return model.eval().requires_grad_(False)
-
-
 def online_objective(cfg: Config, model) -> DistillObjective:
     return distill_objective(cfg, OnlineTeacher(model, "", "", "0", torch.device("cpu")))
 
@@ -310,11 +299,8 @@ def test_online_teacher_is_in_the_loss_and_gradient(tiny_dataset, tmp_path, soft
 @pytest.fixture(scope="module")
 def teacher_ckpt(tiny_dataset, tmp_path_factory):
     """A teacher checkpoint (test-preset shape, sharp random weights) as the training scripts write one."""
-    cfg = make_config(tiny_dataset, "")
     path = str(tmp_path_factory.mktemp("teacher") / "teacher.pt")
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": random_teacher(cfg, 7).state_dict(),
-                           "tokenizer_sha256": file_sha256(tiny_dataset.tokenizer_path), "kind": "final"})
-    return path
+    return write_teacher_checkpoint(path, make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
 
 
 def _step1(stdout: str) -> dict:
@@ -346,28 +332,14 @@ def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, 
 # distill.py refuses a cache that does not fit the run
 
 
-def _synthetic_cache(out: str, files: list[str], **spec_overrides) -> str:
-    """A complete cache with valid rows (sorted log-probs, ids < 1024) for `files`."""
-    spec = CacheSpec(**{"k": K, "vocab_size": 1024, "encoding": "fp16", "teacher_sha256": "b" * 64,
-                        "teacher_config": {}, "window": 64, "stride": 64, **spec_overrides})
-    w = CacheWriter(out, files, spec)
-    for i, p in enumerate(files):
-        t = load_shard(p).astype(np.int64)
-        idx = (t[:, None] + 97 * np.arange(K)[None, :]) % 1024
-        vals = np.broadcast_to(-np.arange(1, K + 1, dtype=np.float32), idx.shape)
-        w.write_shard(i, idx, vals)
-    assert w.finalize() == []
-    return out
-
-
 @pytest.fixture(scope="module")
 def caches(tiny_dataset, tmp_path_factory, teacher_ckpt):
     root = tmp_path_factory.mktemp("caches")
     files = tiny_dataset.train_files
     return types.SimpleNamespace(
-        other_teacher=_synthetic_cache(str(root / "other_teacher"), files),
-        vocab=_synthetic_cache(str(root / "vocab"), files, vocab_size=2048),
-        first_shard=_synthetic_cache(str(root / "first"), files[:1], teacher_sha256=checkpoint_sha256(teacher_ckpt)),
+        other_teacher=synthetic_cache(str(root / "other_teacher"), files),
+        vocab=synthetic_cache(str(root / "vocab"), files, vocab_size=2048),
+        first_shard=synthetic_cache(str(root / "first"), files[:1], teacher_sha256=checkpoint_sha256(teacher_ckpt)),
     )
 
 

@@ -1,0 +1,75 @@
+"""torch.compile on CPU: for every arm kind (baseline, cached soft, cached hard, online teacher) the compile
+warm-up covers every training graph, late QAT's included, for WARMUP_STEPS=1 and 2, so no graph is compiled or
+recompiled during a timed step (the study's defect D4). The training loop counts compiles around each timed
+step (golf.dist.CompileWatch) and logs `warning: compile_in_timed_step`; these runs must have none.
+
+Slow (a cold CPU compile of even the test model takes seconds per graph): `-m "not slow"` skips it.
+
+    python -m pytest tests/test_compile.py -q
+"""
+import concurrent.futures
+import json
+import re
+
+import pytest
+
+from golf.teachers import TEACHERS
+from helpers import dataset_env, make_config, run_script, synthetic_cache, write_teacher_checkpoint
+
+pytestmark = pytest.mark.slow
+
+# Four steps whose LR scale is 1, 0.75, 0.5, 0.25: late QAT switches on before step 3, inside the timed run;
+# a validation after step 2 puts the eval graph between the two training graphs.
+RUN = {"PRESET": "test", "DTYPE": "fp32", "COMPILE": "1", "ITERATIONS": 4, "WARMDOWN_ITERS": 4,
+       "QAT_THRESHOLD": 0.6, "LATE_QAT": 1, "VAL_LOSS_EVERY": 2, "TRAIN_LOG_EVERY": 1, "VAL_MAX_TOKENS": 1024,
+       "EVAL_STRIDE": 64, "RUN_ID": "c",
+       # Inductor's pool of compile workers only adds start-up time on a 2-core machine.
+       "TORCHINDUCTOR_COMPILE_THREADS": 1, "GOLF_COMPILE_BACKEND": "aot_eager"}
+ARMS = {  # arm kind -> (script, teacher, settings)
+    "baseline": ("train_gpt.py", None, {}),
+    "soft": ("distill.py", "cache", {"DISTILL_TARGET": "soft"}),
+    "hard": ("distill.py", "cache", {"DISTILL_TARGET": "hard"}),
+    "online": ("distill.py", "online", {"DISTILL_TARGET": "soft"}),
+}
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile_teachers")
+    ckpt = write_teacher_checkpoint(str(root / "teacher.pt"), make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
+    cache = synthetic_cache(str(root / "cache"), tiny_dataset.train_files)
+    return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": cache},
+            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}}
+
+
+def test_every_teacher_has_an_arm_here():
+    """A new teacher in golf.teachers.TEACHERS gets its compile run here too."""
+    assert {t for _, t, _ in ARMS.values() if t} == set(TEACHERS)
+
+
+def _run(script: str, env: dict, cwd):
+    cwd.mkdir()
+    return run_script([script], env, cwd=str(cwd), timeout=400)
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_no_compile_during_timed_steps(arm, tiny_dataset, teachers, tmp_path):
+    script, teacher, settings = ARMS[arm]
+    env = {**dataset_env(tiny_dataset), **RUN, **settings, **(teachers[teacher] if teacher else {})}
+    # WARMUP_STEPS=1 and 2 side by side: one process each, the two cores used at once.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = {w: pool.submit(_run, script, {**env, "WARMUP_STEPS": w}, tmp_path / f"w{w}") for w in (1, 2)}
+        runs = {w: f.result() for w, f in runs.items()}
+    for warmup, out in runs.items():
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        text = out.stdout
+        assert "compile_in_timed_step" not in text, text[-3000:]
+        # Both training graphs were compiled in the warm-up: one step without fake-quant, one (or more) with it.
+        m = re.search(r"^warmup:done steps:2 qat_steps:1 compiles:(\d+) ", text, re.M)
+        assert m and int(m.group(1)) >= (3 if teacher == "online" else 2), text[-3000:]
+        assert re.search(r"^late_qat:enabled step:3 ", text, re.M), text[-3000:]  # QAT switched on mid-run
+        assert re.search(r"^step:2/4 val_loss:", text, re.M)
+        assert re.search(r"^step:4/4 train_loss:", text, re.M)
+        with open(tmp_path / f"w{warmup}" / "logs" / "c.jsonl") as f:
+            end = [r for r in map(json.loads, f) if r["event"] == "train_end"]
+        assert end[0]["timed_compiles"] == 0
