@@ -5,9 +5,10 @@
 #
 #   ./run.sh demo                       # CPU + the demo corpus: the whole study in ~20 min on 2 cores
 #   ./run.sh full                       # 8xH100 + FineWeb sp1024, 600 s per student arm (NPROC=4: 4 GPUs)
+#   ./run.sh gpu1                       # one GPU + FineWeb sp1024: every arm, comparable with each other
 #   ./run.sh demo baseline soft-a0.5    # only these arms (and the data, teachers and caches they need)
-#   ./run.sh --list [demo|full]         # every arm with its exact command
-#   ./run.sh --dry-run [demo|full]      # every command in order, nothing run
+#   ./run.sh --list [demo|full|gpu1]    # every arm with its exact command
+#   ./run.sh --dry-run [demo|full|gpu1] # every command in order, nothing run
 #
 # Everything is written under the current folder: data/ and runs/<preset>/. Each run gets its own folder
 # runs/<preset>/<name>/ with command.txt (the exact command), console.txt, the <name>.txt/.jsonl logs, the
@@ -37,6 +38,20 @@
 #   the 25 s baseline student's 2.31-2.40, a gap like the study's between its teacher and student (1.02 vs
 #   1.15). Measured on 2 idle cores: 20m25s in all before
 #   soft-bucket-a0.5-long was added, ~100 s more (README, "Results").
+# - gpu1 (one GPU, plain `python`, one process): the real student (PRESET=student: 11x512, 786,432 tokens per
+#   step, MICRO_BATCHES=8, so 8 accumulated micro-batches stand in for the 8 ranks and each step does the maths of
+#   a full 8xH100 step, ~8x slower). Budget: the same 600 s per arm, so the arms are comparable with each other,
+#   not with the leaderboard: each gets ~1/8 of an 8xH100 run's steps (~700 at the study's 106 ms/step x 8,
+#   an estimate; bench/gpu_check.sh measures a device). Step-counted schedules are divided by 8 so they cover
+#   the same fraction of the run as in the study: WARMDOWN_ITERS 1600 -> 200, MUON_MOMENTUM_WARMUP_STEPS
+#   500 -> 60, EMA horizon 333 -> 42 steps (EMA_DECAY=0.976). Validation only at the end (VAL_LOSS_EVERY=0):
+#   on one GPU the full val set takes ~8x the study's 35 s (roundtrip) and 73-91 s (sliding) per arm. Teachers
+#   and caches at one GPU's size: the big teacher is the study's 16x768 for 5,000 steps (not 50,000: ~2 h at
+#   the study's 401 ms/step on 4xH200 x 4), the self teacher the student for 3,000 steps, and both caches
+#   hold the first 10 train shards (1B tokens, ~72 GB each packed). Every student is therefore capped at
+#   ITERATIONS=1250 (what the caches cover: 1,250 x 786,440 tokens read < 1B), the baseline too, so all arms
+#   read the same tokens; the 600 s arms stop on the clock first, but the -long arms stop at 1,250 steps
+#   (~18 min), not after 2 h (that needs caches of all 80 shards, ~576 GB each).
 # - Threads: on a CPU that other work shares, OpenMP's spin-waiting made a 2-thread student step 13x slower
 #   (5.4 s instead of 0.4 s); `OMP_WAIT_POLICY=PASSIVE ./run.sh demo` avoids that, at +35% per student step
 #   (+8% per teacher step) on idle cores, so it is not the default.
@@ -58,14 +73,14 @@ while [ $# -gt 0 ]; do
     --list) ACTION=list ;;
     --dry-run) ACTION=dry ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    demo|full) PRESET=$1 ;;
+    demo|full|gpu1) PRESET=$1 ;;
     -*) die "unknown option $1; see ./run.sh --help" ;;
     *) SELECTED+=("$1") ;;
   esac
   shift
 done
 if [ -z "$PRESET" ]; then
-  [ "$ACTION" = run ] && die "which study? ./run.sh demo | ./run.sh full [ARM...]; see ./run.sh --help"
+  [ "$ACTION" = run ] && die "which study? ./run.sh demo | full | gpu1 [ARM...]; see ./run.sh --help"
   PRESET=demo
 fi
 
@@ -89,6 +104,14 @@ case "$PRESET" in
     BUDGET=600
     LONG_BUDGET=7200
     ;;
+  gpu1)  # one GPU: see the header for each choice
+    LAUNCH="$PY"
+    DATA="data/datasets/fineweb10B_sp1024"
+    DATA_CMD="$PY ${S}prepare_data.py --check $DATA"
+    STUDENT="PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 EMA_DECAY=0.976 VAL_LOSS_EVERY=0"
+    BUDGET=600
+    LONG_BUDGET=7200
+    ;;
 esac
 DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the student preset
 
@@ -97,16 +120,26 @@ DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the stude
 # (cache_logits.py); an arm names the teacher it uses, "cache:NAME" (its cache) or "online:NAME" (the checkpoint).
 TEACHERS=()
 declare -A TEACHER_TRAIN TEACHER_CACHE
-teacher() {  # NAME TRAIN_DEMO TRAIN_FULL CACHE_OPTIONS_DEMO CACHE_OPTIONS_FULL
-  TEACHERS+=("$1")
-  if [ "$PRESET" = demo ]; then TEACHER_TRAIN[$1]=$2; TEACHER_CACHE[$1]=$4; else TEACHER_TRAIN[$1]=$3; TEACHER_CACHE[$1]=$5; fi
+teacher() {  # NAME then, per preset, three words: PRESET "TRAINING SETTINGS" "CACHE OPTIONS"
+  local name=$1
+  shift
+  TEACHERS+=("$name")
+  while [ $# -ge 3 ]; do
+    if [ "$1" = "$PRESET" ]; then TEACHER_TRAIN[$name]=$2; TEACHER_CACHE[$name]=$3; fi
+    shift 3
+  done
+  [ $# -eq 0 ] || die "teacher $name: settings come in threes: PRESET \"TRAINING SETTINGS\" \"CACHE OPTIONS\""
+  [ -n "${TEACHER_TRAIN[$name]+x}" ] || die "teacher $name: no settings for preset $PRESET"
 }
 teacher_ckpt() { echo "$R/teacher-$1/teacher-$1.pt"; }
-#       name  training (demo)                                          training (full)
-teacher big   "PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"  "PRESET=teacher ITERATIONS=50000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500" \
-              "--k 32"                                                 "--k 32 --encoding packed"
-teacher self  "PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80" "PRESET=student ITERATIONS=10000 MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500" \
-              "--k 32"                                                 "--k 32 --encoding packed"
+TRUN="MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"  # teachers train for their steps, resumable
+#       name  preset training                                                  cache options
+teacher big   demo   "PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"     "--k 32" \
+              full   "PRESET=teacher ITERATIONS=50000 $TRUN"                     "--k 32 --encoding packed" \
+              gpu1   "PRESET=teacher ITERATIONS=5000 $TRUN"                      "--k 32 --encoding packed --shards 10"
+teacher self  demo   "PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80" "--k 32" \
+              full   "PRESET=student ITERATIONS=10000 $TRUN"                     "--k 32 --encoding packed" \
+              gpu1   "PRESET=student ITERATIONS=3000 $TRUN"                      "--k 32 --encoding packed --shards 10"
 
 # --- the arms -----------------------------------------------------------------------------------------------
 ARMS=()
@@ -190,7 +223,7 @@ for a in "${SELECTED[@]}"; do
   esac
 done
 
-is_done() { "$PY" -m golf.results --is-done "$1"; }
+is_done() { [ -d "$1" ] && "$PY" -m golf.results --is-done "$1"; }  # no folder, not done: no Python start
 
 # --- dry run: every step in order ---------------------------------------------------------------------------
 if [ "$ACTION" = dry ]; then

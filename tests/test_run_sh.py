@@ -25,7 +25,8 @@ def _run(args, cwd, timeout=120):
 
 def test_list_every_arm_with_its_command(tmp_path):
     for preset, launcher, budget in (("demo", "python ", "MAX_WALLCLOCK_SECONDS=25 "),
-                                     ("full", "torchrun --standalone --nproc_per_node=8 ", "MAX_WALLCLOCK_SECONDS=600 ")):
+                                     ("full", "torchrun --standalone --nproc_per_node=8 ", "MAX_WALLCLOCK_SECONDS=600 "),
+                                     ("gpu1", "python ", "MAX_WALLCLOCK_SECONDS=600 ")):
         out = _run(["--list", preset], tmp_path)
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()[1:]
@@ -58,6 +59,44 @@ def test_dry_run_full_prints_every_step_and_runs_nothing(tmp_path):
     out = subprocess.run([RUN_SH, "--dry-run", "full", "baseline"], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "NPROC": "4"})
     assert "--nproc_per_node=4 " in out.stdout and "train_teacher.py" not in out.stdout  # baseline needs no teacher
+
+
+def test_dry_run_gpu1_is_the_study_on_one_gpu(tmp_path):
+    """One process with the real student (8 accumulated micro-batches), the same 600 s budget, step-counted
+    schedules over 8, teachers and caches a single GPU can make, every student capped at what the caches cover."""
+    out = _run(["--dry-run", "gpu1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "torchrun" not in text and "prepare_data.py --check data/datasets/fineweb10B_sp1024" in text
+    commands = [line for line in text.splitlines() if not line.startswith("#")]
+    teachers = [c for c in commands if c.endswith("train_teacher.py")]
+    assert len(teachers) == 2 and "PRESET=teacher ITERATIONS=5000 " in teachers[0]
+    assert "PRESET=student ITERATIONS=3000 " in teachers[1] and all(c.startswith("PRESET=") for c in teachers)
+    caches = [c for c in commands if "cache_logits.py" in c]
+    assert len(caches) == 2 and all(c.endswith("--k 32 --encoding packed --shards 10") for c in caches)
+    students = [c for c in commands if c.endswith(("train_gpt.py", "distill.py"))]
+    assert len(students) == len(ARMS)
+    for cmd in students:
+        assert cmd.startswith("PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 "
+                              "EMA_DECAY=0.976 VAL_LOSS_EVERY=0 ")
+        assert "MICRO_BATCHES" not in cmd  # the student preset's 8: accumulation 8 on one GPU
+        assert " python " in cmd and "MAX_WALLCLOCK_SECONDS=" in cmd
+    assert sum("MAX_WALLCLOCK_SECONDS=600 " in c for c in students) == len(ARMS) - 3  # all but the -long arms
+    assert "-m golf.results runs/gpu1" in text
+    assert not os.listdir(tmp_path)
+
+
+def test_a_teacher_without_settings_for_the_preset_is_refused(tmp_path):
+    """The teacher declarations are per preset: a preset a teacher does not name is a clear error."""
+    script = tmp_path / "run.sh"
+    with open(RUN_SH) as f:
+        text = f.read()
+    old = '              gpu1   "PRESET=student ITERATIONS=3000'
+    assert text.count(old) == 1
+    script.write_text(text.replace(old, '              full2  "PRESET=student ITERATIONS=3000'))
+    script.chmod(0o755)
+    out = subprocess.run([str(script), "--list", "gpu1"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "teacher self: no settings for preset gpu1" in out.stderr
 
 
 def test_unknown_arm_is_refused(tmp_path):
