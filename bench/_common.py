@@ -57,6 +57,13 @@ def machine_line(ctx: Ctx) -> str:
             f"omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', '-')}")
 
 
+def max_rss_mib() -> float:
+    """This process's peak resident memory (host RAM) so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def oversubscribed(load: float) -> bool:
     """True if the 1-minute load says other processes competed for the cores: a CPU benchmark keeps every
     core busy itself, so a load up to ~the core count is its own."""

@@ -1,12 +1,13 @@
 """Benchmark: what reading the logit cache costs a training step, fp16 against packed, and what packing loses.
 
     python bench/cache_read.py [--preset demo-student] [--teacher CKPT | --teacher-preset demo-teacher]
-                               [--shards 1] [--k 32] [--reps 30] [--rows 0]
+                               [--shards 1] [--k 32] [--reps 30] [--rows 0] [--cache-dir DIR] [--no-distortion]
 
 1. A float16 cache of the first --shards train shards is written by the real builder (golf.cache_build) from
    the teacher (a trained checkpoint with --teacher; otherwise a random model of --teacher-preset's shape,
-   fine for timing but not for the distortion figures). The packed cache is encoded from those same fp16 rows
-   (byte-identical to what `cache_logits.py --encoding packed` writes: the builder also packs fp16 values).
+   fine for timing but not for the distortion figures), or --cache-dir names one. The packed cache is encoded
+   from those same rows (byte-identical to what `cache_logits.py --encoding packed` writes: the builder also
+   packs fp16 values).
 2. Distortion of packed against fp16, over every cached row: mean and max KL(p_fp16 || p_packed) of the
    teacher distribution the loss sees (top-K renormalised at T = 1 and T = 2, and the K+1 "bucket" at T = 1),
    and the error of the tail mass 1 - sum(exp(values)).
@@ -133,9 +134,50 @@ def _options(p):
     p.add_argument("--reps", type=int, default=30, help="fetches timed per encoding and temperature of the pages")
     p.add_argument("--step-reps", type=int, default=10, help="student steps timed")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--cache-dir", default="", help="read this existing fp16 cache of the --shards (no teacher, no build)")
+    p.add_argument("--no-distortion", action="store_true", help="skip the packed-vs-fp16 distortion figures (they "
+                   "only mean something for a trained teacher's cache)")
     p.add_argument("--tmp", default="", help="folder for the temporary caches (default: the system's temp folder)")
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
     p.add_argument("--quick", action="store_true", help="3 fetches and 2 steps (smoke test)")
+
+
+def prepare_caches(cfg, args, ctx, files: list[str], tmp: str, figures: dict) -> tuple[str, str]:
+    """(fp16 cache dir, packed cache dir): --cache-dir or one built from the teacher, and its packed encoding;
+    the distortion figures (unless --no-distortion) go into `figures`."""
+    fp16_dir, packed_dir = args.cache_dir or os.path.join(tmp, "fp16"), os.path.join(tmp, "packed")
+    if not args.cache_dir:
+        teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
+        build_temp_cache(teacher, sha, tcfg, files, ctx, fp16_dir, args.k, "fp16")
+        del teacher
+    fp16 = CacheReader(fp16_dir, files)
+    if fp16.spec.encoding != "fp16":
+        raise GolfError(f"--cache-dir {args.cache_dir}: encoding {fp16.spec.encoding}, need an fp16 cache")
+    pack_cache(fp16, packed_dir, files)
+    k = fp16.k
+    figures["k"], figures["cached_rows"] = k, sum(fp16.num_tokens)
+    print(f"cache: {sum(fp16.num_tokens)} rows, K={k}, fp16 {4 * k} B/row, packed {packed_row_bytes(k)} B/row; "
+          f"teacher {figures['teacher']}")
+    if not args.no_distortion:
+        d = distortion(fp16, CacheReader(packed_dir, files))
+        figures["distortion"] = d
+        for key in ("renorm_T1", "renorm_T2", "bucket_T1"):
+            print(f"packed KL(fp16 || packed) {key}: mean {d[key]['mean']:.2e} max {d[key]['max']:.2e} nats/token")
+        print(f"packed tail-mass abs error: mean {d['tail_abs_err']['mean']:.2e} max {d['tail_abs_err']['max']:.2e}")
+    return fp16_dir, packed_dir
+
+
+def report(fetch: dict, step_ms: float, rows: int, k: int, figures: dict):
+    """Each encoding's fetch time, read rate (rows and bytes from the files) and fraction of a student step."""
+    row_bytes = {"fp16": 4 * k, "packed": packed_row_bytes(k)}
+    figures |= {"step_ms": step_ms, "rows": rows, "fetch_ms": {}, "rows_per_s": {}, "mb_per_s": {}}
+    for key, ts in fetch.items():
+        ms = median_ms(ts)
+        rate = rows / (ms / 1e3)
+        figures["fetch_ms"][key], figures["rows_per_s"][key] = ms, rate
+        figures["mb_per_s"][key] = rate * row_bytes[key.split("_")[0]] / 1e6
+        print(f"fetch {key:12s} {rows} rows: median {ms:8.3f} ms (max {max(ts) * 1e3:.3f}), {rate / 1e6:.2f} M rows/s "
+              f"({figures['mb_per_s'][key]:.0f} MB/s), fraction of a step {ms / step_ms:.4f}")
 
 
 @cli_main
@@ -148,28 +190,15 @@ def main():
         raise GolfError("need --reps > 0 and --step-reps > 0")
     ctx = init_dist(cfg.device, cfg.dtype)
     files = train_files(cfg, args.shards)
-    teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
     print(machine_line(ctx))
-    figures = {"machine": machine_line(ctx), "teacher": args.teacher or f"random {args.teacher_preset}"}
+    figures = {"machine": machine_line(ctx),
+               "teacher": f"cache {args.cache_dir}" if args.cache_dir else args.teacher or f"random {args.teacher_preset}"}
     with tempfile.TemporaryDirectory(prefix="bench_read_", dir=args.tmp or None) as tmp:
-        fp16_dir, packed_dir = os.path.join(tmp, "fp16"), os.path.join(tmp, "packed")
-        stats = build_temp_cache(teacher, sha, tcfg, files, ctx, fp16_dir, args.k, "fp16")
-        del teacher
-        fp16 = CacheReader(fp16_dir, files)
-        pack_cache(fp16, packed_dir, files)
-        d = distortion(fp16, CacheReader(packed_dir, files))
-        figures["distortion"] = d
-        print(f"cache: {stats['positions']} rows, K={args.k}, fp16 {4 * args.k} B/row, packed "
-              f"{packed_row_bytes(args.k)} B/row; teacher {figures['teacher']}")
-        for key in ("renorm_T1", "renorm_T2", "bucket_T1"):
-            print(f"packed KL(fp16 || packed) {key}: mean {d[key]['mean']:.2e} max {d[key]['max']:.2e} nats/token")
-        print(f"packed tail-mass abs error: mean {d['tail_abs_err']['mean']:.2e} max {d['tail_abs_err']['max']:.2e}")
-
-        accum = grad_accum_steps(cfg, ctx.world_size)
-        rows = args.rows or cfg.train_batch_tokens // accum
+        fp16_dir, packed_dir = prepare_caches(cfg, args, ctx, files, tmp, figures)
+        rows = args.rows or cfg.train_batch_tokens // grad_accum_steps(cfg, ctx.world_size)
+        if rows > figures["cached_rows"]:
+            raise GolfError(f"--rows {rows} is more than the {figures['cached_rows']} cached rows; cache more --shards")
         loader = DistributedTokenLoader(files, 0, 1)
-        if rows > sum(fp16.num_tokens):
-            raise GolfError(f"--rows {rows} is more than the {sum(fp16.num_tokens)} cached rows; cache more --shards")
         batches = [loader.next_batch(rows, rows, 1) for _ in range(args.reps)]
         fetch = {}
         for enc, path in (("fp16", fp16_dir), ("packed", packed_dir)):
@@ -183,14 +212,7 @@ def main():
     step_ms = median_ms(step)
     print(machine_line(ctx))
     print(f"student step {cfg.num_layers}x{cfg.model_dim}, {cfg.train_batch_tokens} tokens: median {step_ms:.2f} ms")
-    figures["step_ms"] = step_ms
-    figures["rows"] = rows
-    figures["fetch_ms"] = {}
-    for key, ts in fetch.items():
-        ms = median_ms(ts)
-        figures["fetch_ms"][key] = ms
-        print(f"fetch {key:12s} {rows} rows: median {ms:8.3f} ms (max {max(ts) * 1e3:.3f}), "
-              f"{rows / (ms / 1e3) / 1e6:.2f} M rows/s, fraction of a step {ms / step_ms:.4f}")
+    report(fetch, step_ms, rows, figures["k"], figures)
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps(figures, indent=1) + "\n")

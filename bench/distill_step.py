@@ -17,8 +17,9 @@ After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds 
 every arm in rotated order, so load drifts hit every arm alike. An arm's ratio is the median over rounds of
 its step time over the baseline's in the same round (paired: the arms of a round run within about a second,
 so the host's slow drifts cancel; on the shared 2-core VM its bootstrap 95% interval over 100 rounds is about
-a third as wide as that of the ratio of the two medians, which is printed too). The last line is
-`distill_step_ratio soft=X hard=Y online=Z` (the paired ratios over `baseline`).
+a third as wide as that of the ratio of the two medians, which is printed too). The JSON also holds the
+warm-up's seconds (compiles included) and, on CUDA, each arm's peak memory over its timed steps. The last line
+is `distill_step_ratio soft=X hard=Y online=Z` (the paired ratios over `baseline`).
 """
 import dataclasses
 import json
@@ -29,10 +30,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch
 from tqdm import tqdm
 
 from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, load_note, machine_line, make_teacher,
-                     median_ms, paired_ratio, rotations, set_threads, spread, teacher_config, timed, train_files)
+                     max_rss_mib, median_ms, paired_ratio, rotations, set_threads, spread, teacher_config, timed,
+                     train_files)
 from golf.atomic import atomic_write_text
 from golf.cache import CacheReader
 from golf.codecs import ENCODINGS
@@ -87,6 +90,95 @@ def arm_objective(cfg: Config, teacher, target: str):
     return distill_objective(dataclasses.replace(cfg, distill_target=target), teacher)
 
 
+def run_rounds(runs: dict, arms: list[str], args, ctx, t_run: float) -> dict:
+    """--warmup untimed rounds, then timed rounds of one step per arm in rotated order; returns the step times,
+    the warm-up's seconds (compiles included) and each arm's peak device memory over its timed steps (CUDA)."""
+    times, peak = {name: [] for name in arms}, {name: 0 for name in arms}
+    t0 = time.perf_counter()
+    for rep in tqdm(range(args.warmup), desc="warm-up", disable=None):
+        for name in rotations(arms, rep):
+            runs[name].step()
+    ctx.sync()
+    warmup_s = time.perf_counter() - t0
+    print(f"warm-up: {args.warmup} rounds in {warmup_s:.1f}s (compiles included), done at "
+          f"{time.perf_counter() - t_run:.0f}s", flush=True)
+    t_start, rep = time.perf_counter(), 0
+    limit = args.max_total_seconds or float("inf")
+
+    def more() -> bool:
+        now = time.perf_counter()
+        if rep > 0 and now - t_run >= limit:
+            return False
+        return rep < args.reps if not args.seconds else now - t_start < args.seconds
+
+    cuda = ctx.device.type == "cuda"
+    bar = tqdm(total=args.reps if not args.seconds else None, desc="timed rounds", disable=None)
+    while more():
+        for name in rotations(arms, rep):
+            if cuda:  # outside the timed call: the peak of this arm's step alone
+                torch.cuda.reset_peak_memory_stats(ctx.device)
+            times[name].append(timed(runs[name].step, ctx, args.clock))
+            if cuda:
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated(ctx.device))
+        rep += 1
+        bar.update(1)
+        if bar.disable and rep % 25 == 0:  # a sign of life in logs (tqdm is off there)
+            print(f"timed rounds: {rep} at {time.perf_counter() - t_run:.0f}s", flush=True)
+    bar.close()
+    return {"times": times, "warmup_s": warmup_s, "peak_mib": {n: p / 2**20 if cuda else None for n, p in peak.items()}}
+
+
+def make_arms(cfg: Config, ctx, files: list[str], arms: list[str], args, tmp: str) -> dict:
+    """One Arm per name in `arms`: the cache built into `tmp` (or --cache-dir's) for soft and hard, the teacher
+    (a checkpoint or a random --teacher-preset model) for online and for building the cache."""
+    cached = [a for a in arms if a in ("soft", "hard")]
+    compiled = compile_enabled(cfg.compile, ctx.device)
+    teacher = tcfg = sha = None
+    if "online" in arms or (cached and not args.cache_dir):
+        teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
+    print(f"student {cfg.num_layers}x{cfg.model_dim} batch {cfg.train_batch_tokens} seq {cfg.train_seq_len} "
+          f"accum {grad_accum_steps(cfg, ctx.world_size)} compiled {compiled} | shards {len(files)} | alpha "
+          f"{cfg.distill_alpha} T {cfg.distill_temp} tail {cfg.distill_tail} | teacher "
+          + (f"{tcfg.num_layers}x{tcfg.model_dim} ({'checkpoint' if args.teacher else 'random'})" if tcfg else "-")
+          + (f" | cache {args.cache_dir}" if args.cache_dir else ""))
+    reader = None
+    if cached:
+        cache_dir = args.cache_dir
+        if not cache_dir:
+            cache_dir = os.path.join(tmp, "cache")
+            stats = build_temp_cache(maybe_compile(teacher, cfg.compile, ctx.device), sha, tcfg, files, ctx,
+                                     cache_dir, args.k, args.encoding, fixed_shape=compiled)
+            print(f"cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
+                  f"({stats['tokens_per_s']:.0f} tokens/s)")
+        reader = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
+    makers = {
+        "baseline": lambda: Arm(cfg, ctx, files, CrossEntropyObjective()),
+        "soft": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "soft"), "soft")),
+        "hard": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "hard"), "hard")),
+        "online": lambda: Arm(cfg, ctx, files, arm_objective(
+            cfg, OnlineTeacher(teacher, args.teacher or "random", sha, cfg.compile, ctx.device), "soft")),
+    }
+    return {name: makers[name]() for name in arms}
+
+
+def report(cfg: Config, ctx, arms: list[str], measured: dict, args) -> dict:
+    """Print each arm's step time and ratios to the baseline; returns the JSON figures."""
+    times, base = measured["times"], measured["times"]["baseline"]
+    print(machine_line(ctx) + f" clock={args.clock}")  # the load during the run, not only before it
+    figures = {"machine": machine_line(ctx), "clock": args.clock, "rounds": len(base), "config": cfg.to_dict(),
+               "warmup_s": measured["warmup_s"], "max_rss_mib": max_rss_mib(), "arms": {}}
+    for name in arms:
+        ratio, paired = median_ms(times[name]) / median_ms(base), paired_ratio(times[name], base)
+        lo, hi = bootstrap_ci(paired_ratio, times[name], base)
+        peak = measured["peak_mib"][name]
+        print(f"{name:9s} step {spread(times[name])}  paired ratio {paired:.3f} (95% {lo:.3f}-{hi:.3f}), "
+              f"ratio of medians {ratio:.3f}" + (f", peak {peak:.0f} MiB" if peak is not None else ""))
+        figures["arms"][name] = {"median_ms": median_ms(times[name]), "paired_ratio": paired, "paired_ci95": [lo, hi],
+                                 "ratio_of_medians": ratio, "peak_mib": peak,
+                                 "times_ms": [t * 1e3 for t in times[name]]}
+    return figures
+
+
 @cli_main
 def main():
     t_run = time.perf_counter()
@@ -103,75 +195,15 @@ def main():
     if args.clock == "process" and ctx.device.type == "cuda":
         raise GolfError("--clock process measures CPU time only; use --clock wall on CUDA")
     files = train_files(cfg, args.cache_shards)
-    cached = [a for a in arms if a in ("soft", "hard")]
-    compiled = compile_enabled(cfg.compile, ctx.device)
-    teacher = tcfg = None
-    if "online" in arms or (cached and not args.cache_dir):
-        teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
     print(machine_line(ctx))
-    print(f"student {cfg.num_layers}x{cfg.model_dim} batch {cfg.train_batch_tokens} seq {cfg.train_seq_len} "
-          f"accum {grad_accum_steps(cfg, ctx.world_size)} compiled {compiled} | shards {len(files)} | alpha "
-          f"{cfg.distill_alpha} T {cfg.distill_temp} tail {cfg.distill_tail} | teacher "
-          + (f"{tcfg.num_layers}x{tcfg.model_dim} ({'checkpoint' if args.teacher else 'random'})" if tcfg else "-")
-          + (f" | cache {args.cache_dir}" if args.cache_dir else ""))
-
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
-        reader = None
-        if cached:
-            cache_dir = args.cache_dir
-            if not cache_dir:
-                cache_dir = os.path.join(tmp, "cache")
-                stats = build_temp_cache(maybe_compile(teacher, cfg.compile, ctx.device), sha, tcfg, files, ctx,
-                                         cache_dir, args.k, args.encoding, fixed_shape=compiled)
-                print(f"cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
-                      f"({stats['tokens_per_s']:.0f} tokens/s)")
-            reader = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
-        makers = {
-            "baseline": lambda: Arm(cfg, ctx, files, CrossEntropyObjective()),
-            "soft": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "soft"), "soft")),
-            "hard": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "hard"), "hard")),
-            "online": lambda: Arm(cfg, ctx, files, arm_objective(
-                cfg, OnlineTeacher(teacher, args.teacher or "random", sha, cfg.compile, ctx.device), "soft")),
-        }
-        runs = {name: makers[name]() for name in arms}
+        runs = make_arms(cfg, ctx, files, arms, args, tmp)
         try:
-            times = {name: [] for name in arms}
-            for rep in tqdm(range(args.warmup), desc="warm-up", disable=None):
-                for name in rotations(arms, rep):
-                    runs[name].step()
-            print(f"warm-up: {args.warmup} rounds done at {time.perf_counter() - t_run:.0f}s", flush=True)
-            t_start, rep = time.perf_counter(), 0
-            limit = args.max_total_seconds or float("inf")
-
-            def more() -> bool:
-                now = time.perf_counter()
-                if rep > 0 and now - t_run >= limit:
-                    return False
-                return rep < args.reps if not args.seconds else now - t_start < args.seconds
-
-            bar = tqdm(total=args.reps if not args.seconds else None, desc="timed rounds", disable=None)
-            while more():
-                for name in rotations(arms, rep):
-                    times[name].append(timed(runs[name].step, ctx, args.clock))
-                rep += 1
-                bar.update(1)
-                if bar.disable and rep % 25 == 0:  # a sign of life in logs (tqdm is off there)
-                    print(f"timed rounds: {rep} at {time.perf_counter() - t_run:.0f}s", flush=True)
-            bar.close()
+            measured = run_rounds(runs, arms, args, ctx, t_run)
         finally:
             for run in runs.values():
                 run.close()
-
-    print(machine_line(ctx) + f" clock={args.clock}")  # the load during the run, not only before it
-    base = times["baseline"]
-    figures = {"machine": machine_line(ctx), "clock": args.clock, "rounds": len(base), "config": cfg.to_dict(), "arms": {}}
-    for name in arms:
-        ratio, paired = median_ms(times[name]) / median_ms(base), paired_ratio(times[name], base)
-        lo, hi = bootstrap_ci(paired_ratio, times[name], base)
-        print(f"{name:9s} step {spread(times[name])}  paired ratio {paired:.3f} (95% {lo:.3f}-{hi:.3f}), "
-              f"ratio of medians {ratio:.3f}")
-        figures["arms"][name] = {"median_ms": median_ms(times[name]), "paired_ratio": paired, "paired_ci95": [lo, hi],
-                                 "ratio_of_medians": ratio, "times_ms": [t * 1e3 for t in times[name]]}
+    figures = report(cfg, ctx, arms, measured, args)
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps(figures, indent=1) + "\n")

@@ -103,18 +103,74 @@ def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path
     assert 0 < kl[0] <= kl[1] <= 4.9e-4
 
 
-def test_gpu_check_script_parses_and_dry_runs(tmp_path):
-    script = os.path.join(REPO, "bench", "gpu_check.sh")
-    subprocess.run(["bash", "-n", script], check=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPU_CHECK_SECONDS": "1", "PYTHONPATH": REPO}
-    p = subprocess.run([script, "--dry-run", str(tmp_path / "out")], env=env, cwd=str(tmp_path), capture_output=True,
-                       text=True, timeout=300)
-    _ok(p)
-    line = [x for x in p.stdout.splitlines() if x.startswith("gpu_check device=")]
-    assert line, p.stdout[-2000:]
-    fig = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    assert fig["soft_ratio"] > 0 and fig["cache_write_ratio"] > 0
-    assert fig["stages"]["distill_step"]["config"]["train_seq_len"] == 64  # the test preset, not the full student
+GPU_CHECK = os.path.join(REPO, "bench", "gpu_check.sh")
+GPU_STAGES = ["env", "data", "attention", "steps", "eval", "cache_read", "cache_write"]
+
+
+def _gpu_check(args, tmp_path, **env):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPU_CHECK_SECONDS": "1", "PYTHONPATH": REPO, **env}
+    env.pop("PRESET", None)
+    return subprocess.run([GPU_CHECK, *args], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
+    subprocess.run(["bash", "-n", GPU_CHECK], check=True)
+    out = _ok(_gpu_check(["--dry-run", str(tmp_path / "out")], tmp_path))
+    lines = out.splitlines()
+    plan = lines[lines.index("plan (stage, time limit, command):") + 1:][:len(GPU_STAGES)]
+    assert [line.split()[0] for line in plan] == GPU_STAGES, out[:3000]
+    assert "--arms baseline,soft,hard,online" in out and "--preset test" in out
+    assert lines[-2].startswith("gpu_check mode=dry-run device=cpu fa3=False stages_ok=7/7 soft_ratio=")
+    rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert {n: s["status"] for n, s in rep["stages"].items()} == dict.fromkeys(GPU_STAGES, "ok")
+    fig, details = rep["figures"], rep["details"]
+    assert rep["env"]["torch"] and rep["env"]["fa3"]["importable"] is False  # said, and SDPA alone ran
+    assert details["attention"]["kernels"]["fa3"]["status"] == "absent" and fig["fwd_bwd_ms"]["sdpa"] > 0
+    assert fig["compile_s"] is not None
+    assert set(fig["step_ratio"]) == {"soft", "hard", "online"} and all(r > 0 for r in fig["step_ratio"].values())
+    assert details["steps"]["config"]["train_seq_len"] == 64  # the test preset, not the full student
+    assert fig["steps_max_rss_mib"] > 0 and fig["steps_warmup_s"] >= 0
+    assert fig["cache_read_mb_per_s"]["fp16_cold"] > 0 and fig["eval_targets_per_s"]["sliding"] > 0
+    assert fig["eval_fineweb_val_s_8gpu"]["standard"] > 0 and fig["cache_write_ratio"] > 0
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| steps | ok |" in md and "not importable" in md and "say nothing about a GPU" in md
+
+
+def test_gpu_check_goes_on_past_a_failed_stage_and_reports_it(tmp_path):
+    """No data (made to fail): the stages that read it fail for real with their own error, attention (which
+    does not need it) still runs, and the report says which is which; exit status 1."""
+    p = _gpu_check(["--dry-run", "--quick", str(tmp_path / "out")], tmp_path, GPU_CHECK_FAIL="data")
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    status = {n: s["status"] for n, s in rep["stages"].items()}
+    # --quick leaves out cache_write
+    assert status == {"env": "ok", "data": "failed", "attention": "ok", "steps": "failed", "eval": "failed",
+                      "cache_read": "failed"}
+    assert "not found" in (tmp_path / "out" / "steps.log").read_text()
+    assert rep["figures"]["fwd_bwd_ms"]["sdpa"] > 0 and rep["figures"]["step_ratio"] == {}
+    assert "| eval | failed |" in (tmp_path / "out" / "summary.md").read_text()
+    assert "stages_ok=2/6 not_ok=data,steps,eval,cache_read" in p.stdout
+
+
+def test_gpu_check_refuses_bad_usage(tmp_path):
+    for args in ([], ["--bogus", "x"], ["a", "b"]):
+        p = _gpu_check(args, tmp_path)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and len(p.stderr.splitlines()) == 1, p.stderr
+
+
+def test_gpu_check_attention_finds_an_installed_fa3(tmp_path):
+    """A stand-in flash_attn_interface on the path: the check says it imports, and that the model did not call
+    it on this device (FA3 runs only on CUDA), instead of reporting SDPA's numbers as FA3's."""
+    (tmp_path / "fa3").mkdir()
+    (tmp_path / "fa3" / "flash_attn_interface.py").write_text(
+        "def flash_attn_func(q, k, v, causal=False):\n    raise AssertionError('not on this device')\n")
+    env = {"PRESET": "test", "PYTHONPATH": f"{tmp_path / 'fa3'}{os.pathsep}{REPO}"}
+    _ok(run_script(["bench/gpu_check.py", "env", str(tmp_path / "env.json")], env, str(tmp_path)))
+    assert json.loads((tmp_path / "env.json").read_text())["fa3"]["importable"] is True
+    _ok(run_script(["bench/gpu_check.py", "attention", str(tmp_path / "a.json"), "--steps", "1"], env, str(tmp_path)))
+    kernels = json.loads((tmp_path / "a.json").read_text())["kernels"]
+    assert kernels["fa3"]["status"] == "not used by the model on this device" and kernels["fa3"]["fa3_calls"] == 0
+    assert kernels["sdpa"]["status"] == "ok"
 
 
 def test_bootstrap_interval_resamples_whole_pairs():
