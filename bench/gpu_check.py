@@ -1,10 +1,11 @@
 """The stages of bench/gpu_check.sh that are not benchmarks of their own, and the report that merges them all.
 
     python bench/gpu_check.py env OUT.json                              # versions, devices, FA3 importable or not
-    python bench/gpu_check.py data DIR --tokens N [--val-tokens N]      # synthetic train and val shards
+    python bench/gpu_check.py data DIR --tokens N [--val-tokens N] [--text DIR]  # synthetic shards (+ real text)
     python bench/gpu_check.py cache DIR OUT [--k 32]                    # an fp16 cache of DIR's train shards in OUT
     python bench/gpu_check.py attention OUT.json [--steps 5] [--compile]  # forward/backward with FA3 and with SDPA
     python bench/gpu_check.py eval DIR OUT.json                         # standard and sliding eval of DIR's val shard
+    python bench/gpu_check.py train-report LOG_DIR OUT.json             # what the train stage's train_gpt.py logged
     python bench/gpu_check.py summary OUTDIR                            # OUTDIR/gpu_check.json and summary.md
 
 attention and eval take the model from PRESET (default student) and DEVICE / DTYPE / COMPILE like every script.
@@ -38,6 +39,7 @@ from golf.tokenizer import ByteLuts
 
 _CHUNK = 1 << 20  # rows per write
 VAL_TARGETS = 62_021_632  # the challenge's FineWeb val set (seed-factsheet 1.4): eval times are projected to it
+STAGE_JSON = ("env", "attention", "steps", "train", "eval", "cache_read", "cache_write")  # stages that write JSON
 
 
 def write_json(path: str, obj: dict):
@@ -87,6 +89,18 @@ def make_data(out: str, tokens: int, vocab: int, val_tokens: int = 65536, seed: 
     write_shard(os.path.join(out, "synth_train_000000.bin"), rng.integers(0, vocab, tokens, dtype=np.uint16))
     write_shard(os.path.join(out, "synth_val_000000.bin"), rng.integers(0, vocab, val_tokens, dtype=np.uint16))
     print(f"data: {out} train tokens {tokens} val tokens {val_tokens} vocab {vocab}")
+
+
+def make_text_data(out: str, max_bytes: int = 400_000) -> dict:
+    """A small real-text dataset (tokenizer + shards) from the demo corpus that ships with Python, for the stage
+    that runs train_gpt.py itself (which needs a tokenizer for its byte counts); a few seconds."""
+    from golf.corpus import build_dataset, demo_documents, split_train_val
+
+    docs = demo_documents(max_bytes=max_bytes)
+    train, val = split_train_val(docs)
+    paths = build_dataset(train, val, "gpucheck", out, shard_tokens=1 << 20)
+    print(f"text data: {paths.data_path} tokenizer {paths.tokenizer_path}")
+    return {"data_path": paths.data_path, "tokenizer_path": paths.tokenizer_path}
 
 
 def make_cache(data: str, out: str, k: int, vocab: int):
@@ -239,6 +253,33 @@ def eval_check(cfg, data: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The real training script, end to end
+
+
+def train_report(log_dir: str, run_id: str) -> dict:
+    """What the train stage's train_gpt.py run logged: step time, compiles inside timed steps (must be none), the
+    final scores and sizes, the peak-memory line. Refuses a run that compiled inside its timed steps."""
+    events = {}
+    with open(os.path.join(log_dir, f"{run_id}.jsonl")) as f:
+        for rec in map(json.loads, f):
+            events.setdefault(rec["event"], []).append(rec)
+    with open(os.path.join(log_dir, f"{run_id}.txt")) as f:
+        text = f.read()
+    end, final = events["train_end"][-1], events.get("final", [{}])[-1]
+    train = events.get("train", [])
+    out = {"steps": end["step"], "step_ms_median": end["step_ms_median"], "timed_compiles": end.get("timed_compiles"),
+           "qat_enabled": "late_qat:enabled" in text, "warmup": [ln for ln in text.splitlines() if ln.startswith("warmup:")],
+           "train_loss": [r["train_loss"] for r in train], "val_bpb": final.get("val_bpb"),
+           "sliding_val_bpb": final.get("sliding_val_bpb"), "artifact": (events.get("artifact") or [{}])[-1],
+           "peak_memory_line": next((ln for ln in text.splitlines() if ln.startswith("peak memory")), None)}
+    print(json.dumps(out, indent=1))
+    if out["timed_compiles"]:
+        raise GolfError(f"{out['timed_compiles']} compile(s) inside timed steps (see 'compile_in_timed_step' in "
+                        f"{log_dir}/{run_id}.txt): the warm-up missed a graph")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The report: every stage's status and figures in one JSON and one markdown page, whatever failed
 
 
@@ -266,8 +307,8 @@ def read_stages(out: str) -> dict:
 
 def key_figures(f: dict) -> dict:
     """The figures a reader wants first, from each stage's JSON (None where a stage gave none)."""
-    env, att, steps, read, ev, write = (f.get(k) or {} for k in ("env", "attention", "steps", "cache_read", "eval",
-                                                                  "cache_write"))
+    env, att, steps, train, ev, read, write = (f.get(k) or {} for k in ("env", "attention", "steps", "train", "eval",
+                                                                        "cache_read", "cache_write"))
     kernels, arms = att.get("kernels", {}), steps.get("arms", {})
     gpus = env.get("gpus") or [{}]
     return {
@@ -280,6 +321,8 @@ def key_figures(f: dict) -> dict:
         "step_peak_mib": {k: a.get("peak_mib") for k, a in arms.items()}, "steps_max_rss_mib": steps.get("max_rss_mib"),
         "attention_peak_mib": {k: v.get("peak_mib") for k, v in kernels.items() if v.get("status") == "ok"},
         "steps_warmup_s": steps.get("warmup_s"), "steps_rounds": steps.get("rounds"),
+        "train_step_ms": train.get("step_ms_median"), "train_timed_compiles": train.get("timed_compiles"),
+        "train_peak_memory": train.get("peak_memory_line"),
         "cache_read_mb_per_s": read.get("mb_per_s"),
         "cache_read_step_fraction": {k: v / read["step_ms"] for k, v in read.get("fetch_ms", {}).items()},
         "eval_targets_per_s": {k: ev[k]["targets_per_s"] for k in ("standard", "sliding") if k in ev},
@@ -315,8 +358,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-STAGE_JSON = ("env", "attention", "steps", "cache_read", "eval", "cache_write")
-
 
 def summary(out: str, mode: str) -> int:
     """Merge stages.tsv and every stage's JSON into gpu_check.json and summary.md; print the summary line;
@@ -346,6 +387,7 @@ def main():
     d.add_argument("--tokens", type=int, required=True)
     d.add_argument("--val-tokens", type=int, default=65536)
     d.add_argument("--vocab", type=int, default=1024)
+    d.add_argument("--text", default="", help="also a small real-text dataset with its tokenizer in this folder")
     c = sub.add_parser("cache", help="write a synthetic fp16 logit cache")
     c.add_argument("dir")
     c.add_argument("out")
@@ -358,6 +400,10 @@ def main():
     e = sub.add_parser("eval", help="standard and sliding eval of DIR's val shard")
     e.add_argument("dir")
     e.add_argument("json")
+    t = sub.add_parser("train-report", help="what the train stage's run logged")
+    t.add_argument("log_dir")
+    t.add_argument("json")
+    t.add_argument("--run-id", default="train")
     s = sub.add_parser("summary", help="merge the stages into gpu_check.json and summary.md")
     s.add_argument("outdir")
     s.add_argument("--mode", default="full")
@@ -368,6 +414,8 @@ def main():
         print(json.dumps(info, indent=1))
     elif args.cmd == "data":
         make_data(args.dir, args.tokens, args.vocab, args.val_tokens)
+        if args.text:
+            make_text_data(args.text)
     elif args.cmd == "cache":
         make_cache(args.dir, args.out, args.k, args.vocab)
     elif args.cmd == "attention":
@@ -376,6 +424,8 @@ def main():
         print(json.dumps(res, indent=1))
     elif args.cmd == "eval":
         write_json(args.json, eval_check(resolve_config(None, {"PRESET": "student", **os.environ}), args.dir))
+    elif args.cmd == "train-report":
+        write_json(args.json, train_report(args.log_dir, args.run_id))
     else:
         sys.exit(summary(args.outdir, args.mode))
 

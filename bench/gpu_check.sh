@@ -2,7 +2,8 @@
 # One-device readiness check: on one GPU, in under 10 minutes (--quick: under 4), everything the 8xH100 run
 # needs is run once at the real configuration and measured. Stages, in order:
 #   env          torch, CUDA, cuDNN, GPUs, driver, whether FlashAttention-3 (flash_attn_interface) imports;
-#   data         a synthetic train shard, val shard and fp16 top-32 cache of it, in a scratch folder;
+#   data         a synthetic train shard, val shard and fp16 top-32 cache of it, and a small real-text dataset
+#                with its tokenizer (from the demo corpus that ships with Python), in a scratch folder;
 #   attention    the student's micro-batch (48 x 2048) forward/backward with FA3 and with SDPA (FA3 absent: said,
 #                and SDPA alone), their agreement and peak memory, then the compile time of that step (not --quick);
 #   steps        step times of every arm kind (baseline, cached soft, cached hard, online teacher) at the real
@@ -11,6 +12,9 @@
 #                memory per arm, the warm-up's seconds (compiles of every arm included);
 #   cache_read   the cache read rate from local disk, warm and cold (page cache dropped), fp16 and packed, as a
 #                fraction of a student step (bench/cache_read.py);
+#   train        train_gpt.py itself, end to end: the real student for a few steps on a small real-text dataset
+#                (demo corpus), WARMUP_STEPS=1 with late QAT switching on mid-run, then the int6 artifact and
+#                its scores; fails if any compile landed inside a timed step;
 #   eval         standard and sliding-window eval (golf.eval) of the synthetic val shard, projected to FineWeb's
 #                62M val targets (one rank's share of the 8-GPU batch per call);
 #   cache_write  the teacher preset's cache-writing throughput over its forward pass (bench/cache_write.py; not
@@ -49,12 +53,13 @@ PY=${PYTHON:-$(command -v python || command -v python3)}
 # Sizes. The real ones: the student and teacher presets, a 4M-token shard (each step reads 786k tokens, so the
 # stream wraps; the cache covers it all), a 1M-token val shard (sliding eval = 16k windows of 2048).
 if [[ $DRY == 1 ]]; then
-    MODE=dry-run; STUDENT=test; TEACHER=test; TOKENS=20000; VAL_TOKENS=8192; TIMED=${GPU_CHECK_SECONDS:-2}
+    MODE=dry-run; STUDENT=test; TEACHER=test; TOKENS=20000; VAL_TOKENS=8192; TIMED=${GPU_CHECK_SECONDS:-2}; TRAIN_STEPS=6
     WARMUP=1; ATTN_STEPS=2; READ="--quick"; VAL_BATCH=""; BUDGET=${GPU_CHECK_BUDGET:-150}; EAGER=""
     # The compile-time code path with the aot_eager backend: inductor's C++ build would take ~30 s on a small CPU.
     ATTN_COMPILE="GOLF_COMPILE_BACKEND=aot_eager "; ATTN_FLAG=" --compile"
 else
     MODE=full; STUDENT=student; TEACHER=teacher; TOKENS=4194304; VAL_TOKENS=1048577; TIMED=${GPU_CHECK_SECONDS:-90}
+    TRAIN_STEPS=12
     WARMUP=2; ATTN_STEPS=5; READ="--reps 10 --step-reps 3"; VAL_BATCH="VAL_BATCH_SIZE=65536 "; EAGER=""
     ATTN_COMPILE=""; ATTN_FLAG=" --compile"
     BUDGET=${GPU_CHECK_BUDGET:-560}
@@ -76,6 +81,7 @@ mkdir -p "$WORK"
 cleanup() { if [[ -z "${GPU_CHECK_WORK:-}" ]]; then rm -rf "$WORK"; fi; }
 trap cleanup EXIT
 DATA=$WORK/data
+TEXT=$WORK/text
 # Every script reads data paths and presets from the environment; a PRESET from the caller's shell must not
 # leak in, and nothing here loads a tokenizer.
 unset PRESET
@@ -106,9 +112,10 @@ stage() {  # NAME LIMIT_S COMMAND: print it (plan) or run it under its limit, te
 stages() {
     local p="$PY -u"
     stage env 60 "$p bench/gpu_check.py env $OUT/env.json"
-    stage data 120 "$p bench/gpu_check.py data $DATA --tokens $TOKENS --val-tokens $VAL_TOKENS && $p bench/gpu_check.py cache $DATA $WORK/cache --k 32"
+    stage data 120 "$p bench/gpu_check.py data $DATA --tokens $TOKENS --val-tokens $VAL_TOKENS --text $TEXT && $p bench/gpu_check.py cache $DATA $WORK/cache --k 32"
     stage attention 150 "${ATTN_COMPILE}PRESET=$STUDENT $p bench/gpu_check.py attention $OUT/attention.json --steps $ATTN_STEPS$ATTN_FLAG"
     stage steps $((TIMED + 200)) "$EAGER$p bench/distill_step.py --preset $STUDENT --teacher-preset $TEACHER --arms baseline,soft,hard,online --cache-dir $WORK/cache --warmup $WARMUP --seconds $TIMED --max-total-seconds $((TIMED + 170)) --json $OUT/steps.json"
+    stage train 180 "${EAGER}PRESET=$STUDENT DATA_PATH=$TEXT/datasets/gpucheck_sp1024 TOKENIZER_PATH=$TEXT/tokenizers/gpucheck_1024_bpe.model ITERATIONS=$TRAIN_STEPS WARMDOWN_ITERS=$TRAIN_STEPS QAT_THRESHOLD=0.5 WARMUP_STEPS=1 MAX_WALLCLOCK_SECONDS=0 VAL_LOSS_EVERY=0 TRAIN_LOG_EVERY=1 RUN_ID=train LOG_DIR=$OUT/train CHECKPOINT_PATH=$WORK/train/train.pt $p train_gpt.py && $p bench/gpu_check.py train-report $OUT/train $OUT/train.json"
     stage eval 120 "${EAGER}PRESET=$STUDENT VAL_MAX_TOKENS=0 $VAL_BATCH$p bench/gpu_check.py eval $DATA $OUT/eval.json"
     stage cache_read 120 "$EAGER$p bench/cache_read.py --preset $STUDENT --cache-dir $WORK/cache --no-distortion $READ --tmp $WORK --json $OUT/cache_read.json"
     [[ $QUICK == 1 ]] || stage cache_write 120 "$p bench/cache_write.py --preset $TEACHER --shards 1 --reps 1 --tmp $WORK --json $OUT/cache_write.json"

@@ -104,7 +104,7 @@ def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path
 
 
 GPU_CHECK = os.path.join(REPO, "bench", "gpu_check.sh")
-GPU_STAGES = ["env", "data", "attention", "steps", "eval", "cache_read", "cache_write"]
+GPU_STAGES = ["env", "data", "attention", "steps", "train", "eval", "cache_read", "cache_write"]
 
 
 def _gpu_check(args, tmp_path, **env):
@@ -120,7 +120,7 @@ def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
     plan = lines[lines.index("plan (stage, time limit, command):") + 1:][:len(GPU_STAGES)]
     assert [line.split()[0] for line in plan] == GPU_STAGES, out[:3000]
     assert "--arms baseline,soft,hard,online" in out and "--preset test" in out
-    assert lines[-2].startswith("gpu_check mode=dry-run device=cpu fa3=False stages_ok=7/7 soft_ratio=")
+    assert lines[-2].startswith("gpu_check mode=dry-run device=cpu fa3=False stages_ok=8/8 soft_ratio=")
     rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert {n: s["status"] for n, s in rep["stages"].items()} == dict.fromkeys(GPU_STAGES, "ok")
     fig, details = rep["figures"], rep["details"]
@@ -132,6 +132,10 @@ def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
     assert fig["steps_max_rss_mib"] > 0 and fig["steps_warmup_s"] >= 0
     assert fig["cache_read_mb_per_s"]["fp16_cold"] > 0 and fig["eval_targets_per_s"]["sliding"] > 0
     assert fig["eval_fineweb_val_s_8gpu"]["standard"] > 0 and fig["cache_write_ratio"] > 0
+    # train_gpt.py itself ran: WARMUP_STEPS=1 warmed both graphs, QAT switched on, the artifact was scored.
+    train = details["train"]
+    assert fig["train_step_ms"] > 0 and train["steps"] == 6 and train["qat_enabled"] and train["sliding_val_bpb"] > 0
+    assert train["warmup"][0].startswith("warmup:done steps:2 qat_steps:1 ")
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "| steps | ok |" in md and "not importable" in md and "say nothing about a GPU" in md
 
@@ -144,12 +148,12 @@ def test_gpu_check_goes_on_past_a_failed_stage_and_reports_it(tmp_path):
     rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     status = {n: s["status"] for n, s in rep["stages"].items()}
     # --quick leaves out cache_write
-    assert status == {"env": "ok", "data": "failed", "attention": "ok", "steps": "failed", "eval": "failed",
-                      "cache_read": "failed"}
+    assert status == {"env": "ok", "data": "failed", "attention": "ok", "steps": "failed", "train": "failed",
+                      "eval": "failed", "cache_read": "failed"}
     assert "not found" in (tmp_path / "out" / "steps.log").read_text()
     assert rep["figures"]["fwd_bwd_ms"]["sdpa"] > 0 and rep["figures"]["step_ratio"] == {}
     assert "| eval | failed |" in (tmp_path / "out" / "summary.md").read_text()
-    assert "stages_ok=2/6 not_ok=data,steps,eval,cache_read" in p.stdout
+    assert "stages_ok=2/7 not_ok=data,steps,train,eval,cache_read" in p.stdout
 
 
 def test_gpu_check_refuses_bad_usage(tmp_path):
