@@ -19,10 +19,19 @@ from torch import nn
 from golf.config import Config
 from golf.quant import fake_quantize_int6_rows
 
-try:  # FlashAttention-3 (Hopper); the SDPA path below is the reference and runs everywhere.
-    from flash_attn_interface import flash_attn_func as _fa3
-except ImportError:
-    _fa3 = None
+
+def _load_fa3():
+    """FlashAttention-3's `flash_attn_func` (Hopper) if installed, else None; SDPA is the reference path."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+_fa3 = _load_fa3()
+# FA3 is a CUDA kernel; a module-level tuple so a test can route a CPU stand-in through the same branch.
+FA3_DEVICES = ("cuda",)
 
 # Small/"control" parameters: kept in fp32 and optimised by AdamW, never by Muon (fact sheet 2, 4).
 CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "smear")
@@ -87,6 +96,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal GQA attention; q (B, T, H, D), k and v (B, T, H_kv, D) -> (B, T, H, D)."""
+    if _fa3 is not None and q.device.type in FA3_DEVICES:
+        y = _fa3(q, k, v, causal=True)
+        return y[0] if isinstance(y, tuple) else y  # some FA3 versions also return the log-sum-exp
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+    ).transpose(1, 2)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config, xsa: bool):
         super().__init__()
@@ -109,13 +128,7 @@ class Attention(nn.Module):
         cos, sin = self.rotary(T)
         q = apply_rotary(rms_norm(q), cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_rotary(rms_norm(k), cos, sin)
-        if _fa3 is not None and x.is_cuda:
-            y = _fa3(q, k, v, causal=True)
-            y = y[0] if isinstance(y, tuple) else y
-        else:
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
-            ).transpose(1, 2)
+        y = attend(q, k, v)
         if self.xsa:
             # Exclusive self-attention: drop each head's component along its own token's unit value vector.
             group = self.n_head // self.n_kv
