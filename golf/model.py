@@ -38,7 +38,9 @@ CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weig
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    # CUDA autocast runs rms_norm in fp32 since torch 2.12; the cast back keeps the residual stream and q/k in
+    # the input dtype (bf16 in bf16 runs), as in the study (torch 2.11). A no-op wherever the dtype already holds.
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
 
 
 class CastedLinear(nn.Linear):
@@ -97,8 +99,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal GQA attention; q (B, T, H, D), k and v (B, T, H_kv, D) -> (B, T, H, D)."""
-    if _fa3 is not None and q.device.type in FA3_DEVICES:
+    """Causal GQA attention; q (B, T, H, D), k and v (B, T, H_kv, D) -> (B, T, H, D).
+
+    q, k and v reach the kernel in v's dtype (the matmul dtype: bf16 under autocast): FA3 refuses mixed dtypes
+    and fp32, so fp32 runs take SDPA."""
+    q, k = q.to(v.dtype), k.to(v.dtype)
+    if _fa3 is not None and q.device.type in FA3_DEVICES and q.dtype in (torch.float16, torch.bfloat16):
         y = _fa3(q, k, v, causal=True)
         return y[0] if isinstance(y, tuple) else y  # some FA3 versions also return the log-sum-exp
     return F.scaled_dot_product_attention(
@@ -243,7 +249,11 @@ class GPT(nn.Module):
 
     def apply_dtype_policy(self, dtype: torch.dtype):
         """The study's storage dtypes for bf16 runs: embeddings (tok_emb, bigram table) in `dtype`, every
-        CastedLinear and control/vector parameter in fp32. A no-op for fp32 runs."""
+        CastedLinear and control/vector parameter in fp32. A no-op for fp32 runs.
+
+        Under autocast the embedding's dtype is the residual stream's: with this policy the stream, the norms'
+        outputs and q/k/v are bf16 (the study's dtypes). CUDA autocast's fp32 list (pow, sum) still makes the squared
+        MLP hidden and XSA's projection fp32 before the next linear, as it did in the study."""
         if dtype == torch.float32:
             return self
         self.tok_emb.to(dtype)
