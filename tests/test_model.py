@@ -147,7 +147,7 @@ def fake_flash_attn_interface(calls: list, returns_lse: bool):
         if q.dtype not in (torch.float16, torch.bfloat16):
             raise RuntimeError("FlashAttention only supports fp16 and bf16 data types")
         if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
-            raise RuntimeError(f"expected (B, T, H, D) inputs, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+            raise RuntimeError(f"expected (B, T, H, D) inputs, got {[tuple(x.shape) for x in (q, k, v)]}")
         b, t, h, d = q.shape
         if h % k.shape[2] or d % 8 or d > 256:
             raise RuntimeError("query heads must be a multiple of key/value heads; head dim a multiple of 8, <= 256")
