@@ -167,6 +167,24 @@ def fake_flash_attn_interface(calls: list, returns_lse: bool):
     return types.SimpleNamespace(flash_attn_func=flash_attn_func)
 
 
+_Q, _KV = torch.randn(2, 16, 4, 32, dtype=torch.bfloat16), torch.randn(2, 16, 2, 32, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("q,k,v,causal", [
+    (_Q, _KV.float(), _KV, True),  # mixed dtypes (the crash on CUDA with an fp32 rms_norm)
+    (_Q.float(), _KV.float(), _KV.float(), True),  # fp32
+    (_Q.transpose(1, 2), _KV.transpose(1, 2), _KV.transpose(1, 2), True),  # (B, H, T, D): SDPA's layout
+    (_Q[:, :, :3], _KV, _KV, True),  # 3 query heads over 2 KV heads
+    (_Q.transpose(1, 3).contiguous().transpose(1, 3), _KV, _KV, True),  # last dim not contiguous
+    (_Q, _KV, _KV, False),  # not causal
+], ids=["mixed-dtype", "fp32", "bhtd-layout", "heads", "strided", "not-causal"])
+def test_the_stand_in_refuses_what_fa3_refuses(q, k, v, causal):
+    fa3 = fake_flash_attn_interface([], False).flash_attn_func
+    assert fa3(_Q, _KV, _KV, causal=True).shape == _Q.shape
+    with pytest.raises(RuntimeError):
+        fa3(q, k, v, causal=causal)
+
+
 def perturbed_model(dtype=torch.bfloat16) -> GPT:
     torch.manual_seed(0)
     model = GPT(tiny_cfg(num_heads=4, num_kv_heads=2))  # two KV heads: the GQA head mapping matters
