@@ -106,3 +106,36 @@ def test_scripts_refuse_a_bad_device_and_warn_about_a_misspelt_setting(tmp_path)
     assert out.returncode == 0, out.stderr
     assert "compile:1" in out.stdout.splitlines()
     assert "did you mean MAX_WALLCLOCK_SECONDS?" in out.stderr
+
+
+# --- the same spellings for the switches outside Config ------------------------------------------------------
+
+@pytest.mark.parametrize("value,traceback", [("1", True), ("yes", True), ("0", False), ("false", False),
+                                             ("off", False), ("", False)])
+def test_debug_takes_the_boolean_spellings(value, traceback, monkeypatch, capsys):
+    from golf.errors import cli_main
+
+    @cli_main
+    def main():
+        raise GolfError("bad input")
+
+    monkeypatch.setenv("DEBUG", value)
+    if traceback:
+        with pytest.raises(GolfError):
+            main()
+    else:
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == 2 and capsys.readouterr().err == "error: bad input\n"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "OFF"])
+def test_golf_native_topk_takes_the_boolean_spellings(value, monkeypatch):
+    import golf.topk
+    monkeypatch.setattr(golf.topk, "_kernel", None)
+    monkeypatch.setenv("GOLF_NATIVE_TOPK", value)
+    assert golf.topk.cpu_backend() == "torch.topk on integer keys"
+    monkeypatch.setattr(golf.topk, "_kernel", None)
+    monkeypatch.setenv("GOLF_NATIVE_TOPK", "maybe")
+    with pytest.raises(GolfError, match=r"GOLF_NATIVE_TOPK=.*1/true/yes/on"):
+        golf.topk.cpu_backend()
