@@ -9,7 +9,10 @@ The defaults are the study's student (seed-factsheet sections 2 and 4).
 """
 import argparse
 import dataclasses
+import difflib
 import os
+import re
+import sys
 import uuid
 from dataclasses import dataclass, field, fields
 
@@ -165,16 +168,31 @@ PRESETS["demo-self-teacher"] = {**PRESETS["demo-student"], "iterations": 450, "m
                                 "checkpoint_every": 100}
 
 
+# The one set of boolean spellings, for every boolean setting and for COMPILE besides `auto` (case and
+# surrounding spaces ignored; empty means off). Anything else is refused rather than guessed.
+BOOL_TRUE = ("1", "true", "yes", "on")
+BOOL_FALSE = ("0", "false", "no", "off", "")
+BOOL_SPELLINGS = "1/true/yes/on or 0/false/no/off"
+DEVICES = ("auto", "cpu", "cuda")
+# str fields holding `auto` or a boolean. They are stored as "auto" | "1" | "0", the values the scripts compare
+# with, so `COMPILE=yes` means on everywhere (it used to mean off).
+_AUTO_OR_BOOL = ("compile",)
+
+
+def parse_bool(raw: str) -> bool | None:
+    """True or False for a documented spelling, None for anything else."""
+    low = raw.strip().lower()
+    return True if low in BOOL_TRUE else False if low in BOOL_FALSE else None
+
+
 def _parse_value(typ, raw: str, source: str):
     """Parse one string from the environment or the command line into the field's type."""
     try:
         if typ is bool:
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError
+            value = parse_bool(raw)
+            if value is None:
+                raise GolfError(f"{source}={raw!r} is not a valid bool (use {BOOL_SPELLINGS}); fix or unset it")
+            return value
         if typ is int:
             return int(raw)
         if typ is float:
@@ -191,9 +209,47 @@ def _field_type(f):
     return _TYPES[f.type] if isinstance(f.type, str) else f.type
 
 
+def _parse_field(f, raw: str, source: str):
+    if f.name in _AUTO_OR_BOOL:
+        if raw.strip().lower() == "auto":
+            return "auto"
+        value = parse_bool(raw)
+        if value is None:
+            raise GolfError(f"{source}={raw!r}: use auto or a boolean ({BOOL_SPELLINGS})")
+        return "1" if value else "0"
+    return _parse_value(_field_type(f), raw, source)
+
+
+_WARNED: set = set()  # misspelt names already warned about in this process
+
+
+def warn_misspelt_settings(env) -> list[str]:
+    """Warn (on stderr, once per name and process, rank 0 only) about environment variables that look like a
+    misspelt setting, e.g. MAX_WALLCLOCK_SECOND: they are ignored, so the run would silently use the default.
+    Only upper-case names within difflib ratio 0.85 of a setting's name count, so PATH, OMP_NUM_THREADS, RANK
+    and the like never do. Returns the warning lines printed."""
+    if env.get("RANK", "0") != "0":
+        return []
+    known = {f.name.upper() for f in fields(Config)} | {name.upper() for name in LEGACY_SETTINGS} | {"PRESET"}
+    lines = []
+    for name in sorted(env):
+        if name in known or name in _WARNED or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            continue
+        match = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if match:
+            _WARNED.add(name)
+            lines.append(f"warning: {name} is not a setting; did you mean {match[0]}? (ignored)")
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+    return lines
+
+
 def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
     """A parser with `--preset`, `--dry-run` and one `--flag` per config field (help shows the default)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = (f"Booleans (and COMPILE besides auto) take {BOOL_SPELLINGS}, in any case; empty means off.\n"
+              "DEVICE is auto, cpu or cuda. An environment variable that looks like a misspelt setting gets a warning.")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=epilog)
     parser.add_argument("--preset", default=None, help=f"named configuration: {', '.join(PRESETS)} (env PRESET)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     if extra:
@@ -218,16 +274,16 @@ def resolve_config(args: argparse.Namespace | None = None, env: dict | None = No
     preset = flag or env.get("PRESET", "student")
     if preset not in PRESETS:
         raise GolfError(f"{'--preset' if flag else 'PRESET'}={preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
+    warn_misspelt_settings(env)
     cfg = Config(**PRESETS[preset])
     _apply_legacy_env(cfg, env)
     for f in fields(Config):
-        typ = _field_type(f)
         raw = env.get(f.name.upper())
         if raw is not None:
-            setattr(cfg, f.name, _parse_value(typ, raw, f.name.upper()))
+            setattr(cfg, f.name, _parse_field(f, raw, f.name.upper()))
         raw = getattr(args, f.name, None) if args is not None else None
         if raw is not None:
-            setattr(cfg, f.name, _parse_value(typ, raw, "--" + f.name.replace("_", "-")))
+            setattr(cfg, f.name, _parse_field(f, raw, "--" + f.name.replace("_", "-")))
     validate(cfg)
     return cfg
 
@@ -263,6 +319,10 @@ def validate(cfg: Config):
                                  ("DISTILL_TARGET", cfg.distill_target, MODES), ("DISTILL_TAIL", cfg.distill_tail, TAILS)):
         if value not in choices:
             raise GolfError(f"{name}={value!r}: use one of {', '.join(choices)}")
+    if cfg.device not in DEVICES:  # `gpu` used to fall through to the CPU
+        raise GolfError(f"DEVICE={cfg.device!r}: use auto, cpu or cuda")
+    if cfg.compile not in ("auto", "1", "0"):
+        raise GolfError(f"COMPILE={cfg.compile!r}: use auto or a boolean ({BOOL_SPELLINGS})")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
