@@ -94,7 +94,12 @@ class Config:
     distill_tail: str = _f("renorm", "top-K tail: renorm over the K entries | bucket (K+1-th rest-of-vocab bucket)", "distill")
     logit_cache: str = _f("", "logit cache folder written by cache_logits.py", "distill")
     teacher_path: str = _f("", "teacher checkpoint (online teacher; also checked against the cache)", "distill")
-    distill_seed_faithful: bool = _f(False, "reproduce the study's defects D1+D2 on purpose (ablation arm)", "distill")
+    distill_seed_faithful: str = _f("", "reproduce the study's defects on purpose (ablation arms): a comma list of D1 (KL "
+                                    "divided by the sequence length), D2 (cache rows by the study's cursor), D3 (online "
+                                    "teacher never called), D4 (warm-up without the teacher), or 1 / all (those the arm's "
+                                    "teacher and target can have); empty or 0: none (golf/seed_faithful.py)", "distill")
+    seed_faithful_rows: int = _f(4096, "D2: rows of the study's cache, over which its cursor cycles", "distill")
+    seed_faithful_row_len: int = _f(2048, "D2: tokens per row of the study's cache", "distill")
     restrict_to_cache: bool = _f(False, "train only on the cached shards instead of refusing to run past them", "distill")
 
     # ------------------------------------------------------------------------------------------------------
@@ -113,6 +118,8 @@ class Config:
     def from_dict(cls, d):
         """A config from `to_dict` output, also of older versions (their legacy fields mapped, unknown ones dropped)."""
         d = dict(d)
+        if isinstance(d.get("distill_seed_faithful"), bool):  # a boolean before D3 and D4 existed: D1 and D2
+            d["distill_seed_faithful"] = "D1,D2" if d["distill_seed_faithful"] else ""
         for old, (new, values) in LEGACY_SETTINGS.items():
             if old in d and new not in d:
                 d[new] = values[bool(d[old])]
@@ -313,6 +320,7 @@ def validate(cfg: Config):
         raise GolfError("head dim (MODEL_DIM / NUM_HEADS) must be even for RoPE")
     # The registries are the one list of each choice; imported here because they import this module.
     from golf.losses import MODES, TAILS
+    from golf.seed_faithful import defects
     from golf.teachers import TEACHERS
 
     for name, value, choices in (("DISTILL_TEACHER", cfg.distill_teacher, TEACHERS),
@@ -327,6 +335,7 @@ def validate(cfg: Config):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
+    defects(cfg)  # refuses an unknown defect or one the arm cannot have
 
 
 def config_from_cli(description: str, argv=None, extra=None):

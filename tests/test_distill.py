@@ -39,7 +39,9 @@ SETTINGS = [
     dict(train_batch_tokens=1536, train_seq_len=32, micro_batches=4, iterations=3, distill_target="hard"),
     dict(train_batch_tokens=576, train_seq_len=48, micro_batches=6, iterations=7),
 ]
-SEED_FAITHFUL = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=13, distill_seed_faithful=True)
+SEED_FAITHFUL = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=13, distill_seed_faithful="D1,D2")
+# The study's cursor cycles over its cache of 4,096 x 2,048 rows, not over the whole cache: a cycle of 640 here.
+SEED_FAITHFUL_CYCLE = dict(SEED_FAITHFUL, seed_faithful_rows=10, seed_faithful_row_len=64)
 
 
 @pytest.fixture(autouse=True)
@@ -165,13 +167,15 @@ def check_alignment(calls, cfg: Config, world: int, rank: int, pos):
 
 def check_seed_faithful(calls, cfg: Config, world: int, rank: int, pos):
     """The ablation arm's rows: a cursor from row 0 (again after the warm-up), advancing by the micro-batch
-    size and restarting at 0 when the next micro-batch would run past the cache; blind to rank and tokens."""
+    size and restarting at 0 when the next micro-batch would run past the study's cache (its rows, or the whole
+    cache if smaller); blind to rank and tokens."""
     accum, local = micro_batch_shape(cfg, world)
+    cycle = min(len(pos.stream), cfg.seed_faithful_rows * cfg.seed_faithful_row_len)
     expected = []
     for n_calls in (cfg.warmup_steps * accum, cfg.iterations * accum):
         cursor = 0
         for _ in range(n_calls):
-            if cursor + local > len(pos.stream):
+            if cursor + local > cycle:
                 cursor = 0
             expected.append(cursor + np.arange(local))
             cursor += local
@@ -192,9 +196,10 @@ def test_cached_rows_are_the_tokens_rows_one_process(pos_data, tmp_path):
         cfg = pos_config(pos_data, str(tmp_path / str(i)), **s)
         _, calls = recorded_train(cfg, cpu_ctx(), pos_data.cache)
         check_alignment(calls, cfg, 1, 0, pos_data)
-    cfg = pos_config(pos_data, str(tmp_path / "sf"), **SEED_FAITHFUL)
-    _, calls = recorded_train(cfg, cpu_ctx(), pos_data.cache)
-    check_seed_faithful(calls, cfg, 1, 0, pos_data)
+    for name, s in (("sf", SEED_FAITHFUL), ("sf_cycle", SEED_FAITHFUL_CYCLE)):
+        cfg = pos_config(pos_data, str(tmp_path / name), **s)
+        _, calls = recorded_train(cfg, cpu_ctx(), pos_data.cache)
+        check_seed_faithful(calls, cfg, 1, 0, pos_data)
 
 
 def test_cached_rows_are_the_tokens_rows_two_processes(pos_data, tmp_path):
@@ -230,7 +235,7 @@ def _worker(out: str, data_path: str, tokenizer_path: str, cache: str):
 # The warm-up runs the distillation path, then restores everything (the seed-faithful cursor included)
 
 
-@pytest.mark.parametrize("seed_faithful", [False, True])
+@pytest.mark.parametrize("seed_faithful", ["", "D1,D2"])
 def test_warmup_with_distillation_then_restore(pos_data, tmp_path, seed_faithful):
     s = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=4, ema_enabled=True,
              distill_seed_faithful=seed_faithful)
