@@ -17,7 +17,7 @@ import torch
 
 from golf.atomic import require_free_disk
 from golf.cache import CacheSpec, CacheWriter
-from golf.cache_build import build_cache, default_batch_windows, verify_cache
+from golf.cache_build import build_cache, default_batch_windows, teacher_context, verify_cache
 from golf.checkpoint import load_teacher
 from golf.codecs import ENCODINGS
 from golf.config import config_from_cli
@@ -77,14 +77,17 @@ def main():
         spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
                          teacher_config=tcfg.to_dict(), window=window, stride=stride)
         _check_new_cache_fits(out, shard_paths, spec)
-        writer = CacheWriter(out, shard_paths, spec)
+        tokens = sum(read_header(p) for p in shard_paths)
+        context = teacher_context(tokens, window, stride)
+        writer = CacheWriter(out, shard_paths, spec, info={"teacher_context": context})
         pending = writer.pending()
         need = writer.bytes_needed()
         if ctx.is_master:
-            tokens = sum(read_header(p) for p in shard_paths)
             print(f"cache:{out} shards:{len(shard_paths)} tokens:{tokens} k:{args.k} encoding:{args.encoding} "
                   f"window:{window} stride:{stride} teacher_sha256:{sha[:16]} pending_shards:{len(pending)} "
                   f"bytes_to_write:{need} ({need / 1e9:.2f} GB)", flush=True)
+            print(f"teacher_context mean:{context['mean']:.1f} min:{context['min']} "
+                  f"min_after_first_window:{context['min_after_first_window']}", flush=True)
         writer.check_disk_space()
         if ctx.distributed:  # every rank has its pending list before any rank commits a shard
             torch.distributed.barrier()

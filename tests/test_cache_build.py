@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from golf.cache import CacheReader, CacheSpec, CacheWriter
-from golf.cache_build import build_cache, plan_windows, teacher_topk, verify_cache
+from golf.cache_build import build_cache, plan_windows, teacher_context, teacher_topk, verify_cache
 from golf.checkpoint import load_teacher, save_checkpoint
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
@@ -380,3 +380,15 @@ def test_not_enough_disk_is_refused_before_anything_is_written(cli, tmp_path, mo
     with pytest.raises(GolfError, match=rf"the logit cache: {need / 1e3:.2f} kB needed in .*cache, only 1.00 kB free; .*--encoding packed"):
         cli.main(out, debug=True)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("total,window,stride", [(1, 4, 4), (10, 4, 4), (37, 8, 3), (100, 16, 16), (101, 16, 8),
+                                                 (7, 16, 8), (5000, 64, 32)])
+def test_teacher_context_matches_the_windows(total, window, stride):
+    """The closed form the manifest records equals the context of every position under plan_windows."""
+    ctx = np.zeros(total, dtype=np.int64)
+    for ws, _, a, b in plan_windows(0, total, window, stride, total):
+        ctx[a:b] = np.arange(a, b) - ws + 1
+    got = teacher_context(total, window, stride)
+    assert got["mean"] == pytest.approx(ctx.mean(), rel=1e-12) and got["min"] == ctx.min() == 1
+    assert got["min_after_first_window"] == (ctx[window:].min() if total > window else None)

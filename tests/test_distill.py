@@ -152,6 +152,7 @@ def check_alignment(calls, cfg: Config, world: int, rank: int, pos):
     assert len(calls) == len(calls_k)
     total = len(pos.stream)
     assert cfg.iterations * accum * world * (local + 1) > total  # the run crosses every boundary and wraps
+    saw_end = False
     for k, (x, y, teacher) in zip(calls_k, calls):
         p = token_positions(k, world, rank, local, total)
         assert x.shape == (local // cfg.train_seq_len, cfg.train_seq_len)
@@ -163,6 +164,14 @@ def check_alignment(calls, cfg: Config, world: int, rank: int, pos):
         else:
             assert isinstance(teacher, Top1)  # column 0 alone
             np.testing.assert_array_equal(teacher.ids.long(), y.flatten())  # the hard label is y
+        # The stream's last row is masked (its teacher row is not about the token after the wrap), only it.
+        at_end = p == total - 1
+        saw_end |= bool(at_end.any())
+        if at_end.any():
+            np.testing.assert_array_equal(~teacher.valid.numpy(), at_end)
+        else:
+            assert teacher.valid is None
+    assert saw_end or cfg.iterations * accum * world * (local + 1) < 2 * total
 
 
 def check_seed_faithful(calls, cfg: Config, world: int, rank: int, pos):
