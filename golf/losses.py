@@ -217,11 +217,17 @@ def _log1mexp(a):
 def _mean_kl(logp, logq):
     """Mean over rows of KL(p || q), from log-probabilities on the same support (N, C); p carries no gradient.
 
-    Written as two dot products over all N x C entries: few kernels for autograd to launch and sync, which on a
-    small shared CPU costs more than the arithmetic.
+    The gradient flows through two dot products over all N x C entries: few kernels for autograd to launch and
+    sync, which on a small shared CPU costs more than the arithmetic. Their difference is a small number left
+    from two large ones, though (about N x entropy each): over a 4,096 x 1,024 online batch float32 loses ~1e-3
+    nats that way, enough to log a negative KL. So the value comes from per-row sums instead (no gradient, one
+    more pass), and the gradient, which is exact either way, is the dot products' unchanged.
     """
-    p = logp.exp().reshape(-1)
-    return (torch.dot(p, logp.reshape(-1)) - torch.dot(p, logq.reshape(-1))) / logp.shape[0]
+    p = logp.exp()
+    graph = (torch.dot(p.reshape(-1), logp.reshape(-1)) - torch.dot(p.reshape(-1), logq.reshape(-1))) / logp.shape[0]
+    with torch.no_grad():
+        value = (p * (logp - logq)).sum(-1).double().mean().float()
+    return graph + (value - graph).detach()
 
 
 def _inv_temperature(temperature: float) -> float:
