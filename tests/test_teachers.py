@@ -78,4 +78,4 @@ def test_signals_keep_their_type_and_fields_when_moved():
     inputs = s.loss_inputs(torch.Size([1, 3]))
     assert inputs["idx"].shape == (1, 3, 2) and inputs["idx"].dtype == torch.int64
     assert inputs["vals"].dtype == torch.float32
-    assert [f.name for f in dataclasses.fields(moved)] == ["ids", "logprobs"]
+    assert [f.name for f in dataclasses.fields(moved)] == ["ids", "logprobs", "valid"] and moved.valid is None
