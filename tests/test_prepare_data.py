@@ -20,9 +20,8 @@ from golf.dedup import DEDUP_TOKENS, SpanIndex, dedup_val, overlap, span_hashes
 from golf.errors import GolfError
 from golf.shards import load_shard
 from golf.tokenizer import file_sha256, load_tokenizer
+from helpers import CHALLENGE_TOKENIZER, REPO, needs_challenge_tokenizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHALLENGE_TOKENIZER = "/work/shared/data/tokenizers/fineweb_1024_bpe.model"
 
 
 def test_demo_corpus_is_deterministic_and_big_enough():
@@ -100,7 +99,7 @@ def test_build_is_deterministic_and_rebuild_removes_stale_shards(tmp_path, tiny_
     assert sorted(f for f in os.listdir(c.data_path) if f.endswith(".bin")) == sorted(os.path.basename(p) for p in c.train_files + c.val_files)
 
 
-@pytest.mark.skipif(not os.path.isfile(CHALLENGE_TOKENIZER), reason="challenge tokenizer not present")
+@needs_challenge_tokenizer
 def test_build_with_existing_tokenizer(tmp_path, tiny_dataset):
     """--tokenizer: shards are made with the given model (here the challenge's) and no tokenizer is trained."""
     out = build_dataset(tiny_dataset.train_docs[:20], tiny_dataset.val_docs, "fw", str(tmp_path), shard_tokens=7_000,
