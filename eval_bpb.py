@@ -13,7 +13,7 @@ import os
 import time
 
 from golf.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
-from golf.config import Config, config_from_cli
+from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, init_dist
 from golf.errors import GolfError, cli_main
 from golf.eval import eval_sliding, eval_val, load_val_tokens
@@ -30,6 +30,9 @@ def _options(p):
 
 def _load(path: str, config_path: str, device):
     if path.endswith(".ptz"):
+        if not os.path.isfile(path):  # before the config: its absence is not the problem
+            raise GolfError(f"artifact {path} not found; check the path (train_gpt.py and distill.py write "
+                            "checkpoints/<RUN_ID>.int6.ptz, `python quantize.py CKPT` makes one)")
         config_path = config_path or path[: -len(".int6.ptz")] + ".pt"
         if not os.path.isfile(config_path):
             raise GolfError(f"artifact {path} needs the checkpoint it came from for its config ({config_path} not "
@@ -49,9 +52,7 @@ def main():
         ctx = init_dist(cfg.device, cfg.dtype)
         model, ckpt, kind = _load(args.path, args.config, ctx.device)
         mcfg = model.cfg
-        for name in ("data_path", "tokenizer_path"):  # the run's own data unless set explicitly
-            if name.upper() not in os.environ and getattr(args, name) is None:
-                setattr(cfg, name, getattr(mcfg, name))
+        fill_unset(cfg, args, mcfg, ("data_path", "tokenizer_path"))  # the run's own data unless set explicitly
         sp = load_tokenizer(cfg.tokenizer_path, mcfg.vocab_size)
         if ckpt.get("tokenizer_sha256") not in (None, file_sha256(cfg.tokenizer_path)):
             raise GolfError(f"{args.path} was trained with another tokenizer than {cfg.tokenizer_path}; "

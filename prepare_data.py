@@ -30,10 +30,16 @@ from golf.shards import check_shards, list_shards
 DEMO_SHARD_TOKENS = 100_000  # the demo's ~750k train tokens then span several shards, as real data does
 
 
+# --check DIR names its own folder: DATA_PATH and the demo hint are the training scripts' business.
+CHECK_HINT = ("give the folder that holds the *_train_*.bin and *_val_*.bin shards: `prepare_data.py` writes "
+              "data/datasets/NAME_spV; FineWeb's come from the challenge's downloader "
+              "(`python data/cached_challenge_fineweb.py --variant sp1024` in a clone of openai/parameter-golf)")
+
+
 def check(data_path: str, vocab_size: int) -> None:
     """Validate every shard of both splits in `data_path`; print shards and tokens per split."""
     for split in ("train", "val"):
-        paths = list_shards(data_path, split)
+        paths = list_shards(data_path, split, source="--check DIR", hint=CHECK_HINT)
         counts = check_shards(tqdm(paths, desc=f"check {split}", unit="shard", disable=None), vocab_size)
         print(f"{split}: {len(paths)} shards, {sum(counts):,} tokens, all ids < {vocab_size}")
 

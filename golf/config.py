@@ -123,6 +123,19 @@ _DEMO_RUN = dict(
     # the EMA weights (0.997^300 = 0.4), so the demo averages over ~10 steps instead.
     ema_decay=0.9, muon_backend_steps=5,
 )
+
+
+def data_hint() -> str:
+    """What to do about a missing dataset or tokenizer: use the demo data if `prepare_data.py --demo` made it here
+    (the defaults are FineWeb's paths, so a plain `python train_gpt.py` after it misses them), else make or get data."""
+    demo_data, demo_tok = _DEMO_DATA["data_path"], _DEMO_DATA["tokenizer_path"]
+    if os.path.isdir(demo_data) and os.path.isfile(demo_tok):
+        return (f"the demo data is here: run with PRESET=demo-student (or another demo preset), or set "
+                f"DATA_PATH={demo_data} TOKENIZER_PATH={demo_tok}")
+    return ("make the demo data with `python prepare_data.py --demo`, or get FineWeb with the challenge's downloader "
+            "(`python data/cached_challenge_fineweb.py --variant sp1024` in a clone of openai/parameter-golf)")
+
+
 PRESETS: dict[str, dict] = {
     "student": {},
     # The study's 105.5M teacher (fact sheet 3); the study's teacher constructor forces XSA off.
@@ -230,6 +243,16 @@ def validate(cfg: Config):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
+
+
+def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env=None) -> Config:
+    """Copy `source`'s value of each field in `names` that neither a --flag nor an environment variable set (a
+    preset does not count): a checkpoint's own data, tokenizer and vocabulary beat a preset's or the defaults."""
+    env = os.environ if env is None else env
+    for name in names:
+        if name.upper() not in env and getattr(args, name, None) is None:
+            setattr(cfg, name, getattr(source, name))
+    return cfg
 
 
 def config_from_cli(description: str, argv=None, extra=None):

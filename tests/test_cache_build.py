@@ -241,8 +241,9 @@ class ScriptRuns:
     def args(self, out, *extra, teacher=None) -> list[str]:
         return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *SCRIPT_ARGS, *extra]
 
-    def main(self, out, *extra, teacher=None, data=None, debug=False):
-        """Run cache_logits.main() in this process; returns (exit code, stdout, stderr)."""
+    def main(self, out, *extra, teacher=None, data=None, debug=False, unset=()):
+        """Run cache_logits.main() in this process (without the variables in `unset`); returns (exit code, stdout,
+        stderr)."""
         script = runpy.run_path(os.path.join(REPO, "cache_logits.py"))
         stdout, stderr = io.StringIO(), io.StringIO()
         with pytest.MonkeyPatch.context() as mp:
@@ -250,6 +251,8 @@ class ScriptRuns:
                 mp.delenv(name, raising=False)
             for name, value in self.env(data).items():
                 mp.setenv(name, value)
+            for name in unset:
+                mp.delenv(name)
             if debug:
                 mp.setenv("DEBUG", "1")
             mp.setattr(sys, "argv", self.args(out, *extra, teacher=teacher))
@@ -328,6 +331,21 @@ def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(c
         st = os.stat(out / f)
         assert (st.st_ino, st.st_mtime_ns) == ident, f
     assert dir_bytes(out) == dir_bytes(cli.ref)  # no temp file left, every file byte-identical
+
+
+def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
+    """Without DATA_PATH / TOKENIZER_PATH, cache_logits.py reads the data and tokenizer saved in the teacher's
+    checkpoint (as eval_bpb.py does) and writes the same rows as with them set."""
+    ckpt = torch.load(cli.teacher, weights_only=False)
+    ckpt["config"].update(data_path=str(cli.data), tokenizer_path=cli.tokenizer)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(str(teacher), ckpt)
+    out = tmp_path / "cache"
+    code, _, err = cli.main(out, "--shards", "2", teacher=teacher, unset=("DATA_PATH", "TOKENIZER_PATH"))
+    assert code == 0, err
+    for path in cli.paths[:2]:
+        for name in (f"{shard_stem(path)}.idx.npy", f"{shard_stem(path)}.val.npy"):
+            assert (out / name).read_bytes() == (cli.ref / name).read_bytes(), name
 
 
 def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
