@@ -4,9 +4,11 @@
     python eval_bpb.py checkpoints/<RUN_ID>.int6.ptz --config checkpoints/<RUN_ID>.pt   # the artifact
     EVAL_STRIDE=64 VAL_MAX_TOKENS=0 python eval_bpb.py CKPT --json
 
-Data, tokenizer and evaluation settings come from the environment / flags as in the training scripts; the
-model shape always comes from the checkpoint. An artifact holds no config, so `--config` names the
-checkpoint it was made from (default: the same path with .pt instead of .int6.ptz).
+The model (shape, vocabulary, sequence length) always comes from the checkpoint, and so do the data and
+tokenizer it was trained on unless DATA_PATH / TOKENIZER_PATH or their flags say otherwise; the evaluation
+settings below come from flags, environment variables (the upper-case names) or a preset. An artifact holds
+no config, so `--config` names the checkpoint it was made from (default: the same path with .pt instead of
+.int6.ptz).
 """
 import json
 import os
@@ -20,6 +22,11 @@ from golf.eval import eval_sliding, eval_val, load_val_tokens
 from golf.model import GPT
 from golf.quant import dequantize_state_dict, read_artifact
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
+
+
+# The configuration fields evaluation reads; --help lists only these.
+EVAL_FIELDS = ("data_path", "tokenizer_path", "device", "dtype", "val_batch_size", "val_max_tokens", "eval_stride",
+               "eval_batch_seqs")
 
 
 def _options(p):
@@ -47,7 +54,8 @@ def _load(path: str, config_path: str, device):
 
 @cli_main
 def main():
-    cfg, args = config_from_cli(__doc__, extra=_options)
+    cfg, args = config_from_cli(__doc__, extra=_options, only=EVAL_FIELDS, dry_run=False,
+                                defaults={"data_path": "the checkpoint's", "tokenizer_path": "the checkpoint's"})
     try:
         ctx = init_dist(cfg.device, cfg.dtype)
         model, ckpt, kind = _load(args.path, args.config, ctx.device)

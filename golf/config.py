@@ -189,23 +189,31 @@ def _field_type(f):
     return _TYPES[f.type] if isinstance(f.type, str) else f.type
 
 
-def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
-    """A parser with `--preset`, `--dry-run` and one `--flag` per config field (help shows the default)."""
+def build_parser(description: str, extra=None, only=None, dry_run: bool = True,
+                 defaults=None) -> argparse.ArgumentParser:
+    """A parser with `--preset`, `--dry-run` (unless `dry_run` is False) and one `--flag` per config field (help
+    shows the default, or the text `defaults` gives for that field). `only`: the fields the script uses (default:
+    all); the others get no flag and stay out of --help, so it lists what applies (their environment variables
+    are still read, like every script's)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=None, help=f"named configuration: {', '.join(PRESETS)} (env PRESET)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     if extra:
         extra(parser)
     groups = {}
     for f in fields(Config):
+        if only is not None and f.name not in only:
+            continue
         g = f.metadata["group"]
         if g not in groups:
             groups[g] = parser.add_argument_group(f"{g} (env var = upper-case name)")
         typ = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
         extra_kw = dict(nargs="?", const="1") if typ is bool else {}  # `--ema-enabled` alone means 1
+        shown = (defaults or {}).get(f.name, repr(f.default))
         groups[g].add_argument(flag, dest=f.name, default=None, metavar=typ.__name__.upper(), **extra_kw,
-                               help=f"{f.metadata['help']} [{f.name.upper()}, default {f.default!r}]")
+                               help=f"{f.metadata['help']} [{f.name.upper()}, default {shown}]")
     return parser
 
 
@@ -255,8 +263,8 @@ def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env
     return cfg
 
 
-def config_from_cli(description: str, argv=None, extra=None):
-    """Parse `argv`, resolve the config; returns (cfg, args)."""
-    parser = build_parser(description, extra)
+def config_from_cli(description: str, argv=None, extra=None, only=None, dry_run: bool = True, defaults=None):
+    """Parse `argv`, resolve the config; returns (cfg, args). `only`, `dry_run`, `defaults`: as build_parser."""
+    parser = build_parser(description, extra, only, dry_run, defaults)
     args = parser.parse_args(argv)
     return resolve_config(args), args
