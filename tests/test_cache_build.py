@@ -297,6 +297,7 @@ def test_verify_reports_an_exact_cache_and_catches_a_wrong_one(cli, tmp_path):
     assert r["id_mismatches"] == 0 and 0.24 < r["max_abs_logprob_diff"] < 0.26
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(cli, tmp_path):
     out = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **cli.env()}
@@ -348,6 +349,7 @@ def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
             assert (out / name).read_bytes() == (cli.ref / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
     out = tmp_path / "cache"
     r = run_script(cli.args(out), cli.env(), cwd=str(tmp_path), nproc=2)

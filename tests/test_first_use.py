@@ -38,3 +38,12 @@ def test_virtual_environment_is_ignored_by_git():
     for path in (".venv", ".venv/bin/python"):
         r = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True, text=True)
         assert r.returncode == 0, f"git does not ignore {path}: add it to .gitignore"
+
+
+def test_slow_tests_are_marked_and_ci_runs_them_all():
+    """`-m "not slow"` is the README's quick subset; CI must still run every test."""
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        assert re.search(r'^markers = \["slow: ', f.read(), re.M), "register the slow marker in pyproject.toml"
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        runs = [line.split("#")[0].split() for line in f if "pytest" in line.split("#")[0]]
+    assert runs == [["python", "-m", "pytest"]], runs
