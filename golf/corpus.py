@@ -9,8 +9,8 @@ Two sources of documents:
 The dataset is built the way the challenge exports FineWeb (fact sheet 1.1-1.2): the tokenizer is
 trained on the train documents only, every document is written as [BOS] + ids (no EOS), and the
 documents are concatenated and cut into fixed-size shards regardless of document boundaries.
-Like FineWeb's, the validation set holds no text of the training set: validation documents that share a
-long token span with the train documents are dropped (golf/dedup.py).
+The validation set repeats no long span of the training text: validation documents that share one with
+the train documents are dropped (golf/dedup.py).
 """
 import ast
 import gc
