@@ -148,6 +148,19 @@ _DEMO_RUN = dict(
     # the EMA weights (0.997^300 = 0.4), so the demo averages over ~10 steps instead.
     ema_decay=0.9, muon_backend_steps=5,
 )
+
+
+def data_hint() -> str:
+    """What to do about a missing dataset or tokenizer: use the demo data if `prepare_data.py --demo` made it here
+    (the defaults are FineWeb's paths, so a plain `python train_gpt.py` after it misses them), else make or get data."""
+    demo_data, demo_tok = _DEMO_DATA["data_path"], _DEMO_DATA["tokenizer_path"]
+    if os.path.isdir(demo_data) and os.path.isfile(demo_tok):
+        return (f"the demo data is here: run with PRESET=demo-student (or another demo preset), or set "
+                f"DATA_PATH={demo_data} TOKENIZER_PATH={demo_tok}")
+    return ("make the demo data with `python prepare_data.py --demo`, or get FineWeb with the challenge's downloader "
+            "(`python data/cached_challenge_fineweb.py --variant sp1024` in a clone of openai/parameter-golf)")
+
+
 PRESETS: dict[str, dict] = {
     "student": {},
     # The study's 105.5M teacher (fact sheet 3); the study's teacher constructor forces XSA off.
@@ -251,26 +264,34 @@ def warn_misspelt_settings(env) -> list[str]:
     return lines
 
 
-def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
-    """A parser with `--preset`, `--dry-run` and one `--flag` per config field (help shows the default)."""
+def build_parser(description: str, extra=None, only=None, dry_run: bool = True,
+                 defaults=None) -> argparse.ArgumentParser:
+    """A parser with `--preset`, `--dry-run` (unless `dry_run` is False) and one `--flag` per config field (help
+    shows the default, or the text `defaults` gives for that field). `only`: the fields the script uses (default:
+    all); the others get no flag and stay out of --help, so it lists what applies (their environment variables
+    are still read, like every script's)."""
     epilog = (f"Booleans (and COMPILE besides auto) take {BOOL_SPELLINGS}, in any case; empty means off.\n"
               "DEVICE is auto, cpu or cuda. An environment variable that looks like a misspelt setting gets a warning.")
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=epilog)
     parser.add_argument("--preset", default=None, help=f"named configuration: {', '.join(PRESETS)} (env PRESET)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     if extra:
         extra(parser)
     groups = {}
     for f in fields(Config):
+        if only is not None and f.name not in only:
+            continue
         g = f.metadata["group"]
         if g not in groups:
             groups[g] = parser.add_argument_group(f"{g} (env var = upper-case name)")
         typ = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
         extra_kw = dict(nargs="?", const="1") if typ is bool else {}  # `--ema-enabled` alone means 1
+        shown = (defaults or {}).get(f.name, repr(f.default))
         groups[g].add_argument(flag, dest=f.name, default=None, metavar=typ.__name__.upper(), **extra_kw,
-                               help=f"{f.metadata['help']} [{f.name.upper()}, default {f.default!r}]")
+                               help=f"{f.metadata['help']} [{f.name.upper()}, default {shown}]")
     return parser
 
 
@@ -338,8 +359,18 @@ def validate(cfg: Config):
     defects(cfg)  # refuses an unknown defect or one the arm cannot have
 
 
-def config_from_cli(description: str, argv=None, extra=None):
-    """Parse `argv`, resolve the config; returns (cfg, args)."""
-    parser = build_parser(description, extra)
+def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env=None) -> Config:
+    """Copy `source`'s value of each field in `names` that neither a --flag nor an environment variable set (a
+    preset does not count): a checkpoint's own data, tokenizer and vocabulary beat a preset's or the defaults."""
+    env = os.environ if env is None else env
+    for name in names:
+        if name.upper() not in env and getattr(args, name, None) is None:
+            setattr(cfg, name, getattr(source, name))
+    return cfg
+
+
+def config_from_cli(description: str, argv=None, extra=None, only=None, dry_run: bool = True, defaults=None):
+    """Parse `argv`, resolve the config; returns (cfg, args). `only`, `dry_run`, `defaults`: as build_parser."""
+    parser = build_parser(description, extra, only, dry_run, defaults)
     args = parser.parse_args(argv)
     return resolve_config(args), args

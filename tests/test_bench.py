@@ -40,6 +40,7 @@ def test_kl_loss_bench_agrees_and_prints_its_ratio(tmp_path):
     _positive(_summary(out, "kl_cost_ratio"))
 
 
+@pytest.mark.slow
 def test_loss_cost_bench_times_every_loss(tmp_path):
     js = tmp_path / "loss.json"
     out = _ok(run_script(["bench/loss_cost.py", "--n", "256", "--reps", "2", "--warmup", "1", "--json", str(js)], {},
@@ -74,6 +75,7 @@ def test_distill_step_bench_refuses_arms_without_baseline(tiny_dataset, tmp_path
     assert p.returncode == 2 and "includes baseline" in p.stderr
 
 
+@pytest.mark.slow
 def test_losses_ab_bench_compares_two_loss_files(tiny_dataset, tmp_path):
     out = _ok(run_script(["bench/losses_ab.py", "--quick", "--preset", "test", "--teacher-preset", "test", "--against",
                           os.path.join(REPO, "golf", "losses.py")], dataset_env(tiny_dataset), str(tmp_path)))
@@ -94,6 +96,7 @@ def test_cache_write_bench_keeps_a_readable_cache(tiny_dataset, tmp_path):
     assert manifest["k"] == 32 and all(s["complete"] for s in manifest["shards"])
 
 
+@pytest.mark.slow
 def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path):
     out = _ok(run_script(["bench/cache_read.py", "--quick", "--preset", "test", "--teacher-preset", "test",
                           "--shards", "1"], dataset_env(tiny_dataset), str(tmp_path)))
@@ -103,6 +106,7 @@ def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path
     assert 0 < kl[0] <= kl[1] <= 4.9e-4
 
 
+@pytest.mark.slow
 def test_gpu_check_script_parses_and_dry_runs(tmp_path):
     script = os.path.join(REPO, "bench", "gpu_check.sh")
     subprocess.run(["bash", "-n", script], check=True)

@@ -240,8 +240,9 @@ class ScriptRuns:
     def args(self, out, *extra, teacher=None) -> list[str]:
         return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *SCRIPT_ARGS, *extra]
 
-    def main(self, out, *extra, teacher=None, data=None, debug=False):
-        """Run cache_logits.main() in this process; returns (exit code, stdout, stderr)."""
+    def main(self, out, *extra, teacher=None, data=None, debug=False, unset=()):
+        """Run cache_logits.main() in this process (without the variables in `unset`); returns (exit code, stdout,
+        stderr)."""
         script = runpy.run_path(os.path.join(REPO, "cache_logits.py"))
         stdout, stderr = io.StringIO(), io.StringIO()
         with pytest.MonkeyPatch.context() as mp:
@@ -249,6 +250,8 @@ class ScriptRuns:
                 mp.delenv(name, raising=False)
             for name, value in self.env(data).items():
                 mp.setenv(name, value)
+            for name in unset:
+                mp.delenv(name)
             if debug:
                 mp.setenv("DEBUG", "1")
             mp.setattr(sys, "argv", self.args(out, *extra, teacher=teacher))
@@ -293,6 +296,7 @@ def test_verify_reports_an_exact_cache_and_catches_a_wrong_one(cli, tmp_path):
     assert r["id_mismatches"] == 0 and 0.24 < r["max_abs_logprob_diff"] < 0.26
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(cli, tmp_path):
     out = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **cli.env()}
@@ -329,6 +333,22 @@ def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(c
     assert dir_bytes(out) == dir_bytes(cli.ref)  # no temp file left, every file byte-identical
 
 
+def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
+    """Without DATA_PATH / TOKENIZER_PATH, cache_logits.py reads the data and tokenizer saved in the teacher's
+    checkpoint (as eval_bpb.py does) and writes the same rows as with them set."""
+    ckpt = torch.load(cli.teacher, weights_only=False)
+    ckpt["config"].update(data_path=str(cli.data), tokenizer_path=cli.tokenizer)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(str(teacher), ckpt)
+    out = tmp_path / "cache"
+    code, _, err = cli.main(out, "--shards", "2", teacher=teacher, unset=("DATA_PATH", "TOKENIZER_PATH"))
+    assert code == 0, err
+    for path in cli.paths[:2]:
+        for name in (f"{shard_stem(path)}.idx.npy", f"{shard_stem(path)}.val.npy"):
+            assert (out / name).read_bytes() == (cli.ref / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
     out = tmp_path / "cache"
     r = run_script(cli.args(out), cli.env(), cwd=str(tmp_path), nproc=2)

@@ -211,6 +211,7 @@ def test_cached_rows_are_the_tokens_rows_one_process(pos_data, tmp_path):
         check_seed_faithful(calls, cfg, 1, 0, pos_data)
 
 
+@pytest.mark.slow
 def test_cached_rows_are_the_tokens_rows_two_processes(pos_data, tmp_path):
     """Under torchrun (gloo, DDP): each rank's teacher rows are those of its own tokens; the seed-faithful
     cursor gives every rank the same rows, which for rank 1 are not its tokens' rows."""
@@ -337,6 +338,7 @@ def _step1(stdout: str) -> dict:
     return dict(kv.split(":") for kv in m.group(1).split())
 
 
+@pytest.mark.slow
 def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, teacher_ckpt):
     """The study's D3: its online arm never ran the teacher, so its loss was the baseline's. Here the first
     step's cross-entropy part equals the baseline's loss (same init, same batch) and the total does not."""
@@ -408,6 +410,7 @@ def test_distill_refuses_a_cache_that_does_not_fit(tiny_dataset, tmp_path, teach
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_distill_cache_coverage_counts_every_ranks_extra_token(tiny_dataset, tmp_path, teacher_ckpt, caches):
     """Two ranks with one micro-batch each read 4096 + 2 tokens per step (each rank's span has its own last
     target): 5 steps need 20490 tokens, not the single-process 20485."""
@@ -419,6 +422,7 @@ def test_distill_cache_coverage_counts_every_ranks_extra_token(tiny_dataset, tmp
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_distill_restrict_to_cache_trains_on_the_cached_shards(tiny_dataset, tmp_path, teacher_ckpt, caches):
     """The run that `past_cache` refuses trains with --restrict-to-cache (the stream wraps inside shard 0),
     and the cache's teacher matches TEACHER_PATH."""

@@ -7,6 +7,8 @@ exits non-zero.
 import os
 import subprocess
 
+import pytest
+
 from helpers import REPO
 from test_results import write_run
 
@@ -67,6 +69,7 @@ def test_unknown_arm_is_refused(tmp_path):
     assert out.returncode == 2 and "unknown arm 'no-such-arm'" in out.stderr
 
 
+@pytest.mark.slow
 def test_skip_finished_redo_unfinished_report_failures(tmp_path):
     """baseline is finished (skipped); baseline-s42 is half done (redone: it fails at once on the empty data
     folder); soft-a0.5 needs the big teacher, which fails the same way, so its cache and soft-a0.5 are not run.
