@@ -7,8 +7,8 @@
 Row t of a shard's cache is the teacher's top-K for the token after stream position t (the student's target
 at input position t). The student looks rows up by the (shard, offset) its loader read the tokens from, so
 alignment holds for any world size, batch or sequence length. Writing is resumable: rerunning the same
-command after a crash recomputes only unfinished shards. Data and tokenizer come from DATA_PATH /
-TOKENIZER_PATH / VOCAB_SIZE (or PRESET) as in the training scripts.
+command after a crash recomputes only unfinished shards. Data, tokenizer and vocabulary are the teacher's own
+(from its checkpoint's saved config) unless DATA_PATH / TOKENIZER_PATH / VOCAB_SIZE or their flags set them.
 """
 import json
 import os
@@ -17,10 +17,10 @@ import torch
 
 from golf.atomic import require_free_disk
 from golf.cache import CacheSpec, CacheWriter
-from golf.cache_build import build_cache, default_batch_windows, verify_cache
-from golf.checkpoint import load_teacher
+from golf.cache_build import build_cache, default_batch_windows, teacher_context, verify_cache
+from golf.checkpoint import load_checkpoint, load_teacher
 from golf.codecs import ENCODINGS
-from golf.config import config_from_cli
+from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
 from golf.errors import GolfError, cli_main
 from golf.shards import list_shards, read_header
@@ -50,6 +50,21 @@ def _check_new_cache_fits(out: str, shard_paths: list[str], spec: CacheSpec):
                           "free some space, use a smaller --k or --encoding packed, or another --out")
 
 
+def _select_shards(paths: list[str], shards: int, tokens: int) -> list[str]:
+    """The first `shards` shards, or the first shards covering `tokens` tokens (all when both are 0)."""
+    if shards:
+        return paths[:shards]
+    if not tokens:
+        return paths
+    keep, total = [], 0
+    for p in paths:
+        if total >= tokens:
+            break
+        keep.append(p)
+        total += read_header(p)
+    return keep
+
+
 @cli_main
 def main():
     cfg, args = config_from_cli(__doc__, extra=_options)
@@ -59,32 +74,28 @@ def main():
         raise GolfError("cache_logits.py needs --teacher CKPT and --out DIR (or TEACHER_PATH and LOGIT_CACHE)")
     ctx = init_dist(cfg.device, cfg.dtype)
     try:
+        # The teacher's own data, tokenizer and vocabulary unless set explicitly (as eval_bpb.py); mmap: config only.
+        saved = Config.from_dict(load_checkpoint(teacher_path, mmap=True)["config"])
+        fill_unset(cfg, args, saved, ("data_path", "tokenizer_path", "vocab_size"))
         load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
-        shard_paths = list_shards(cfg.data_path, "train")
-        if args.shards:
-            shard_paths = shard_paths[: args.shards]
-        elif args.tokens:
-            keep, total = [], 0
-            for p in shard_paths:
-                if total >= args.tokens:
-                    break
-                keep.append(p)
-                total += read_header(p)
-            shard_paths = keep
+        shard_paths = _select_shards(list_shards(cfg.data_path, "train"), args.shards, args.tokens)
         model, sha, tcfg = load_teacher(teacher_path, ctx, cfg.vocab_size, file_sha256(cfg.tokenizer_path))
         window = args.window or tcfg.train_seq_len
         stride = args.stride or window
         spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
                          teacher_config=tcfg.to_dict(), window=window, stride=stride)
         _check_new_cache_fits(out, shard_paths, spec)
-        writer = CacheWriter(out, shard_paths, spec)
+        tokens = sum(read_header(p) for p in shard_paths)
+        context = teacher_context(tokens, window, stride)
+        writer = CacheWriter(out, shard_paths, spec, info={"teacher_context": context})
         pending = writer.pending()
         need = writer.bytes_needed()
         if ctx.is_master:
-            tokens = sum(read_header(p) for p in shard_paths)
             print(f"cache:{out} shards:{len(shard_paths)} tokens:{tokens} k:{args.k} encoding:{args.encoding} "
                   f"window:{window} stride:{stride} teacher_sha256:{sha[:16]} pending_shards:{len(pending)} "
                   f"bytes_to_write:{need} ({need / 1e9:.2f} GB)", flush=True)
+            print(f"teacher_context mean:{context['mean']:.1f} min:{context['min']} "
+                  f"min_after_first_window:{context['min_after_first_window']}", flush=True)
         writer.check_disk_space()
         if ctx.distributed:  # every rank has its pending list before any rank commits a shard
             torch.distributed.barrier()

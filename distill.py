@@ -10,8 +10,8 @@
 
 loss = (1-a) CE(y) + a T^2 KL(p_T || q_T) (per-token mean), or (1-a) CE(y) + a CE(teacher top-1).
 The study's own variables still work: DISTILL_CACHED=1|0 is DISTILL_TEACHER=cache|online, DISTILL_SOFT=1|0 is
-DISTILL_TARGET=soft|hard. DISTILL_SEED_FAITHFUL=1 reproduces the study's defects D1 and D2 on purpose
-(ablation arm only; golf/seed_faithful.py).
+DISTILL_TARGET=soft|hard. DISTILL_SEED_FAITHFUL=D1,D2,D3,D4 (any of them, or all) reproduces the study's
+defects on purpose (ablation arms only; golf/seed_faithful.py).
 """
 from golf import seed_faithful
 from golf.config import config_from_cli
@@ -36,7 +36,7 @@ def main():
         for line in teacher.log_lines():
             run.log(line)
         run.log(arm_line(cfg, teacher))
-        if cfg.distill_seed_faithful:
+        if seed_faithful.defects(cfg):
             run.log(seed_faithful.describe(cfg))
         result = train(cfg, run.ctx, run.log, run.train_files, run.val_tokens, run.luts, objective=objective,
                        extra_meta={"tokenizer_sha256": run.tokenizer_sha256, "teacher_sha256": teacher.sha256})

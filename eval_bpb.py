@@ -4,22 +4,29 @@
     python eval_bpb.py checkpoints/<RUN_ID>.int6.ptz --config checkpoints/<RUN_ID>.pt   # the artifact
     EVAL_STRIDE=64 VAL_MAX_TOKENS=0 python eval_bpb.py CKPT --json
 
-Data, tokenizer and evaluation settings come from the environment / flags as in the training scripts; the
-model shape always comes from the checkpoint. An artifact holds no config, so `--config` names the
-checkpoint it was made from (default: the same path with .pt instead of .int6.ptz).
+The model (shape, vocabulary, sequence length) always comes from the checkpoint, and so do the data and
+tokenizer it was trained on unless DATA_PATH / TOKENIZER_PATH or their flags say otherwise; the evaluation
+settings below come from flags, environment variables (the upper-case names) or a preset. An artifact holds
+no config, so `--config` names the checkpoint it was made from (default: the same path with .pt instead of
+.int6.ptz).
 """
 import json
 import os
 import time
 
 from golf.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
-from golf.config import Config, config_from_cli
+from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, init_dist
 from golf.errors import GolfError, cli_main
 from golf.eval import eval_sliding, eval_val, load_val_tokens
 from golf.model import GPT
 from golf.quant import dequantize_state_dict, read_artifact
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
+
+
+# The configuration fields evaluation reads; --help lists only these.
+EVAL_FIELDS = ("data_path", "tokenizer_path", "device", "dtype", "val_batch_size", "val_max_tokens", "eval_stride",
+               "eval_batch_seqs")
 
 
 def _options(p):
@@ -30,6 +37,9 @@ def _options(p):
 
 def _load(path: str, config_path: str, device):
     if path.endswith(".ptz"):
+        if not os.path.isfile(path):  # before the config: its absence is not the problem
+            raise GolfError(f"artifact {path} not found; check the path (train_gpt.py and distill.py write "
+                            "checkpoints/<RUN_ID>.int6.ptz, `python quantize.py CKPT` makes one)")
         config_path = config_path or path[: -len(".int6.ptz")] + ".pt"
         if not os.path.isfile(config_path):
             raise GolfError(f"artifact {path} needs the checkpoint it came from for its config ({config_path} not "
@@ -44,14 +54,13 @@ def _load(path: str, config_path: str, device):
 
 @cli_main
 def main():
-    cfg, args = config_from_cli(__doc__, extra=_options)
+    cfg, args = config_from_cli(__doc__, extra=_options, only=EVAL_FIELDS, dry_run=False,
+                                defaults={"data_path": "the checkpoint's", "tokenizer_path": "the checkpoint's"})
     try:
         ctx = init_dist(cfg.device, cfg.dtype)
         model, ckpt, kind = _load(args.path, args.config, ctx.device)
         mcfg = model.cfg
-        for name in ("data_path", "tokenizer_path"):  # the run's own data unless set explicitly
-            if name.upper() not in os.environ and getattr(args, name) is None:
-                setattr(cfg, name, getattr(mcfg, name))
+        fill_unset(cfg, args, mcfg, ("data_path", "tokenizer_path"))  # the run's own data unless set explicitly
         sp = load_tokenizer(cfg.tokenizer_path, mcfg.vocab_size)
         if ckpt.get("tokenizer_sha256") not in (None, file_sha256(cfg.tokenizer_path)):
             raise GolfError(f"{args.path} was trained with another tokenizer than {cfg.tokenizer_path}; "

@@ -14,6 +14,8 @@ Input files: `.jsonl` holds one JSON object per line whose `text` field is a doc
 challenge's docs_selected.jsonl); any other file is UTF-8 text in which blank lines separate
 documents. Every --val-every-th document goes to val; the tokenizer (BPE with the challenge's
 SentencePiece options) is trained on the train documents only, unless --tokenizer reuses one.
+Validation documents that share a --dedup-tokens-token span with the train documents are dropped (the
+line `dedup: ...` reports how many and the overlap before and after; --dedup-tokens 0 keeps them all).
 Each document becomes [BOS] + ids, concatenated and cut into --shard-tokens-token shards.
 """
 import argparse
@@ -21,16 +23,23 @@ import argparse
 from tqdm import tqdm
 
 from golf.corpus import CHALLENGE_SHARD_TOKENS, build_dataset, demo_documents, read_documents, split_train_val
+from golf.dedup import DEDUP_TOKENS
 from golf.errors import GolfError, cli_main
 from golf.shards import check_shards, list_shards
 
 DEMO_SHARD_TOKENS = 100_000  # the demo's ~750k train tokens then span several shards, as real data does
 
 
+# --check DIR names its own folder: DATA_PATH and the demo hint are the training scripts' business.
+CHECK_HINT = ("give the folder that holds the *_train_*.bin and *_val_*.bin shards: `prepare_data.py` writes "
+              "data/datasets/NAME_spV; FineWeb's come from the challenge's downloader "
+              "(`python data/cached_challenge_fineweb.py --variant sp1024` in a clone of openai/parameter-golf)")
+
+
 def check(data_path: str, vocab_size: int) -> None:
     """Validate every shard of both splits in `data_path`; print shards and tokens per split."""
     for split in ("train", "val"):
-        paths = list_shards(data_path, split)
+        paths = list_shards(data_path, split, source="--check DIR", hint=CHECK_HINT)
         counts = check_shards(tqdm(paths, desc=f"check {split}", unit="shard", disable=None), vocab_size)
         print(f"{split}: {len(paths)} shards, {sum(counts):,} tokens, all ids < {vocab_size}")
 
@@ -47,6 +56,8 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary size (default: 1024)")
     parser.add_argument("--shard-tokens", type=int, help=f"tokens per shard (default: {DEMO_SHARD_TOKENS:,} for --demo, {CHALLENGE_SHARD_TOKENS:,} otherwise)")
     parser.add_argument("--val-every", type=int, default=10, help="every N-th document goes to val (default: 10)")
+    parser.add_argument("--dedup-tokens", type=int, default=DEDUP_TOKENS,
+                        help=f"drop val documents sharing a span this long (tokens) with train; 0 = off (default: {DEDUP_TOKENS})")
     parser.add_argument("--tokenizer", metavar="MODEL", help="use this SentencePiece model instead of training one")
     args = parser.parse_args()
 
@@ -63,7 +74,7 @@ def main() -> None:
         shard_tokens = args.shard_tokens or CHALLENGE_SHARD_TOKENS
     train, val = split_train_val(docs, args.val_every)
     print(f"{name}: {len(train)} train and {len(val)} val documents")
-    out = build_dataset(train, val, name, args.out_dir, shard_tokens, args.vocab_size, args.tokenizer)
+    out = build_dataset(train, val, name, args.out_dir, shard_tokens, args.vocab_size, args.tokenizer, args.dedup_tokens)
     print(f"wrote {len(out.train_files)} train and {len(out.val_files)} val shards and {out.manifest_path}")
     print(f"use: DATA_PATH={out.data_path} TOKENIZER_PATH={out.tokenizer_path} VOCAB_SIZE={args.vocab_size}")
 

@@ -24,6 +24,8 @@
 #   KL from the big teacher, T=2, alpha 0.5 (the study's SELFDIST-4 setting; its soft arms were within 0.0005
 #   of each other). Fixed, so that every command is known before anything runs and --dry-run is exact. The
 #   tail-bucket arm uses the same setting, with the same extended run and extra seeds.
+# - Seed-faithful arms carry the defects the study's runs had (golf/seed_faithful.py): its cached soft and hard
+#   arms D1+D2+D4 and D2+D4 (D1 has no KL to weaken in a hard arm), its 8xH100 online "self-distillation" runs D3.
 # - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline, soft-a0.5 and
 #   soft-bucket-a0.5 (the two tails of the best arm's setting) also run with 42 and 2024.
 # - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
@@ -159,7 +161,6 @@ M="MAX_WALLCLOCK_SECONDS=$BUDGET"
 L="MAX_WALLCLOCK_SECONDS=$LONG_BUDGET"
 HARD="DISTILL_TARGET=hard"
 SOFT="DISTILL_TARGET=soft DISTILL_TEMP=2"
-FAITHFUL="DISTILL_SEED_FAITHFUL=1"
 #   name                     script        teacher      settings                                   (study's name)
 arm baseline                 train_gpt.py  ""           "$M"                                       # baseline
 arm hard-self-a0.1           distill.py    cache:self   "$M $HARD DISTILL_ALPHA=0.1"               # SELFDIST-5a
@@ -169,8 +170,9 @@ arm soft-a0.1                distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=
 arm soft-a0.3                distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.3"               # SELFDIST-5b
 arm soft-a0.5                distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.5"               # SELFDIST-4
 arm online-a0.5              distill.py    online:big   "$M $SOFT DISTILL_ALPHA=0.5"               # DIST-2
-arm faithful-soft-a0.1       distill.py    cache:big    "$M $FAITHFUL $SOFT DISTILL_ALPHA=0.1"     # 5c, defects D1+D2
-arm faithful-hard-self-a0.5  distill.py    cache:self   "$M $FAITHFUL $HARD DISTILL_ALPHA=0.5"     # 3, defect D2
+arm faithful-soft-a0.1       distill.py    cache:big    "$M DISTILL_SEED_FAITHFUL=D1,D2,D4 $SOFT DISTILL_ALPHA=0.1"  # 5c as run
+arm faithful-hard-self-a0.5  distill.py    cache:self   "$M DISTILL_SEED_FAITHFUL=D2,D4 $HARD DISTILL_ALPHA=0.5"     # 3 as run
+arm faithful-online-self-a0.5 distill.py   online:self  "$M DISTILL_SEED_FAITHFUL=D3 $SOFT DISTILL_ALPHA=0.5"  # 8xH100 "distill"
 arm soft-bucket-a0.5         distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 arm baseline-s42             train_gpt.py  ""           "$M SEED=42"
 arm baseline-s2024           train_gpt.py  ""           "$M SEED=2024"

@@ -11,7 +11,11 @@ Every `.npy` is a plain numpy file: `numpy.load(path, mmap_mode="r")` opens it.
 Row semantics: row t of a shard holds the teacher's top-K for the token that FOLLOWS stream position t (the
 student's target y at input position t): log-probabilities at temperature 1 (log_softmax over the full
 vocabulary), sorted descending, with their token ids. The top-K mass is sum(exp(values)), so the rest of the
-vocabulary carries 1 - sum(exp(values)) (clamp at 0: fp16 rounding can push the sum a hair above 1).
+vocabulary carries 1 - sum(exp(values)) (clamp at 0: fp16 rounding can push the sum a hair above 1). The
+stream's last row predicts a token past the data; when the student's loader wraps, its target there is the
+stream's first token, so that one row's teacher term is masked (golf.teachers.CachedTeacher, docs/decisions.md).
+The manifest also records `teacher_context` (golf.cache_build.teacher_context): how many tokens the teacher saw
+when it scored a position, mean and minimum over the cached stream.
 
 Completion and crashes (single process or several torchrun ranks writing different shards):
 1. A shard is written into temporary files `.FILE.<random>.tmp` (memory-mapped .npy files, filled in chunks).
@@ -234,9 +238,10 @@ class CacheWriter:
         barrier(); if rank == 0: w.finalize()
     """
 
-    def __init__(self, out_dir, shard_paths, spec: CacheSpec):
+    def __init__(self, out_dir, shard_paths, spec: CacheSpec, info: dict | None = None):
         self.dir = os.fspath(out_dir)
         self.spec = spec
+        self.info = info or {}  # figures the manifest reports beside the spec (not matched by readers)
         self.shards = _describe_shards(shard_paths)
         self.manifest_path = os.path.join(self.dir, MANIFEST)
         if os.path.exists(self.dir) and not os.path.isdir(self.dir):
@@ -323,7 +328,7 @@ class CacheWriter:
 
     def _write_manifest(self) -> list[int]:
         pending, spec = self.pending(), self.spec
-        m = {"format": "golf-logit-cache", **_manifest_of_key(spec.key()),
+        m = {"format": "golf-logit-cache", **_manifest_of_key(spec.key()), **self.info,
              "shards": [asdict(s) | {"complete": i not in pending} for i, s in enumerate(self.shards)]}
         atomic_write_text(self.manifest_path, json.dumps(m, indent=1) + "\n")
         return pending

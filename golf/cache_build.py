@@ -3,10 +3,15 @@ top-K log-probabilities for the next token (storage format in golf/cache.py).
 
 Window layout, a function of the stream position only (so any subset of shards, any rank split and any
 resume computes identical rows): window 0 covers positions [0, L) and scores all of them; window k >= 1
-starts at k*S and scores its last S positions [k*S + L - S, k*S + L). So every position after the first
-window is scored with at least L - S tokens of context; S = L (the default) gives the contexts a student row
-sees, S = L/2 doubles the teacher's work for at least L/2 context everywhere. The stream is the sorted train
-shards concatenated (no wrap: a position's output only depends on the tokens up to it).
+starts at k*S and scores its last S positions [k*S + L - S, k*S + L). So position p sees p + 1 tokens of
+context in the first window and L - S + 1 + ((p - L) mod S) after it: between L - S + 1 and L, L - (S - 1) / 2
+on average (`teacher_context`, recorded in the manifest). S = L (the default) costs one forward per token and
+gives 1 to L tokens of context, L/2 + 1/2 on average; S = L/2 doubles the teacher's work for at least L/2 + 1
+everywhere after the first window. The student's rows do not line up with the teacher's windows: its sequences
+start wherever the loader's spans put them (each rank's span carries one extra target token, so the phase
+shifts by one token per rank and micro-batch), so its context at a position differs from the teacher's,
+whatever S. The stream is the sorted train shards concatenated (no wrap: a position's output only depends on
+the tokens up to it).
 """
 import queue
 import threading
@@ -59,6 +64,22 @@ def plan_windows(lo: int, hi: int, window: int, stride: int, total: int):
     for k in range(window_of(lo, window, stride), window_of(hi - 1, window, stride) + 1):
         ws, we, first = window_span(k, window, stride, total)
         yield ws, we, max(first, lo), min(we, hi)
+
+
+def teacher_context(total: int, window: int, stride: int) -> dict:
+    """Tokens of context the teacher had when it scored each of the first `total` stream positions (see the module
+    docstring): {"mean", "min", "min_after_first_window"}, in closed form (a full-scale stream has billions)."""
+    if total <= 0:
+        return {"mean": 0.0, "min": 0, "min_after_first_window": None}
+    first = min(window, total)
+    s = first * (first + 1) // 2  # position p < L sees p + 1 tokens
+    rest, low = total - first, window - stride + 1
+
+    def run_sum(q: int) -> int:  # contexts low, low + 1, ..., low + q - 1
+        return q * low + q * (q - 1) // 2
+
+    s += (rest // stride) * run_sum(stride) + run_sum(rest % stride)
+    return {"mean": s / total, "min": 1, "min_after_first_window": low if rest > 0 else None}
 
 
 def default_batch_windows(window: int, device: torch.device) -> int:

@@ -41,13 +41,15 @@ def checkpoint_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
+    """The checkpoint's dict, or a GolfError saying what is wrong. `mmap`: tensors are mapped, not read (to look
+    at the config of a large checkpoint)."""
     if not path:
         raise GolfError("no checkpoint path given; pass one (e.g. checkpoints/<RUN_ID>.pt)")
     if not os.path.isfile(path):
         raise GolfError(f"checkpoint {path} not found; check the path or train one first")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # torch raises many types for a damaged file
         raise GolfError(f"checkpoint {path} is unreadable ({type(e).__name__}): damaged (an interrupted copy?) or not a "
                         "checkpoint; use an intact copy or train it again") from None

@@ -9,7 +9,10 @@ The defaults are the study's student (seed-factsheet sections 2 and 4).
 """
 import argparse
 import dataclasses
+import difflib
 import os
+import re
+import sys
 import uuid
 from dataclasses import dataclass, field, fields
 
@@ -91,7 +94,12 @@ class Config:
     distill_tail: str = _f("renorm", "top-K tail: renorm over the K entries | bucket (K+1-th rest-of-vocab bucket)", "distill")
     logit_cache: str = _f("", "logit cache folder written by cache_logits.py", "distill")
     teacher_path: str = _f("", "teacher checkpoint (online teacher; also checked against the cache)", "distill")
-    distill_seed_faithful: bool = _f(False, "reproduce the study's defects D1+D2 on purpose (ablation arm)", "distill")
+    distill_seed_faithful: str = _f("", "reproduce the study's defects on purpose (ablation arms): a comma list of D1 (KL "
+                                    "divided by the sequence length), D2 (cache rows by the study's cursor), D3 (online "
+                                    "teacher never called), D4 (warm-up without the teacher), or 1 / all (those the arm's "
+                                    "teacher and target can have); empty or 0: none (golf/seed_faithful.py)", "distill")
+    seed_faithful_rows: int = _f(4096, "D2: rows of the study's cache, over which its cursor cycles", "distill")
+    seed_faithful_row_len: int = _f(2048, "D2: tokens per row of the study's cache", "distill")
     restrict_to_cache: bool = _f(False, "train only on the cached shards instead of refusing to run past them", "distill")
 
     # ------------------------------------------------------------------------------------------------------
@@ -110,6 +118,8 @@ class Config:
     def from_dict(cls, d):
         """A config from `to_dict` output, also of older versions (their legacy fields mapped, unknown ones dropped)."""
         d = dict(d)
+        if isinstance(d.get("distill_seed_faithful"), bool):  # a boolean before D3 and D4 existed: D1 and D2
+            d["distill_seed_faithful"] = "D1,D2" if d["distill_seed_faithful"] else ""
         for old, (new, values) in LEGACY_SETTINGS.items():
             if old in d and new not in d:
                 d[new] = values[bool(d[old])]
@@ -138,6 +148,19 @@ _DEMO_RUN = dict(
     # the EMA weights (0.997^300 = 0.4), so the demo averages over ~10 steps instead.
     ema_decay=0.9, muon_backend_steps=5,
 )
+
+
+def data_hint() -> str:
+    """What to do about a missing dataset or tokenizer: use the demo data if `prepare_data.py --demo` made it here
+    (the defaults are FineWeb's paths, so a plain `python train_gpt.py` after it misses them), else make or get data."""
+    demo_data, demo_tok = _DEMO_DATA["data_path"], _DEMO_DATA["tokenizer_path"]
+    if os.path.isdir(demo_data) and os.path.isfile(demo_tok):
+        return (f"the demo data is here: run with PRESET=demo-student (or another demo preset), or set "
+                f"DATA_PATH={demo_data} TOKENIZER_PATH={demo_tok}")
+    return ("make the demo data with `python prepare_data.py --demo`, or get FineWeb with the challenge's downloader "
+            "(`python data/cached_challenge_fineweb.py --variant sp1024` in a clone of openai/parameter-golf)")
+
+
 PRESETS: dict[str, dict] = {
     "student": {},
     # The study's 105.5M teacher (fact sheet 3); the study's teacher constructor forces XSA off.
@@ -165,16 +188,31 @@ PRESETS["demo-self-teacher"] = {**PRESETS["demo-student"], "iterations": 450, "m
                                 "checkpoint_every": 100}
 
 
+# The one set of boolean spellings, for every boolean setting and for COMPILE besides `auto` (case and
+# surrounding spaces ignored; empty means off). Anything else is refused rather than guessed.
+BOOL_TRUE = ("1", "true", "yes", "on")
+BOOL_FALSE = ("0", "false", "no", "off", "")
+BOOL_SPELLINGS = "1/true/yes/on or 0/false/no/off"
+DEVICES = ("auto", "cpu", "cuda")
+# str fields holding `auto` or a boolean. They are stored as "auto" | "1" | "0", the values the scripts compare
+# with, so `COMPILE=yes` means on everywhere (it used to mean off).
+_AUTO_OR_BOOL = ("compile",)
+
+
+def parse_bool(raw: str) -> bool | None:
+    """True or False for a documented spelling, None for anything else."""
+    low = raw.strip().lower()
+    return True if low in BOOL_TRUE else False if low in BOOL_FALSE else None
+
+
 def _parse_value(typ, raw: str, source: str):
     """Parse one string from the environment or the command line into the field's type."""
     try:
         if typ is bool:
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError
+            value = parse_bool(raw)
+            if value is None:
+                raise GolfError(f"{source}={raw!r} is not a valid bool (use {BOOL_SPELLINGS}); fix or unset it")
+            return value
         if typ is int:
             return int(raw)
         if typ is float:
@@ -191,23 +229,69 @@ def _field_type(f):
     return _TYPES[f.type] if isinstance(f.type, str) else f.type
 
 
-def build_parser(description: str, extra=None) -> argparse.ArgumentParser:
-    """A parser with `--preset`, `--dry-run` and one `--flag` per config field (help shows the default)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse_field(f, raw: str, source: str):
+    if f.name in _AUTO_OR_BOOL:
+        if raw.strip().lower() == "auto":
+            return "auto"
+        value = parse_bool(raw)
+        if value is None:
+            raise GolfError(f"{source}={raw!r}: use auto or a boolean ({BOOL_SPELLINGS})")
+        return "1" if value else "0"
+    return _parse_value(_field_type(f), raw, source)
+
+
+_WARNED: set = set()  # misspelt names already warned about in this process
+
+
+def warn_misspelt_settings(env) -> list[str]:
+    """Warn (on stderr, once per name and process, rank 0 only) about environment variables that look like a
+    misspelt setting, e.g. MAX_WALLCLOCK_SECOND: they are ignored, so the run would silently use the default.
+    Only upper-case names within difflib ratio 0.85 of a setting's name count, so PATH, OMP_NUM_THREADS, RANK
+    and the like never do. Returns the warning lines printed."""
+    if env.get("RANK", "0") != "0":
+        return []
+    known = {f.name.upper() for f in fields(Config)} | {name.upper() for name in LEGACY_SETTINGS} | {"PRESET"}
+    lines = []
+    for name in sorted(env):
+        if name in known or name in _WARNED or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            continue
+        match = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if match:
+            _WARNED.add(name)
+            lines.append(f"warning: {name} is not a setting; did you mean {match[0]}? (ignored)")
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+    return lines
+
+
+def build_parser(description: str, extra=None, only=None, dry_run: bool = True,
+                 defaults=None) -> argparse.ArgumentParser:
+    """A parser with `--preset`, `--dry-run` (unless `dry_run` is False) and one `--flag` per config field (help
+    shows the default, or the text `defaults` gives for that field). `only`: the fields the script uses (default:
+    all); the others get no flag and stay out of --help, so it lists what applies (their environment variables
+    are still read, like every script's)."""
+    epilog = (f"Booleans (and COMPILE besides auto) take {BOOL_SPELLINGS}, in any case; empty means off.\n"
+              "DEVICE is auto, cpu or cuda. An environment variable that looks like a misspelt setting gets a warning.")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=epilog)
     parser.add_argument("--preset", default=None, help=f"named configuration: {', '.join(PRESETS)} (env PRESET)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model size, then exit")
     if extra:
         extra(parser)
     groups = {}
     for f in fields(Config):
+        if only is not None and f.name not in only:
+            continue
         g = f.metadata["group"]
         if g not in groups:
             groups[g] = parser.add_argument_group(f"{g} (env var = upper-case name)")
         typ = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
         extra_kw = dict(nargs="?", const="1") if typ is bool else {}  # `--ema-enabled` alone means 1
+        shown = (defaults or {}).get(f.name, repr(f.default))
         groups[g].add_argument(flag, dest=f.name, default=None, metavar=typ.__name__.upper(), **extra_kw,
-                               help=f"{f.metadata['help']} [{f.name.upper()}, default {f.default!r}]")
+                               help=f"{f.metadata['help']} [{f.name.upper()}, default {shown}]")
     return parser
 
 
@@ -218,16 +302,16 @@ def resolve_config(args: argparse.Namespace | None = None, env: dict | None = No
     preset = flag or env.get("PRESET", "student")
     if preset not in PRESETS:
         raise GolfError(f"{'--preset' if flag else 'PRESET'}={preset!r} is not a preset; choose one of: {', '.join(PRESETS)}")
+    warn_misspelt_settings(env)
     cfg = Config(**PRESETS[preset])
     _apply_legacy_env(cfg, env)
     for f in fields(Config):
-        typ = _field_type(f)
         raw = env.get(f.name.upper())
         if raw is not None:
-            setattr(cfg, f.name, _parse_value(typ, raw, f.name.upper()))
+            setattr(cfg, f.name, _parse_field(f, raw, f.name.upper()))
         raw = getattr(args, f.name, None) if args is not None else None
         if raw is not None:
-            setattr(cfg, f.name, _parse_value(typ, raw, "--" + f.name.replace("_", "-")))
+            setattr(cfg, f.name, _parse_field(f, raw, "--" + f.name.replace("_", "-")))
     validate(cfg)
     return cfg
 
@@ -257,20 +341,36 @@ def validate(cfg: Config):
         raise GolfError("head dim (MODEL_DIM / NUM_HEADS) must be even for RoPE")
     # The registries are the one list of each choice; imported here because they import this module.
     from golf.losses import MODES, TAILS
+    from golf.seed_faithful import defects
     from golf.teachers import TEACHERS
 
     for name, value, choices in (("DISTILL_TEACHER", cfg.distill_teacher, TEACHERS),
                                  ("DISTILL_TARGET", cfg.distill_target, MODES), ("DISTILL_TAIL", cfg.distill_tail, TAILS)):
         if value not in choices:
             raise GolfError(f"{name}={value!r}: use one of {', '.join(choices)}")
+    if cfg.device not in DEVICES:  # `gpu` used to fall through to the CPU
+        raise GolfError(f"DEVICE={cfg.device!r}: use auto, cpu or cuda")
+    if cfg.compile not in ("auto", "1", "0"):
+        raise GolfError(f"COMPILE={cfg.compile!r}: use auto or a boolean ({BOOL_SPELLINGS})")
     if cfg.dtype not in ("auto", "bf16", "fp32"):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
+    defects(cfg)  # refuses an unknown defect or one the arm cannot have
 
 
-def config_from_cli(description: str, argv=None, extra=None):
-    """Parse `argv`, resolve the config; returns (cfg, args)."""
-    parser = build_parser(description, extra)
+def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env=None) -> Config:
+    """Copy `source`'s value of each field in `names` that neither a --flag nor an environment variable set (a
+    preset does not count): a checkpoint's own data, tokenizer and vocabulary beat a preset's or the defaults."""
+    env = os.environ if env is None else env
+    for name in names:
+        if name.upper() not in env and getattr(args, name, None) is None:
+            setattr(cfg, name, getattr(source, name))
+    return cfg
+
+
+def config_from_cli(description: str, argv=None, extra=None, only=None, dry_run: bool = True, defaults=None):
+    """Parse `argv`, resolve the config; returns (cfg, args). `only`, `dry_run`, `defaults`: as build_parser."""
+    parser = build_parser(description, extra, only, dry_run, defaults)
     args = parser.parse_args(argv)
     return resolve_config(args), args

@@ -9,6 +9,8 @@ Two sources of documents:
 The dataset is built the way the challenge exports FineWeb (fact sheet 1.1-1.2): the tokenizer is
 trained on the train documents only, every document is written as [BOS] + ids (no EOS), and the
 documents are concatenated and cut into fixed-size shards regardless of document boundaries.
+The validation set repeats no long span of the training text: validation documents that share one with
+the train documents are dropped (golf/dedup.py).
 """
 import ast
 import gc
@@ -28,6 +30,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from golf.atomic import atomic_write_bytes, atomic_write_text
+from golf.dedup import DEDUP_TOKENS, dedup_val, report_line
 from golf.errors import GolfError
 from golf.shards import write_shard
 from golf.tokenizer import file_sha256, load_tokenizer
@@ -227,14 +230,21 @@ def train_tokenizer(docs: list[str], path: str, vocab_size: int = 1024) -> str:
 # Shards
 
 
-def write_split(sp: spm.SentencePieceProcessor, docs: list[str], out_dir: str, prefix: str, shard_tokens: int) -> tuple[list[str], int]:
-    """Encode `docs` as [BOS] + ids each, concatenate, and write `{prefix}_{i:06d}.bin` shards of
+def encode_documents(sp: spm.SentencePieceProcessor, docs: list[str], desc: str) -> list[np.ndarray]:
+    """Each document as a uint16 array of its ids (no BOS)."""
+    out, batch = [], 256  # SentencePiece encodes a list of texts on all cores
+    with tqdm(total=len(docs), desc=desc, unit="doc", disable=None) as bar:
+        for start in range(0, len(docs), batch):
+            out += [np.asarray(ids, dtype=np.uint16) for ids in sp.encode(docs[start : start + batch])]
+            bar.update(min(batch, len(docs) - start))
+    return out
+
+
+def write_split(docs_ids: list[np.ndarray], bos: int, out_dir: str, prefix: str, shard_tokens: int) -> tuple[list[str], int]:
+    """Write the documents as [BOS] + ids each, concatenated and cut into `{prefix}_{i:06d}.bin` shards of
     `shard_tokens` tokens (the last one shorter). Returns (paths, total tokens)."""
     if shard_tokens < 1:
         raise GolfError(f"--shard-tokens must be >= 1, got {shard_tokens}")
-    bos = sp.bos_id()
-    if bos < 0:
-        raise GolfError("the tokenizer has no BOS piece, but every document starts with BOS; train it with bos_id=1")
     paths, pending, n_pending, total = [], [], 0, 0
 
     def flush(n: int) -> None:
@@ -245,18 +255,14 @@ def write_split(sp: spm.SentencePieceProcessor, docs: list[str], out_dir: str, p
         paths.append(path)
         pending, n_pending = [buf[n:]], len(buf) - n
 
-    batch = 256  # SentencePiece encodes a list of texts on all cores
-    with tqdm(total=len(docs), desc=os.path.basename(prefix), unit="doc", disable=None) as bar:
-        for start in range(0, len(docs), batch):
-            for ids in sp.encode(docs[start : start + batch]):
-                tokens = np.empty(len(ids) + 1, dtype=np.uint16)
-                tokens[0], tokens[1:] = bos, ids
-                pending.append(tokens)
-                n_pending += len(tokens)
-                total += len(tokens)
-                while n_pending >= shard_tokens:
-                    flush(shard_tokens)
-            bar.update(min(batch, len(docs) - start))
+    for ids in docs_ids:
+        tokens = np.empty(len(ids) + 1, dtype=np.uint16)
+        tokens[0], tokens[1:] = bos, ids
+        pending.append(tokens)
+        n_pending += len(tokens)
+        total += len(tokens)
+        while n_pending >= shard_tokens:
+            flush(shard_tokens)
     if n_pending:
         flush(n_pending)
     return paths, total
@@ -269,40 +275,27 @@ class DatasetPaths:
     train_files: list[str]
     val_files: list[str]
     manifest_path: str
+    val_docs: list[str]  # the validation documents written (those left after deduplication)
+    dedup: dict | None  # golf.dedup.dedup_val's report, None when deduplication was off
 
 
-def build_dataset(
-    docs_train: list[str],
-    docs_val: list[str],
-    name: str,
-    out_dir: str = "data",
-    shard_tokens: int = CHALLENGE_SHARD_TOKENS,
-    vocab_size: int = 1024,
-    tokenizer_path: str | None = None,
-) -> DatasetPaths:
-    """Write `{out_dir}/tokenizers/{name}_{V}_bpe.model` (trained on `docs_train` only, unless an
-    existing `tokenizer_path` is given) and `{out_dir}/datasets/{name}_sp{V}/{name}_{train,val}_*.bin`
-    plus a manifest.json describing the build. Shards of an earlier build with the same name that
-    this build does not overwrite are removed, so the folder never mixes two builds."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
-        raise GolfError(f"dataset name {name!r} must be letters, digits, '.' or '-' (no '_': shard names are split on it)")
-    if not 0 < vocab_size <= 2**16:
-        raise GolfError(f"vocab size {vocab_size} must be in [1, 65536] to fit uint16 shards")
-    if not docs_train or not docs_val:
-        raise GolfError(f"need train and val documents, got {len(docs_train)} train and {len(docs_val)} val")
-    data_path = os.path.join(out_dir, "datasets", f"{name}_sp{vocab_size}")
-    if tokenizer_path is None:
-        tokenizer_path = os.path.join(out_dir, "tokenizers", f"{name}_{vocab_size}_bpe.model")
-        train_tokenizer(docs_train, tokenizer_path, vocab_size)
-    sp = load_tokenizer(tokenizer_path, vocab_size)
-    manifest_path = os.path.join(data_path, "manifest.json")
-    os.makedirs(data_path, exist_ok=True)
-    # A manifest describes a finished build: drop the old one first so an interrupted rebuild has none.
-    if os.path.exists(manifest_path):
-        os.remove(manifest_path)
+def _dedup_val(train_ids, val_ids, docs_val, span_tokens: int):
+    """(val ids, val docs, report) without the documents that share a `span_tokens`-token span with train."""
+    if not span_tokens:
+        return val_ids, docs_val, None
+    keep, report = dedup_val(train_ids, val_ids, span_tokens)
+    print(report_line(report), flush=True)
+    if not any(keep):
+        raise GolfError(f"every validation document shares a {span_tokens}-token span with the train documents; "
+                        "give more distinct text, a larger --val-every, or --dedup-tokens 0 to keep them")
+    return [x for x, k in zip(val_ids, keep) if k], [d for d, k in zip(docs_val, keep) if k], report
+
+
+def _write_splits(data_path: str, name: str, shard_tokens: int, bos: int, splits_docs: dict) -> dict:
+    """Write each split's shards, remove stale shards of an earlier build; the manifest's `splits` entry."""
     splits = {}
-    for split, docs in (("train", docs_train), ("val", docs_val)):
-        paths, tokens = write_split(sp, docs, data_path, f"{name}_{split}", shard_tokens)
+    for split, (docs, ids) in splits_docs.items():
+        paths, tokens = write_split(ids, bos, data_path, f"{name}_{split}", shard_tokens)
         splits[split] = dict(
             docs=len(docs),
             tokens=tokens,
@@ -314,18 +307,61 @@ def build_dataset(
         for stale in os.listdir(data_path):
             if re.fullmatch(rf"{re.escape(name)}_{split}_\d+\.bin", stale) and stale not in keep:
                 os.remove(os.path.join(data_path, stale))
+    return splits
+
+
+def build_dataset(
+    docs_train: list[str],
+    docs_val: list[str],
+    name: str,
+    out_dir: str = "data",
+    shard_tokens: int = CHALLENGE_SHARD_TOKENS,
+    vocab_size: int = 1024,
+    tokenizer_path: str | None = None,
+    dedup_tokens: int = DEDUP_TOKENS,
+) -> DatasetPaths:
+    """Write `{out_dir}/tokenizers/{name}_{V}_bpe.model` (trained on `docs_train` only, unless an
+    existing `tokenizer_path` is given) and `{out_dir}/datasets/{name}_sp{V}/{name}_{train,val}_*.bin`
+    plus a manifest.json describing the build. Validation documents that share a `dedup_tokens`-token
+    span with the train documents are dropped (0: keep all); the train split is written as given. Shards of
+    an earlier build with the same name that this build does not overwrite are removed, so the folder never
+    mixes two builds."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", name):
+        raise GolfError(f"dataset name {name!r} must be letters, digits, '.' or '-' (no '_': shard names are split on it)")
+    if not 0 < vocab_size <= 2**16:
+        raise GolfError(f"vocab size {vocab_size} must be in [1, 65536] to fit uint16 shards")
+    if not docs_train or not docs_val:
+        raise GolfError(f"need train and val documents, got {len(docs_train)} train and {len(docs_val)} val")
+    if dedup_tokens < 0:
+        raise GolfError(f"--dedup-tokens must be >= 0 (0 = off), got {dedup_tokens}")
+    data_path = os.path.join(out_dir, "datasets", f"{name}_sp{vocab_size}")
+    if tokenizer_path is None:
+        tokenizer_path = os.path.join(out_dir, "tokenizers", f"{name}_{vocab_size}_bpe.model")
+        train_tokenizer(docs_train, tokenizer_path, vocab_size)
+    sp = load_tokenizer(tokenizer_path, vocab_size)
+    if sp.bos_id() < 0:
+        raise GolfError("the tokenizer has no BOS piece, but every document starts with BOS; train it with bos_id=1")
+    train_ids = encode_documents(sp, docs_train, f"{name}_train")
+    val_ids, kept_val, dedup = _dedup_val(train_ids, encode_documents(sp, docs_val, f"{name}_val"), docs_val, dedup_tokens)
+    manifest_path = os.path.join(data_path, "manifest.json")
+    os.makedirs(data_path, exist_ok=True)
+    # A manifest describes a finished build: drop the old one first so an interrupted rebuild has none.
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
+    splits = _write_splits(data_path, name, shard_tokens, sp.bos_id(), {"train": (docs_train, train_ids), "val": (kept_val, val_ids)})
     manifest = dict(
         name=name,
         python_version=sys.version.split()[0],
-        corpus_sha256=corpus_sha256(docs_train + docs_val),
+        corpus_sha256=corpus_sha256(docs_train + docs_val),  # the input corpus, before deduplication
         vocab_size=vocab_size,
         shard_tokens=shard_tokens,
         bos_id=sp.bos_id(),
         tokenizer=os.path.basename(tokenizer_path),
         tokenizer_sha256=file_sha256(tokenizer_path),
+        dedup=dedup,
         splits=splits,
     )
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     train_files = [os.path.join(data_path, s) for s in splits["train"]["shards"]]
     val_files = [os.path.join(data_path, s) for s in splits["val"]["shards"]]
-    return DatasetPaths(data_path, tokenizer_path, train_files, val_files, manifest_path)
+    return DatasetPaths(data_path, tokenizer_path, train_files, val_files, manifest_path, kept_val, dedup)

@@ -19,7 +19,10 @@ def cli_main(fn):
         try:
             return fn(*args, **kwargs)
         except GolfError as e:
-            if os.environ.get("DEBUG", "0") not in ("", "0"):
+            from golf.config import parse_bool  # here, not at the top: golf.config imports this module
+
+            # The settings' boolean spellings; any other non-empty value also shows the traceback, as it always did.
+            if parse_bool(os.environ.get("DEBUG", "0")) is not False:
                 raise
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)

@@ -19,17 +19,28 @@ from torch import nn
 from golf.config import Config
 from golf.quant import fake_quantize_int6_rows
 
-try:  # FlashAttention-3 (Hopper); the SDPA path below is the reference and runs everywhere.
-    from flash_attn_interface import flash_attn_func as _fa3
-except ImportError:
-    _fa3 = None
+
+def _load_fa3():
+    """FlashAttention-3's `flash_attn_func` (Hopper) if installed, else None; SDPA is the reference path."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+_fa3 = _load_fa3()
+# FA3 is a CUDA kernel; a module-level tuple so a test can route a CPU stand-in through the same branch.
+FA3_DEVICES = ("cuda",)
 
 # Small/"control" parameters: kept in fp32 and optimised by AdamW, never by Muon (fact sheet 2, 4).
 CONTROL_PATTERNS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weight", "smear")
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    # CUDA autocast runs rms_norm in fp32 since torch 2.12; the cast back keeps the residual stream and q/k in
+    # the input dtype (bf16 in bf16 runs), as in the study (torch 2.11). A no-op wherever the dtype already holds.
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
 
 
 class CastedLinear(nn.Linear):
@@ -87,6 +98,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal GQA attention; q (B, T, H, D), k and v (B, T, H_kv, D) -> (B, T, H, D).
+
+    q, k and v reach the kernel in v's dtype (the matmul dtype: bf16 under autocast): FA3 refuses mixed dtypes
+    and fp32, so fp32 runs take SDPA."""
+    q, k = q.to(v.dtype), k.to(v.dtype)
+    if _fa3 is not None and q.device.type in FA3_DEVICES and q.dtype in (torch.float16, torch.bfloat16):
+        y = _fa3(q, k, v, causal=True)
+        return y[0] if isinstance(y, tuple) else y  # some FA3 versions also return the log-sum-exp
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+    ).transpose(1, 2)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config, xsa: bool):
         super().__init__()
@@ -109,13 +134,7 @@ class Attention(nn.Module):
         cos, sin = self.rotary(T)
         q = apply_rotary(rms_norm(q), cos, sin) * self.q_gain.to(q.dtype)[None, None, :, None]
         k = apply_rotary(rms_norm(k), cos, sin)
-        if _fa3 is not None and x.is_cuda:
-            y = _fa3(q, k, v, causal=True)
-            y = y[0] if isinstance(y, tuple) else y
-        else:
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
-            ).transpose(1, 2)
+        y = attend(q, k, v)
         if self.xsa:
             # Exclusive self-attention: drop each head's component along its own token's unit value vector.
             group = self.n_head // self.n_kv
@@ -230,7 +249,11 @@ class GPT(nn.Module):
 
     def apply_dtype_policy(self, dtype: torch.dtype):
         """The study's storage dtypes for bf16 runs: embeddings (tok_emb, bigram table) in `dtype`, every
-        CastedLinear and control/vector parameter in fp32. A no-op for fp32 runs."""
+        CastedLinear and control/vector parameter in fp32. A no-op for fp32 runs.
+
+        Under autocast the embedding's dtype is the residual stream's: with this policy the stream, the norms'
+        outputs and q/k/v are bf16 (the study's dtypes). CUDA autocast's fp32 list (pow, sum) still makes the squared
+        MLP hidden and XSA's projection fp32 before the next linear, as it did in the study."""
         if dtype == torch.float32:
             return self
         self.tok_emb.to(dtype)

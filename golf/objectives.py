@@ -8,6 +8,7 @@ defects (golf/seed_faithful.py); nothing else here knows of them.
 from golf import seed_faithful
 from golf.config import Config
 from golf.data import Batch
+from golf.dist import compile_enabled
 from golf.losses import cross_entropy, distill_terms, mix
 from golf.teachers import Teacher, build_teacher
 
@@ -17,7 +18,9 @@ class CrossEntropyObjective:
     step-time comparisons between arms are fair)."""
 
     parts = ("ce",)
-    teacher = None
+
+    def __init__(self, teacher=None):
+        self.teacher = teacher  # held, never asked (the seed-faithful D3 arm keeps its idle teacher here)
 
     def __call__(self, model, batch: Batch):
         loss = cross_entropy(model(batch.x), batch.y)
@@ -52,10 +55,14 @@ def distill_objective(cfg: Config, teacher: Teacher) -> DistillObjective:
 
 
 def build_objective(cfg: Config, run) -> DistillObjective:
-    """The distillation objective of the arm `cfg` describes, its teacher built for `run`."""
-    if cfg.distill_seed_faithful:
-        return seed_faithful.wrap_objective(cfg, distill_objective(cfg, seed_faithful.build_teacher(cfg, run)))
-    return distill_objective(cfg, build_teacher(cfg, run))
+    """The distillation objective of the arm `cfg` describes, its teacher built for `run`; the seed-faithful
+    arms' defects wrapped around both."""
+    chosen = seed_faithful.defects(cfg)
+    if not chosen:
+        return distill_objective(cfg, build_teacher(cfg, run))
+    teacher = seed_faithful.build_teacher(cfg, run, chosen, build_teacher)
+    compiled = compile_enabled(cfg.compile, run.ctx.device)
+    return seed_faithful.wrap_objective(cfg, distill_objective(cfg, teacher), chosen, compiled, CrossEntropyObjective)
 
 
 def describe_arm(cfg: Config) -> dict:
@@ -65,7 +72,7 @@ def describe_arm(cfg: Config) -> dict:
     return {"teacher": cfg.distill_teacher, "source": source or "-", "target": cfg.distill_target,
             "alpha": cfg.distill_alpha, "temp": cfg.distill_temp if soft else None,
             "tail": cfg.distill_tail if soft and cfg.distill_teacher == "cache" else None,
-            "seed_faithful": bool(cfg.distill_seed_faithful)}
+            "seed_faithful": ",".join(sorted(seed_faithful.defects(cfg)))}
 
 
 def arm_line(cfg: Config, teacher: Teacher) -> str:
@@ -73,4 +80,4 @@ def arm_line(cfg: Config, teacher: Teacher) -> str:
     d = describe_arm(cfg)
     return (f"distill:arm teacher:{d['teacher']} target:{d['target']} alpha:{d['alpha']} temp:{d['temp'] or '-'} "
             f"tail:{d['tail'] or '-'} track:{teacher.track} teacher_sha256:{teacher.sha256[:16] or '-'} "
-            f"source:{d['source']} seed_faithful:{int(d['seed_faithful'])}")
+            f"source:{d['source']} seed_faithful:{d['seed_faithful'] or '-'}")

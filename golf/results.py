@@ -230,7 +230,7 @@ def describe(run: RunRecord) -> dict:
     """teacher, mode, alpha, T and tail of a run, from its configuration (golf.objectives.describe_arm)."""
     if run.script != "distill.py":
         return {"teacher": "–", "mode": "teacher" if run.is_teacher else "CE", "alpha": 0.0, "temp": None,
-                "tail": "–", "faithful": False}
+                "tail": "–", "faithful": ""}
     d = describe_arm(Config.from_dict(run.config))
     mode = d["target"] if d["teacher"] == "cache" else d["teacher"] + ("" if d["target"] == "soft" else " hard")
     return {"teacher": teacher_label(d["source"]) if d["source"] != "-" else "?", "mode": mode, "alpha": d["alpha"],
@@ -343,7 +343,7 @@ def _pm(xs: list[float], fmt: str) -> str:
 
 
 def _mode_label(row: dict) -> str:
-    return row["mode"] + (" (seed-faithful)" if row["faithful"] else "")
+    return row["mode"] + (f" (seed-faithful {row['faithful']})" if row["faithful"] else "")
 
 
 def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str]) -> str:

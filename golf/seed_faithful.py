@@ -1,30 +1,75 @@
-"""The study's defects, reproduced on purpose for the seed-faithful ablation arm (DISTILL_SEED_FAITHFUL=1) and
-nowhere else: they wrap a correct teacher and a correct objective, whose code knows nothing of them.
+"""The study's defects (seed-factsheet 7.1), reproduced on purpose for the seed-faithful ablation arms
+(DISTILL_SEED_FAITHFUL) and nowhere else: they wrap a correct teacher and a correct objective, whose code knows
+nothing of them. Each is switchable on its own (`DISTILL_SEED_FAITHFUL=D1,D2,D4`; `1` or `all`: every defect the
+arm's teacher and target can have, i.e. the study's own combinations: D1 (soft only), D2 and D4 for a cache;
+D3 and D4 for an online teacher).
 
 - D1: the per-token KL divided by the sequence length again (the study divided its already per-token mean by
-  2048, making the soft term 2048x too weak). Applies to soft targets.
-- D2: cache rows read by a cursor that starts at the cache's first row, advances by the micro-batch size and
-  is the same on every rank, blind to the tokens being trained on; it restarts at row 0 when the next
-  micro-batch would run past the cache, and again before the timed run (the warm-up's rows are re-read).
+  2048, so the soft term was 2048x too weak). Soft targets only.
+- D2: cache rows read by the study's cursor: it starts at the cache's first row, advances by the micro-batch
+  size, is the same on every rank and blind to the tokens being trained on, and restarts at row 0 when the next
+  micro-batch would run past the study's cache (SEED_FAITHFUL_ROWS rows of SEED_FAITHFUL_ROW_LEN tokens, 4,096 x
+  2,048 as the study's: a cycle of 85 micro-batches there), and again before the timed run. Cached teachers only.
+- D3: the online teacher is loaded onto the device (its memory held) and never called: the loss is
+  cross-entropy alone, the baseline's. Online teachers only, and no D1 with it (there is no KL term).
+- D4: the compile warm-up runs the baseline's objective without the teacher, so the first timed step meets the
+  distillation graph for the first time: with compile on, its compile lands inside the budget, and the
+  wall-clock warm-down rule, which estimates the step time as elapsed / steps, sees a huge first step; at the
+  study's scale that put the LR scale below QAT_THRESHOLD at step 1 (0.0385), so fake-int6 QAT ran for the whole
+  run. With compile off (the CPU demo) nothing is compiled, so the first timed step instead waits the study's
+  share of the budget (9,579 ms of 600 s, i.e. 1.6% of MAX_WALLCLOCK_SECONDS): the lost time and the first-step
+  estimate are reproduced, the compile itself is not. Whether QAT then starts at step 1 depends on the run's
+  warm-down length: the study's 1,600 steps did, the demo's 60 do not.
 """
+import time
+
 from golf.config import Config
 from golf.data import Batch, Segment
-from golf.teachers import CachedTeacher, Signal, Teacher, build_teacher as build_correct_teacher
+from golf.errors import GolfError
+from golf.teachers import CachedTeacher, Signal, Teacher
+
+DEFECTS = ("D1", "D2", "D3", "D4")
+# The study's step 1 of the soft alpha 0.1 run (compile inside the budget), as a share of its 600 s budget.
+STUDY_FIRST_STEP_SHARE = 9.579 / 600
+
+
+def defects(cfg: Config) -> frozenset:
+    """The defects DISTILL_SEED_FAITHFUL asks for, checked against the arm; refuses one the arm cannot have."""
+    raw = str(cfg.distill_seed_faithful).strip()
+    if raw.lower() in ("", "0", "false", "no", "off"):
+        return frozenset()
+    soft, cache = cfg.distill_target == "soft", cfg.distill_teacher == "cache"
+    if raw.lower() in ("1", "all", "true", "yes", "on"):
+        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"}) | {"D4"})
+    asked = [d.strip().upper() for d in raw.split(",") if d.strip()]
+    unknown = [d for d in asked if d not in DEFECTS]
+    if unknown:
+        raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {unknown[0]} is not a defect; use a comma list of "
+                        f"{', '.join(DEFECTS)}, or 1 / all, or 0")
+    chosen = frozenset(asked)
+    for d, ok, why in (("D1", soft, "needs DISTILL_TARGET=soft (it divides the KL term)"),
+                       ("D1", "D3" not in chosen, "and D3 exclude each other (D3 computes no KL term)"),
+                       ("D2", cache, "needs DISTILL_TEACHER=cache (it misreads cache rows)"),
+                       ("D3", cfg.distill_teacher == "online", "needs DISTILL_TEACHER=online (it skips the teacher)")):
+        if d in chosen and not ok:
+            raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {d} {why}; the study never ran that combination")
+    return chosen
 
 
 class StudyCursorRows(Teacher):
-    """D2 around a cached teacher: rows by the study's per-rank cursor instead of the batch's coordinates."""
+    """D2 around a cached teacher: rows by the study's cursor instead of the batch's stream coordinates."""
 
     where, track = "loader", "non-record"
 
-    def __init__(self, inner: CachedTeacher):
+    def __init__(self, inner: CachedTeacher, cycle_rows: int):
         self.inner, self.name = inner, inner.name
-        self.total_rows = sum(inner.reader.num_tokens)
+        self.total_rows = min(sum(inner.reader.num_tokens), cycle_rows)
         self.cursor = 0
 
     @classmethod
     def from_config(cls, cfg, run):
-        return cls(CachedTeacher.open(cfg, run))  # no coverage check: the cursor never leaves the cache
+        # No coverage check: the cursor never leaves the cache.
+        return cls(CachedTeacher.open(cfg, run), cfg.seed_faithful_rows * cfg.seed_faithful_row_len)
 
     def reset(self):
         self.cursor = 0
@@ -72,20 +117,48 @@ class KLOverSeqLen:
         return self.inner.mix(ce, term / self.seq_len), parts
 
 
-def build_teacher(cfg: Config, run) -> Teacher:
-    """The arm's teacher with D2 where it has cache rows to misalign (the online teacher is left as it is)."""
-    if cfg.distill_teacher == "cache":
-        return StudyCursorRows.from_config(cfg, run)
-    return build_correct_teacher(cfg, run)
+class WarmupWithoutTeacher:
+    """D4 around an objective: the warm-up compiles the baseline's graph (`warmup_objective`, which golf.train's
+    warm-up uses instead of the objective), so the first timed call meets this graph for the first time; with
+    compile off it waits `stall_s` there instead (the module docstring)."""
+
+    def __init__(self, inner, stall_s: float, warmup_objective):
+        self.inner, self.stall_s, self.first = inner, stall_s, True
+        self.parts, self.teacher = inner.parts, inner.teacher
+        self.warmup_objective = warmup_objective
+
+    def __call__(self, model, batch: Batch):
+        if self.first:
+            self.first = False
+            time.sleep(self.stall_s)
+        return self.inner(model, batch)
 
 
-def wrap_objective(cfg: Config, objective):
-    """The objective with D1 where it has a KL term."""
-    return KLOverSeqLen(objective, cfg.train_seq_len) if cfg.distill_target == "soft" else objective
+def build_teacher(cfg: Config, run, chosen: frozenset, build_correct) -> Teacher:
+    """The arm's teacher, with D2 if chosen (`build_correct` builds the plain one)."""
+    return StudyCursorRows.from_config(cfg, run) if "D2" in chosen else build_correct(cfg, run)
+
+
+def wrap_objective(cfg: Config, objective, chosen: frozenset, compiled: bool, cross_entropy_objective):
+    """The objective with D3, D1 and D4 applied as chosen; `cross_entropy_objective(teacher)` makes the baseline's
+    objective (golf.objectives.CrossEntropyObjective, passed in: that module imports this one)."""
+    if "D3" in chosen:
+        objective = cross_entropy_objective(objective.teacher)
+    if "D1" in chosen:
+        objective = KLOverSeqLen(objective, cfg.train_seq_len)
+    if "D4" in chosen:
+        stall = 0.0 if compiled else STUDY_FIRST_STEP_SHARE * max(cfg.max_wallclock_seconds, 0.0)
+        objective = WarmupWithoutTeacher(objective, stall, cross_entropy_objective(None))
+    return objective
+
+
+_WHAT = {"D1": "KL divided by TRAIN_SEQ_LEN (D1)",
+         "D2": "cache rows read by the study's per-rank cursor, independent of the tokens (D2)",
+         "D3": "online teacher loaded and never called (D3)",
+         "D4": "warm-up without the teacher, the distillation graph first met in timed step 1 (D4)"}
 
 
 def describe(cfg: Config) -> str:
     """The log line that says which defects the arm reproduces."""
-    defects = (["KL divided by TRAIN_SEQ_LEN (D1)"] if cfg.distill_target == "soft" else []) + (
-        ["cache rows read by a per-rank cursor independent of the tokens (D2)"] if cfg.distill_teacher == "cache" else [])
-    return "distill:SEED_FAITHFUL reproducing the study's defects on purpose: " + ", ".join(defects)
+    return ("distill:SEED_FAITHFUL reproducing the study's defects on purpose: "
+            + ", ".join(_WHAT[d] for d in sorted(defects(cfg))))

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from golf.atomic import atomic_path
+from golf.config import data_hint
 from golf.errors import GolfError
 
 SHARD_MAGIC = 20240520
@@ -82,21 +83,16 @@ def load_shard(path) -> np.ndarray:
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
 
 
-def list_shards(data_path, split: str) -> list[str]:
-    """Sorted paths of `*_{split}_*.bin` in the folder `data_path` (sorted order = stream order)."""
+def list_shards(data_path, split: str, source: str = "DATA_PATH", hint: str | None = None) -> list[str]:
+    """Sorted paths of `*_{split}_*.bin` in the folder `data_path` (sorted order = stream order). An error names
+    `source` (where the folder came from) and `hint` (what to do; default: golf.config.data_hint())."""
     data_path = os.fspath(data_path)
     if not os.path.isdir(data_path):
-        raise GolfError(
-            f"data folder {data_path} not found (DATA_PATH); run `python prepare_data.py --demo` "
-            "or the challenge's data/cached_challenge_fineweb.py downloader"
-        )
+        raise GolfError(f"data folder {data_path} not found ({source}); {hint or data_hint()}")
     pattern = os.path.join(data_path, f"*_{split}_*.bin")
     paths = sorted(glob.glob(pattern))
     if not paths:
-        raise GolfError(
-            f"no {split} shards match {pattern} (DATA_PATH); run `python prepare_data.py --demo` "
-            "or the challenge's data/cached_challenge_fineweb.py downloader"
-        )
+        raise GolfError(f"no {split} shards match {pattern} ({source}); {hint or data_hint()}")
     return paths
 
 

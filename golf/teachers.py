@@ -36,11 +36,16 @@ class Signal(ABC):
 
     def apply(self, fn) -> "Signal":
         """The same signal with `fn` applied to every tensor (pinning, moving to the device)."""
-        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return dataclasses.replace(self, **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                                            for f in dataclasses.fields(self)})
 
     @abstractmethod
     def loss_inputs(self, shape: torch.Size) -> dict:
         """The teacher keywords of golf.losses.distill_terms, widened and shaped like the targets `shape`."""
+
+
+def _valid_input(valid, shape) -> dict:
+    return {} if valid is None else {"teacher_valid": valid.view(shape)}
 
 
 @dataclass
@@ -50,10 +55,12 @@ class TopK(Signal):
 
     ids: torch.Tensor  # (n, K)
     logprobs: torch.Tensor  # (n, K)
+    valid: torch.Tensor | None = None  # bool (n,): False where the row is not about the student's target
 
     def loss_inputs(self, shape):
         k = self.ids.shape[-1]
-        return {"idx": self.ids.long().view(*shape, k), "vals": self.logprobs.float().view(*shape, k)}
+        return {"idx": self.ids.long().view(*shape, k), "vals": self.logprobs.float().view(*shape, k),
+                **_valid_input(self.valid, shape)}
 
 
 @dataclass
@@ -61,9 +68,10 @@ class Top1(Signal):
     """The teacher's most likely next token (a hard label)."""
 
     ids: torch.Tensor  # (n,)
+    valid: torch.Tensor | None = None  # as TopK's
 
     def loss_inputs(self, shape):
-        return {"teacher_top1": self.ids.long().view(shape)}
+        return {"teacher_top1": self.ids.long().view(shape), **_valid_input(self.valid, shape)}
 
 
 @dataclass
@@ -127,9 +135,14 @@ class CachedTeacher(Teacher):
 
     name, where, track = "cache", "loader", "non-record"
 
-    def __init__(self, reader: CacheReader, target: str, restricted: bool = False):
+    def __init__(self, reader: CacheReader, target: str, restricted: bool = False, stream_shards: int | None = None):
         self.reader, self.target, self.restricted = reader, target, restricted
         self.id_dtype = np.int16 if reader.spec.vocab_size <= 1 << 15 else np.int32
+        # The stream's last row predicts a token past the data (or the next, untrained shard's first), while the
+        # student's target there is the first token of the stream after the loader wraps: its teacher term is
+        # masked. (shard, row), or None when the stream ends past the cache (the run stops before it).
+        last = (stream_shards or reader.num_shards) - 1
+        self.stream_end = (last, reader.num_tokens[last] - 1) if last < reader.num_shards else None
 
     @classmethod
     def open(cls, cfg: Config, run) -> "CachedTeacher":
@@ -141,7 +154,7 @@ class CachedTeacher(Teacher):
         reader = CacheReader(cfg.logit_cache, run.train_files, vocab_size=cfg.vocab_size, teacher_sha256=teacher_sha)
         if cfg.restrict_to_cache:
             run.train_files = run.train_files[: reader.num_shards]
-        return cls(reader, cfg.distill_target, restricted=cfg.restrict_to_cache)
+        return cls(reader, cfg.distill_target, restricted=cfg.restrict_to_cache, stream_shards=len(run.train_files))
 
     @classmethod
     def from_config(cls, cfg, run):
@@ -164,15 +177,26 @@ class CachedTeacher(Teacher):
                 f"{reader.num_shards} of {len(run.train_files)} shards ({cached_tokens} tokens, {steps} steps); set "
                 f"ITERATIONS<={steps}, cache more shards, or pass --restrict-to-cache")
 
+    def _valid(self, segments: list[Segment], n: int) -> torch.Tensor | None:
+        """False at the stream's last row (see __init__), None when the batch does not hold it (nearly always)."""
+        valid, pos = None, 0
+        for shard, offset, length in segments:
+            if self.stream_end is not None and shard == self.stream_end[0] and offset <= self.stream_end[1] < offset + length:
+                valid = torch.ones(n, dtype=torch.bool) if valid is None else valid
+                valid[pos + self.stream_end[1] - offset] = False
+            pos += length
+        return valid
+
     def rows(self, segments: list[Segment], n: int) -> Signal:
         """The signal of the `n` rows at `segments`."""
+        valid = self._valid(segments, n)
         if self.target == "hard":
             top1 = self.reader.gather_ids(segments, np.empty((n, 1), dtype=self.id_dtype))
-            return Top1(torch.from_numpy(top1[:, 0]))
+            return Top1(torch.from_numpy(top1[:, 0]), valid)
         idx = np.empty((n, self.reader.k), dtype=self.id_dtype)
         vals = np.empty((n, self.reader.k), dtype=np.float16)
         self.reader.gather(segments, idx, vals)
-        return TopK(torch.from_numpy(idx), torch.from_numpy(vals))
+        return TopK(torch.from_numpy(idx), torch.from_numpy(vals), valid)
 
     def fetch(self, batch):
         return self.rows(batch.segments, batch.x.numel())

@@ -17,6 +17,7 @@ import sentencepiece as spm
 if TYPE_CHECKING:
     import torch  # imported lazily below: prepare_data.py needs this module but not torch's ~1.5 s import
 
+from golf.config import data_hint
 from golf.errors import GolfError
 
 
@@ -32,7 +33,7 @@ def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
     """Load a SentencePiece model and check it has exactly `vocab_size` pieces."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise GolfError(f"tokenizer {path} not found (TOKENIZER_PATH); run `python prepare_data.py --demo` or download the challenge's tokenizer")
+        raise GolfError(f"tokenizer {path} not found (TOKENIZER_PATH); {data_hint()}")
     sp = spm.SentencePieceProcessor()
     try:
         sp.load(path)

@@ -4,7 +4,8 @@ CUDA: torch.topk. CPU: golf/topk.c, built with the system C compiler on first us
 called through ctypes (which releases the GIL) on torch's threads' worth of row blocks: at K=32, V=1024
 0.33-0.51x the time of torch.topk and 0.40-0.61x that of the fallback (bench/cache_write.py's one-batch
 breakdown; docs/performance.md); exact ties keep the lower id first. Without a compiler, or with
-GOLF_NATIVE_TOPK=0: torch's top-K on integer keys (exact ties in torch's order)."""
+GOLF_NATIVE_TOPK=0 (or any false spelling the settings take): torch's top-K on integer keys (exact ties in
+torch's order)."""
 import ctypes
 import hashlib
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from golf.atomic import atomic_path
+from golf.config import BOOL_SPELLINGS, parse_bool
 from golf.errors import GolfError
 
 SOURCE = Path(__file__).with_name("topk.c")
@@ -70,7 +72,11 @@ def load_kernel(compiler: str | None = None):
 def _native():
     global _kernel
     if _kernel is None:
-        _kernel = (os.environ.get("GOLF_NATIVE_TOPK", "1") != "0" and load_kernel()) or False
+        raw = os.environ.get("GOLF_NATIVE_TOPK", "1")
+        wanted = parse_bool(raw)
+        if wanted is None:
+            raise GolfError(f"GOLF_NATIVE_TOPK={raw!r} is not a valid bool (use {BOOL_SPELLINGS}); fix or unset it")
+        _kernel = (wanted and load_kernel()) or False
     return _kernel or None
 
 

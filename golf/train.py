@@ -128,21 +128,23 @@ class TrainState:
             self.teacher.bind(self)
 
     # --- batches and steps -----------------------------------------------------------------------------------
-    def pipeline(self, loader_state: dict | None = None) -> BatchPipeline:
-        """A batch pipeline from the stream's start (or `loader_state`), the teacher reset with it."""
+    def pipeline(self, loader_state: dict | None = None, teacher=True) -> BatchPipeline:
+        """A batch pipeline from the stream's start (or `loader_state`), the teacher reset with it (none with
+        teacher=False)."""
         cfg, ctx = self.cfg, self.ctx
         loader = DistributedTokenLoader(self.train_files, ctx.rank, ctx.world_size, cfg.vocab_size)
         if loader_state is not None:
             loader.load_state(loader_state)
-        if self.teacher is not None:
-            self.teacher.reset()
-        in_loader = self.teacher if self.teacher is not None and self.teacher.where == "loader" else None
+        teacher = self.teacher if teacher else None
+        if teacher is not None:
+            teacher.reset()
+        in_loader = teacher if teacher is not None and teacher.where == "loader" else None
         return BatchPipeline(loader, cfg.train_batch_tokens, cfg.train_seq_len, self.accum, ctx.device, in_loader)
 
-    def optimizer_step(self, pipeline: BatchPipeline, step: int, scale: float) -> torch.Tensor:
+    def optimizer_step(self, pipeline: BatchPipeline, step: int, scale: float, objective=None) -> torch.Tensor:
         """Forward/backward over `accum` micro-batches, clip, optimizer step; returns the mean of [loss, *parts]
-        over this rank's micro-batches (a device tensor, not synced)."""
-        cfg, ctx, objective = self.cfg, self.ctx, self.objective
+        over this rank's micro-batches (a device tensor, not synced). `objective` defaults to the run's."""
+        cfg, ctx, objective = self.cfg, self.ctx, objective or self.objective
         apply_schedule(self.opts, cfg, step, scale)
         totals = None
         for micro in range(self.accum):
@@ -182,17 +184,19 @@ class TrainState:
     def warm_up(self, log: Logger):
         """The steps of `warmup_plan` on the exact objective (the second half with fake-quant on, so both training
         graphs, without and with late QAT, are compiled), then weights, optimizer state and RNG restored; the
-        loader and teacher restart with the next pipeline."""
+        loader and teacher restart with the next pipeline. (Only the seed-faithful D4 arm has an objective with
+        another `warmup_objective`: its distillation graph then compiles inside the budget, and is logged.)"""
         model = self.model
+        warm = getattr(self.objective, "warmup_objective", self.objective)
         model_snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
         opt_snapshot = [copy.deepcopy(opt.state_dict()) for opt in self.opts]
         rng_snapshot = _rng_state()
         plan = warmup_plan(self.cfg)
         seen, t0 = self.compiles.count if self.compiles else 0, time.perf_counter()
-        pipeline = self.pipeline()
+        pipeline = self.pipeline(teacher=warm.teacher is not None)
         for i, qat in enumerate(plan):
             model.set_qat(qat)
-            self.optimizer_step(pipeline, 0, 1.0)
+            self.optimizer_step(pipeline, 0, 1.0, warm)
             if len(plan) <= 20 or (i + 1) % 10 == 0 or i + 1 == len(plan):
                 log(f"warmup_step:{i + 1}/{len(plan)}")
         pipeline.close()

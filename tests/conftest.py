@@ -15,7 +15,8 @@ def tiny_dataset(tmp_path_factory):
     """A 1024-vocab demo tokenizer and train/val shards from ~200 KB of the demo corpus (~1 s).
 
     Fields: root, data_path (the dataset folder, i.e. DATA_PATH), tokenizer_path, vocab_size,
-    train_files, val_files (sorted shard paths), and train_docs, val_docs (the texts they encode).
+    train_files, val_files (sorted shard paths), and train_docs, val_docs (the texts they encode: the val
+    documents left after build_dataset dropped those sharing a long span with train), dedup (its report).
     Treat it as read-only: it is shared by the whole session.
     """
     root = tmp_path_factory.mktemp("tiny_dataset")
@@ -33,6 +34,7 @@ def tiny_dataset(tmp_path_factory):
         vocab_size=1024,
         train_files=out.train_files,
         val_files=out.val_files,
+        dedup=out.dedup,
         train_docs=train_docs,
-        val_docs=val_docs,
+        val_docs=out.val_docs,  # after deduplication against train
     )

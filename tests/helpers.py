@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from golf.cache import CacheSpec, CacheWriter
@@ -17,6 +18,11 @@ from golf.shards import load_shard
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The challenge's published tokenizer, in the shared folder that CI puts beside the repository (../shared).
+CHALLENGE_TOKENIZER = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tokenizers", "fineweb_1024_bpe.model"))
+needs_challenge_tokenizer = pytest.mark.skipif(
+    not os.path.isfile(CHALLENGE_TOKENIZER),
+    reason="the challenge tokenizer is not at ../shared/data/tokenizers/fineweb_1024_bpe.model beside the repository")
 
 
 def make_config(ds, tmp, **overrides) -> Config:

@@ -40,6 +40,7 @@ def test_kl_loss_bench_agrees_and_prints_its_ratio(tmp_path):
     _positive(_summary(out, "kl_cost_ratio"))
 
 
+@pytest.mark.slow
 def test_loss_cost_bench_times_every_loss(tmp_path):
     js = tmp_path / "loss.json"
     out = _ok(run_script(["bench/loss_cost.py", "--n", "256", "--reps", "2", "--warmup", "1", "--json", str(js)], {},
@@ -74,6 +75,7 @@ def test_distill_step_bench_refuses_arms_without_baseline(tiny_dataset, tmp_path
     assert p.returncode == 2 and "includes baseline" in p.stderr
 
 
+@pytest.mark.slow
 def test_losses_ab_bench_compares_two_loss_files(tiny_dataset, tmp_path):
     out = _ok(run_script(["bench/losses_ab.py", "--quick", "--preset", "test", "--teacher-preset", "test", "--against",
                           os.path.join(REPO, "golf", "losses.py")], dataset_env(tiny_dataset), str(tmp_path)))
@@ -94,6 +96,7 @@ def test_cache_write_bench_keeps_a_readable_cache(tiny_dataset, tmp_path):
     assert manifest["k"] == 32 and all(s["complete"] for s in manifest["shards"])
 
 
+@pytest.mark.slow
 def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path):
     out = _ok(run_script(["bench/cache_read.py", "--quick", "--preset", "test", "--teacher-preset", "test",
                           "--shards", "1"], dataset_env(tiny_dataset), str(tmp_path)))
@@ -113,6 +116,7 @@ def _gpu_check(args, tmp_path, **env):
     return subprocess.run([GPU_CHECK, *args], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
     subprocess.run(["bash", "-n", GPU_CHECK], check=True)
     out = _ok(_gpu_check(["--dry-run", str(tmp_path / "out")], tmp_path))
@@ -140,6 +144,7 @@ def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
     assert "| steps | ok |" in md and "not importable" in md and "say nothing about a GPU" in md
 
 
+@pytest.mark.slow
 def test_gpu_check_goes_on_past_a_failed_stage_and_reports_it(tmp_path):
     """No data (made to fail): the stages that read it fail for real with their own error, attention (which
     does not need it) still runs, and the report says which is which; exit status 1."""

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from golf.cache import CacheReader, CacheSpec, CacheWriter
-from golf.cache_build import build_cache, plan_windows, teacher_topk, verify_cache
+from golf.cache_build import build_cache, plan_windows, teacher_context, teacher_topk, verify_cache
 from golf.checkpoint import load_teacher, save_checkpoint
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
@@ -240,8 +240,9 @@ class ScriptRuns:
     def args(self, out, *extra, teacher=None) -> list[str]:
         return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *SCRIPT_ARGS, *extra]
 
-    def main(self, out, *extra, teacher=None, data=None, debug=False):
-        """Run cache_logits.main() in this process; returns (exit code, stdout, stderr)."""
+    def main(self, out, *extra, teacher=None, data=None, debug=False, unset=()):
+        """Run cache_logits.main() in this process (without the variables in `unset`); returns (exit code, stdout,
+        stderr)."""
         script = runpy.run_path(os.path.join(REPO, "cache_logits.py"))
         stdout, stderr = io.StringIO(), io.StringIO()
         with pytest.MonkeyPatch.context() as mp:
@@ -249,6 +250,8 @@ class ScriptRuns:
                 mp.delenv(name, raising=False)
             for name, value in self.env(data).items():
                 mp.setenv(name, value)
+            for name in unset:
+                mp.delenv(name)
             if debug:
                 mp.setenv("DEBUG", "1")
             mp.setattr(sys, "argv", self.args(out, *extra, teacher=teacher))
@@ -293,6 +296,7 @@ def test_verify_reports_an_exact_cache_and_catches_a_wrong_one(cli, tmp_path):
     assert r["id_mismatches"] == 0 and 0.24 < r["max_abs_logprob_diff"] < 0.26
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(cli, tmp_path):
     out = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **cli.env()}
@@ -329,6 +333,22 @@ def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(c
     assert dir_bytes(out) == dir_bytes(cli.ref)  # no temp file left, every file byte-identical
 
 
+def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
+    """Without DATA_PATH / TOKENIZER_PATH, cache_logits.py reads the data and tokenizer saved in the teacher's
+    checkpoint (as eval_bpb.py does) and writes the same rows as with them set."""
+    ckpt = torch.load(cli.teacher, weights_only=False)
+    ckpt["config"].update(data_path=str(cli.data), tokenizer_path=cli.tokenizer)
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(str(teacher), ckpt)
+    out = tmp_path / "cache"
+    code, _, err = cli.main(out, "--shards", "2", teacher=teacher, unset=("DATA_PATH", "TOKENIZER_PATH"))
+    assert code == 0, err
+    for path in cli.paths[:2]:
+        for name in (f"{shard_stem(path)}.idx.npy", f"{shard_stem(path)}.val.npy"):
+            assert (out / name).read_bytes() == (cli.ref / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
     out = tmp_path / "cache"
     r = run_script(cli.args(out), cli.env(), cwd=str(tmp_path), nproc=2)
@@ -375,7 +395,20 @@ def test_not_enough_disk_is_refused_before_anything_is_written(cli, tmp_path, mo
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12, 1000))
     out = tmp_path / "new" / "cache"
-    need = sum(SCRIPT_SIZES) * 16 * (2 + 2)  # uint16 ids + float16 values, K = 16
-    with pytest.raises(GolfError, match=rf"the logit cache needs {need:,} bytes \(0\.00 GB\) in .*cache, only 1,000 bytes .*--encoding packed"):
+    # uint16 ids + float16 values, K = 16, and at most 1 kB of .npy header per file (two files per shard)
+    need = sum(SCRIPT_SIZES) * 16 * (2 + 2) + len(SCRIPT_SIZES) * 2 * 1024
+    with pytest.raises(GolfError, match=rf"the logit cache: {need / 1e3:.2f} kB needed in .*cache, only 1.00 kB free; .*--encoding packed"):
         cli.main(out, debug=True)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("total,window,stride", [(1, 4, 4), (10, 4, 4), (37, 8, 3), (100, 16, 16), (101, 16, 8),
+                                                 (7, 16, 8), (5000, 64, 32)])
+def test_teacher_context_matches_the_windows(total, window, stride):
+    """The closed form the manifest records equals the context of every position under plan_windows."""
+    ctx = np.zeros(total, dtype=np.int64)
+    for ws, _, a, b in plan_windows(0, total, window, stride, total):
+        ctx[a:b] = np.arange(a, b) - ws + 1
+    got = teacher_context(total, window, stride)
+    assert got["mean"] == pytest.approx(ctx.mean(), rel=1e-12) and got["min"] == ctx.min() == 1
+    assert got["min_after_first_window"] == (ctx[window:].min() if total > window else None)

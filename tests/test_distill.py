@@ -38,7 +38,9 @@ SETTINGS = [
     dict(train_batch_tokens=1536, train_seq_len=32, micro_batches=4, iterations=3, distill_target="hard"),
     dict(train_batch_tokens=576, train_seq_len=48, micro_batches=6, iterations=7),
 ]
-SEED_FAITHFUL = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=13, distill_seed_faithful=True)
+SEED_FAITHFUL = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=13, distill_seed_faithful="D1,D2")
+# The study's cursor cycles over its cache of 4,096 x 2,048 rows, not over the whole cache: a cycle of 640 here.
+SEED_FAITHFUL_CYCLE = dict(SEED_FAITHFUL, seed_faithful_rows=10, seed_faithful_row_len=64)
 
 
 @pytest.fixture(autouse=True)
@@ -149,6 +151,7 @@ def check_alignment(calls, cfg: Config, world: int, rank: int, pos):
     assert len(calls) == len(calls_k)
     total = len(pos.stream)
     assert cfg.iterations * accum * world * (local + 1) > total  # the run crosses every boundary and wraps
+    saw_end = False
     for k, (x, y, teacher) in zip(calls_k, calls):
         p = token_positions(k, world, rank, local, total)
         assert x.shape == (local // cfg.train_seq_len, cfg.train_seq_len)
@@ -160,17 +163,27 @@ def check_alignment(calls, cfg: Config, world: int, rank: int, pos):
         else:
             assert isinstance(teacher, Top1)  # column 0 alone
             np.testing.assert_array_equal(teacher.ids.long(), y.flatten())  # the hard label is y
+        # The stream's last row is masked (its teacher row is not about the token after the wrap), only it.
+        at_end = p == total - 1
+        saw_end |= bool(at_end.any())
+        if at_end.any():
+            np.testing.assert_array_equal(~teacher.valid.numpy(), at_end)
+        else:
+            assert teacher.valid is None
+    assert saw_end or cfg.iterations * accum * world * (local + 1) < 2 * total
 
 
 def check_seed_faithful(calls, cfg: Config, world: int, rank: int, pos):
     """The ablation arm's rows: a cursor from row 0 (again after the warm-up), advancing by the micro-batch
-    size and restarting at 0 when the next micro-batch would run past the cache; blind to rank and tokens."""
+    size and restarting at 0 when the next micro-batch would run past the study's cache (its rows, or the whole
+    cache if smaller); blind to rank and tokens."""
     accum, local = micro_batch_shape(cfg, world)
+    cycle = min(len(pos.stream), cfg.seed_faithful_rows * cfg.seed_faithful_row_len)
     expected = []
     for n_calls in (cfg.warmup_steps * accum, cfg.iterations * accum):
         cursor = 0
         for _ in range(n_calls):
-            if cursor + local > len(pos.stream):
+            if cursor + local > cycle:
                 cursor = 0
             expected.append(cursor + np.arange(local))
             cursor += local
@@ -191,11 +204,13 @@ def test_cached_rows_are_the_tokens_rows_one_process(pos_data, tmp_path):
         cfg = pos_config(pos_data, str(tmp_path / str(i)), **s)
         _, calls = recorded_train(cfg, cpu_ctx(), pos_data.cache)
         check_alignment(calls, cfg, 1, 0, pos_data)
-    cfg = pos_config(pos_data, str(tmp_path / "sf"), **SEED_FAITHFUL)
-    _, calls = recorded_train(cfg, cpu_ctx(), pos_data.cache)
-    check_seed_faithful(calls, cfg, 1, 0, pos_data)
+    for name, s in (("sf", SEED_FAITHFUL), ("sf_cycle", SEED_FAITHFUL_CYCLE)):
+        cfg = pos_config(pos_data, str(tmp_path / name), **s)
+        _, calls = recorded_train(cfg, cpu_ctx(), pos_data.cache)
+        check_seed_faithful(calls, cfg, 1, 0, pos_data)
 
 
+@pytest.mark.slow
 def test_cached_rows_are_the_tokens_rows_two_processes(pos_data, tmp_path):
     """Under torchrun (gloo, DDP): each rank's teacher rows are those of its own tokens; the seed-faithful
     cursor gives every rank the same rows, which for rank 1 are not its tokens' rows."""
@@ -229,7 +244,7 @@ def _worker(out: str, data_path: str, tokenizer_path: str, cache: str):
 # The warm-up runs the distillation path, then restores everything (the seed-faithful cursor included)
 
 
-@pytest.mark.parametrize("seed_faithful", [False, True])
+@pytest.mark.parametrize("seed_faithful", ["", "D1,D2"])
 def test_warmup_with_distillation_then_restore(pos_data, tmp_path, seed_faithful):
     s = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, iterations=4, ema_enabled=True,
              distill_seed_faithful=seed_faithful)
@@ -309,6 +324,7 @@ def _step1(stdout: str) -> dict:
     return dict(kv.split(":") for kv in m.group(1).split())
 
 
+@pytest.mark.slow
 def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, teacher_ckpt):
     """The study's D3: its online arm never ran the teacher, so its loss was the baseline's. Here the first
     step's cross-entropy part equals the baseline's loss (same init, same batch) and the total does not."""
@@ -366,6 +382,7 @@ def test_distill_refuses_a_cache_that_does_not_fit(tiny_dataset, tmp_path, teach
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_distill_cache_coverage_counts_every_ranks_extra_token(tiny_dataset, tmp_path, teacher_ckpt, caches):
     """Two ranks with one micro-batch each read 4096 + 2 tokens per step (each rank's span has its own last
     target): 5 steps need 20490 tokens, not the single-process 20485."""
@@ -377,6 +394,7 @@ def test_distill_cache_coverage_counts_every_ranks_extra_token(tiny_dataset, tmp
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_distill_restrict_to_cache_trains_on_the_cached_shards(tiny_dataset, tmp_path, teacher_ckpt, caches):
     """The run that `past_cache` refuses trains with --restrict-to-cache (the stream wraps inside shard 0),
     and the cache's teacher matches TEACHER_PATH."""

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import golf.losses
-from golf.losses import cross_entropy, distill_loss, full_kl, topk_kl
+from golf.losses import cross_entropy, distill_loss, distill_terms, full_kl, topk_kl
 
 # The in-place kernels of the top-K path are also checked on a GPU when there is one (the reference stays on CPU).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -291,3 +291,41 @@ def test_bad_arguments_are_refused():
         distill_loss(z, y, alpha=0.5, mode="medium", teacher_logits=t)
     with pytest.raises(ValueError, match="soft distillation needs"):
         distill_loss(z, y, alpha=0.5, mode="soft", teacher_top1=idx[:, 0])
+
+
+@pytest.mark.parametrize("mode,tail", [("soft", "renorm"), ("soft", "bucket"), ("hard", "renorm")])
+def test_teacher_valid_masks_only_the_teacher_term(mode, tail):
+    """A masked row (the stream's last cached row after a wrap) drops out of the teacher term, value and gradient,
+    exactly as if it were absent; the CE still covers every row."""
+    z, y, _, idx, vals = make_case(48, 128, 8, seed=9)
+    valid = torch.ones(48, dtype=torch.bool)
+    valid[[5, 40]] = False
+    kw = dict(mode=mode, temperature=2.0, tail=tail, idx=idx, vals=vals)
+
+    def term(x, mask):
+        return distill_terms(x, y, teacher_valid=mask, **kw)[1]
+
+    def ce(x):
+        return distill_terms(x, y, teacher_valid=valid, **kw)[0]
+
+    val, grad = value_and_grad(lambda x: term(x, valid), z)
+    kept = valid.nonzero().squeeze(1)
+    ref, ref_grad = value_and_grad(lambda x: distill_terms(x, y[kept], mode=mode, temperature=2.0, tail=tail,
+                                                           idx=idx[kept], vals=vals[kept])[1], z[kept])
+    torch.testing.assert_close(val, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad[kept], ref_grad, rtol=1e-4, atol=1e-7)
+    assert grad[~valid].abs().max() == 0  # no teacher gradient on a masked row
+    torch.testing.assert_close(ce(z), distill_terms(z, y, **kw)[0])  # CE unmasked
+    assert not torch.equal(val, value_and_grad(lambda x: term(x, None), z)[0])  # the mask did something
+
+
+def test_full_kl_value_is_accurate_for_a_large_batch():
+    """The KL is a small difference of two N x entropy sums: its value must still match float64 to ~1e-6 nats for
+    an online-sized batch (two float32 dot products were ~1e-3 off, a uniform teacher logged a negative KL)."""
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(4096, 1024, generator=g) * 0.05
+    for t in (torch.zeros(4096, 1024), torch.randn(4096, 1024, generator=g) * 0.05):
+        ref = (torch.log_softmax(t.double(), -1).exp() * (torch.log_softmax(t.double(), -1)
+                                                          - torch.log_softmax(z.double(), -1))).sum(-1).mean()
+        got = full_kl(z, t, 1.0)
+        assert abs(got.double().item() - ref.item()) < 2e-6, (got.item(), ref.item())

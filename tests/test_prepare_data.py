@@ -16,12 +16,12 @@ from golf.corpus import (
     split_train_val,
     training_sentences,
 )
+from golf.dedup import DEDUP_TOKENS, SpanIndex, dedup_val, overlap, span_hashes
 from golf.errors import GolfError
 from golf.shards import load_shard
 from golf.tokenizer import file_sha256, load_tokenizer
+from helpers import CHALLENGE_TOKENIZER, REPO, needs_challenge_tokenizer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHALLENGE_TOKENIZER = "/work/shared/data/tokenizers/fineweb_1024_bpe.model"
 
 
 def test_demo_corpus_is_deterministic_and_big_enough():
@@ -99,15 +99,73 @@ def test_build_is_deterministic_and_rebuild_removes_stale_shards(tmp_path, tiny_
     assert sorted(f for f in os.listdir(c.data_path) if f.endswith(".bin")) == sorted(os.path.basename(p) for p in c.train_files + c.val_files)
 
 
-@pytest.mark.skipif(not os.path.isfile(CHALLENGE_TOKENIZER), reason="challenge tokenizer not present")
+@needs_challenge_tokenizer
 def test_build_with_existing_tokenizer(tmp_path, tiny_dataset):
     """--tokenizer: shards are made with the given model (here the challenge's) and no tokenizer is trained."""
-    out = build_dataset(tiny_dataset.train_docs[:20], tiny_dataset.val_docs, "fw", str(tmp_path), shard_tokens=7_000, tokenizer_path=CHALLENGE_TOKENIZER)
+    out = build_dataset(tiny_dataset.train_docs[:20], tiny_dataset.val_docs, "fw", str(tmp_path), shard_tokens=7_000,
+                        tokenizer_path=CHALLENGE_TOKENIZER, dedup_tokens=0)
     assert out.tokenizer_path == CHALLENGE_TOKENIZER and not os.path.exists(tmp_path / "tokenizers")
     sp = load_tokenizer(CHALLENGE_TOKENIZER, 1024)
     stream = np.concatenate([load_shard(p) for p in out.val_files])
     np.testing.assert_array_equal(stream, np.concatenate([[1] + sp.encode(d) for d in tiny_dataset.val_docs]))
     assert json.load(open(out.manifest_path))["tokenizer_sha256"] == file_sha256(CHALLENGE_TOKENIZER)
+
+
+def _spans(docs, n):
+    """Brute force: every n-token window inside each document, as tuples."""
+    return [tuple(int(t) for t in d[i : i + n]) for d in docs for i in range(len(d) - n + 1)]
+
+
+def test_span_overlap_and_dedup_match_brute_force():
+    """On a hand-made corpus (4 token ids, so many spans repeat; planted copies; documents shorter than n), the
+    hashed counts, the overlap share and the documents kept equal those of exact tuple sets."""
+    rng = np.random.default_rng(0)
+    train = [rng.integers(0, 4, size=rng.integers(0, 60)) for _ in range(30)]
+    val = [rng.integers(0, 4, size=rng.integers(0, 60)) for _ in range(30)]
+    val += [train[3][5:40].copy(), np.concatenate([train[7][:6], [9, 9, 9], train[8][-6:]]), np.array([2, 1])]
+    for n in (1, 3, 6, 9, 12):
+        train_set = set(_spans(train, n))
+        index = SpanIndex(train, n)
+        for d in val:
+            spans = _spans([d], n)
+            assert index.shared(d) == (sum(s in train_set for s in spans), len(spans))
+            assert len(span_hashes(d, n)) == len(spans)
+        expected = [s in train_set for s in _spans(val, n)]
+        assert overlap(index, val) == pytest.approx(sum(expected) / len(expected))
+        keep, report = dedup_val(train, val, n, report_n=(2,))
+        assert keep == [not any(s in train_set for s in _spans([d], n)) for d in val]
+        kept = [d for d, k in zip(val, keep) if k]
+        assert report["val_docs"] == [len(val), len(kept)]
+        assert report["overlap"][str(n)] == [pytest.approx(overlap(index, val)), 0.0]
+        two = set(_spans(train, 2))
+        shared_after = [s in two for s in _spans(kept, 2)]
+        assert report["overlap"]["2"][1] == pytest.approx(sum(shared_after) / max(1, len(shared_after)))
+    assert 0 < sum(keep) < len(val)  # the check above saw documents kept and dropped
+
+
+def _doc_spans(files, n):
+    """The n-token spans inside each document of a shard stream (documents start at BOS = 1)."""
+    stream = np.concatenate([load_shard(p) for p in files])
+    return set(_spans(np.split(stream, np.flatnonzero(stream == 1)), n))
+
+
+def test_tiny_dataset_val_shares_no_long_span_with_train(tiny_dataset):
+    """The shards as written: no DEDUP_TOKENS-token span of a val document occurs in a train document."""
+    val = _doc_spans(tiny_dataset.val_files, DEDUP_TOKENS)
+    assert val and not (val & _doc_spans(tiny_dataset.train_files, DEDUP_TOKENS))
+
+
+def test_build_drops_val_documents_that_repeat_train_text(tmp_path, tiny_dataset):
+    train, own = tiny_dataset.train_docs, tiny_dataset.val_docs[0]
+    copied = "An introduction of our own. " + train[5]  # a train document inside a val document
+    out = build_dataset(train, [copied, own], "d", str(tmp_path / "a"), shard_tokens=50_000)
+    assert out.val_docs == [own] and out.dedup["val_docs"] == [2, 1]
+    assert json.load(open(out.manifest_path))["splits"]["val"]["docs"] == 1
+    assert out.dedup["overlap"][str(DEDUP_TOKENS)][0] > 0 and out.dedup["overlap"][str(DEDUP_TOKENS)][1] == 0
+    kept = build_dataset(train, [copied, own], "d", str(tmp_path / "b"), shard_tokens=50_000, dedup_tokens=0)
+    assert kept.val_docs == [copied, own] and kept.dedup is None
+    with pytest.raises(GolfError, match="every validation document shares a 32-token span"):
+        build_dataset(train, [copied], "d", str(tmp_path / "c"), shard_tokens=50_000)
 
 
 def test_too_little_text_for_the_vocab(tmp_path):
@@ -130,6 +188,8 @@ def test_cli_build_and_check(tmp_path, tiny_dataset):
     data_path = out / "datasets" / "mine_sp1024"
     manifest = json.load(open(data_path / "manifest.json"))
     assert f"DATA_PATH={data_path}" in r.stdout
+    d = manifest["dedup"]
+    assert f"dedup: val docs {d['val_docs'][0]} -> {d['val_docs'][1]}" in r.stdout and "32-token " in r.stdout
 
     r = run_cli("--check", str(data_path))
     assert r.returncode == 0, r.stderr

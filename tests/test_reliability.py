@@ -190,14 +190,28 @@ def write_text(rel: str, text: str):
     return lambda ws: (ws / rel).write_text(text)
 
 
+def make_demo_data(ws: Path):
+    """What `prepare_data.py --demo` leaves in data/ (here the tiny dataset under the demo names)."""
+    shutil.copytree(ws / DATA, ws / "data/datasets/demo_sp1024")
+    shutil.copy(ws / TOK, ws / "data/tokenizers/demo_1024_bpe.model")
+
+
+def lacks(*texts):
+    """A check that the error line does not send the user the wrong way."""
+    def check(ws: Path, stdout: str, line: str):
+        for text in texts:
+            assert text not in line, (text, line)
+    return check
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The matrix
 
 
 def case(script, *args, env=None, setup=None, names=(), allow_new=(), check=None, rc=2, marks=(), own_process=False,
          free_bytes=None, fsync_enospc=False):
-    """One bad-input case: `script args` run with `env` after `setup(ws)`; `names` must all appear in the error
-    line; `allow_new` globs name the only files it may create; `check(ws, stdout, error_line)` checks more.
+    """One bad-input case: `script args` run with `env` (a None value unsets it) after `setup(ws)`; `names` must all
+    appear in the error line; `allow_new` globs name the only files it may create; `check(ws, stdout, error_line)` checks more.
     `own_process`: run as a subprocess (else in this one); `free_bytes`: the disk has only that much free;
     `fsync_enospc`: every fsync fails with "no space left on device"."""
     return types.SimpleNamespace(args=[script, *args], env=env or {}, setup=setup, names=names, allow_new=allow_new,
@@ -233,7 +247,15 @@ CASES = {
     # --- data
     "missing_data_dir": case("train_gpt.py", env={"DATA_PATH": "nope"}, names=("nope", "DATA_PATH")),
     "missing_data_dir_eval": case("eval_bpb.py", "checkpoints/r.pt", env={"DATA_PATH": "nope"}, names=("nope", "DATA_PATH")),
-    "missing_data_dir_check": case("prepare_data.py", "--check", "nope", names=("nope",), own_process=True),
+    "missing_data_dir_check": case("prepare_data.py", "--check", "nope", own_process=True,
+                                   names=("data folder nope not found (--check DIR)", "openai/parameter-golf",
+                                          "cached_challenge_fineweb.py --variant sp1024"), check=lacks("DATA_PATH")),
+    "no_shards_check": case("prepare_data.py", "--check", "logs", names=("no train shards", "(--check DIR)"),
+                            check=lacks("DATA_PATH")),
+    # env None: unset, so the defaults (FineWeb's paths) apply while prepare_data.py --demo's data is here
+    "missing_data_dir_demo_data": case("train_gpt.py", env={"DATA_PATH": None}, setup=make_demo_data,
+                                       names=("fineweb10B_sp1024 not found (DATA_PATH)", "PRESET=demo-student"),
+                                       check=lacks("prepare_data.py")),
     "no_train_shards": case("train_teacher.py", setup=remove_train_shards, names=("no train shards", "DATA_PATH")),
     "no_train_shards_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
                                   setup=remove_train_shards, names=("no train shards", "DATA_PATH")),
@@ -269,11 +291,17 @@ CASES = {
     "tokenizer_vocab": case("train_gpt.py", env={"VOCAB_SIZE": "512"}, names=("tiny_1024_bpe.model", "VOCAB_SIZE=512")),
     "tokenizer_vocab_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
                                   env={"VOCAB_SIZE": "2048"}, names=("tiny_1024_bpe.model", "VOCAB_SIZE=2048")),
-    "missing_tokenizer": case("distill.py", env={"TOKENIZER_PATH": "nope.model"}, names=("nope.model", "TOKENIZER_PATH")),
+    "missing_tokenizer": case("distill.py", env={"TOKENIZER_PATH": "nope.model"},
+                              names=("nope.model", "TOKENIZER_PATH", "prepare_data.py --demo", "openai/parameter-golf")),
+    "missing_tokenizer_demo_data": case("train_gpt.py", env={"DATA_PATH": None, "TOKENIZER_PATH": None},
+                                        setup=make_demo_data, check=lacks("prepare_data.py"),
+                                        names=("fineweb_1024_bpe.model not found (TOKENIZER_PATH)", "PRESET=demo-student")),
     # --- checkpoints
     "resume_other_config": case("train_teacher.py", "--resume", env={"NUM_LAYERS": "3", "CHECKPOINT_EVERY": "10"},
                                 setup=craft_resume, names=("r.resume.pt", "NUM_LAYERS=2 there, 3 here")),
     "resume_missing": case("train_teacher.py", "--resume", names=("r.resume.pt", "CHECKPOINT_EVERY")),
+    "missing_artifact": case("eval_bpb.py", "nope.int6.ptz", names=("artifact nope.int6.ptz not found", "quantize.py"),
+                             check=lacks("--config")),
     "weights_other_config": case("eval_bpb.py", "mismatch.pt", names=("mismatch.pt", "10 missing (blocks.2.")),
     "artifact_other_config": case("eval_bpb.py", "checkpoints/r.int6.ptz", "--config", "other.pt",
                                   names=("r.int6.ptz", "other.pt", "shape")),
@@ -344,7 +372,10 @@ def run_in_process(c, ws: Path, monkeypatch):
     exception that cli_main does not turn into `error:` + exit 2 escapes and fails the test."""
     monkeypatch.chdir(ws)
     for k, v in {**COMMON_ENV, **c.env}.items():
-        monkeypatch.setenv(k, str(v))
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, str(v))
     monkeypatch.setattr(sys, "argv", [c.args[0], *c.args[1:]])
     if c.free_bytes is not None:
         real = shutil.disk_usage
@@ -381,7 +412,9 @@ def launched(request, base, shim, tmp_path_factory):
             if not c.own_process:
                 continue
             ws, before = workspace(c, base, tmp_path_factory, cid)
-            env = {**outer, **{k: str(v) for k, v in {**COMMON_ENV, **c.env}.items()},
+            unset = {k for k, v in c.env.items() if v is None}
+            env = {**{k: v for k, v in outer.items() if k not in unset},
+                   **{k: str(v) for k, v in {**COMMON_ENV, **c.env}.items() if v is not None},
                    "PYTHONPATH": os.pathsep.join([shim, REPO]), "OMP_NUM_THREADS": "1"}
             if c.free_bytes is not None:
                 env["GOLF_TEST_FREE_BYTES"] = str(c.free_bytes)

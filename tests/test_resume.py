@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from golf.checkpoint import load_checkpoint
@@ -53,6 +54,7 @@ def _kill_after_checkpoint(env: dict, cwd: str, step: int) -> str:
     return log.read_text()
 
 
+@pytest.mark.slow
 def test_killed_teacher_resumes_on_the_same_trajectory(tiny_dataset, tmp_path):
     env = _env(tiny_dataset)
     (tmp_path / "full").mkdir()
@@ -86,6 +88,7 @@ def test_killed_teacher_resumes_on_the_same_trajectory(tiny_dataset, tmp_path):
     assert (tmp_path / "full" / "checkpoints" / "run.int6.ptz").read_bytes() == (ckdir / "run.int6.ptz").read_bytes()
 
 
+@pytest.mark.slow
 def test_same_seed_same_curve_and_artifact(tiny_dataset, tmp_path):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "s", "TRAIN_LOG_EVERY": 1}
     outs = []

@@ -7,13 +7,15 @@ exits non-zero.
 import os
 import subprocess
 
+import pytest
+
 from helpers import REPO
 from test_results import write_run
 
 RUN_SH = os.path.join(REPO, "run.sh")
 # The study's arms (seed-factsheet 8) and ours: the names run.sh must offer.
 ARMS = ["baseline", "hard-self-a0.1", "hard-self-a0.5", "hard-big-a0.1", "soft-a0.1", "soft-a0.3", "soft-a0.5",
-        "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "soft-bucket-a0.5", "baseline-s42",
+        "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "faithful-online-self-a0.5", "soft-bucket-a0.5", "baseline-s42",
         "baseline-s2024", "soft-a0.5-s42", "soft-a0.5-s2024", "soft-bucket-a0.5-s42", "soft-bucket-a0.5-s2024",
         "baseline-long", "soft-a0.5-long", "soft-bucket-a0.5-long"]
 
@@ -39,7 +41,9 @@ def test_list_every_arm_with_its_command(tmp_path):
         cmds = dict(zip(names, commands))
         assert "SEED=42 " in cmds["soft-a0.5-s42"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5"]
         assert "SEED=2024 " in cmds["soft-bucket-a0.5-s2024"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5-s2024"]
-        assert "DISTILL_TEACHER=online " in cmds["online-a0.5"] and "DISTILL_SEED_FAITHFUL=1" in cmds["faithful-soft-a0.1"]
+        assert "DISTILL_TEACHER=online " in cmds["online-a0.5"]
+        assert "DISTILL_SEED_FAITHFUL=D1,D2,D4 " in cmds["faithful-soft-a0.1"]  # the study's cached arms as run
+        assert "DISTILL_SEED_FAITHFUL=D3 " in cmds["faithful-online-self-a0.5"]  # its 8xH100 online runs
         assert "LOGIT_CACHE=runs/{0}/cache-self ".format(preset) in cmds["hard-self-a0.5"]
     assert not os.listdir(tmp_path)
 
@@ -104,6 +108,7 @@ def test_unknown_arm_is_refused(tmp_path):
     assert out.returncode == 2 and "unknown arm 'no-such-arm'" in out.stderr
 
 
+@pytest.mark.slow
 def test_skip_finished_redo_unfinished_report_failures(tmp_path):
     """baseline is finished (skipped); baseline-s42 is half done (redone: it fails at once on the empty data
     folder); soft-a0.5 needs the big teacher, which fails the same way, so its cache and soft-a0.5 are not run.

@@ -58,6 +58,7 @@ def _events(path):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_submission_folder(dumped, tiny_dataset):
     cwd, stdout = dumped
     sub = cwd / "sub"
@@ -89,6 +90,7 @@ def test_submission_folder(dumped, tiny_dataset):
     assert f"Code size: {info['bytes_code']} bytes" in stdout
 
 
+@pytest.mark.slow
 def test_single_file_runs_alone(dumped, tiny_dataset, tmp_path):
     cwd, _ = dumped
     info = json.loads((cwd / "sub" / "submission.json").read_text())

@@ -38,7 +38,7 @@ class PeakedTeacher(Teacher):
 
     def fetch(self, batch):
         self.fetches += 1
-        return Logits(5.0 * torch.nn.functional.one_hot((batch.x + 1) % self.vocab_size, self.vocab_size).float())
+        return Logits(20.0 * torch.nn.functional.one_hot((batch.x + 1) % self.vocab_size, self.vocab_size).float())
 
 
 def test_a_new_teacher_is_one_class_and_its_registry_line(tiny_dataset, tmp_path, monkeypatch):
@@ -58,7 +58,8 @@ def test_a_new_teacher_is_one_class_and_its_registry_line(tiny_dataset, tmp_path
     with torch.no_grad():
         logq = torch.log_softmax(student(batch.x).double() / 2, -1)
     logp = torch.log_softmax(teacher.fetch(batch).logits.double() / 2, -1)
-    torch.testing.assert_close(parts["kl"].double(), (logp.exp() * (logp - logq)).sum(-1).mean(), rtol=1e-5, atol=1e-7)
+    # float32 dot products over N x V terms: ~1e-4 nats absolute (golf.losses._mean_kl)
+    torch.testing.assert_close(parts["kl"].double(), (logp.exp() * (logp - logq)).sum(-1).mean(), rtol=1e-4, atol=2e-4)
 
     # The training loop binds it to its state, resets it before the warm-up and the timed run, and calls it in
     # the step (where = "step") once per micro-batch.
@@ -77,4 +78,4 @@ def test_signals_keep_their_type_and_fields_when_moved():
     inputs = s.loss_inputs(torch.Size([1, 3]))
     assert inputs["idx"].shape == (1, 3, 2) and inputs["idx"].dtype == torch.int64
     assert inputs["vals"].dtype == torch.float32
-    assert [f.name for f in dataclasses.fields(moved)] == ["ids", "logprobs"]
+    assert [f.name for f in dataclasses.fields(moved)] == ["ids", "logprobs", "valid"] and moved.valid is None

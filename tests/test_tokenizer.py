@@ -9,10 +9,9 @@ import torch
 from golf.errors import GolfError
 from golf.shards import load_shard
 from golf.tokenizer import build_byte_luts, count_bytes, file_sha256, load_tokenizer, luts_to_torch
+from helpers import CHALLENGE_TOKENIZER, needs_challenge_tokenizer
 
-CHALLENGE_TOKENIZER = "/work/shared/data/tokenizers/fineweb_1024_bpe.model"
 BOS = 1
-needs_challenge_tokenizer = pytest.mark.skipif(not os.path.isfile(CHALLENGE_TOKENIZER), reason="challenge tokenizer not present")
 
 
 def lut_bytes_of_doc(ids, luts) -> float:

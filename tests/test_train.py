@@ -3,6 +3,7 @@ import json
 import os
 import re
 
+import pytest
 import torch
 
 from golf.train import train
@@ -26,6 +27,7 @@ def test_warmup_then_restore_equals_no_warmup(tiny_dataset, tmp_path):
     assert a.step == b.step == 6
 
 
+@pytest.mark.slow
 def test_train_gpt_two_processes(tiny_dataset, tmp_path):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "ddp", "ITERATIONS": 400,
            "MAX_WALLCLOCK_SECONDS": 4, "MICRO_BATCHES": 2, "TRAIN_BATCH_TOKENS": 1024}
@@ -41,6 +43,7 @@ def test_train_gpt_two_processes(tiny_dataset, tmp_path):
     assert (tmp_path / "logs" / "ddp.txt").exists() and (tmp_path / "logs" / "ddp.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_eval_bpb_reproduces_the_final_lines(tiny_dataset, tmp_path):
     """eval_bpb.py on the artifact gives exactly the scores the training run printed for it."""
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "e", "ITERATIONS": 5, "WARMUP_STEPS": 0}

@@ -1,0 +1,49 @@
+"""What a new user meets first: each script's --help lists what applies to it, and the virtual environment the
+README's Quick start makes is not something git offers to commit.
+
+    python -m pytest tests/test_first_use.py -q
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+
+def _flags(script: str) -> set[str]:
+    r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return set(re.findall(r"^  (?:-\w, )?(--[a-z0-9-]+)", r.stdout, re.M))
+
+
+def test_eval_bpb_help_lists_only_what_evaluation_uses():
+    """The model, vocabulary and sequence length come from the checkpoint and nothing is trained: no training,
+    model or distillation flag, no --dry-run (eval_bpb.py has none)."""
+    assert _flags("eval_bpb.py") == {
+        "--help", "--preset", "--config", "--json",  # the script's own
+        "--data-path", "--tokenizer-path", "--device", "--dtype",  # where and how it runs
+        "--val-batch-size", "--val-max-tokens", "--eval-stride", "--eval-batch-seqs",  # the evaluation
+    }
+    assert {"--num-layers", "--matrix-lr", "--dry-run"} <= _flags("train_gpt.py")  # the training scripts keep all
+
+
+# .git is a folder in a clone, a file in a worktree
+@pytest.mark.skipif(shutil.which("git") is None or not os.path.exists(os.path.join(REPO, ".git")),
+                    reason="not a git checkout")
+def test_virtual_environment_is_ignored_by_git():
+    for path in (".venv", ".venv/bin/python"):
+        r = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, f"git does not ignore {path}: add it to .gitignore"
+
+
+def test_slow_tests_are_marked_and_ci_runs_them_all():
+    """`-m "not slow"` is the README's quick subset; CI must still run every test."""
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        assert re.search(r'^markers = \["slow: ', f.read(), re.M), "register the slow marker in pyproject.toml"
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        runs = [line.split("#")[0].split() for line in f if "pytest" in line.split("#")[0]]
+    assert runs == [["python", "-m", "pytest"]], runs
