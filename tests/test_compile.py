@@ -1,7 +1,8 @@
 """torch.compile on CPU: for every arm kind (baseline, cached soft, cached hard, online teacher) the compile
 warm-up covers every training graph, late QAT's included, for WARMUP_STEPS=1 and 2, so no graph is compiled or
 recompiled during a timed step (the study's defect D4). The training loop counts compiles around each timed
-step (golf.dist.CompileWatch) and logs `warning: compile_in_timed_step`; these runs must have none.
+step (golf.dist.CompileWatch) and logs `warning: compile_in_timed_step`; these runs must have none, and the
+seed-faithful D4 arm, whose warm-up skips the teacher on purpose, must have one.
 
 Slow (a cold CPU compile of even the test model takes seconds per graph): `-m "not slow"` skips it.
 
@@ -73,3 +74,15 @@ def test_no_compile_during_timed_steps(arm, tiny_dataset, teachers, tmp_path):
         with open(tmp_path / f"w{warmup}" / "logs" / "c.jsonl") as f:
             end = [r for r in map(json.loads, f) if r["event"] == "train_end"]
         assert end[0]["timed_compiles"] == 0
+
+
+def test_the_count_sees_a_compile_inside_the_budget(tiny_dataset, teachers, tmp_path):
+    """Not vacuous: the seed-faithful D4 arm warms up without its teacher on purpose, so the online teacher's graph
+    compiles in timed step 1, and the loop says so."""
+    env = {**dataset_env(tiny_dataset), **RUN, **teachers["online"], "DISTILL_SEED_FAITHFUL": "D4", "WARMUP_STEPS": 2}
+    out = _run("distill.py", env, tmp_path / "d4")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert re.search(r"^warning: compile_in_timed_step step:1 compiles:[1-9]", out.stdout, re.M), out.stdout[-3000:]
+    with open(tmp_path / "d4" / "logs" / "c.jsonl") as f:
+        end = [r for r in map(json.loads, f) if r["event"] == "train_end"]
+    assert end[0]["timed_compiles"] >= 1
