@@ -341,7 +341,7 @@ def validate(cfg: Config):
         raise GolfError("head dim (MODEL_DIM / NUM_HEADS) must be even for RoPE")
     # The registries are the one list of each choice; imported here because they import this module.
     from golf.losses import MODES, TAILS
-    from golf.seed_faithful import defects
+    from golf.arms import defects
     from golf.teachers import TEACHERS
 
     for name, value, choices in (("DISTILL_TEACHER", cfg.distill_teacher, TEACHERS),

@@ -6,6 +6,7 @@ top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA. The seed-faithful 
 defects (golf/seed_faithful.py); nothing else here knows of them.
 """
 from golf import seed_faithful
+from golf.arms import describe_arm
 from golf.config import Config
 from golf.data import Batch
 from golf.dist import compile_enabled
@@ -63,16 +64,6 @@ def build_objective(cfg: Config, run) -> DistillObjective:
     teacher = seed_faithful.build_teacher(cfg, run, chosen, build_teacher)
     compiled = compile_enabled(cfg.compile, run.ctx.device)
     return seed_faithful.wrap_objective(cfg, distill_objective(cfg, teacher), chosen, compiled, CrossEntropyObjective)
-
-
-def describe_arm(cfg: Config) -> dict:
-    """What distinguishes a distillation arm, as the start line and the results table state it."""
-    soft = cfg.distill_target == "soft"
-    source = cfg.logit_cache if cfg.distill_teacher == "cache" else cfg.teacher_path
-    return {"teacher": cfg.distill_teacher, "source": source or "-", "target": cfg.distill_target,
-            "alpha": cfg.distill_alpha, "temp": cfg.distill_temp if soft else None,
-            "tail": cfg.distill_tail if soft and cfg.distill_teacher == "cache" else None,
-            "seed_faithful": ",".join(sorted(seed_faithful.defects(cfg)))}
 
 
 def arm_line(cfg: Config, teacher: Teacher) -> str:

@@ -30,7 +30,7 @@ from golf.atomic import atomic_path, atomic_write_text
 from golf.bundle import LOCAL_FIELDS
 from golf.config import Config
 from golf.errors import GolfError, cli_main
-from golf.objectives import describe_arm
+from golf.arms import describe_arm
 
 MAIN_SEED = Config().seed  # the seed of the main arms (1337, as in the study)
 IGNORED_FIELDS = LOCAL_FIELDS + ("checkpoint_every",)  # where a run writes, not what it is
@@ -227,7 +227,7 @@ def teacher_label(path: str) -> str:
 
 
 def describe(run: RunRecord) -> dict:
-    """teacher, mode, alpha, T and tail of a run, from its configuration (golf.objectives.describe_arm)."""
+    """teacher, mode, alpha, T and tail of a run, from its configuration (golf.arms.describe_arm)."""
     if run.script != "distill.py":
         return {"teacher": "–", "mode": "teacher" if run.is_teacher else "CE", "alpha": 0.0, "temp": None,
                 "tail": "–", "faithful": ""}

@@ -23,37 +23,13 @@ D3 and D4 for an online teacher).
 """
 import time
 
+from golf.arms import defects
 from golf.config import Config
 from golf.data import Batch, Segment
-from golf.errors import GolfError
 from golf.teachers import CachedTeacher, Signal, Teacher
 
-DEFECTS = ("D1", "D2", "D3", "D4")
 # The study's step 1 of the soft alpha 0.1 run (compile inside the budget), as a share of its 600 s budget.
 STUDY_FIRST_STEP_SHARE = 9.579 / 600
-
-
-def defects(cfg: Config) -> frozenset:
-    """The defects DISTILL_SEED_FAITHFUL asks for, checked against the arm; refuses one the arm cannot have."""
-    raw = str(cfg.distill_seed_faithful).strip()
-    if raw.lower() in ("", "0", "false", "no", "off"):
-        return frozenset()
-    soft, cache = cfg.distill_target == "soft", cfg.distill_teacher == "cache"
-    if raw.lower() in ("1", "all", "true", "yes", "on"):
-        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"}) | {"D4"})
-    asked = [d.strip().upper() for d in raw.split(",") if d.strip()]
-    unknown = [d for d in asked if d not in DEFECTS]
-    if unknown:
-        raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {unknown[0]} is not a defect; use a comma list of "
-                        f"{', '.join(DEFECTS)}, or 1 / all, or 0")
-    chosen = frozenset(asked)
-    for d, ok, why in (("D1", soft, "needs DISTILL_TARGET=soft (it divides the KL term)"),
-                       ("D1", "D3" not in chosen, "and D3 exclude each other (D3 computes no KL term)"),
-                       ("D2", cache, "needs DISTILL_TEACHER=cache (it misreads cache rows)"),
-                       ("D3", cfg.distill_teacher == "online", "needs DISTILL_TEACHER=online (it skips the teacher)")):
-        if d in chosen and not ok:
-            raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {d} {why}; the study never ran that combination")
-    return chosen
 
 
 class StudyCursorRows(Teacher):

@@ -1,0 +1,41 @@
+"""What distinguishes an arm, from its configuration alone: which of the study's defects it reproduces
+(DISTILL_SEED_FAITHFUL, golf/seed_faithful.py applies them) and the fields the start line of a distillation run
+and the results table state. Imports no torch, so reading a study's metrics (golf/results.py) stays quick.
+"""
+from golf.config import Config
+from golf.errors import GolfError
+
+DEFECTS = ("D1", "D2", "D3", "D4")
+
+
+def defects(cfg: Config) -> frozenset:
+    """The defects DISTILL_SEED_FAITHFUL asks for, checked against the arm; refuses one the arm cannot have."""
+    raw = str(cfg.distill_seed_faithful).strip()
+    if raw.lower() in ("", "0", "false", "no", "off"):
+        return frozenset()
+    soft, cache = cfg.distill_target == "soft", cfg.distill_teacher == "cache"
+    if raw.lower() in ("1", "all", "true", "yes", "on"):
+        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"}) | {"D4"})
+    asked = [d.strip().upper() for d in raw.split(",") if d.strip()]
+    unknown = [d for d in asked if d not in DEFECTS]
+    if unknown:
+        raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {unknown[0]} is not a defect; use a comma list of "
+                        f"{', '.join(DEFECTS)}, or 1 / all, or 0")
+    chosen = frozenset(asked)
+    for d, ok, why in (("D1", soft, "needs DISTILL_TARGET=soft (it divides the KL term)"),
+                       ("D1", "D3" not in chosen, "and D3 exclude each other (D3 computes no KL term)"),
+                       ("D2", cache, "needs DISTILL_TEACHER=cache (it misreads cache rows)"),
+                       ("D3", cfg.distill_teacher == "online", "needs DISTILL_TEACHER=online (it skips the teacher)")):
+        if d in chosen and not ok:
+            raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {d} {why}; the study never ran that combination")
+    return chosen
+
+
+def describe_arm(cfg: Config) -> dict:
+    """What distinguishes a distillation arm, as the start line and the results table state it."""
+    soft = cfg.distill_target == "soft"
+    source = cfg.logit_cache if cfg.distill_teacher == "cache" else cfg.teacher_path
+    return {"teacher": cfg.distill_teacher, "source": source or "-", "target": cfg.distill_target,
+            "alpha": cfg.distill_alpha, "temp": cfg.distill_temp if soft else None,
+            "tail": cfg.distill_tail if soft and cfg.distill_teacher == "cache" else None,
+            "seed_faithful": ",".join(sorted(defects(cfg)))}
