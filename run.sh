@@ -36,10 +36,9 @@
 #   and evaluation per run): student arms train for 25 s each (extended: 80 s), validating every 75 steps,
 #   with a fixed 60-step warm-down (~40% of a 25 s run, ~15% of an extended one; the study kept its 1,600
 #   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 280 steps, the self teacher
-#   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb 2.106 and 2.282 against
-#   the 25 s baseline student's 2.31-2.40, a gap like the study's between its teacher and student (1.02 vs
-#   1.15). Measured on 2 idle cores: 20m25s in all before
-#   soft-bucket-a0.5-long was added, ~100 s more (README, "Results").
+#   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb 2.189 and 2.383 on the
+#   deduplicated demo validation set, against the 25 s baseline student's 2.50-2.56 and the 80 s one's 2.26.
+#   Measured on 2 otherwise idle cores: 21m20s in all (README, "Results").
 # - gpu1 (one GPU, plain `python`, one process): the real student (PRESET=student: 11x512, 786,432 tokens per
 #   step, MICRO_BATCHES=8, so 8 accumulated micro-batches stand in for the 8 ranks and each step does the maths of
 #   a full 8xH100 step, ~8x slower). Budget: the same 600 s per arm, so the arms are comparable with each other,
