@@ -107,7 +107,14 @@ def test_d4_warms_up_without_the_teacher_and_stalls_the_first_timed_step(tiny_da
     train(cfg, cpu_ctx(), logger(cfg), files, val, luts, objective=objective)
     assert teacher.fetches == 3 * cfg.micro_batches  # the timed steps only: none in the 2 warm-up steps
     assert sleeps == [pytest.approx(9.579 / 600 * 300)]
-    assert _wrap(cfg, distill_objective(cfg, teacher), {"D4"}, compiled=True).stall_s == 0.0
+    compiled = _wrap(cfg, distill_objective(cfg, teacher), {"D4"}, compiled=True)
+    assert compiled.stall_s == 0.0 and compiled.recompile  # compiled: the first timed step compiles instead
+    resets = []
+    monkeypatch.setattr(seed_faithful.torch._dynamo, "reset", lambda: resets.append(1))
+    batch, model = _batch_and_logits(v=1024)
+    compiled(model, batch)
+    compiled(model, batch)
+    assert resets == [1] and len(sleeps) == 1
 
 
 def test_the_log_line_names_the_defects_the_arm_has():
