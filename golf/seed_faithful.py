@@ -97,6 +97,20 @@ class KLOverSeqLen:
         return self.inner.mix(ce, term / self.seq_len), parts
 
 
+def _drop_compiled_graphs():
+    """torch._dynamo.reset(), keeping the compile observers (golf.dist.CompileWatch) that it would drop too."""
+    from torch._dynamo.callback import callback_handler
+
+    starts, ends = list(callback_handler.start_callbacks), list(callback_handler.end_callbacks)
+    torch._dynamo.reset()
+    for cb in starts:
+        if cb not in callback_handler.start_callbacks:
+            callback_handler.register_start_callback(cb)
+    for cb in ends:
+        if cb not in callback_handler.end_callbacks:
+            callback_handler.register_end_callback(cb)
+
+
 class WarmupWithoutTeacher:
     """D4 around an objective: the warm-up runs the baseline's objective (`warmup_objective`, which golf.train's
     warm-up uses instead of the objective), so an online teacher is first compiled in timed step 1. Our losses run
@@ -113,7 +127,7 @@ class WarmupWithoutTeacher:
         if self.first:
             self.first = False
             if self.recompile:
-                torch._dynamo.reset()
+                _drop_compiled_graphs()
             else:
                 time.sleep(self.stall_s)
         return self.inner(model, batch)
