@@ -39,7 +39,8 @@ def _train(script: str, env: dict, cwd, nproc: int = 0):
 
 
 def _stops(stdout: str) -> dict[int, int]:
-    return {int(r): int(s) for r, s in re.findall(r"^rank:(\d+) stopped_at_step:(\d+)", stdout, re.M)}
+    # Not anchored: ranks print concurrently into one pipe, so two lines can run together.
+    return {int(r): int(s) for r, s in re.findall(r"rank:(\d+) stopped_at_step:(\d+)", stdout)}
 
 
 def _same_run(one, eight, steps: int):
