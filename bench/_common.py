@@ -110,22 +110,28 @@ def teacher_config(cfg: Config, preset: str) -> Config:
     return tcfg
 
 
-def make_teacher(ctx: Ctx, path: str, tcfg: Config, vocab_size: int) -> tuple[torch.nn.Module, str, Config]:
-    """(frozen teacher on the device, sha256, its config): the checkpoint at `path` if given, else a randomly
-    initialised model of configuration `tcfg` (cost does not depend on the weights; values do, so anything that
-    measures distortion should pass a trained teacher)."""
-    if path:
-        return load_teacher(path, ctx, vocab_size)
-    torch.manual_seed(tcfg.seed + 1)
-    model = GPT(tcfg)
-    with torch.no_grad():  # the study's init zeroes every output projection; perturb them so layers matter
+def perturbed_model(cfg: Config, seed: int, ctx: Ctx) -> GPT:
+    """A GPT of `cfg` at `seed` on the device, its zero-initialised output projections perturbed (the study's init
+    zeroes them) so that every layer reaches the loss and the gradient."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 2 and not p.any():
                 p.normal_(0, 0.02)
     model = model.to(ctx.device)
     if ctx.autocast_dtype is not None:
         model.apply_dtype_policy(ctx.autocast_dtype)
-    model.eval().requires_grad_(False)
+    return model
+
+
+def make_teacher(ctx: Ctx, path: str, tcfg: Config, vocab_size: int) -> tuple[torch.nn.Module, str, Config]:
+    """(frozen teacher on the device, sha256, its config): the checkpoint at `path` if given, else a randomly
+    initialised model of configuration `tcfg` (cost does not depend on the weights; values do, so anything that
+    measures distortion should pass a trained teacher)."""
+    if path:
+        return load_teacher(path, ctx, vocab_size)
+    model = perturbed_model(tcfg, tcfg.seed + 1, ctx).eval().requires_grad_(False)
     sha = hashlib.sha256(f"random-teacher:{tcfg.num_layers}x{tcfg.model_dim}:{tcfg.seed + 1}".encode()).hexdigest()
     return model, sha, tcfg
 

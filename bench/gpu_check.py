@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import torch
 
-from _common import max_rss_mib, median_ms, timed
+from _common import max_rss_mib, median_ms, perturbed_model, timed
 from golf.atomic import atomic_write_text
 from golf.cache import CacheSpec, CacheWriter
 from golf.config import resolve_config
@@ -134,16 +134,7 @@ def make_cache(data: str, out: str, k: int, vocab: int):
 def _student(cfg, ctx) -> GPT:
     """The run's model at a fixed seed, with its zero-initialised output projections perturbed so that attention
     reaches the loss and the gradient (as bench/_common.make_teacher does)."""
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2 and not p.any():
-                p.normal_(0, 0.02)
-    model = model.to(ctx.device)
-    if ctx.autocast_dtype is not None:
-        model.apply_dtype_policy(ctx.autocast_dtype)
-    return model
+    return perturbed_model(cfg, cfg.seed, ctx)
 
 
 def _fwd_bwd(fwd, model, tokens, ctx):
