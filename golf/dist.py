@@ -1,5 +1,6 @@
 """Process setup: torchrun or plain python, CUDA (NCCL) or CPU (gloo), one code path."""
 import ctypes
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -135,7 +136,17 @@ def keep_freed_memory() -> bool:
 
 
 def cleanup():
+    """Tear the process group down together: without a barrier, a rank that exits first can make a slower one
+    abort inside gloo's teardown (SIGABRT seen with 8 CPU ranks after a finished run). Bounded, so a rank whose
+    peers died on an error does not wait for them."""
     if dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except Exception:  # a peer is gone: nothing left to synchronise with
+            pass
         dist.destroy_process_group()
 
 
