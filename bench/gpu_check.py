@@ -284,15 +284,14 @@ def _read_json(path: str) -> dict | None:
 
 def read_stages(out: str) -> dict:
     """stages.tsv (written by gpu_check.sh: name, status, seconds, exit code, limit, command) -> {name: {...}}."""
-    stages = {}
-    try:
-        with open(os.path.join(out, "stages.tsv")) as f:
-            for line in f:
-                name, status, seconds, rc, limit, command = line.rstrip("\n").split("\t", 5)
-                stages[name] = {"status": status, "seconds": int(seconds), "exit": int(rc), "limit_s": int(limit),
-                                "command": command, "log": f"{name}.log"}
-    except OSError:
-        pass
+    stages, path = {}, os.path.join(out, "stages.tsv")
+    if not os.path.isfile(path):  # no stage has run yet
+        return stages
+    with open(path) as f:
+        for line in f:
+            name, status, seconds, rc, limit, command = line.rstrip("\n").split("\t", 5)
+            stages[name] = {"status": status, "seconds": int(seconds), "exit": int(rc), "limit_s": int(limit),
+                            "command": command, "log": f"{name}.log"}
     return stages
 
 
