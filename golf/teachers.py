@@ -75,6 +75,23 @@ class Top1(Signal):
 
 
 @dataclass
+class Sampled(Signal):
+    """N draws with replacement from the teacher's distribution at the distillation temperature, as each row's
+    distinct ids and how many of the N draws each got (Anshumann et al. 2025): counts / N is an unbiased
+    estimate of the tempered distribution. Rows are ragged, so they come padded to the batch's widest row;
+    a padding entry has count 0 (its id is arbitrary and contributes nothing)."""
+
+    ids: torch.Tensor  # (n, M) distinct sampled ids
+    counts: torch.Tensor  # (n, M) draws per id, summing to N over a row (0 on padding)
+    valid: torch.Tensor | None = None  # as TopK's
+
+    def loss_inputs(self, shape):
+        m = self.ids.shape[-1]
+        return {"sample_ids": self.ids.long().view(*shape, m), "sample_counts": self.counts.float().view(*shape, m),
+                **_valid_input(self.valid, shape)}
+
+
+@dataclass
 class Logits(Signal):
     """The teacher's full-vocabulary logits (an online teacher)."""
 
