@@ -16,7 +16,7 @@ import os
 import torch
 
 from golf.atomic import require_free_disk
-from golf.cache import CacheSpec, CacheWriter
+from golf.cache import CacheSpec, CacheWriter, cache_manifest_field
 from golf.cache_build import build_cache, default_batch_windows, teacher_context, verify_cache
 from golf.checkpoint import load_checkpoint, load_teacher
 from golf.codecs import ENCODINGS
@@ -87,7 +87,10 @@ def main():
         _check_new_cache_fits(out, shard_paths, spec)
         tokens = sum(read_header(p) for p in shard_paths)
         context = teacher_context(tokens, window, stride)
-        writer = CacheWriter(out, shard_paths, spec, info={"teacher_context": context})
+        # Building time, summed over the runs of this command that finished (a killed run's time is lost): what a
+        # non-record submission states its cache cost.
+        built_before = cache_manifest_field(out, "build_seconds") or 0.0
+        writer = CacheWriter(out, shard_paths, spec, info={"teacher_context": context, "build_seconds": built_before})
         pending = writer.pending()
         need = writer.bytes_needed()
         if ctx.is_master:
@@ -106,6 +109,7 @@ def main():
         if ctx.distributed:
             torch.distributed.barrier()
         if ctx.is_master:
+            writer.info["build_seconds"] = round(built_before + stats["seconds"], 3)
             left = writer.finalize()
             if left:
                 raise GolfError(f"{len(left)} shard(s) of {out} are still incomplete; rerun the same command")

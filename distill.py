@@ -36,6 +36,7 @@ def main():
         for line in teacher.log_lines():
             run.log(line)
         run.log(arm_line(cfg, teacher))
+        run.log.metrics(event="arm", teacher=teacher.name, track=teacher.track)
         if seed_faithful.defects(cfg):
             run.log(seed_faithful.describe(cfg))
         result = train(cfg, run.ctx, run.log, run.train_files, run.val_tokens, run.luts, objective=objective,

@@ -432,6 +432,15 @@ def _load_manifest(path: str, fix: str) -> dict:
     return m
 
 
+def cache_manifest_field(cache_dir: str, name: str):
+    """One field of a cache's manifest (a figure it reports, e.g. build_seconds), or None when the manifest or
+    the field is missing."""
+    try:
+        return _load_manifest(os.path.join(cache_dir, MANIFEST), fix="").get(name)
+    except GolfError:
+        return None
+
+
 class CacheReader:
     """Read-only, memory-mapped view of a finished cache, checked against the run's train shards.
 

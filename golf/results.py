@@ -37,6 +37,7 @@ IGNORED_FIELDS = LOCAL_FIELDS + ("checkpoint_every",)  # where a run writes, not
 DISTILL_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["group"] == "distill")
 SIZE_CAP = 16_000_000  # golf.quant.SIZE_CAP; not imported so that --is-done does not pay for importing torch
 MODE_ORDER = {"CE": 0, "hard": 1, "soft": 2, "online": 3}
+TRACK_LABELS = {"record": "in budget", "non-record": "outside"}  # RESULTS.md's teacher-cost column
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ class RunRecord:
     train_end: dict | None = None
     final: dict | None = None  # label int6: val_loss, val_bpb, sliding_val_loss, sliding_val_bpb
     artifact: dict | None = None  # model_bytes, code_bytes, total_bytes, compressor, path
+    arm_track: str | None = None  # a distillation run's teacher track, as logged ("record" | "non-record")
 
     @property
     def done(self) -> bool:
@@ -104,6 +106,18 @@ class RunRecord:
     @property
     def is_baseline(self) -> bool:
         return self.script == "train_gpt.py"
+
+    @property
+    def track(self) -> str | None:
+        """Which track of the challenge the run could be submitted to: "record" when all it trained from was
+        made inside its timed budget (the baseline; an in-budget teacher), "non-record" when its teacher was
+        trained or cached before it. Distillation runs logged before the "arm" event existed had only cached
+        and online teachers, trained outside the budget. None for teacher runs."""
+        if self.is_teacher:
+            return None
+        if self.is_baseline:
+            return "record"
+        return self.arm_track or "non-record"
 
     @property
     def seed(self) -> int:
@@ -169,6 +183,8 @@ def parse_run(jsonl_path: str) -> RunRecord:
             run.final = e
         elif kind == "artifact":
             run.artifact = e
+        elif kind == "arm":
+            run.arm_track = e.get("track")
     return run
 
 
@@ -307,7 +323,7 @@ def arm_rows(runs: list[RunRecord]) -> list[dict]:
         row = {"arm": r.name, "script": r.script, **d, "seed": r.seed, "budget": r.budget,
                "budget_s": r.budget[0] or None, "iterations": r.budget[1] or None, "steps": r.steps,
                "train_ms": r.train_end["train_ms"] if r.train_end else None, "step_ms": r.step_ms,
-               "baseline": ref.name if ref else None, "overhead_pct": None, "done": r.done}
+               "baseline": ref.name if ref else None, "overhead_pct": None, "track": r.track, "done": r.done}
         if ref is not None and ref is not r and r.train_end:
             row["overhead_pct"] = overhead_pct(r.step_ms, ref.step_ms)
         for k in ("val_loss", "val_bpb", "sliding_val_loss", "sliding_val_bpb"):
@@ -355,18 +371,20 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
            f"val_bpb: the int6 artifact reloaded and scored on the full validation set (rt: standard; sliding: "
            f"stride {stride}). Δ: sliding val_bpb minus that of the baseline run with the same settings apart "
            "from distillation (same seed and budget); negative is better. Step ms: training time / steps; "
-           "overhead: step time against that baseline. Bytes: int6 model + single-file code; cap "
-           f"{SIZE_CAP:,}.", "", "## Arms", ""]
+           "overhead: step time against that baseline. Budget: whether everything the arm trained from was made "
+           "inside its timed budget (record track), or its teacher was trained or cached before it (non-record). "
+           f"Bytes: int6 model + single-file code; cap {SIZE_CAP:,}.", "", "## Arms", ""]
     table = []
     for w in rows:
         budget = f"{w['budget_s']:g} s" if w["budget_s"] else f"{w['iterations']} it"
         cap = "–" if w["over_cap"] is None else ("OVER" if w["over_cap"] else "ok")
         table.append([w["arm"], w["teacher"], _mode_label(w), _f(w["alpha"], "g") if w["mode"] != "CE" else "–",
-                      _f(w["temp"], "g"), w["tail"], str(w["seed"]), budget, str(w["steps"]), _f(w["step_ms"], ".1f"),
+                      _f(w["temp"], "g"), w["tail"], TRACK_LABELS.get(w["track"], "–") if w["mode"] != "CE" else "–", str(w["seed"]), budget,
+                      str(w["steps"]), _f(w["step_ms"], ".1f"),
                       _f(w["overhead_pct"], "+.1f") + ("%" if w["overhead_pct"] is not None else ""),
                       _f(w["val_bpb"], ".4f"), _f(w["sliding_val_bpb"], ".4f"),
                       _f(w["delta_sliding_val_bpb"], "+.4f"), _f(w["total_bytes"], ","), cap])
-    out.append(_md_table(["arm", "teacher", "mode", "α", "T", "tail", "seed", "budget", "steps", "step ms",
+    out.append(_md_table(["arm", "teacher", "mode", "α", "T", "tail", "teacher cost", "seed", "budget", "steps", "step ms",
                           "overhead", "val_bpb rt", "val_bpb sliding", "Δ sliding", "bytes", "cap"], table))
     teachers = [r for r in runs if r.is_teacher]
     if teachers:
@@ -403,7 +421,8 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
 
 CSV_FIELDS = ["arm", "script", "teacher", "mode", "faithful", "alpha", "temp", "tail", "seed", "budget_s", "iterations",
               "steps", "train_ms", "step_ms", "baseline", "overhead_pct", "val_loss", "val_bpb", "sliding_val_loss",
-              "sliding_val_bpb", "delta_sliding_val_bpb", "model_bytes", "code_bytes", "total_bytes", "over_cap", "done"]
+              "sliding_val_bpb", "delta_sliding_val_bpb", "model_bytes", "code_bytes", "total_bytes", "over_cap", "track",
+              "done"]
 
 
 def csv_text(rows: list[dict]) -> str:

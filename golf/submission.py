@@ -15,7 +15,8 @@ import shutil
 
 from golf.atomic import atomic_write_text
 from golf.bundle import ROOT, arm_settings, single_file_source
-from golf.checkpoint import load_checkpoint
+from golf.cache import cache_manifest_field
+from golf.checkpoint import checkpoint_sha256, load_checkpoint
 from golf.config import Config
 from golf.errors import GolfError
 from golf.export import export_artifact
@@ -64,6 +65,22 @@ def hardware(run: RunRecord) -> str:
     if kind == "cpu":
         name = "CPU" if name in ("", "cpu") else f"{name} CPU"
     return f"{run.world_size}x {name or kind or 'unknown device'}"
+
+
+def teacher_cost(cfg: Config) -> dict:
+    """What a non-record arm's teacher cost before the run, as far as its files record it: the teacher's training
+    seconds (its final checkpoint's train_ms) and the logit cache's build seconds (its manifest's build_seconds,
+    summed over resumed cache_logits.py runs); None where a file is missing or predates the field."""
+    cost = {"teacher_sha256": None, "training_seconds": None, "caching_seconds": None}
+    if cfg.teacher_path and os.path.isfile(cfg.teacher_path):
+        ckpt = load_checkpoint(cfg.teacher_path, mmap=True)
+        cost["teacher_sha256"] = checkpoint_sha256(cfg.teacher_path)
+        if ckpt.get("train_ms") is not None:
+            cost["training_seconds"] = round(ckpt["train_ms"] / 1000, 1)
+    if cfg.distill_teacher == "cache" and cfg.logit_cache:
+        seconds = cache_manifest_field(cfg.logit_cache, "build_seconds")
+        cost["caching_seconds"] = None if seconds is None else round(seconds, 1)
+    return cost
 
 
 def _same_bytes(a: str, b: str) -> bool:
@@ -120,14 +137,28 @@ def _readme(info: dict, run: RunRecord, seeds: list[RunRecord], settings: dict, 
             "    torchrun --standalone --nproc_per_node=8 train_gpt.py     # or: python train_gpt.py (one process)"]
     if len(seeds) > 1:
         out.append("    " + "; ".join(f"SEED={r.seed} python train_gpt.py" for r in seeds if r.seed != run.seed))
-    if run.script == "distill.py":
-        out += ["", "It reads the teacher's logit cache (LOGIT_CACHE) and/or checkpoint (TEACHER_PATH) made by "
-                "`train_teacher.py` and `cache_logits.py` of the repository; they are not part of the artifact."]
+    out += ["", "## Track", "", _track_text(info)]
     if command:
         out += ["", "The command that trained it (from the repository):", "", "    " + command]
     out += ["", "Logs: " + ", ".join(f"`train_seed{r.seed}.log`" for r in seeds) +
             " (and the metrics files `train_seed<SEED>.jsonl`)."]
     return "\n".join(out) + "\n"
+
+
+def _track_text(info: dict) -> str:
+    if info["track"] == "record":
+        return ("Record track: everything it trains from is made inside the timed budget (its teacher, if any, is "
+                "built by `train_gpt.py` itself from the train shards and counted in `training_seconds`); the "
+                "folder needs nothing but the data.")
+    cost = info["teacher"]
+
+    def secs(x):
+        return "not recorded" if x is None else f"{x:,.0f} s"
+    return (f"Non-record track: it distils from a teacher trained (and cached) before the timed run, outside the "
+            f"600 s budget: teacher training {secs(cost['training_seconds'])}, logit caching "
+            f"{secs(cost['caching_seconds'])}. It reads that teacher's logit cache (LOGIT_CACHE) and/or checkpoint "
+            "(TEACHER_PATH), made by `train_teacher.py` and `cache_logits.py` of the repository; they are not part "
+            "of the artifact.")
 
 
 def write_submission(checkpoint_path: str, out_dir: str, *, name: str = "", author: str = "", github: str = "",
@@ -174,7 +205,10 @@ def write_submission(checkpoint_path: str, out_dir: str, *, name: str = "", auth
         "artifact_verified": scored is not None,
         "hardware": hardware(run),
         "training_seconds": round(run.train_end["train_ms"] / 1000, 1),
+        "track": run.track,
     }
+    if run.track == "non-record":
+        info["teacher"] = teacher_cost(cfg)
     if len(seeds) > 1:
         m, s = mean_std([r.final["sliding_val_bpb"] for r in seeds])
         info.update(mean_val_bpb=m, std_val_bpb=s, seed_group=group_name(seeds))

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from golf.cache import CacheReader
+from golf.cache import CacheReader, cache_manifest_field
 from golf.checkpoint import save_checkpoint
 from golf.config import PRESETS, Config
 from golf.model import GPT
@@ -109,6 +109,8 @@ def test_student_uses_the_teachers_own_output_at_every_position(tiny_dataset, tm
     r = run_script(["cache_logits.py", "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "cache"),
                     "--k", str(K), "--stride", "32"], env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
+    built = cache_manifest_field(str(tmp_path / "cache"), "build_seconds")
+    assert 0 < built < 300, built  # what a non-record submission states as the cache's cost
 
     gathered, inputs = run_distill({**env, "PRESET": "test", "RUN_ID": "e2e", "LOGIT_CACHE": tmp_path / "cache",
                                     "ITERATIONS": 6, "WARMUP_STEPS": 1, "VAL_MAX_TOKENS": 512, "DEBUG": "1"},

@@ -62,13 +62,16 @@ BIG = {"distill_teacher": "cache", "distill_target": "soft", "distill_temp": 2.0
 
 
 def write_run(root, name, script="train_gpt.py", *, seed=1337, wall=30.0, steps=100, train_ms=10_000.0,
-              rt=None, sliding=None, total=1_000_000, vals=((50, 2.0), (100, 1.8)), finished=True, **overrides):
+              rt=None, sliding=None, total=1_000_000, vals=((50, 2.0), (100, 1.8)), finished=True, track=None,
+              **overrides):
     """`root/name/name.jsonl` with the events of a run of the demo-student preset (+ overrides)."""
     cfg = Config(**{**PRESETS["demo-student"], "seed": seed, "max_wallclock_seconds": wall, "run_id": name,
                     "log_dir": os.path.join(root, name), "checkpoint_path": os.path.join(root, name, name + ".pt"),
                     **overrides})
     events = [{"event": "config", "script": script, "config": cfg.to_dict(), "world_size": 1},
               {"event": "val", "step": 0, "val_loss": 7.0, "val_bpb": 4.0, "train_ms": 0.0}]
+    if track is not None:  # what distill.py logs after its arm line
+        events.append({"event": "arm", "teacher": overrides.get("distill_teacher"), "track": track})
     events += [{"event": "val", "step": s, "val_loss": b * 1.6, "val_bpb": b, "train_ms": train_ms * s / steps}
                for s, b in vals]
     events.append({"event": "train", "step": steps // 2, "train_loss": 3.0, "train_ms": train_ms / 2})
@@ -125,6 +128,29 @@ def test_rows_overhead_delta_and_cap(study):
     assert order[0] == "baseline" and order[-1] == "baseline-long"
 
 
+def test_track_of_each_run(tmp_path):
+    """The baseline is record-track; a distillation run is what its "arm" event says; one logged before that
+    event existed had a cached or online teacher made outside its budget; a teacher run has no track."""
+    root = str(tmp_path / "demo")
+    write_run(root, "baseline")
+    write_run(root, "inbudget", "distill.py", distill_teacher="online", track="record")
+    write_run(root, "cached", "distill.py", track="non-record", **BIG)
+    write_run(root, "old-cached", "distill.py", **BIG)
+    write_run(root, "teacher-big", "train_teacher.py")
+    runs = {r.name: r for r in results.load_study(root)}
+    assert {n: r.track for n, r in runs.items()} == {"baseline": "record", "inbudget": "record", "cached": "non-record",
+                                                      "old-cached": "non-record", "teacher-big": None}
+    out = subprocess.run([sys.executable, "-m", "golf.results", root], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    md = open(os.path.join(root, "RESULTS.md")).read()
+    cost = {line.split(" | ")[0][2:]: line.split(" | ")[6] for line in md.splitlines() if line.startswith("| ")}
+    assert [cost[n] for n in ("baseline", "inbudget", "cached", "old-cached")] == ["–", "in budget", "outside", "outside"]
+    with open(os.path.join(root, "results.csv")) as f:
+        assert {r["arm"]: r["track"] for r in csv.DictReader(f)} == {
+            "baseline": "record", "inbudget": "record", "cached": "non-record", "old-cached": "non-record"}
+
+
 def test_metrics_of_older_versions_read_the_study_variables(tmp_path):
     """Metrics files written before DISTILL_TEACHER / DISTILL_TARGET hold the study's DISTILL_CACHED / DISTILL_SOFT:
     their arms are described as before."""
@@ -171,7 +197,8 @@ def test_write_results_files(study):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     md = open(os.path.join(study, "RESULTS.md")).read()
-    assert "| soft-a0.5 | big | soft | 0.5 | 2 | renorm | 1337 | 30 s | 100 | 110.0 | +10.0% | 1.4900 | 1.4700 | -0.0300 |" in md
+    assert ("| soft-a0.5 | big | soft | 0.5 | 2 | renorm | outside | 1337 | 30 s | 100 | 110.0 | +10.0% | 1.4900 | 1.4700 "
+            "| -0.0300 |") in md
     assert "| 16,000,001 | OVER |" in md
     assert "| baseline | 42, 1337, 2024 | 1.5033 ± 0.0153 |" in md  # sd of 1.52, 1.50, 1.49
     assert "| soft-a0.5 | baseline | 42, 1337, 2024 | -0.0200, -0.0300, -0.0100 | -0.0200 ± 0.0100 | -3.46 | 0.0742 |" in md

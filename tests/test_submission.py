@@ -13,6 +13,8 @@ import sys
 import pytest
 
 from golf.bundle import arm_settings, code_bytes, single_file_source
+from golf.checkpoint import checkpoint_sha256, save_checkpoint
+from golf.submission import _track_text, teacher_cost
 from golf.config import PRESETS, Config, resolve_config
 from helpers import REPO, dataset_env, run_script
 
@@ -83,6 +85,7 @@ def test_submission_folder(dumped, tiny_dataset):
     assert (sub / "train_seed42.log").read_text() == (cwd / "study" / "arm-s42" / "arm-s42.txt").read_text()
     readme = (sub / "README.md").read_text()
     assert "SEED=42 python train_gpt.py" in readme and f"{info['bytes_total']:,}" in readme
+    assert info["track"] == "record" and "teacher" not in info and "Record track" in readme
     # What a training run of this arm logs as its code size (export_artifact with the run's config) is this
     # file's size.
     cfg = Config.from_dict(json.loads(json.dumps(events[0]["config"])))
@@ -108,3 +111,25 @@ def test_single_file_runs_alone(dumped, tiny_dataset, tmp_path):
     assert re.search(r"final_int6_sliding_window_exact val_loss:\d+\.\d{8} val_bpb:\d+\.\d{8}", out.stdout)
     assert f"Code size: {info['bytes_code']} bytes" in out.stdout
     assert os.listdir(tmp_path / "checkpoints") and os.listdir(tmp_path / "logs")
+
+
+def test_teacher_cost_of_a_non_record_arm(tmp_path):
+    """submission.json's teacher cost: the teacher checkpoint's training time and the cache manifest's build time;
+    "not recorded" where a file lacks them (a cache written before build_seconds existed)."""
+    teacher = str(tmp_path / "teacher.pt")
+    save_checkpoint(teacher, {"kind": "final", "model": {}, "config": Config().to_dict(), "step": 280, "train_ms": 172_345.0})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    manifest = {"format": "golf-logit-cache", "shards": [], "build_seconds": 61.04}
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    cfg = Config(distill_teacher="cache", logit_cache=str(cache), teacher_path=teacher)
+    cost = teacher_cost(cfg)
+    assert cost == {"teacher_sha256": checkpoint_sha256(teacher), "training_seconds": 172.3, "caching_seconds": 61.0}
+    text = _track_text({"track": "non-record", "teacher": cost})
+    assert "Non-record track" in text and "teacher training 172 s" in text and "logit caching 61 s" in text
+    del manifest["build_seconds"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    assert teacher_cost(cfg)["caching_seconds"] is None
+    assert "logit caching not recorded" in _track_text({"track": "non-record", "teacher": teacher_cost(cfg)})
+    online = teacher_cost(Config(distill_teacher="online", teacher_path=teacher))
+    assert online["training_seconds"] == 172.3 and online["caching_seconds"] is None
