@@ -118,19 +118,33 @@ DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the stude
 
 # --- the teachers: each is one declaration, how to train it and how to cache it, at each scale ---------------
 # A teacher NAME is trained into $R/teacher-NAME/teacher-NAME.pt (train_teacher.py) and cached into $R/cache-NAME
-# (cache_logits.py); an arm names the teacher it uses, "cache:NAME" (its cache) or "online:NAME" (the checkpoint).
+# (cache_logits.py); `cache CACHE TEACHER ...` declares another cache of a teacher ($R/cache-CACHE, e.g. another
+# encoding). An arm names what it uses: "cache:CACHE" (a cache) or "online:NAME" (the teacher's checkpoint).
 TEACHERS=()
-declare -A TEACHER_TRAIN TEACHER_CACHE
+CACHES=()
+declare -A TEACHER_TRAIN CACHE_TEACHER CACHE_OPTS
 teacher() {  # NAME then, per preset, three words: PRESET "TRAINING SETTINGS" "CACHE OPTIONS"
   local name=$1
   shift
-  TEACHERS+=("$name")
+  TEACHERS+=("$name"); CACHES+=("$name"); CACHE_TEACHER[$name]=$name
   while [ $# -ge 3 ]; do
-    if [ "$1" = "$PRESET" ]; then TEACHER_TRAIN[$name]=$2; TEACHER_CACHE[$name]=$3; fi
+    if [ "$1" = "$PRESET" ]; then TEACHER_TRAIN[$name]=$2; CACHE_OPTS[$name]=$3; fi
     shift 3
   done
   [ $# -eq 0 ] || die "teacher $name: settings come in threes: PRESET \"TRAINING SETTINGS\" \"CACHE OPTIONS\""
   [ -n "${TEACHER_TRAIN[$name]+x}" ] || die "teacher $name: no settings for preset $PRESET"
+}
+cache() {  # CACHE TEACHER then, per preset, two words: PRESET "CACHE OPTIONS"
+  local name=$1 t=$2
+  shift 2
+  [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "cache $name: no teacher '$t' is declared"
+  CACHES+=("$name"); CACHE_TEACHER[$name]=$t
+  while [ $# -ge 2 ]; do
+    [ "$1" = "$PRESET" ] && CACHE_OPTS[$name]=$2
+    shift 2
+  done
+  [ $# -eq 0 ] || die "cache $name: options come in pairs: PRESET \"CACHE OPTIONS\""
+  [ -n "${CACHE_OPTS[$name]+x}" ] || die "cache $name: no options for preset $PRESET"
 }
 teacher_ckpt() { echo "$R/teacher-$1/teacher-$1.pt"; }
 TRUN="MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"  # teachers train for their steps, resumable
@@ -146,14 +160,18 @@ teacher self  demo   "PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80"
 ARMS=()
 declare -A SCRIPT NEEDS SETTINGS
 arm() {  # NAME SCRIPT TEACHER SETTINGS, TEACHER "" | cache:NAME | online:NAME
-  local name=$1 kind=${3%%:*} t=${3#*:} use=""
+  local name=$1 t=${3#*:} use=""
   case "$3" in
     "") ;;
-    cache:*) use="DISTILL_TEACHER=cache LOGIT_CACHE=$R/cache-$t TEACHER_PATH=$(teacher_ckpt "$t")"; NEEDS[$name]="cache-$t" ;;
-    online:*) use="DISTILL_TEACHER=online TEACHER_PATH=$(teacher_ckpt "$t")"; NEEDS[$name]="teacher-$t" ;;
+    cache:*)
+      [ -n "${CACHE_TEACHER[$t]+x}" ] || die "arm $name: no cache '$t' is declared"
+      use="DISTILL_TEACHER=cache LOGIT_CACHE=$R/cache-$t TEACHER_PATH=$(teacher_ckpt "${CACHE_TEACHER[$t]}")"
+      NEEDS[$name]="cache-$t" ;;
+    online:*)
+      [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "arm $name: no teacher '$t' is declared"
+      use="DISTILL_TEACHER=online TEACHER_PATH=$(teacher_ckpt "$t")"; NEEDS[$name]="teacher-$t" ;;
     *) die "arm $name: teacher '$3' is not cache:NAME or online:NAME" ;;
   esac
-  [ -z "$kind" ] || [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "arm $name: no teacher '$t' is declared"
   ARMS+=("$name"); SCRIPT[$name]=$2; SETTINGS[$name]="$4${use:+ $use}"
 }
 M="MAX_WALLCLOCK_SECONDS=$BUDGET"
@@ -190,8 +208,8 @@ teacher_cmd() {  # NAME
   local n="teacher-$1"
   echo "${TEACHER_TRAIN[$1]} RUN_ID=$n LOG_DIR=$R/$n CHECKPOINT_PATH=$R/$n/$n.pt $LAUNCH ${S}train_teacher.py"
 }
-cache_cmd() {  # NAME
-  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $(teacher_ckpt "$1") --out $R/cache-$1 ${TEACHER_CACHE[$1]}"
+cache_cmd() {  # CACHE
+  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $(teacher_ckpt "${CACHE_TEACHER[$1]}") --out $R/cache-$1 ${CACHE_OPTS[$1]}"
 }
 results_cmd() { echo "${S:+PYTHONPATH=$REPO }$PY -m golf.results $R"; }
 dump_cmd() {  # best arm
@@ -219,7 +237,7 @@ declare -A WANT
 for a in "${SELECTED[@]}"; do
   need=${NEEDS[$a]:-}
   case "$need" in
-    cache-*) WANT[teacher-${need#cache-}]=1; WANT[$need]=1 ;;
+    cache-*) WANT[teacher-${CACHE_TEACHER[${need#cache-}]}]=1; WANT[$need]=1 ;;
     teacher-*) WANT[$need]=1 ;;
   esac
 done
@@ -241,10 +259,10 @@ if [ "$ACTION" = dry ]; then
     echo "# teacher-$t ($(state "$R/teacher-$t"); resumes with --resume while $R/teacher-$t/teacher-$t.resume.pt exists)"
     teacher_cmd "$t"
   done
-  for t in "${TEACHERS[@]}"; do
-    [ -n "${WANT[cache-$t]+x}" ] || continue
-    echo "# cache-$t ($(state "$R/cache-$t"))"
-    cache_cmd "$t"
+  for c in "${CACHES[@]}"; do
+    [ -n "${WANT[cache-$c]+x}" ] || continue
+    echo "# cache-$c ($(state "$R/cache-$c"))"
+    cache_cmd "$c"
   done
   for a in "${SELECTED[@]}"; do
     echo "# $a ($(state "$R/$a"))"
@@ -316,9 +334,9 @@ for t in "${TEACHERS[@]}"; do
   [ -f "$R/teacher-$t/teacher-$t.resume.pt" ] && cmd="$cmd --resume"
   step "teacher-$t" "$R/teacher-$t" "$cmd"
 done
-for t in "${TEACHERS[@]}"; do
-  [ -n "${WANT[cache-$t]+x}" ] || continue
-  step "cache-$t" "$R/cache-$t" "$(cache_cmd "$t")" "teacher-$t"
+for c in "${CACHES[@]}"; do
+  [ -n "${WANT[cache-$c]+x}" ] || continue
+  step "cache-$c" "$R/cache-$c" "$(cache_cmd "$c")" "teacher-${CACHE_TEACHER[$c]}"
 done
 for a in "${SELECTED[@]}"; do
   step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]:-}"
