@@ -213,6 +213,19 @@ def cache_complete(folder: str) -> bool:
     return bool(shards) and all(s.get("complete") for s in shards)
 
 
+def cache_bytes_per_token(folder: str) -> float | None:
+    """Bytes on disk per cached position of a complete logit cache (its shards' row files, npy headers and
+    offsets included; manifest and completion markers not), or None when the folder holds no complete cache."""
+    if not cache_complete(folder):
+        return None
+    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+        shards = json.load(f)["shards"]
+    stems = {os.path.splitext(s["name"])[0] for s in shards}
+    size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
+               if n.split(".", 1)[0] in stems and not n.endswith(".done"))
+    return size / sum(s["num_tokens"] for s in shards)
+
+
 def is_done(folder: str) -> bool:
     """True when the run (or logit cache) in `folder` is complete, so run.sh may skip it."""
     if os.path.isfile(os.path.join(folder, "manifest.json")):
@@ -323,7 +336,9 @@ def arm_rows(runs: list[RunRecord]) -> list[dict]:
         row = {"arm": r.name, "script": r.script, **d, "seed": r.seed, "budget": r.budget,
                "budget_s": r.budget[0] or None, "iterations": r.budget[1] or None, "steps": r.steps,
                "train_ms": r.train_end["train_ms"] if r.train_end else None, "step_ms": r.step_ms,
-               "baseline": ref.name if ref else None, "overhead_pct": None, "track": r.track, "done": r.done}
+               "baseline": ref.name if ref else None, "overhead_pct": None, "track": r.track, "done": r.done,
+               "cache_bytes_per_token": cache_bytes_per_token(r.config["logit_cache"])
+               if r.config.get("distill_teacher") == "cache" and r.config.get("logit_cache") else None}
         if ref is not None and ref is not r and r.train_end:
             row["overhead_pct"] = overhead_pct(r.step_ms, ref.step_ms)
         for k in ("val_loss", "val_bpb", "sliding_val_loss", "sliding_val_bpb"):
@@ -371,7 +386,8 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
            f"val_bpb: the int6 artifact reloaded and scored on the full validation set (rt: standard; sliding: "
            f"stride {stride}). Δ: sliding val_bpb minus that of the baseline run with the same settings apart "
            "from distillation (same seed and budget); negative is better. Step ms: training time / steps; "
-           "overhead: step time against that baseline. Budget: whether everything the arm trained from was made "
+           "overhead: step time against that baseline. Cache B/token: the logit cache's bytes on disk per cached "
+           "position. Teacher cost: whether everything the arm trained from was made "
            "inside its timed budget (record track), or its teacher was trained or cached before it (non-record). "
            f"Bytes: int6 model + single-file code; cap {SIZE_CAP:,}.", "", "## Arms", ""]
     table = []
@@ -379,12 +395,14 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
         budget = f"{w['budget_s']:g} s" if w["budget_s"] else f"{w['iterations']} it"
         cap = "–" if w["over_cap"] is None else ("OVER" if w["over_cap"] else "ok")
         table.append([w["arm"], w["teacher"], _mode_label(w), _f(w["alpha"], "g") if w["mode"] != "CE" else "–",
-                      _f(w["temp"], "g"), w["tail"], TRACK_LABELS.get(w["track"], "–") if w["mode"] != "CE" else "–", str(w["seed"]), budget,
+                      _f(w["temp"], "g"), w["tail"], _f(w["cache_bytes_per_token"], ".1f"),
+                      TRACK_LABELS.get(w["track"], "–") if w["mode"] != "CE" else "–", str(w["seed"]), budget,
                       str(w["steps"]), _f(w["step_ms"], ".1f"),
                       _f(w["overhead_pct"], "+.1f") + ("%" if w["overhead_pct"] is not None else ""),
                       _f(w["val_bpb"], ".4f"), _f(w["sliding_val_bpb"], ".4f"),
                       _f(w["delta_sliding_val_bpb"], "+.4f"), _f(w["total_bytes"], ","), cap])
-    out.append(_md_table(["arm", "teacher", "mode", "α", "T", "tail", "teacher cost", "seed", "budget", "steps", "step ms",
+    out.append(_md_table(["arm", "teacher", "mode", "α", "T", "tail", "cache B/token", "teacher cost", "seed", "budget",
+                          "steps", "step ms",
                           "overhead", "val_bpb rt", "val_bpb sliding", "Δ sliding", "bytes", "cap"], table))
     teachers = [r for r in runs if r.is_teacher]
     if teachers:
@@ -422,7 +440,7 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
 CSV_FIELDS = ["arm", "script", "teacher", "mode", "faithful", "alpha", "temp", "tail", "seed", "budget_s", "iterations",
               "steps", "train_ms", "step_ms", "baseline", "overhead_pct", "val_loss", "val_bpb", "sliding_val_loss",
               "sliding_val_bpb", "delta_sliding_val_bpb", "model_bytes", "code_bytes", "total_bytes", "over_cap", "track",
-              "done"]
+              "cache_bytes_per_token", "done"]
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -144,11 +144,31 @@ def test_track_of_each_run(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     md = open(os.path.join(root, "RESULTS.md")).read()
-    cost = {line.split(" | ")[0][2:]: line.split(" | ")[6] for line in md.splitlines() if line.startswith("| ")}
+    arms_table = md.split("## Arms")[1].split("\n## ")[0]
+    cost = {line.split(" | ")[0][2:]: line.split(" | ")[7] for line in arms_table.splitlines() if line.startswith("| ")}
     assert [cost[n] for n in ("baseline", "inbudget", "cached", "old-cached")] == ["–", "in budget", "outside", "outside"]
     with open(os.path.join(root, "results.csv")) as f:
         assert {r["arm"]: r["track"] for r in csv.DictReader(f)} == {
             "baseline": "record", "inbudget": "record", "cached": "non-record", "old-cached": "non-record"}
+
+
+def test_cache_bytes_per_token(tmp_path):
+    """Row files of every shard over the cached positions; markers, manifest and other files not counted; an
+    incomplete cache has no figure."""
+    cache = tmp_path / "cache-big"
+    cache.mkdir()
+    shards = [{"name": "d_000000.bin", "num_tokens": 100, "complete": True},
+              {"name": "d_000001.bin", "num_tokens": 60, "complete": True}]
+    for stem, sizes in (("d_000000", (700, 300)), ("d_000001", (420, 180))):
+        for ext, n in zip((".vals.npy", ".offsets.npy"), sizes):
+            (cache / (stem + ext)).write_bytes(b"x" * n)
+        (cache / (stem + ".done")).write_bytes(b"x" * 999)
+    (cache / "console.txt").write_text("x" * 5000)
+    (cache / "manifest.json").write_text(json.dumps({"format": "golf-logit-cache", "shards": shards}))
+    assert results.cache_bytes_per_token(str(cache)) == pytest.approx((700 + 300 + 420 + 180) / 160)
+    shards[1]["complete"] = False
+    (cache / "manifest.json").write_text(json.dumps({"format": "golf-logit-cache", "shards": shards}))
+    assert results.cache_bytes_per_token(str(cache)) is None
 
 
 def test_metrics_of_older_versions_read_the_study_variables(tmp_path):
@@ -197,7 +217,7 @@ def test_write_results_files(study):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     md = open(os.path.join(study, "RESULTS.md")).read()
-    assert ("| soft-a0.5 | big | soft | 0.5 | 2 | renorm | outside | 1337 | 30 s | 100 | 110.0 | +10.0% | 1.4900 | 1.4700 "
+    assert ("| soft-a0.5 | big | soft | 0.5 | 2 | renorm | – | outside | 1337 | 30 s | 100 | 110.0 | +10.0% | 1.4900 | 1.4700 "
             "| -0.0300 |") in md
     assert "| 16,000,001 | OVER |" in md
     assert "| baseline | 42, 1337, 2024 | 1.5033 ± 0.0153 |" in md  # sd of 1.52, 1.50, 1.49
