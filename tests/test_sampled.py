@@ -271,7 +271,6 @@ def test_draws_do_not_depend_on_the_warm_up(tiny_dataset, tmp_path, teacher_ckpt
         assert torch.equal(va, models[1][k]), k
 
 
-@pytest.mark.slow
 def test_distill_script_trains_on_draws(tiny_dataset, tmp_path, teacher_ckpt):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "ITERATIONS": 4, "WARMUP_STEPS": 1, "DTYPE": "fp32",
            "TRAIN_LOG_EVERY": 1, "RUN_ID": "r", "DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt,
