@@ -21,7 +21,7 @@ from golf.objectives import SamplingTeacher, build_objective
 from golf.teachers import OnlineTeacher, Sampled
 from golf.train import train
 from helpers import cpu_ctx, dataset_env, make_config, run_inputs, run_script, write_teacher_checkpoint
-from test_losses import assert_close_rel, value_and_grad
+from test_losses import DEVICES, assert_close_rel, value_and_grad
 
 # Sigmas of the convergence bounds: a correct estimator fails one coordinate of a few thousand at 6 sigma with
 # probability ~1e-5; a biased one (e.g. counts not normalised, or tempered twice) misses by tens of sigmas.
@@ -58,8 +58,9 @@ def hand_rows():
 # ---- the loss ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0])  # T = 1, 2 and any other T take different student paths
-def test_sampled_loss_matches_brute_force_on_hand_built_rows(temperature):
+def test_sampled_loss_matches_brute_force_on_hand_built_rows(temperature, device):
     ids, counts = hand_rows()
     g = torch.Generator().manual_seed(0)
     z = torch.randn(2, 7, generator=g) * 3
@@ -69,13 +70,14 @@ def test_sampled_loss_matches_brute_force_on_hand_built_rows(temperature):
     a = 0.3
 
     def ours(x):
-        return distill_loss(x, y, alpha=a, mode="soft", temperature=temperature, sample_ids=ids, sample_counts=counts)
+        return distill_loss(x, y.to(x.device), alpha=a, mode="soft", temperature=temperature,
+                            sample_ids=ids.to(x.device), sample_counts=counts.to(x.device))
 
     def ref(x):
         ce = torch.nn.functional.cross_entropy(x, y)
         return (1 - a) * ce + a * temperature**2 * ref_sampled_kl(x, p_hat, temperature)
 
-    val, grad = value_and_grad(ours, z)
+    val, grad = value_and_grad(ours, z, device)
     ref_val, ref_grad = value_and_grad(ref, z.double())
     assert val.item() == pytest.approx(ref_val.item(), rel=1e-6)
     assert_close_rel(grad, ref_grad, 1e-6)
@@ -128,17 +130,18 @@ def test_sampled_targets_are_soft_only():
 # ---- the draws and unbiasedness -------------------------------------------------------------------------------------
 
 
-def test_sample_targets_layout_and_reproducibility():
-    t = torch.randn(64, 40, generator=torch.Generator().manual_seed(2)) * 3
-    ids, counts = sample_targets(t.bfloat16(), 16, 2.0, torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("device", DEVICES)
+def test_sample_targets_layout_and_reproducibility(device):
+    t = (torch.randn(64, 40, generator=torch.Generator().manual_seed(2)) * 3).to(device)
+    ids, counts = sample_targets(t.bfloat16(), 16, 2.0, torch.Generator(device).manual_seed(5))
     assert ids.shape == counts.shape == (64, 16) and ids.dtype == torch.long
     assert (counts.sum(-1) == 16).all() and (ids[:, 1:] >= ids[:, :-1]).all()  # sorted, all draws counted
     first = torch.ones_like(ids, dtype=torch.bool)
     first[:, 1:] = ids[:, 1:] != ids[:, :-1]
     assert ((counts > 0) == first).all()  # each distinct id counted once, at its first occurrence
-    again = sample_targets(t.bfloat16(), 16, 2.0, torch.Generator().manual_seed(5))
+    again = sample_targets(t.bfloat16(), 16, 2.0, torch.Generator(device).manual_seed(5))
     assert torch.equal(again[0], ids) and torch.equal(again[1], counts)
-    assert not torch.equal(sample_targets(t, 16, 2.0, torch.Generator().manual_seed(6))[0], ids)
+    assert not torch.equal(sample_targets(t, 16, 2.0, torch.Generator(device).manual_seed(6))[0], ids)
 
 
 @pytest.mark.parametrize("draws", [1, 16])
