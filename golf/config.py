@@ -369,8 +369,8 @@ def _check_draws(cfg: Config):
     from golf.losses import MAX_DRAWS
 
     if not 0 <= cfg.distill_draws <= MAX_DRAWS:
-        raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws}: use 0 (the teacher's exact signal) or 1..{MAX_DRAWS} draws "
-                        "per position (the sampled cache format stores a count in one byte)")
+        raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws}: use 0 (the teacher's exact signal) or 1..{MAX_DRAWS} "
+                        "draws per position (the sampled cache format stores a count in one byte)")
     if not cfg.distill_draws:
         return
     for bad, why in ((cfg.distill_target == "hard", "DISTILL_TARGET=hard (draws are soft targets; the hard label is "

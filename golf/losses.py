@@ -442,7 +442,7 @@ def mix(ce, teacher_term, *, alpha: float, mode: str, temperature: float = 1.0):
 
 def distill_loss(z, y, *, alpha: float, mode: str, temperature: float = 1.0, **teacher):
     """Distillation objective -> (loss, parts): `mix` of `distill_terms` (same arguments: tail, idx, vals,
-    teacher_top1, teacher_logits, sample_ids, sample_counts). Soft: (1-a) CE(z, y) + a T^2 KL(p_T || q_T); hard: (1-a) CE(z, y) + a CE(z,
-    teacher label); parts hold the unscaled per-token means."""
+    teacher_top1, teacher_logits, sample_ids, sample_counts). Soft: (1-a) CE(z, y) + a T^2 KL(p_T || q_T); hard:
+    (1-a) CE(z, y) + a CE(z, teacher label); parts hold the unscaled per-token means."""
     ce, term, parts = distill_terms(z, y, mode=mode, temperature=temperature, **teacher)
     return mix(ce, term, alpha=alpha, mode=mode, temperature=temperature), parts

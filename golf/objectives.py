@@ -131,5 +131,6 @@ def arm_line(cfg: Config, teacher: Teacher) -> str:
     """The one line that states the arm at the start of a distillation run."""
     d = describe_arm(cfg)
     return (f"distill:arm teacher:{d['teacher']} target:{d['target']} alpha:{d['alpha']} temp:{d['temp'] or '-'} "
-            f"tail:{d['tail'] or '-'} draws:{cfg.distill_draws or '-'} track:{teacher.track} teacher_sha256:{teacher.sha256[:16] or '-'} "
+            f"tail:{d['tail'] or '-'} draws:{cfg.distill_draws or '-'} track:{teacher.track} "
+            f"teacher_sha256:{teacher.sha256[:16] or '-'} "
             f"source:{d['source']} seed_faithful:{d['seed_faithful'] or '-'}")

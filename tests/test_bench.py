@@ -207,7 +207,8 @@ def test_kd_fidelity_bench_prints_every_target(tiny_dataset, tmp_path):
             lines[name] = {k: float(v) for k, v in fields.items()}
     assert set(lines) == {f"topk-{t}-k4-{c}" for t in ("renorm", "bucket") for c in ("fp16", "packed")} | {
         "sampled-n2", "sampled-n64"}
-    assert lines["topk-bucket-k4-fp16"]["bytes_per_token"] == 16 and lines["topk-bucket-k4-packed"]["bytes_per_token"] == 9
+    assert lines["topk-bucket-k4-fp16"]["bytes_per_token"] == 16  # CODECS["fp16"].row_bytes(4)
+    assert lines["topk-bucket-k4-packed"]["bytes_per_token"] == 9  # CODECS["packed"].row_bytes(4)
     for fig in lines.values():
         assert 0 <= fig["angle_deg"] <= 180 and fig["norm_ratio"] > 0 and 0 <= fig["mixed_angle_deg"] <= 180
     n2, n64 = lines["sampled-n2"], lines["sampled-n64"]
