@@ -92,6 +92,9 @@ class Config:
     distill_alpha: float = _f(0.5, "loss = (1-a) CE + a * teacher term", "distill")
     distill_temp: float = _f(2.0, "KL temperature T (the KL term is scaled by T^2)", "distill")
     distill_tail: str = _f("renorm", "top-K tail: renorm over the K entries | bucket (K+1-th rest-of-vocab bucket)", "distill")
+    distill_draws: int = _f(0, "sampled targets: N >= 1 tokens drawn per position, inside the step, from the teacher's "
+                            "softmax(logits / DISTILL_TEMP), trained on as counts / N (Anshumann et al. 2025; soft, "
+                            "not with a cache, which carries its own draws); 0: the teacher's exact signal", "distill")
     logit_cache: str = _f("", "logit cache folder written by cache_logits.py", "distill")
     teacher_path: str = _f("", "teacher checkpoint (online teacher; also checked against the cache)", "distill")
     distill_seed_faithful: str = _f("", "reproduce the study's defects on purpose (ablation arms): a comma list of D1 (KL "
@@ -348,6 +351,7 @@ def validate(cfg: Config):
                                  ("DISTILL_TARGET", cfg.distill_target, MODES), ("DISTILL_TAIL", cfg.distill_tail, TAILS)):
         if value not in choices:
             raise GolfError(f"{name}={value!r}: use one of {', '.join(choices)}")
+    _check_draws(cfg)
     if cfg.device not in DEVICES:  # `gpu` used to fall through to the CPU
         raise GolfError(f"DEVICE={cfg.device!r}: use auto, cpu or cuda")
     if cfg.compile not in ("auto", "1", "0"):
@@ -357,6 +361,25 @@ def validate(cfg: Config):
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
     defects(cfg)  # refuses an unknown defect or one the arm cannot have
+
+
+def _check_draws(cfg: Config):
+    """DISTILL_DRAWS samples the distribution a teacher computes in the run: soft targets only, no cache teacher."""
+    from golf.arms import defects
+    from golf.losses import MAX_DRAWS
+
+    if not 0 <= cfg.distill_draws <= MAX_DRAWS:
+        raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws}: use 0 (the teacher's exact signal) or 1..{MAX_DRAWS} "
+                        "draws per position (the sampled cache format stores a count in one byte)")
+    if not cfg.distill_draws:
+        return
+    for bad, why in ((cfg.distill_target == "hard", "DISTILL_TARGET=hard (draws are soft targets; the hard label is "
+                                                     "the teacher's top-1)"),
+                     (cfg.distill_teacher == "cache", "DISTILL_TEACHER=cache (a cache carries its own signal, sampled "
+                                                      "targets included)"),
+                     (bool(defects(cfg)), "DISTILL_SEED_FAITHFUL (the study never sampled its targets)")):
+        if bad:
+            raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws} cannot be combined with {why}; set DISTILL_DRAWS=0")
 
 
 def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env=None) -> Config:

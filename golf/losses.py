@@ -1,4 +1,5 @@
-"""Training losses: cross-entropy, and distillation from a cached top-K teacher or an online teacher.
+"""Training losses: cross-entropy, and distillation from a cached top-K teacher, sampled targets or an online
+teacher; and the drawing of sampled targets from a teacher's logits (`sample_targets`).
 
 Shapes: student logits `z` (..., V), already softcapped, any float dtype (bf16 under autocast): every loss is
 computed in float32. Targets `y` (...), cached teacher top-K indices `idx` and log-probabilities `vals`
@@ -27,6 +28,8 @@ _TINY = torch.finfo(torch.float32).tiny
 _LOGP_FLOOR = -1e4
 # Row blocks of the T = 2 backward on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
 _BLOCK_FLOATS = 1 << 20
+# Most draws per position of sampled targets: a row's counts must fit the sampled cache format's one count byte.
+MAX_DRAWS = 255
 
 TAILS = ("renorm", "bucket")
 MODES = ("soft", "hard")
@@ -276,6 +279,56 @@ def _topk_means(z, y, idx, vals, temperature: float, tail: str, valid=None):
     return ce, _mean_kl(logp, logq)
 
 
+def _sampled_means(z, y, ids, counts, temperature: float, valid=None):
+    """(mean CE at y, mean KL(p_hat || q_T)) for flat inputs, p_hat = counts / (the row's count sum).
+
+    The student side is the renormalised top-K's (its log-softmax at T gathered at the sampled columns, the CE at
+    T = 1 from the same node); only the teacher side differs: the empirical distribution is already tempered
+    (the draws came from softmax(t / T)), so it is used as it is instead of tempering cached log-probs. Padding
+    entries (count 0) may repeat ids: the gathers accumulate repeated columns (d = 0: none assumed distinct),
+    and a zero weight gives them no value and no gradient.
+    """
+    inv_t = _inv_temperature(temperature)
+    ids, c = ids.long(), counts.detach().float()
+    # A row without draws is not a target (mask it with `valid`); the floor only keeps it from dividing by 0.
+    logp = torch.log(c / c.sum(-1, keepdim=True).clamp_min(1.0)).clamp_min(_LOGP_FLOOR)
+    if inv_t == 1.0:
+        logq = _GatherLogSoftmax.apply(z, torch.cat([ids, y.long()[:, None]], -1), 1.0, 0, False)[0]
+        ce, logq = -logq[:, -1].mean(), logq[:, :-1]
+    else:
+        logq_y, logq = _TwoTemperatureLogSoftmax.apply(z, y.long(), ids, inv_t)
+        ce = -logq_y.mean()
+    if valid is not None:
+        logp, logq = logp[valid], logq[valid]
+    return ce, _mean_kl(logp, logq)
+
+
+def sample_targets(teacher_logits, draws: int, temperature: float, generator=None):
+    """`draws` tokens per position, with replacement, from the teacher's softmax(t / T) -> (ids, counts).
+
+    teacher_logits (..., V) -> ids (n, draws) int64 and counts (n, draws) int32, n the flattened leading
+    dimensions. Each row's ids are sorted; every distinct id holds its number of draws at its first occurrence
+    and each repeat after it holds count 0 (a padding entry of golf.teachers.Sampled), so a row's counts sum
+    to `draws`. Only (n, V) float32 probabilities and (n, draws) tensors are built: the draws are sorted and
+    run-length counted in place of an (n, V) count table or an (n, draws, V) one-hot. `generator` makes the
+    draws reproducible (it must be on the logits' device).
+    """
+    if not 1 <= draws <= MAX_DRAWS:
+        raise ValueError(f"draws={draws}: use 1..{MAX_DRAWS}")
+    inv_t = _inv_temperature(temperature)
+    t = teacher_logits.detach()
+    probs = _softmax_into(torch.empty(t.numel() // t.shape[-1], t.shape[-1], dtype=torch.float32, device=t.device),
+                          t.reshape(-1, t.shape[-1]), inv_t)
+    ids = torch.multinomial(probs, draws, replacement=True, generator=generator).sort(-1).values
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    cols = torch.arange(draws, device=ids.device).expand_as(ids)
+    run_start = torch.where(first, cols, 0).cummax(-1).values  # each draw's first occurrence of its id
+    counts = torch.zeros(ids.shape, dtype=torch.int32, device=ids.device)
+    counts.scatter_add_(-1, run_start, torch.ones_like(counts))
+    return ids, counts
+
+
 def cross_entropy(z, y):
     """Mean cross-entropy of logits z (..., V) against integer targets y (...), in float32."""
     z, y = _flat(z, y)
@@ -324,25 +377,38 @@ def full_kl(z, teacher_logits, temperature: float):
 
 
 def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "renorm", idx=None, vals=None,
-                  teacher_top1=None, teacher_logits=None, teacher_valid=None):
+                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, teacher_valid=None):
     """The two terms of a distillation objective, unmixed -> (ce, teacher_term, parts).
 
     mode="soft": teacher_term = KL(p_T || q_T), a per-token mean, parts {"ce", "kl"}. The teacher is the cache
-        (idx, vals; see `topk_kl` for `tail`) or, given teacher_logits (..., V), an online teacher with the exact
-        full-vocabulary KL.
+        (idx, vals; see `topk_kl` for `tail`), or sampled targets (sample_ids, sample_counts (..., M): distinct
+        ids and their draw counts from p_T, 0 on padding; see below), or, given teacher_logits (..., V), an
+        online teacher with the exact full-vocabulary KL.
     mode="hard": teacher_term = CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1, else
-        idx[..., 0] of the cache, else the argmax of teacher_logits.
+        idx[..., 0] of the cache, else the argmax of teacher_logits. Sampled targets are refused: a draw count
+        is no label (their most drawn id would be a noisy argmax).
     teacher_valid (...) bool: the teacher term is the mean over these positions only (a cached row that is not about
     the student's target: golf.teachers.CachedTeacher); CE still covers every position.
     parts are detached, for logging. The student's log-softmax is computed once and shared by CE and the teacher
     term whenever both are at the same temperature (hard; soft at T = 1; the cached "bucket" tail at any T).
+
+    Sampled targets (Anshumann et al. 2025): with p_hat = counts / N (N the row's count sum), the term is
+    KL(p_hat || q_T) = sum_j p_hat_j (log p_hat_j - log q_T[id_j]), p_hat carrying no gradient. Its gradient is
+    that of the sampled cross-entropy -sum_j p_hat_j log q_T[id_j], and E[p_hat] = p_T, so it is an unbiased
+    estimate of the exact KL's gradient, (1/T) (q_T - p_T) per row. Its value is the KL to the empirical
+    distribution, logged as "kl": E[KL(p_hat || q_T)] = KL(p_T || q_T) + E[KL(p_hat || p_T)], i.e. the exact KL
+    plus an offset >= 0 that does not depend on the student (the draws' own noise), so it moves as the exact KL
+    does but sits above it. (An unbiased KL estimate would subtract the exact entropy of p_T from the sampled
+    CE, and the draws alone admit no unbiased entropy estimate.)
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
-    z, y, idx, vals, teacher_top1, teacher_logits, valid = _flat(z, y, idx, vals, teacher_top1, teacher_logits,
-                                                                 teacher_valid)
+    z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, valid = _flat(
+        z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, teacher_valid)
 
     if mode == "hard":
+        if sample_ids is not None:
+            raise ValueError("sampled targets (sample_ids, sample_counts) are soft targets: use mode='soft'")
         if teacher_top1 is None:
             if idx is not None:
                 teacher_top1 = idx[:, 0]
@@ -356,12 +422,15 @@ def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "ren
 
     if idx is not None and vals is not None:
         ce, kl = _topk_means(z, y, idx, vals, temperature, tail, valid)
+    elif sample_ids is not None and sample_counts is not None:
+        ce, kl = _sampled_means(z, y, sample_ids, sample_counts, temperature, valid)
     elif teacher_logits is not None:
         logq = torch.log_softmax(z.float() * _inv_temperature(temperature), -1)
         ce = F.nll_loss(logq, y.long()) if temperature == 1.0 else cross_entropy(z, y)
         kl = _full_mean(z, teacher_logits, temperature, logq)
     else:
-        raise ValueError("soft distillation needs idx and vals (cache) or teacher_logits (online teacher)")
+        raise ValueError("soft distillation needs idx and vals (cache), sample_ids and sample_counts (sampled "
+                         "targets) or teacher_logits (online teacher)")
     return ce, kl, {"ce": ce.detach(), "kl": kl.detach()}
 
 
@@ -373,7 +442,7 @@ def mix(ce, teacher_term, *, alpha: float, mode: str, temperature: float = 1.0):
 
 def distill_loss(z, y, *, alpha: float, mode: str, temperature: float = 1.0, **teacher):
     """Distillation objective -> (loss, parts): `mix` of `distill_terms` (same arguments: tail, idx, vals,
-    teacher_top1, teacher_logits). Soft: (1-a) CE(z, y) + a T^2 KL(p_T || q_T); hard: (1-a) CE(z, y) + a CE(z,
-    teacher label); parts hold the unscaled per-token means."""
+    teacher_top1, teacher_logits, sample_ids, sample_counts). Soft: (1-a) CE(z, y) + a T^2 KL(p_T || q_T); hard:
+    (1-a) CE(z, y) + a CE(z, teacher label); parts hold the unscaled per-token means."""
     ce, term, parts = distill_terms(z, y, mode=mode, temperature=temperature, **teacher)
     return mix(ce, term, alpha=alpha, mode=mode, temperature=temperature), parts

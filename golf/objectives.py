@@ -2,16 +2,21 @@
 
 `build_objective(cfg, run)` is what distill.py trains with: the teacher DISTILL_TEACHER names (golf/teachers.py)
 and the target DISTILL_TARGET (soft: KL to the teacher's distribution at DISTILL_TEMP; hard: the teacher's
-top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA. The seed-faithful arm wraps both in the study's
-defects (golf/seed_faithful.py); nothing else here knows of them.
+top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA. With DISTILL_DRAWS = N, `SamplingTeacher` turns the
+teacher's distribution into N draws per position (sampled targets). The seed-faithful arm wraps both in the
+study's defects (golf/seed_faithful.py); nothing else here knows of them.
 """
+import numpy as np
+import torch
+
 from golf import seed_faithful
 from golf.arms import describe_arm
 from golf.config import Config
 from golf.data import Batch
 from golf.dist import compile_enabled
-from golf.losses import cross_entropy, distill_terms, mix
-from golf.teachers import Teacher, build_teacher
+from golf.errors import GolfError
+from golf.losses import cross_entropy, distill_terms, mix, sample_targets
+from golf.teachers import Logits, Sampled, Teacher, build_teacher
 
 
 class CrossEntropyObjective:
@@ -51,6 +56,61 @@ class DistillObjective:
         return self.mix(ce, term), parts
 
 
+class SamplingTeacher(Teacher):
+    """Any teacher that gives a distribution (a Logits signal), its signal replaced by DISTILL_DRAWS draws from
+    softmax(logits / DISTILL_TEMP) per position: a Sampled signal (golf.losses.sample_targets), drawn where the
+    teacher runs (in the step for the online teacher, in the prefetch thread for a loader-side one).
+
+    The draws of a micro-batch come from a generator seeded by (SEED, where the batch starts in the token stream),
+    not from the global RNG: the same run draws the same targets with or without the compile warm-up (which reads
+    the stream's first batches again) and after a resume, and the ranks, which read different positions, draw
+    independently (the global RNG is seeded alike on every rank). A position read again after the stream wraps
+    is drawn again with the same generator state (the same targets where the teacher's logits are the same, as a
+    cache of draws would give).
+    """
+
+    def __init__(self, inner: Teacher, draws: int, temperature: float, seed: int):
+        self.inner, self.draws, self.temperature, self.seed = inner, draws, temperature, seed
+        self.name, self.where, self.track = inner.name, inner.where, inner.track
+        self.generators: dict[torch.device, torch.Generator] = {}
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        return cls(build_teacher(cfg, run), cfg.distill_draws, cfg.distill_temp, cfg.seed)
+
+    def bind(self, state):
+        self.inner.bind(state)
+
+    def reset(self):
+        self.inner.reset()
+
+    def generator(self, batch: Batch, device: torch.device) -> torch.Generator:
+        """The device's generator, seeded for this batch."""
+        shard, offset, _ = batch.segments[0]
+        g = self.generators.setdefault(device, torch.Generator(device))
+        return g.manual_seed(int(np.random.SeedSequence([self.seed, shard, offset]).generate_state(1, np.uint64)[0]))
+
+    def fetch(self, batch):
+        signal = self.inner.fetch(batch)
+        if not isinstance(signal, Logits):
+            raise GolfError(f"DISTILL_DRAWS samples a teacher's distribution, but teacher {self.name} gives "
+                            f"{type(signal).__name__}, not Logits; set DISTILL_DRAWS=0")
+        logits = signal.logits
+        ids, counts = sample_targets(logits, self.draws, self.temperature, self.generator(batch, logits.device))
+        return Sampled(ids, counts)
+
+    @property
+    def source(self):
+        return self.inner.source
+
+    @property
+    def sha256(self):
+        return self.inner.sha256
+
+    def log_lines(self):
+        return self.inner.log_lines()
+
+
 def distill_objective(cfg: Config, teacher: Teacher) -> DistillObjective:
     return DistillObjective(teacher, cfg.distill_target, cfg.distill_alpha, cfg.distill_temp, cfg.distill_tail)
 
@@ -59,8 +119,9 @@ def build_objective(cfg: Config, run) -> DistillObjective:
     """The distillation objective of the arm `cfg` describes, its teacher built for `run`; the seed-faithful
     arms' defects wrapped around both."""
     chosen = seed_faithful.defects(cfg)
-    if not chosen:
-        return distill_objective(cfg, build_teacher(cfg, run))
+    if not chosen:  # DISTILL_DRAWS has no seed-faithful arm (golf.config refuses it)
+        teacher = SamplingTeacher.from_config(cfg, run) if cfg.distill_draws else build_teacher(cfg, run)
+        return distill_objective(cfg, teacher)
     teacher = seed_faithful.build_teacher(cfg, run, chosen, build_teacher)
     compiled = compile_enabled(cfg.compile, run.ctx.device)
     return seed_faithful.wrap_objective(cfg, distill_objective(cfg, teacher), chosen, compiled, CrossEntropyObjective)
@@ -70,5 +131,6 @@ def arm_line(cfg: Config, teacher: Teacher) -> str:
     """The one line that states the arm at the start of a distillation run."""
     d = describe_arm(cfg)
     return (f"distill:arm teacher:{d['teacher']} target:{d['target']} alpha:{d['alpha']} temp:{d['temp'] or '-'} "
-            f"tail:{d['tail'] or '-'} track:{teacher.track} teacher_sha256:{teacher.sha256[:16] or '-'} "
+            f"tail:{d['tail'] or '-'} draws:{cfg.distill_draws or '-'} track:{teacher.track} "
+            f"teacher_sha256:{teacher.sha256[:16] or '-'} "
             f"source:{d['source']} seed_faithful:{d['seed_faithful'] or '-'}")

@@ -192,3 +192,25 @@ def test_bootstrap_interval_resamples_whole_pairs():
     lo, hi = bootstrap_ci(paired_ratio, num, den)
     mid = paired_ratio(num, den)  # the middle pair, 3 / 3 x 1.1
     assert mid == pytest.approx(1.1) and lo <= mid <= hi and hi - lo > 1.0
+
+
+def test_kd_fidelity_bench_prints_every_target(tiny_dataset, tmp_path):
+    """Random teacher and student at tiny sizes: one line per target, with the codecs' bytes for top-K, and the
+    sampled gradients' noise shrinking with the draws and with averaging over repeats."""
+    out = _ok(run_script(["bench/kd_fidelity.py", "--preset", "test", "--teacher-preset", "test", "--batches", "1",
+                          "--repeats", "4", "--ks", "4", "--draws", "2,64"], dataset_env(tiny_dataset), str(tmp_path)))
+    lines = {}
+    for line in out.splitlines():
+        if line.startswith("kd_fidelity "):
+            fields = dict(f.split(":", 1) for f in line.split()[1:])
+            name = fields.pop("target")
+            lines[name] = {k: float(v) for k, v in fields.items()}
+    assert set(lines) == {f"topk-{t}-k4-{c}" for t in ("renorm", "bucket") for c in ("fp16", "packed")} | {
+        "sampled-n2", "sampled-n64"}
+    assert lines["topk-bucket-k4-fp16"]["bytes_per_token"] == 16  # CODECS["fp16"].row_bytes(4)
+    assert lines["topk-bucket-k4-packed"]["bytes_per_token"] == 9  # CODECS["packed"].row_bytes(4)
+    for fig in lines.values():
+        assert 0 <= fig["angle_deg"] <= 180 and fig["norm_ratio"] > 0 and 0 <= fig["mixed_angle_deg"] <= 180
+    n2, n64 = lines["sampled-n2"], lines["sampled-n64"]
+    assert n64["angle_deg"] < n2["angle_deg"] and n2["mean_angle_deg"] < n2["angle_deg"]
+    assert 1 <= n2["distinct"] <= 2 and n2["bytes_per_token"] == pytest.approx(3 * n2["distinct"] + 1, abs=0.06)
