@@ -1,0 +1,250 @@
+"""A count-based n-gram language model over the training stream, for the n-gram teacher (DISTILL_TEACHER=ngram,
+golf.teachers.NgramTeacher, a thin wrapper: this module does not import golf.teachers, which registers it):
+counted inside the timed budget, queried inside the step (record track).
+
+Smoothing: interpolated Witten-Bell, down to a uniform floor,
+    P_0(w) = 1 / V,   P_k(w | h) = (c(h, w) + d(h) P_{k-1}(w | h')) / (c(h) + d(h))   (P_k = P_{k-1} if c(h) = 0)
+with h the last k-1 tokens, h' its last k-2, c(h) = sum_w c(h, w) and d(h) the number of distinct followers of
+h. Chosen over Kneser-Ney because leave-one-out is exact and cheap: removing one occurrence of (h, w) changes
+only c(h, w), c(h) and, if c(h, w) drops to 0, d(h), all read off the one gathered row; Kneser-Ney's lower
+orders hold continuation counts (and modified KN counts-of-counts) that one removal changes elsewhere. No
+probability is 0: every order mixes in the one below, and the last one the uniform floor.
+
+Tables (`NgramCounts`): one dense (rows, V) count table per order on the run's device. A context of k-1 tokens
+is its exact mixed-radix id when V^(k-1) <= 2^NGRAM_TABLE_BITS (the unigram's one row, the bigram's V rows at
+the default), else a bucket of a polynomial hash mod 2^31 - 1 (2^NGRAM_TABLE_BITS rows); contexts sharing a
+bucket share its counts. c(h) and d(h) are not stored: a query gathers a position's whole row per order (the
+(n, V) block it needs anyway) and sums it. Cells are int32, or int64 when the run could count 2^31 positions.
+
+The stream: the train shards in order, cyclic, exactly as the loader reads them (golf.data.TokenStream).
+Position g is the event (the tokens up to stream position g as context, the token at g + 1 as target); the
+loader's x at g has that target as its y. Counting reads the stream from the shards, with cyclic contexts; a
+query reads its contexts from the batch's rows, so the first k-2 positions of a row have no order-k context
+and are predicted by the orders they have (0.1% of positions at TRAIN_SEQ_LEN=2048, order 3; the cost of
+not fetching tokens from before the row).
+
+What is counted: the stream's positions [0, F). The first fetch of the timed run counts [0,
+NGRAM_PREPASS_TOKENS) (the "prepass"; `reset` drops the tables before the timed run and the first fetch
+after it builds them inside the first timed step, after the Clock started, so the cost is in train_time); with
+NGRAM_ONLINE=1 each fetch, after computing its signal, advances F to the end of the stream the loader has read
+for the micro-batch (every rank's span: a position is counted once its target has been read), so the next
+micro-batch sees them. F never passes the stream's end: after the loader wraps, every position is counted
+once. Every rank reads the same shards and counts the same positions, so all ranks hold the same counts
+without any communication. Validation shards are never opened.
+
+Leave-one-out (NGRAM_LEAVE_ONE_OUT=1): a queried position g < F was counted, so its own (h, w) occurrence is
+subtracted from the gathered row of every order before its distribution is computed: the teacher predicts
+the token from the rest of the data, not from its own memorised count. With 0 it is not (an ablation).
+"""
+import os
+import time
+
+import numpy as np
+import torch
+
+from golf.config import Config
+from golf.data import Batch, grad_accum_steps, local_tokens, tokens_read_per_batch
+from golf.errors import GolfError
+from golf.shards import load_shard, read_header
+
+_HASH_PRIME = (1 << 31) - 1  # contexts hash to a polynomial mod this prime: every product stays below 2^62
+_HASH_BASE = 1_000_003
+_COUNT_CHUNK = 1 << 20  # positions counted per pass: bounds the build's temporary memory
+_QUERY_BUFFERS = 4  # float32 (n, V) buffers a query holds at once (counts, rows, candidate, result)
+
+
+def table_rows(k: int, vocab_size: int, table_bits: int) -> int:
+    """Rows of the order-k table: every context of k-1 tokens exactly, or the hash buckets when that is more."""
+    exact = vocab_size ** (k - 1)
+    return exact if exact <= 1 << table_bits else 1 << table_bits
+
+
+def table_bytes(order: int, vocab_size: int, table_bits: int, wide: bool) -> int:
+    return sum(table_rows(k, vocab_size, table_bits) for k in range(1, order + 1)) * vocab_size * (8 if wide else 4)
+
+
+class NgramCounts:
+    """Count tables of orders 1..`order` over `vocab_size` tokens on `device`, and the Witten-Bell query."""
+
+    def __init__(self, order: int, vocab_size: int, table_bits: int, device, wide: bool = False):
+        self.order, self.vocab_size, self.table_bits, self.device = order, vocab_size, table_bits, device
+        dtype = torch.int64 if wide else torch.int32
+        self.rows = [table_rows(k, vocab_size, table_bits) for k in range(1, order + 1)]
+        self.tables = [torch.zeros(r, vocab_size, dtype=dtype, device=device) for r in self.rows]
+
+    def context_rows(self, windows: torch.Tensor) -> list[torch.Tensor]:
+        """Each order's table row for contexts `windows` (..., order-1), int64, the last column the most recent
+        token: row 0 for the unigram, then the exact id or the hash bucket of the last k-1 tokens."""
+        v = self.vocab_size
+        exact = torch.zeros(windows.shape[:-1], dtype=torch.int64, device=windows.device)
+        hashed = torch.zeros_like(exact)
+        out = [exact.clone()]
+        for k in range(2, self.order + 1):
+            tok = windows[..., self.order - k]  # the token k-2 places before the current one
+            exact = exact + tok * v ** (k - 2)
+            hashed = (hashed * _HASH_BASE + tok + 1) % _HASH_PRIME
+            out.append(exact if self.rows[k - 1] == v ** (k - 1) else hashed & (self.rows[k - 1] - 1))
+        return out
+
+    def add(self, windows: torch.Tensor, targets: torch.Tensor):
+        """Count the events (context `windows` (m, order-1), next token `targets` (m,)) in every order."""
+        ones = torch.ones(targets.shape, dtype=self.tables[0].dtype, device=self.device)
+        for table, rows in zip(self.tables, self.context_rows(windows)):
+            table.view(-1).index_put_((rows * self.vocab_size + targets,), ones, accumulate=True)
+
+    def log_probs(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor,
+                  leave_out: torch.Tensor) -> torch.Tensor:
+        """float32 (m, V) log-probabilities of the next token after contexts `windows` (m, order-1).
+
+        available (m, order) bool: whether position i has an order-k context (column k-1; a row's first
+        positions lack the longer ones). leave_out (m,) bool: subtract the event (context, targets[i]) from
+        every order's counts first (position i was counted)."""
+        m, v = windows.shape[0], self.vocab_size
+        p = torch.full((m, v), 1.0 / v, dtype=torch.float32, device=self.device)
+        minus = -leave_out.to(self.tables[0].dtype)[:, None]
+        for k, (table, rows) in enumerate(zip(self.tables, self.context_rows(windows))):
+            counts = table[rows]  # (m, V): this order's row of every position
+            counts.scatter_add_(1, targets[:, None], minus)
+            total = counts.sum(-1, keepdim=True)
+            distinct = (counts > 0).sum(-1, keepdim=True)
+            mixed = (counts.float() + distinct * p) / (total + distinct).clamp_min(1)
+            p = torch.where((total > 0) & available[:, k:k + 1], mixed, p)
+        return p.log()
+
+
+class TrainStream:
+    """The train shards as the loader's cyclic stream, addressed by linear position (for counting)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+        self.sizes = [read_header(p) for p in self.paths]
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.total = int(self.starts[-1])
+        self._shards: dict[int, np.ndarray] = {}
+
+    def position(self, shard: int, offset: int) -> int:
+        return int(self.starts[shard]) + offset
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens at the cyclic positions [a, b) (a may be negative, b past the end), int64."""
+        parts, g = [], a
+        while g < b:
+            w = g % self.total
+            s = int(np.searchsorted(self.starts, w, side="right")) - 1
+            n = min(b - g, int(self.starts[s + 1]) - w)
+            if s not in self._shards:
+                self._shards[s] = load_shard(self.paths[s])
+            off = w - int(self.starts[s])
+            parts.append(np.asarray(self._shards[s][off:off + n], dtype=np.int64))
+            g += n
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class StreamNgram:
+    """The n-gram model of the training stream as a run uses it: built (tables, prepass) by `build`, queried for
+    a batch by `log_probs` (which then counts what the loader has read, with NGRAM_ONLINE), dropped by `reset`.
+    golf.teachers.NgramTeacher is the teacher around it."""
+
+    def __init__(self, cfg: Config, stream: TrainStream, device: torch.device, rank: int, world_size: int):
+        self.order, self.vocab_size, self.table_bits = cfg.ngram_order, cfg.vocab_size, cfg.ngram_table_bits
+        self.prepass, self.online, self.leave_one_out = cfg.ngram_prepass_tokens, cfg.ngram_online, cfg.ngram_leave_one_out
+        self.stream, self.device, self.rank = stream, device, rank
+        accum = grad_accum_steps(cfg, world_size)
+        self.chunk = tokens_read_per_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum, world_size)
+        self.span = self.chunk // world_size  # a rank's inputs plus its last target
+        # Past 2^31 countable positions one cell could overflow int32 (the unigram's most frequent token first).
+        self.wide = (stream.total if self.online else self.prepass) >= 1 << 31
+        self.counts: NgramCounts | None = None
+        self.counted = 0  # positions [0, counted) of the stream are in the counts
+        self.read_upto = 0  # unwrapped stream position the loader has read up to (all ranks' spans)
+        self.build_ms = 0.0  # the last build's time (tables allocated, prepass counted)
+
+    @classmethod
+    def open(cls, cfg: Config, run) -> "StreamNgram":
+        """The model for the run (golf.runner.Run), refusing a prepass past the train data or tables that do
+        not fit the device's free memory."""
+        stream = TrainStream(run.train_files)
+        if cfg.ngram_prepass_tokens > stream.total:
+            raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens} is more than the {stream.total} tokens of "
+                            f"the {len(stream.paths)} train shards; set NGRAM_PREPASS_TOKENS<={stream.total}")
+        model = cls(cfg, stream, run.ctx.device, run.ctx.rank, run.ctx.world_size)
+        local = local_tokens(cfg.train_batch_tokens, cfg.train_seq_len, grad_accum_steps(cfg, run.ctx.world_size),
+                             run.ctx.world_size)
+        tables = model.table_bytes
+        need = tables + _QUERY_BUFFERS * 4 * local * cfg.vocab_size
+        have = _available_bytes(run.ctx.device)
+        if need > have:
+            raise GolfError(f"NGRAM_ORDER={cfg.ngram_order} NGRAM_TABLE_BITS={cfg.ngram_table_bits}: the n-gram tables "
+                            f"({tables / 2**20:.0f} MiB) and a micro-batch's query ({(need - tables) / 2**20:.0f} MiB) "
+                            f"need more than the {have / 2**20:.0f} MiB free on {run.ctx.device}; lower "
+                            "NGRAM_TABLE_BITS or NGRAM_ORDER")
+        return model
+
+    @property
+    def table_bytes(self) -> int:
+        return table_bytes(self.order, self.vocab_size, self.table_bits, self.wide)
+
+    def reset(self):
+        """Drop the tables: the next `build` starts from the stream's start."""
+        self.counts, self.counted, self.read_upto = None, 0, 0
+
+    def _count(self, upto: int):
+        """Count the positions [self.counted, upto) of the stream."""
+        n = self.order
+        for a in range(self.counted, upto, _COUNT_CHUNK):
+            b = min(a + _COUNT_CHUNK, upto)
+            tokens = torch.from_numpy(self.stream.read(a - (n - 2), b + 1)).to(self.device)
+            self.counts.add(tokens[:-1].unfold(0, n - 1, 1), tokens[n - 1:])
+        self.counted = max(self.counted, upto)
+
+    def build(self, warm_up: bool = False):
+        """Allocate the tables and count the prepass. warm_up: count only one micro-batch's worth (the compile
+        warm-up runs the query on the same code; the timed run builds the real tables)."""
+        t0 = time.perf_counter()
+        self.counts = NgramCounts(self.order, self.vocab_size, self.table_bits, self.device, self.wide)
+        self._count(min(self.prepass, self.chunk) if warm_up else self.prepass)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.build_ms = 1000 * (time.perf_counter() - t0)
+
+    def positions(self, batch: Batch) -> np.ndarray:
+        """The stream position of every entry of batch.x.flatten()."""
+        return np.concatenate([np.arange(n, dtype=np.int64) + self.stream.position(s, off)
+                               for s, off, n in batch.segments])
+
+    def log_probs(self, batch: Batch) -> torch.Tensor:
+        """float32 (rows, seq, V) log-probabilities of every position of `batch` (built tables required); then,
+        with NGRAM_ONLINE, the micro-batch's stream is counted."""
+        rows, seq = batch.x.shape
+        n = self.order
+        x = batch.x.to(self.device)
+        windows = torch.nn.functional.pad(x, (n - 2, 0)).unfold(1, n - 1, 1).reshape(-1, n - 1)
+        # Order k needs k-1 tokens of the row: position j of a row has them from j = k-2 on.
+        j = torch.arange(seq, device=self.device)
+        available = (j[:, None] >= torch.arange(n, device=self.device)[None, :] - 1).expand(rows, seq, n).reshape(-1, n)
+        g = self.positions(batch)
+        leave_out = torch.from_numpy(g < self.counted if self.leave_one_out else np.zeros(g.shape, bool))
+        logp = self.counts.log_probs(windows, available, batch.y.to(self.device).reshape(-1), leave_out.to(self.device))
+        if self.online:
+            self._advance(int(g[0]))
+        return logp.view(rows, seq, self.vocab_size)
+
+    def _advance(self, first: int):
+        """Count what the loader has read for this micro-batch (every rank's span), given where this rank's
+        inputs start: the chunk starts `rank` spans earlier, at the first such stream position not yet read."""
+        total = self.stream.total
+        start = (first - self.rank * self.span) % total
+        start = self.read_upto + (start - self.read_upto) % total
+        self.read_upto = start + self.chunk
+        self._count(min(self.read_upto - 1, total))
+
+    def log_line(self) -> str:
+        return (f"distill:ngram order:{self.order} table_bits:{self.table_bits} tables:{self.table_bytes / 2**20:.0f}MiB "
+                f"prepass_tokens:{self.prepass} online:{int(self.online)} leave_one_out:{int(self.leave_one_out)} "
+                f"smoothing:witten-bell train_tokens:{self.stream.total}")
