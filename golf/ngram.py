@@ -6,15 +6,17 @@ Smoothing: interpolated Witten-Bell, down to a uniform floor,
     P_0(w) = 1 / V,   P_k(w | h) = (c(h, w) + d(h) P_{k-1}(w | h')) / (c(h) + d(h))   (P_k = P_{k-1} if c(h) = 0)
 with h the last k-1 tokens, h' its last k-2, c(h) = sum_w c(h, w) and d(h) the number of distinct followers of
 h. Chosen over Kneser-Ney because leave-one-out is exact and cheap: removing one occurrence of (h, w) changes
-only c(h, w), c(h) and, if c(h, w) drops to 0, d(h), all read off the one gathered row; Kneser-Ney's lower
+only c(h, w), c(h) and, if c(h, w) drops to 0, d(h), three scalars per position and order; Kneser-Ney's lower
 orders hold continuation counts (and modified KN counts-of-counts) that one removal changes elsewhere. No
 probability is 0: every order mixes in the one below, and the last one the uniform floor.
 
 Tables (`NgramCounts`): one dense (rows, V) count table per order on the run's device. A context of k-1 tokens
 is its exact mixed-radix id when V^(k-1) <= 2^NGRAM_TABLE_BITS (the unigram's one row, the bigram's V rows at
 the default), else a bucket of a polynomial hash mod 2^31 - 1 (2^NGRAM_TABLE_BITS rows); contexts sharing a
-bucket share its counts. c(h) and d(h) are not stored: a query gathers a position's whole row per order (the
-(n, V) block it needs anyway) and sums it. Cells are int32, or int64 when the run could count 2^31 positions.
+bucket share its counts. Each row's c(h) and d(h) are kept beside the table; a query gathers each position's
+row per order (n x V int32, a few row gathers per order for a micro-batch) and mixes it into the order below.
+Cells are int32, or int64 when the run could count 2^31 positions. Cost per order and hashed bucket count:
+V x 4 bytes (4 KiB at V = 1024): 256 MiB per hashed order at 2^16 buckets.
 
 The stream: the train shards in order, cyclic, exactly as the loader reads them (golf.data.TokenStream).
 Position g is the event (the tokens up to stream position g as context, the token at g + 1 as target); the
@@ -33,10 +35,9 @@ once. Every rank reads the same shards and counts the same positions, so all ran
 without any communication. Validation shards are never opened.
 
 Leave-one-out (NGRAM_LEAVE_ONE_OUT=1): a queried position g < F was counted, so its own (h, w) occurrence is
-subtracted from the gathered row of every order before its distribution is computed: the teacher predicts
+taken out of every order (its cell, c(h), and d(h) if the cell drops to 0) before its distribution is computed: the teacher predicts
 the token from the rest of the data, not from its own memorised count. With 0 it is not (an ablation).
 """
-import os
 import time
 
 import numpy as np
@@ -50,7 +51,7 @@ from golf.shards import load_shard, read_header
 _HASH_PRIME = (1 << 31) - 1  # contexts hash to a polynomial mod this prime: every product stays below 2^62
 _HASH_BASE = 1_000_003
 _COUNT_CHUNK = 1 << 20  # positions counted per pass: bounds the build's temporary memory
-_QUERY_BUFFERS = 4  # float32 (n, V) buffers a query holds at once (counts, rows, candidate, result)
+_QUERY_BUFFERS = 3  # (n, V) 4-byte buffers a query holds at once: p, an order's gathered counts, their float copy
 
 
 def table_rows(k: int, vocab_size: int, table_bits: int) -> int:
@@ -64,13 +65,19 @@ def table_bytes(order: int, vocab_size: int, table_bits: int, wide: bool) -> int
 
 
 class NgramCounts:
-    """Count tables of orders 1..`order` over `vocab_size` tokens on `device`, and the Witten-Bell query."""
+    """Count tables of orders 1..`order` over `vocab_size` tokens on `device`, and the Witten-Bell query.
+
+    Besides each (rows, V) table, every row's total c(h) and distinct-follower count d(h) are kept up to date
+    by `add`, so a query reads them as scalars instead of reducing each gathered (n, V) row: per order it makes
+    two passes over (n, V) (the gather, a fused scale and multiply-add); the unigram, whose row is shared, one."""
 
     def __init__(self, order: int, vocab_size: int, table_bits: int, device, wide: bool = False):
         self.order, self.vocab_size, self.table_bits, self.device = order, vocab_size, table_bits, device
         dtype = torch.int64 if wide else torch.int32
         self.rows = [table_rows(k, vocab_size, table_bits) for k in range(1, order + 1)]
         self.tables = [torch.zeros(r, vocab_size, dtype=dtype, device=device) for r in self.rows]
+        self.totals = [torch.zeros(r, dtype=torch.int64, device=device) for r in self.rows]
+        self.distinct = [torch.zeros(r, dtype=torch.int64, device=device) for r in self.rows]
 
     def context_rows(self, windows: torch.Tensor) -> list[torch.Tensor]:
         """Each order's table row for contexts `windows` (..., order-1), int64, the last column the most recent
@@ -88,28 +95,45 @@ class NgramCounts:
 
     def add(self, windows: torch.Tensor, targets: torch.Tensor):
         """Count the events (context `windows` (m, order-1), next token `targets` (m,)) in every order."""
-        ones = torch.ones(targets.shape, dtype=self.tables[0].dtype, device=self.device)
-        for table, rows in zip(self.tables, self.context_rows(windows)):
-            table.view(-1).index_put_((rows * self.vocab_size + targets,), ones, accumulate=True)
+        v = self.vocab_size
+        for table, totals, distinct, rows in zip(self.tables, self.totals, self.distinct, self.context_rows(windows)):
+            cells, n = torch.unique(rows * v + targets, return_counts=True)
+            flat = table.view(-1)
+            old = flat[cells]
+            flat[cells] = old + n.to(old.dtype)
+            totals.index_add_(0, cells // v, n)
+            distinct.index_add_(0, cells[old == 0] // v, torch.ones_like(cells[old == 0]))
 
     def log_probs(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor,
                   leave_out: torch.Tensor) -> torch.Tensor:
         """float32 (m, V) log-probabilities of the next token after contexts `windows` (m, order-1).
 
         available (m, order) bool: whether position i has an order-k context (column k-1; a row's first
-        positions lack the longer ones). leave_out (m,) bool: subtract the event (context, targets[i]) from
-        every order's counts first (position i was counted)."""
+        positions lack the longer ones). leave_out (m,) bool: the event (context, targets[i]) is taken out of
+        every order's counts first (position i was counted): its cell, the row's total, and the row's distinct
+        count if that cell drops to 0.
+
+        Per order, with a = 1 / (c(h) + d(h)) and b = d(h) a where the context has counts (else a = 0, b = 1):
+        p <- b p + a c(h, .), c(h, .) the gathered row, with a left-out position's own cell one less."""
         m, v = windows.shape[0], self.vocab_size
         p = torch.full((m, v), 1.0 / v, dtype=torch.float32, device=self.device)
-        minus = -leave_out.to(self.tables[0].dtype)[:, None]
-        for k, (table, rows) in enumerate(zip(self.tables, self.context_rows(windows))):
-            counts = table[rows]  # (m, V): this order's row of every position
-            counts.scatter_add_(1, targets[:, None], minus)
-            total = counts.sum(-1, keepdim=True)
-            distinct = (counts > 0).sum(-1, keepdim=True)
-            mixed = (counts.float() + distinct * p) / (total + distinct).clamp_min(1)
-            p = torch.where((total > 0) & available[:, k:k + 1], mixed, p)
-        return p.log()
+        out = leave_out.long()
+        at_targets = torch.arange(m, device=self.device) * v + targets
+        for k, (table, totals, distinct, rows) in enumerate(zip(self.tables, self.totals, self.distinct,
+                                                                 self.context_rows(windows))):
+            own = table.view(-1)[rows * v + targets].long() - out  # the cell after leaving out
+            total = totals[rows] - out
+            kinds = distinct[rows] - (out * (own == 0))
+            use = (total > 0) & available[:, k]
+            a = torch.where(use, 1.0 / (total + kinds).clamp_min(1), 0.0).float()
+            b = torch.where(use, kinds * a, 1.0).float()
+            p_target = p.view(-1)[at_targets]
+            # The unigram's one row is broadcast, not gathered: every position has the same context.
+            p.mul_(b[:, None]).addcmul_(table if k == 0 else table[rows], a[:, None])
+            # A left-out position's target cell is recomputed from its own count (subtracting a afterwards would
+            # cancel catastrophically in float32 where b p is much smaller than a).
+            p.view(-1)[at_targets] = torch.where(leave_out, b * p_target + a * own, p.view(-1)[at_targets])
+        return p.log_()
 
 
 class TrainStream:
@@ -141,9 +165,11 @@ class TrainStream:
 
 
 def _available_bytes(device: torch.device) -> int:
+    """Free device memory: CUDA's free bytes, or the kernel's MemAvailable (free plus reclaimable cache)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
 
 
 class StreamNgram:
