@@ -310,3 +310,15 @@ def test_distill_refuses_bad_ngram_settings_before_any_step(tiny_dataset, tmp_pa
     assert len(errors) == 1 and errors[0].startswith("error: ") and expect in errors[0], out.stderr
     assert "step:" not in out.stdout
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_with_the_ngram_teacher(tiny_dataset, tmp_path):
+    """torchrun, 2 processes (gloo, DDP): the n-gram teacher needs no communication (each rank counts the same
+    stream, tests above), and the run trains and stops on the same step on both ranks."""
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "ITERATIONS": 4,
+           "NGRAM_PREPASS_TOKENS": 5000, "NGRAM_TABLE_BITS": 12, "NGRAM_ORDER": 4}
+    out = run_script(["distill.py"], env, cwd=str(tmp_path), nproc=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rank:0 stopped_at_step:4" in out.stdout and "rank:1 stopped_at_step:4" in out.stdout, out.stdout[-2000:]
+    assert "distill:arm teacher:ngram" in out.stdout
