@@ -244,22 +244,33 @@ class StreamNgram:
         return np.concatenate([np.arange(n, dtype=np.int64) + self.stream.position(s, off)
                                for s, off, n in batch.segments])
 
-    def log_probs(self, batch: Batch) -> torch.Tensor:
-        """float32 (rows, seq, V) log-probabilities of every position of `batch` (built tables required); then,
-        with NGRAM_ONLINE, the micro-batch's stream is counted."""
-        rows, seq = batch.x.shape
+    def _query(self, x: torch.Tensor, y: torch.Tensor, leave_out: torch.Tensor) -> torch.Tensor:
+        """float32 (rows, seq, V) log-probabilities after each position of the rows `x`, with contexts from the row
+        (truncated at its start); `leave_out` (rows * seq,) bool: positions whose event (context, y) is taken out."""
+        rows, seq = x.shape
         n = self.order
-        x = batch.x.to(self.device)
         windows = torch.nn.functional.pad(x, (n - 2, 0)).unfold(1, n - 1, 1).reshape(-1, n - 1)
         # Order k needs k-1 tokens of the row: position j of a row has them from j = k-2 on.
         j = torch.arange(seq, device=self.device)
         available = (j[:, None] >= torch.arange(n, device=self.device)[None, :] - 1).expand(rows, seq, n).reshape(-1, n)
+        return self.counts.log_probs(windows, available, y.reshape(-1), leave_out).view(rows, seq, self.vocab_size)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities after every position of the rows `x` (any tokens: nothing is left out), e.g. to score
+        the validation set."""
+        x = x.to(self.device)
+        return self._query(x, torch.zeros_like(x), torch.zeros(x.numel(), dtype=torch.bool, device=self.device))
+
+    def log_probs(self, batch: Batch) -> torch.Tensor:
+        """float32 (rows, seq, V) log-probabilities of every position of `batch` (built tables required), each
+        counted position's own event left out (NGRAM_LEAVE_ONE_OUT); then, with NGRAM_ONLINE, the micro-batch's
+        stream is counted."""
         g = self.positions(batch)
         leave_out = torch.from_numpy(g < self.counted if self.leave_one_out else np.zeros(g.shape, bool))
-        logp = self.counts.log_probs(windows, available, batch.y.to(self.device).reshape(-1), leave_out.to(self.device))
+        logp = self._query(batch.x.to(self.device), batch.y.to(self.device), leave_out.to(self.device))
         if self.online:
             self._advance(int(g[0]))
-        return logp.view(rows, seq, self.vocab_size)
+        return logp
 
     def _advance(self, first: int):
         """Count what the loader has read for this micro-batch (every rank's span), given where this rank's
@@ -274,3 +285,15 @@ class StreamNgram:
         return (f"distill:ngram order:{self.order} table_bits:{self.table_bits} tables:{self.table_bytes / 2**20:.0f}MiB "
                 f"prepass_tokens:{self.prepass} online:{int(self.online)} leave_one_out:{int(self.leave_one_out)} "
                 f"smoothing:witten-bell train_tokens:{self.stream.total}")
+
+
+class NgramLM(torch.nn.Module):
+    """A built `StreamNgram` as a language model for golf.eval: tokens (rows, seq) -> log-probabilities, which
+    golf.eval's cross-entropy takes as logits (they are normalised). No parameters."""
+
+    def __init__(self, ngram: StreamNgram):
+        super().__init__()
+        self.ngram = ngram
+
+    def forward(self, x):
+        return self.ngram.predict(x)

@@ -6,6 +6,7 @@ train_time; distill.py trains with it and refuses bad settings before any step.
 
 Run: python -m pytest tests/test_ngram.py -q
 """
+import json
 import math
 import re
 import types
@@ -322,3 +323,23 @@ def test_two_ranks_train_with_the_ngram_teacher(tiny_dataset, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank:0 stopped_at_step:4" in out.stdout and "rank:1 stopped_at_step:4" in out.stdout, out.stdout[-2000:]
     assert "distill:arm teacher:ngram" in out.stdout
+
+
+def test_eval_bpb_scores_the_ngram_model_alone(tiny_dataset, tmp_path):
+    """`eval_bpb.py --teacher ngram:2` counts the train shards (never val) and its val_loss is the mean NLL of
+    the float64 reference over the val targets (at order 2 every position has its whole context)."""
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "VAL_MAX_TOKENS": 512, "VAL_BATCH_SIZE": 512}
+    out = run_script(["eval_bpb.py", "--teacher", "ngram:2", "--json"], env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    stream = TrainStream(tiny_dataset.train_files)
+    brute = BruteForce(stream.read(0, stream.total), 2, 1024)
+    for g in range(stream.total):
+        brute.add(g)
+    val = np.concatenate([np.asarray(load_shard(p), dtype=np.int64) for p in tiny_dataset.val_files])[:513]
+    nll = [-math.log(brute.probs((int(val[i]),))[val[i + 1]]) for i in range(512)]
+    assert res["weights"] == "ngram:2" and res["val_tokens"] == 512
+    assert abs(res["val_loss"] - np.mean(nll)) < 1e-5, (res["val_loss"], np.mean(nll))
+    refused = run_script(["eval_bpb.py", "--teacher", "ngram:1"], env, cwd=str(tmp_path))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: --teacher ngram:1: use ngram:ORDER with ORDER >= 2, e.g. ngram:3"]
