@@ -19,7 +19,6 @@ vocabulary VOCAB_SIZE, from the settings since there is no checkpoint.
 import json
 import os
 import time
-import types
 
 from golf.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
 from golf.config import Config, config_from_cli, fill_unset
@@ -63,18 +62,10 @@ def _load(path: str, config_path: str, device):
 
 
 def _ngram(cfg: Config, spec: str, ctx) -> NgramLM:
-    """The n-gram model `spec` (ngram:ORDER) names, counted on the train shards (see the module docstring)."""
-    kind, _, order = spec.partition(":")
-    if kind != "ngram" or not order.isdigit() or int(order) < 2:
-        raise GolfError(f"--teacher {spec}: use ngram:ORDER with ORDER >= 2, e.g. ngram:3")
-    train_files = list_shards(cfg.data_path, "train")
-    cfg.ngram_order, cfg.ngram_online = int(order), False
-    model = StreamNgram.open(cfg, types.SimpleNamespace(train_files=train_files, ctx=ctx))
-    model.prepass = cfg.ngram_prepass_tokens or model.stream.total
-    model.build()
+    ngram = StreamNgram.counted_on_train(cfg, spec, list_shards(cfg.data_path, "train"), ctx)
     if ctx.is_master:
-        print(f"{model.log_line()} counted:{model.counted} build_time:{model.build_ms:.0f}ms")
-    return NgramLM(model)
+        print(f"{ngram.log_line()} counted:{ngram.counted} build_time:{ngram.build_ms:.0f}ms")
+    return NgramLM(ngram)
 
 
 @cli_main

@@ -39,6 +39,7 @@ taken out of every order (its cell, c(h), and d(h) if the cell drops to 0) befor
 the token from the rest of the data, not from its own memorised count. With 0 it is not (an ablation).
 """
 import time
+import types
 
 import numpy as np
 import torch
@@ -212,6 +213,19 @@ class StreamNgram:
                             "NGRAM_TABLE_BITS or NGRAM_ORDER")
         return model
 
+    @classmethod
+    def counted_on_train(cls, cfg: Config, spec: str, train_files: list[str], ctx) -> "StreamNgram":
+        """The model `spec` ("ngram:ORDER") names, built outside a training run (eval_bpb.py, cache_logits.py):
+        counted on the first NGRAM_PREPASS_TOKENS train tokens (0: all of them), nothing counted online."""
+        kind, _, order = spec.partition(":")
+        if kind != "ngram" or not order.isdigit() or int(order) < 2:
+            raise GolfError(f"--teacher {spec}: use ngram:ORDER with ORDER >= 2, e.g. ngram:3")
+        cfg.ngram_order, cfg.ngram_online = int(order), False
+        model = cls.open(cfg, types.SimpleNamespace(train_files=train_files, ctx=ctx))
+        model.prepass = cfg.ngram_prepass_tokens or model.stream.total
+        model.build()
+        return model
+
     @property
     def table_bytes(self) -> int:
         return table_bytes(self.order, self.vocab_size, self.table_bits, self.wide)
@@ -220,14 +234,25 @@ class StreamNgram:
         """Drop the tables: the next `build` starts from the stream's start."""
         self.counts, self.counted, self.read_upto = None, 0, 0
 
+    def _events(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(contexts (b-a, order-1), targets (b-a,)) of the stream positions [a, b), cyclic, on the device."""
+        n = self.order
+        tokens = torch.from_numpy(self.stream.read(a - (n - 2), b + 1)).to(self.device)
+        return tokens[:-1].unfold(0, n - 1, 1), tokens[n - 1:]
+
     def _count(self, upto: int):
         """Count the positions [self.counted, upto) of the stream."""
-        n = self.order
         for a in range(self.counted, upto, _COUNT_CHUNK):
-            b = min(a + _COUNT_CHUNK, upto)
-            tokens = torch.from_numpy(self.stream.read(a - (n - 2), b + 1)).to(self.device)
-            self.counts.add(tokens[:-1].unfold(0, n - 1, 1), tokens[n - 1:])
+            self.counts.add(*self._events(a, min(a + _COUNT_CHUNK, upto)))
         self.counted = max(self.counted, upto)
+
+    def stream_log_probs(self, a: int, b: int) -> torch.Tensor:
+        """float32 (b-a, V) log-probabilities at the stream positions [a, b) with their whole (cyclic) contexts,
+        each counted position's own event left out as in training (the logit cache of the n-gram teacher)."""
+        windows, targets = self._events(a, b)
+        leave_out = (torch.arange(a, b, device=self.device) < self.counted) & self.leave_one_out
+        available = torch.ones(b - a, self.order, dtype=torch.bool, device=self.device)
+        return self.counts.log_probs(windows, available, targets, leave_out)
 
     def build(self, warm_up: bool = False):
         """Allocate the tables and count the prepass. warm_up: count only one micro-batch's worth (the compile

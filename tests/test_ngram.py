@@ -2,7 +2,8 @@
 interpolated Witten-Bell model (Python dicts, no hashing) for orders 2 to 5, with and without leave-one-out and
 online counting; leave-one-out removes exactly the position's own occurrence; no validation token is counted;
 every rank holds the same counts; hash collisions stay at the random-hash (birthday) rate; the build is in
-train_time; distill.py trains with it and refuses bad settings before any step.
+train_time; distill.py trains with it (1 and 2 processes) and refuses bad settings before any step;
+eval_bpb.py scores it and cache_logits.py caches it.
 
 Run: python -m pytest tests/test_ngram.py -q
 """
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from golf.cache import CacheReader
 from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx
@@ -286,7 +288,6 @@ def test_the_build_is_counted_in_train_time(tiny_dataset, tmp_path):
     assert result.train_ms >= builds[-1][2] > 0
 
 
-@pytest.mark.slow
 def test_distill_script_trains_with_the_ngram_teacher(tiny_dataset, tmp_path):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "ITERATIONS": 3,
            "TRAIN_LOG_EVERY": 1, "NGRAM_PREPASS_TOKENS": 30000, "NGRAM_TABLE_BITS": 14}
@@ -343,3 +344,25 @@ def test_eval_bpb_scores_the_ngram_model_alone(tiny_dataset, tmp_path):
     refused = run_script(["eval_bpb.py", "--teacher", "ngram:1"], env, cwd=str(tmp_path))
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "error: --teacher ngram:1: use ngram:ORDER with ORDER >= 2, e.g. ngram:3"]
+
+
+def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path):
+    """`cache_logits.py --teacher ngram:2`: row t of a shard holds the top-K of the reference distribution at
+    stream position t, its own occurrence left out (every position counted), in the cache's fp16 encoding."""
+    out = tmp_path / "cache"
+    run = run_script(["cache_logits.py", "--teacher", "ngram:2", "--out", str(out), "--k", "4", "--shards", "1"],
+                     {**dataset_env(tiny_dataset), "PRESET": "test"}, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    reader = CacheReader(str(out), tiny_dataset.train_files)
+    assert reader.num_shards == 1 and reader.spec.window == reader.spec.stride == 1
+    idx, vals = reader.gather([(0, 100, 30)])
+    stream = TrainStream(tiny_dataset.train_files)
+    brute = BruteForce(stream.read(0, stream.total), 2, 1024)
+    for g in range(stream.total):
+        brute.add(g)
+    for i, g in enumerate(range(100, 130)):
+        brute.add(g, -1)
+        logp = np.log(brute.probs(brute.event(g)[0]))
+        brute.add(g, +1)
+        np.testing.assert_allclose(vals[i], np.sort(logp)[::-1][:4].astype(np.float16), rtol=1e-3)
+        np.testing.assert_allclose(logp[idx[i].astype(np.int64)], np.sort(logp)[::-1][:4], rtol=1e-5)
