@@ -98,12 +98,14 @@ class NgramCounts:
         """Count the events (context `windows` (m, order-1), next token `targets` (m,)) in every order."""
         v = self.vocab_size
         for table, totals, distinct, rows in zip(self.tables, self.totals, self.distinct, self.context_rows(windows)):
-            cells, n = torch.unique(rows * v + targets, return_counts=True)
+            # Sorted rather than torch.unique, whose data-dependent size would make a CUDA step wait for the
+            # device: a cell gains a follower if it was 0 before and this is its first event here.
+            cells = (rows * v + targets).sort().values
             flat = table.view(-1)
-            old = flat[cells]
-            flat[cells] = old + n.to(old.dtype)
-            totals.index_add_(0, cells // v, n)
-            distinct.index_add_(0, cells[old == 0] // v, torch.ones_like(cells[old == 0]))
+            new = (flat[cells] == 0) & torch.cat([cells.new_ones(1, dtype=torch.bool), cells[1:] != cells[:-1]])
+            flat.index_put_((cells,), torch.ones_like(cells, dtype=flat.dtype), accumulate=True)
+            totals.index_add_(0, rows, torch.ones_like(rows))
+            distinct.index_add_(0, cells // v, new.long())
 
     def log_probs(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor,
                   leave_out: torch.Tensor) -> torch.Tensor:
@@ -237,7 +239,9 @@ class StreamNgram:
     def _events(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(contexts (b-a, order-1), targets (b-a,)) of the stream positions [a, b), cyclic, on the device."""
         n = self.order
-        tokens = torch.from_numpy(self.stream.read(a - (n - 2), b + 1)).to(self.device)
+        tokens = torch.from_numpy(self.stream.read(a - (n - 2), b + 1))
+        if self.device.type == "cuda":  # pinned and asynchronous: the step does not wait for the device here
+            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
         return tokens[:-1].unfold(0, n - 1, 1), tokens[n - 1:]
 
     def _count(self, upto: int):
@@ -264,10 +268,10 @@ class StreamNgram:
             torch.cuda.synchronize(self.device)
         self.build_ms = 1000 * (time.perf_counter() - t0)
 
-    def positions(self, batch: Batch) -> np.ndarray:
-        """The stream position of every entry of batch.x.flatten()."""
-        return np.concatenate([np.arange(n, dtype=np.int64) + self.stream.position(s, off)
-                               for s, off, n in batch.segments])
+    def positions(self, batch: Batch) -> torch.Tensor:
+        """The stream position of every entry of batch.x.flatten(), on the device (made there: no copy)."""
+        return torch.cat([torch.arange(n, device=self.device) + self.stream.position(s, off)
+                          for s, off, n in batch.segments])
 
     def _query(self, x: torch.Tensor, y: torch.Tensor, leave_out: torch.Tensor) -> torch.Tensor:
         """float32 (rows, seq, V) log-probabilities after each position of the rows `x`, with contexts from the row
@@ -290,11 +294,10 @@ class StreamNgram:
         """float32 (rows, seq, V) log-probabilities of every position of `batch` (built tables required), each
         counted position's own event left out (NGRAM_LEAVE_ONE_OUT); then, with NGRAM_ONLINE, the micro-batch's
         stream is counted."""
-        g = self.positions(batch)
-        leave_out = torch.from_numpy(g < self.counted if self.leave_one_out else np.zeros(g.shape, bool))
-        logp = self._query(batch.x.to(self.device), batch.y.to(self.device), leave_out.to(self.device))
+        leave_out = (self.positions(batch) < self.counted) & self.leave_one_out
+        logp = self._query(batch.x.to(self.device), batch.y.to(self.device), leave_out)
         if self.online:
-            self._advance(int(g[0]))
+            self._advance(self.stream.position(*batch.segments[0][:2]))
         return logp
 
     def _advance(self, first: int):

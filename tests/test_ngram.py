@@ -104,7 +104,7 @@ class BruteForce:
 def check_batch(model: StreamNgram, brute: BruteForce, batch, counted: int):
     """model.log_probs(batch) against the reference, each counted position with its own event taken out (LOO)."""
     got = model.log_probs(batch).double().exp().reshape(-1, model.vocab_size).numpy()
-    g = model.positions(batch)
+    g = model.positions(batch).numpy()
     x = batch.x.numpy()
     seq = x.shape[1]
     for i in range(len(g)):
