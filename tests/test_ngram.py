@@ -366,3 +366,11 @@ def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path):
         brute.add(g, +1)
         np.testing.assert_allclose(vals[i], np.sort(logp)[::-1][:4].astype(np.float16), rtol=1e-3)
         np.testing.assert_allclose(logp[idx[i].astype(np.int64)], np.sort(logp)[::-1][:4], rtol=1e-5)
+
+
+def test_seed_faithful_all_gives_the_ngram_arm_only_the_warm_up_defect():
+    """DISTILL_SEED_FAITHFUL=1 means the defects the arm's teacher can have: D3 (an online teacher never called)
+    is not one of the n-gram teacher's."""
+    from golf.arms import defects
+    assert defects(Config(distill_teacher="ngram", distill_seed_faithful="1")) == {"D4"}
+    assert defects(Config(distill_teacher="online", distill_seed_faithful="1")) == {"D3", "D4"}
