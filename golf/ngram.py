@@ -65,6 +65,22 @@ def table_bytes(order: int, vocab_size: int, table_bits: int, wide: bool) -> int
     return sum(table_rows(k, vocab_size, table_bits) for k in range(1, order + 1)) * vocab_size * (8 if wide else 4)
 
 
+def context_rows(windows: torch.Tensor, order: int, vocab_size: int, table_bits: int) -> list[torch.Tensor]:
+    """Each order's table row for contexts `windows` (..., order-1), int64, the last column the most recent token:
+    row 0 for the unigram, then the exact id or the hash bucket of the last k-1 tokens (see `table_rows`)."""
+    v = vocab_size
+    exact = torch.zeros(windows.shape[:-1], dtype=torch.int64, device=windows.device)
+    hashed = torch.zeros_like(exact)
+    out = [exact.clone()]
+    for k in range(2, order + 1):
+        tok = windows[..., order - k]  # the token k-2 places before the current one
+        exact = exact + tok * v ** (k - 2)
+        hashed = (hashed * _HASH_BASE + tok + 1) % _HASH_PRIME
+        rows = table_rows(k, v, table_bits)
+        out.append(exact if rows == v ** (k - 1) else hashed & (rows - 1))
+    return out
+
+
 class NgramCounts:
     """Count tables of orders 1..`order` over `vocab_size` tokens on `device`, and the Witten-Bell query.
 
@@ -81,18 +97,7 @@ class NgramCounts:
         self.distinct = [torch.zeros(r, dtype=torch.int64, device=device) for r in self.rows]
 
     def context_rows(self, windows: torch.Tensor) -> list[torch.Tensor]:
-        """Each order's table row for contexts `windows` (..., order-1), int64, the last column the most recent
-        token: row 0 for the unigram, then the exact id or the hash bucket of the last k-1 tokens."""
-        v = self.vocab_size
-        exact = torch.zeros(windows.shape[:-1], dtype=torch.int64, device=windows.device)
-        hashed = torch.zeros_like(exact)
-        out = [exact.clone()]
-        for k in range(2, self.order + 1):
-            tok = windows[..., self.order - k]  # the token k-2 places before the current one
-            exact = exact + tok * v ** (k - 2)
-            hashed = (hashed * _HASH_BASE + tok + 1) % _HASH_PRIME
-            out.append(exact if self.rows[k - 1] == v ** (k - 1) else hashed & (self.rows[k - 1] - 1))
-        return out
+        return context_rows(windows, self.order, self.vocab_size, self.table_bits)
 
     def add(self, windows: torch.Tensor, targets: torch.Tensor):
         """Count the events (context `windows` (m, order-1), next token `targets` (m,)) in every order."""
