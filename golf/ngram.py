@@ -203,6 +203,9 @@ class StreamNgram:
     def open(cls, cfg: Config, run) -> "StreamNgram":
         """The model for the run (golf.runner.Run), refusing a prepass past the train data or tables that do
         not fit the device's free memory."""
+        if not cfg.ngram_prepass_tokens and not cfg.ngram_online:
+            raise GolfError("NGRAM_PREPASS_TOKENS=0 with NGRAM_ONLINE=0 counts nothing (the teacher would be uniform); "
+                            "set NGRAM_PREPASS_TOKENS=N or NGRAM_ONLINE=1")
         stream = TrainStream(run.train_files)
         if cfg.ngram_prepass_tokens > stream.total:
             raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens} is more than the {stream.total} tokens of "
@@ -228,8 +231,8 @@ class StreamNgram:
         if kind != "ngram" or not order.isdigit() or int(order) < 2:
             raise GolfError(f"--teacher {spec}: use ngram:ORDER with ORDER >= 2, e.g. ngram:3")
         cfg.ngram_order, cfg.ngram_online = int(order), False
+        cfg.ngram_prepass_tokens = cfg.ngram_prepass_tokens or sum(read_header(p) for p in train_files)
         model = cls.open(cfg, types.SimpleNamespace(train_files=train_files, ctx=ctx))
-        model.prepass = cfg.ngram_prepass_tokens or model.stream.total
         model.build()
         return model
 

@@ -303,6 +303,7 @@ def test_distill_script_trains_with_the_ngram_teacher(tiny_dataset, tmp_path):
     ({"NGRAM_ORDER": 1}, "NGRAM_ORDER=1: use 2"),
     ({"NGRAM_PREPASS_TOKENS": 10**9}, "NGRAM_PREPASS_TOKENS=1000000000 is more than the"),
     ({"NGRAM_TABLE_BITS": 40, "NGRAM_ORDER": 4}, "need more than the"),
+    ({"NGRAM_ONLINE": 0}, "NGRAM_PREPASS_TOKENS=0 with NGRAM_ONLINE=0 counts nothing"),
 ])
 def test_distill_refuses_bad_ngram_settings_before_any_step(tiny_dataset, tmp_path, env, expect):
     out = run_script(["distill.py"], {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r",
