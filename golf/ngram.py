@@ -34,9 +34,13 @@ micro-batch sees them. F never passes the stream's end: after the loader wraps, 
 once. Every rank reads the same shards and counts the same positions, so all ranks hold the same counts
 without any communication. Validation shards are never opened.
 
+A resumed run (CHECKPOINT_EVERY) rebuilds the same counts: its first fetch counts every position before the
+loader's restored place, as the interrupted run had (unless its loader had wrapped: then all were counted).
+
 Leave-one-out (NGRAM_LEAVE_ONE_OUT=1): a queried position g < F was counted, so its own (h, w) occurrence is
-taken out of every order (its cell, c(h), and d(h) if the cell drops to 0) before its distribution is computed: the teacher predicts
-the token from the rest of the data, not from its own memorised count. With 0 it is not (an ablation).
+taken out of every order (its cell, c(h), and d(h) if the cell drops to 0) before its distribution is
+computed: the teacher predicts the token from the rest of the data, not from its own memorised count. With 0
+it is not (an ablation).
 """
 import time
 import types
