@@ -3,13 +3,21 @@
     python cache_logits.py --teacher checkpoints/teacher.pt --out caches/teacher_k32 [--k 32]
            [--shards N | --tokens N] [--window L] [--stride S] [--encoding fp16|packed] [--verify N]
     torchrun --standalone --nproc_per_node=8 cache_logits.py --teacher ... --out ...   # ranks split shards
+    python cache_logits.py --teacher ngram:3 --out caches/ngram3_k32   # the n-gram teacher (golf/ngram.py)
 
 Row t of a shard's cache is the teacher's top-K for the token after stream position t (the student's target
 at input position t). The student looks rows up by the (shard, offset) its loader read the tokens from, so
 alignment holds for any world size, batch or sequence length. Writing is resumable: rerunning the same
 command after a crash recomputes only unfinished shards. Data, tokenizer and vocabulary are the teacher's own
 (from its checkpoint's saved config) unless DATA_PATH / TOKENIZER_PATH / VOCAB_SIZE or their flags set them.
+
+`--teacher ngram:ORDER` caches the n-gram teacher instead: counted on the first NGRAM_PREPASS_TOKENS train
+tokens (0: all) with NGRAM_TABLE_BITS, each row from the position's whole context (ORDER-1 tokens, so
+window = stride = ORDER-1 in the manifest) with its own occurrence left out as in training
+(NGRAM_LEAVE_ONE_OUT); data, tokenizer and vocabulary from the settings. Its teacher_sha256 is that of its
+settings and the tokenizer's sha256 (there is no checkpoint file). Built outside the timed run: non-record.
 """
+import hashlib
 import json
 import os
 
@@ -17,18 +25,19 @@ import torch
 
 from golf.atomic import require_free_disk
 from golf.cache import CacheSpec, CacheWriter, cache_manifest_field
-from golf.cache_build import build_cache, default_batch_windows, teacher_context, verify_cache
+from golf.cache_build import build_cache, build_ngram_cache, default_batch_windows, teacher_context, verify_cache
 from golf.checkpoint import load_checkpoint, load_teacher
 from golf.codecs import ENCODINGS
 from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
 from golf.errors import GolfError, cli_main
+from golf.ngram import StreamNgram
 from golf.shards import list_shards, read_header
 from golf.tokenizer import file_sha256, load_tokenizer
 
 
 def _options(p):
-    p.add_argument("--teacher", required=False, help="teacher checkpoint (default TEACHER_PATH)")
+    p.add_argument("--teacher", required=False, help="teacher checkpoint (default TEACHER_PATH), or ngram:ORDER")
     p.add_argument("--out", required=False, help="cache folder (default LOGIT_CACHE)")
     p.add_argument("--k", type=int, default=32, help="top-K entries per token")
     g = p.add_mutually_exclusive_group()
@@ -65,6 +74,43 @@ def _select_shards(paths: list[str], shards: int, tokens: int) -> list[str]:
     return keep
 
 
+def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
+    """--teacher ngram:ORDER (see the module docstring)."""
+    if args.window or args.stride or args.batch_windows or args.verify:
+        raise GolfError(f"--teacher {spec_text}: --window, --stride, --batch-windows and --verify are for checkpoint "
+                        "teachers (an n-gram's context is its ORDER-1 tokens); drop them")
+    load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
+    train_files = list_shards(cfg.data_path, "train")
+    shard_paths = _select_shards(train_files, args.shards, args.tokens)
+    ngram = StreamNgram.counted_on_train(cfg, spec_text, train_files, ctx)
+    context = ngram.order - 1
+    config = {"ngram_order": ngram.order, "ngram_table_bits": ngram.table_bits, "ngram_prepass_tokens": ngram.prepass,
+              "ngram_leave_one_out": ngram.leave_one_out}
+    sha = hashlib.sha256(json.dumps({**config, "tokenizer_sha256": file_sha256(cfg.tokenizer_path)},
+                                    sort_keys=True).encode()).hexdigest()
+    spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
+                     teacher_config=config, window=context, stride=context)
+    _check_new_cache_fits(out, shard_paths, spec)
+    writer = CacheWriter(out, shard_paths, spec, info={"teacher_context": {
+        "mean": float(context), "min": context, "min_after_first_window": context}})
+    pending = writer.pending()
+    if ctx.is_master:
+        print(f"cache:{out} shards:{len(shard_paths)} k:{args.k} encoding:{args.encoding} {ngram.log_line()} "
+              f"counted:{ngram.counted} build_time:{ngram.build_ms:.0f}ms pending_shards:{len(pending)}", flush=True)
+    writer.check_disk_space()
+    if ctx.distributed:  # every rank has its pending list before any rank commits a shard
+        torch.distributed.barrier()
+    stats = build_ngram_cache(ngram, writer, pending, ctx)
+    if ctx.distributed:
+        torch.distributed.barrier()
+    if ctx.is_master:
+        left = writer.finalize()
+        if left:
+            raise GolfError(f"{len(left)} shard(s) of {out} are still incomplete; rerun the same command")
+        print(f"cache_done shards_written:{stats['shards']} positions:{stats['positions']} "
+              f"seconds:{stats['seconds']:.1f} tokens_per_s:{stats['tokens_per_s']:.0f}", flush=True)
+
+
 @cli_main
 def main():
     cfg, args = config_from_cli(__doc__, extra=_options)
@@ -74,6 +120,8 @@ def main():
         raise GolfError("cache_logits.py needs --teacher CKPT and --out DIR (or TEACHER_PATH and LOGIT_CACHE)")
     ctx = init_dist(cfg.device, cfg.dtype)
     try:
+        if teacher_path.startswith("ngram:"):
+            return _ngram_cache(cfg, args, teacher_path, out, ctx)
         # The teacher's own data, tokenizer and vocabulary unless set explicitly (as eval_bpb.py); mmap: config only.
         saved = Config.from_dict(load_checkpoint(teacher_path, mmap=True)["config"])
         fill_unset(cfg, args, saved, ("data_path", "tokenizer_path", "vocab_size"))

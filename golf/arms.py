@@ -13,9 +13,10 @@ def defects(cfg: Config) -> frozenset:
     raw = str(cfg.distill_seed_faithful).strip()
     if raw.lower() in ("", "0", "false", "no", "off"):
         return frozenset()
-    soft, cache = cfg.distill_target == "soft", cfg.distill_teacher == "cache"
-    if raw.lower() in ("1", "all", "true", "yes", "on"):
-        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"}) | {"D4"})
+    soft, cache, online = cfg.distill_target == "soft", cfg.distill_teacher == "cache", cfg.distill_teacher == "online"
+    if raw.lower() in ("1", "all", "true", "yes", "on"):  # D2 and D3 are defects of the study's two teachers only
+        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"} if online else set())
+                         | {"D4"})
     asked = [d.strip().upper() for d in raw.split(",") if d.strip()]
     unknown = [d for d in asked if d not in DEFECTS]
     if unknown:
@@ -25,7 +26,7 @@ def defects(cfg: Config) -> frozenset:
     for d, ok, why in (("D1", soft, "needs DISTILL_TARGET=soft (it divides the KL term)"),
                        ("D1", "D3" not in chosen, "and D3 exclude each other (D3 computes no KL term)"),
                        ("D2", cache, "needs DISTILL_TEACHER=cache (it misreads cache rows)"),
-                       ("D3", cfg.distill_teacher == "online", "needs DISTILL_TEACHER=online (it skips the teacher)")):
+                       ("D3", online, "needs DISTILL_TEACHER=online (it skips the teacher)")):
         if d in chosen and not ok:
             raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: {d} {why}; the study never ran that combination")
     return chosen

@@ -215,6 +215,29 @@ def build_cache(model, writer: CacheWriter, shard_paths: list[str], pending: lis
 
 
 @torch.no_grad()
+def build_ngram_cache(ngram, writer: CacheWriter, pending: list[int], ctx: Ctx, chunk: int = 1 << 14) -> dict:
+    """The n-gram teacher's rows (golf.ngram.StreamNgram, built) for this rank's share of the pending shards,
+    `chunk` positions at a time: each position's whole context, its own occurrence left out as in training.
+    The shards are a prefix of the stream the n-gram counted, so their positions are its positions."""
+    spec = writer.spec
+    mine = pending[ctx.rank::ctx.world_size]
+    starts = ngram.stream.starts
+    positions = sum(int(starts[i + 1] - starts[i]) for i in mine)
+    id_dtype = torch.int16 if spec.vocab_size <= 1 << 15 else torch.int32
+    t0 = time.perf_counter()
+    for i in mine:
+        lo, hi = int(starts[i]), int(starts[i + 1])
+        with writer.open_shard(i) as sw:
+            for a in range(lo, hi, chunk):
+                vals, idx = topk_logprobs(ngram.stream_log_probs(a, min(a + chunk, hi)), spec.k)
+                sw.write(a - lo, idx.to(id_dtype).cpu().numpy(), vals.to(torch.float16).cpu().numpy())
+            sw.commit()
+    seconds = time.perf_counter() - t0
+    return {"shards": len(mine), "positions": positions, "seconds": seconds,
+            "tokens_per_s": positions / seconds if seconds > 0 else float("nan")}
+
+
+@torch.no_grad()
 def verify_cache(model, cache_dir: str, shard_paths: list[str], n: int, ctx: Ctx, seed: int = 0,
                  tie: float = 1e-2) -> dict:
     """Recompute `n` cached rows (uniform over positions) with the teacher, one window at a time.

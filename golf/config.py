@@ -85,7 +85,8 @@ class Config:
     eval_batch_seqs: int = _f(32, "windows per sliding-eval batch per rank", "eval")
     compressor: str = _f("auto", "artifact compressor: auto (zstd if installed) | zstd | lzma", "eval")
     # --- distillation ------------------------------------------------------------------------------------
-    distill_teacher: str = _f("cache", "teacher: cache (rows of LOGIT_CACHE) | online (TEACHER_PATH run in the step); "
+    distill_teacher: str = _f("cache", "teacher: cache (rows of LOGIT_CACHE) | online (TEACHER_PATH run in the step) | "
+                              "ngram (an n-gram model of the train stream counted inside the budget, NGRAM_*); "
                               "the study's DISTILL_CACHED=1|0 means cache|online", "distill")
     distill_target: str = _f("soft", "soft (KL to the teacher distribution at DISTILL_TEMP) | hard (teacher top-1 as the "
                              "label); the study's DISTILL_SOFT=1|0 means soft|hard", "distill")
@@ -104,6 +105,15 @@ class Config:
     seed_faithful_rows: int = _f(4096, "D2: rows of the study's cache, over which its cursor cycles", "distill")
     seed_faithful_row_len: int = _f(2048, "D2: tokens per row of the study's cache", "distill")
     restrict_to_cache: bool = _f(False, "train only on the cached shards instead of refusing to run past them", "distill")
+    ngram_order: int = _f(3, "DISTILL_TEACHER=ngram: the n-gram order (contexts of ORDER-1 tokens), at least 2", "distill")
+    ngram_table_bits: int = _f(20, "DISTILL_TEACHER=ngram: an order's contexts are exact up to 2^N rows, else hashed into "
+                               "2^N buckets; a row is V int32 counts, so 4 GiB per order of 2^20 rows at V=1024 (the "
+                               "default keeps order 3 exact there); 16 for 256 MiB (CPU demos)", "distill")
+    ngram_prepass_tokens: int = _f(0, "DISTILL_TEACHER=ngram: count the first N positions of the train stream in the first "
+                                   "timed step (inside the budget); 0 = none", "distill")
+    ngram_online: bool = _f(True, "DISTILL_TEACHER=ngram: count each micro-batch's stream after it has been queried", "distill")
+    ngram_leave_one_out: bool = _f(True, "DISTILL_TEACHER=ngram: a counted position's own occurrence is removed from the "
+                                   "counts of its prediction (0: memorised counts, an ablation)", "distill")
 
     # ------------------------------------------------------------------------------------------------------
     def resolve_paths(self):
@@ -360,6 +370,12 @@ def validate(cfg: Config):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
+    if cfg.ngram_order < 2:
+        raise GolfError(f"NGRAM_ORDER={cfg.ngram_order}: use 2 (bigram) or more")
+    if not 1 <= cfg.ngram_table_bits <= 40:
+        raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per order)")
+    if cfg.ngram_prepass_tokens < 0:
+        raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none) or a number of train tokens")
     defects(cfg)  # refuses an unknown defect or one the arm cannot have
 
 

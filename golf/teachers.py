@@ -24,6 +24,7 @@ from golf.config import Config
 from golf.data import Batch, Segment, grad_accum_steps, tokens_read_per_batch
 from golf.dist import maybe_compile
 from golf.errors import GolfError
+from golf.ngram import StreamNgram
 from golf.optim import warmup_plan
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,7 +264,45 @@ class OnlineTeacher(Teacher):
         return [f"distill:teacher loaded, {self.model.num_params()} params, {c.num_layers}x{c.model_dim}"]
 
 
-TEACHERS: dict[str, type[Teacher]] = {t.name: t for t in (CachedTeacher, OnlineTeacher)}
+# ----------------------------------------------------------------------------------------------------------
+# Teachers built inside the timed run (record track)
+
+
+class NgramTeacher(Teacher):
+    """A count-based n-gram model of the training stream (golf/ngram.py: smoothing, tables, leave-one-out),
+    built by the first fetch after `reset`: in the timed run that is inside the first timed step, so the build
+    is in train_time; in the warm-up (the clock not started) a one-micro-batch table exercises the query."""
+
+    name, where, track = "ngram", "step", "record"
+
+    def __init__(self, model: StreamNgram):
+        self.model, self.clock = model, None
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        return cls(StreamNgram.open(cfg, run))
+
+    def bind(self, state):
+        self.clock = state.clock
+
+    def reset(self):
+        self.model.reset()
+
+    def fetch(self, batch):
+        if self.model.counts is None:
+            self.model.build(warm_up=self.clock is not None and self.clock.t0 is None)
+        with torch.no_grad():
+            return Logits(self.model.log_probs(batch))
+
+    @property
+    def source(self):
+        return f"ngram:{self.model.order}"
+
+    def log_lines(self):
+        return [self.model.log_line()]
+
+
+TEACHERS: dict[str, type[Teacher]] = {t.name: t for t in (CachedTeacher, OnlineTeacher, NgramTeacher)}
 
 
 def build_teacher(cfg: Config, run) -> Teacher:
