@@ -1,7 +1,10 @@
-"""Cache encodings: how one shard's top-K rows (ids + log-probabilities) become the data files of a logit cache.
+"""Cache encodings: how one shard's rows become the data files of a logit cache. A row is either the teacher's
+top-K (ids + log-probabilities; fp16, packed) or its N draws at a temperature (distinct ids + draw counts;
+sampled, a ragged encoding: rows hold as many entries as they have distinct ids).
 
 A codec is one class here plus its line in `CODECS`; storage (golf/cache.py: writer, reader, manifest,
-resume, atomic commits) only calls the interface of `Codec` and never branches on an encoding's name.
+resume, atomic commits) only calls the interface of `Codec` (and of `RaggedCodec` for ragged rows) and never
+branches on an encoding's name.
 
 Packed encoding (vocab <= 1024, at most 72 bytes per token at K=32). Row layout:
 - bytes [0, 5*ceil(K/4)): the K token ids, 10 bits each, little-endian, four ids per 5 bytes (zero-padded);
@@ -34,11 +37,21 @@ FileLayout = tuple[str, np.dtype, int]  # (file name, dtype, columns) of one dat
 
 
 class Codec(ABC):
-    """One cache encoding. Rows are a shard's top-K: ids [n, K] and sorted-descending log-probs [n, K]."""
+    """One cache encoding. Rows are a shard's top-K: ids [n, K] and sorted-descending log-probs [n, K] (the
+    value kind "logprob_T1"), or what `value_kind` says instead."""
 
     name: str
     max_vocab: int  # ids must be below this
     params: dict | None = None  # quantisation parameters the manifest records and a reader must match
+    value_kind = "logprob_T1"  # what a row's values are (recorded in the manifest; a reader must match it)
+    format_version = 1  # the cache format version its caches are written with (golf.cache.FORMAT_VERSIONS)
+    ragged = False  # True: a `RaggedCodec` (rows of varying width)
+
+    def check_rows(self, idx: np.ndarray, vals: np.ndarray):
+        """Raise ValueError unless `vals` are finite log-probabilities sorted descending along K: a teacher bug
+        must not reach the student; -inf in particular would make its KL NaN (0 * -inf)."""
+        if not (np.isfinite(vals).all() and (vals[:, :-1] >= vals[:, 1:]).all()):
+            raise ValueError("values must be finite log-probabilities sorted descending along K")
 
     @abstractmethod
     def files(self, stem: str, k: int) -> list[FileLayout]:
@@ -179,5 +192,113 @@ class PackedCodec(Codec):
         out_idx[...] = _unpack_ids(arrays[0][:, : _id_bytes(c)], c)
 
 
-CODECS: dict[str, Codec] = {c.name: c for c in (Fp16Codec(), PackedCodec())}
+class RaggedCodec(Codec):
+    """A codec whose rows hold a varying number of entries (at most K). Besides the per-row files of `files`,
+    a shard has an entries file (`entries_file`, one row per entry, the rows' entries back to back in row
+    order) and an offsets file (`offsets_file`: int64 [ceil(n / block) + 1, 1], the index of the first entry
+    of every `block` rows, then the number of entries). `encode` returns the per-row arrays followed by the
+    entries; `decode`/`decode_ids` get the per-row slices of the rows read followed by their entries."""
+
+    ragged = True
+    block: int  # rows per offset
+
+    @abstractmethod
+    def entries_file(self, stem: str, k: int) -> FileLayout:
+        """(file name, dtype, columns) of the entries file of shard `stem`."""
+
+    def offsets_file(self, stem: str) -> str:
+        return f"{stem}.offsets.npy"
+
+    @abstractmethod
+    def row_lengths(self, per_row: list[np.ndarray]) -> np.ndarray:
+        """Entries of each row, int64 [n], from the per-row arrays of those rows."""
+
+
+class SampledCodec(RaggedCodec):
+    """N draws with replacement from the teacher at a temperature: each row's distinct ids and their draw counts.
+
+    Layout of a shard of n rows with E entries in all (sum over rows of the distinct ids):
+    - `NAME.lengths.npy` uint8 [n, 1]: distinct ids of each row (1..N, N <= 255);
+    - `NAME.entries.npy` uint8 [E, 3]: per entry its id as a little-endian uint16 (2 bytes) and its draw count
+      (1 byte), the entries of a row back to back in the canonical order (most drawn first, ties by lower id),
+      rows in order;
+    - `NAME.offsets.npy` int64 [ceil(n / 256) + 1, 1]: the first entry of every block of 256 rows, then E.
+    So 3 bytes per distinct id plus 1 + 8/256 bytes per row. The length byte makes a row's entries findable
+    without scanning the counts (a span's start is its block's offset plus at most 255 lengths) and lets a
+    reader check every block against the offsets; per-row int64 offsets would cost 8 bytes per row. A
+    contiguous span of rows is one contiguous read of the entries file. Input and output rows are the
+    `golf.teachers.Sampled` form: ids [n, W] and counts [n, W] with the distinct ids first and count 0 on
+    padding (an arbitrary id; -1 from `decode_ids`); their counts sum to N = K. Column 0 is the most drawn id
+    (ties by lower id): what a hard label of a sampled cache is."""
+
+    name, max_vocab, value_kind, format_version, block = "sampled", 1 << 16, "draw_counts", 2, 256
+    params = {"block": 256, "entry": "uint16 id, uint8 count"}
+    max_draws = 255  # a count and a row length fit one byte
+
+    def files(self, stem, k):
+        return [(f"{stem}.lengths.npy", np.dtype(np.uint8), 1)]
+
+    def entries_file(self, stem, k):
+        return (f"{stem}.entries.npy", np.dtype(np.uint8), 3)
+
+    def row_bytes(self, k):
+        """At most: every row with K distinct ids, plus the offsets' 8 / block bytes rounded up to one."""
+        return 1 + 3 * k + 1
+
+    def row_lengths(self, per_row):
+        return per_row[0][:, 0].astype(np.int64)
+
+    def check_rows(self, idx, vals):
+        counts = np.asarray(vals)
+        n, k = counts.shape
+        if not (np.issubdtype(counts.dtype, np.integer) or (np.isfinite(counts).all() and (counts == np.rint(counts)).all())):
+            raise ValueError("draw counts must be whole numbers")
+        if n and (counts.min() < 0 or (counts.sum(axis=1) != k).any()):
+            raise ValueError(f"draw counts must be >= 0 and sum to the draws N={k} in every row")
+        if k > 1:
+            ids = np.where(counts > 0, idx, -1 - np.arange(k))  # padding never collides
+            s = np.sort(ids, axis=1)
+            if (s[:, 1:] == s[:, :-1]).any():
+                raise ValueError("a row's sampled ids must be distinct")
+
+    def encode(self, idx, vals):
+        idx, counts = np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64)
+        n, k = idx.shape
+        # Canonical order (count descending, then id), padding last: the bytes are a function of the multiset.
+        key = np.where(counts > 0, (k - counts) * self.max_vocab + idx, (k + 1) * self.max_vocab)
+        order = np.argsort(key, axis=1, kind="stable")
+        idx, counts = np.take_along_axis(idx, order, 1), np.take_along_axis(counts, order, 1)
+        lengths = (counts > 0).sum(axis=1)
+        keep = counts > 0  # row-major: the entries of a row back to back, rows in order
+        ids, c = idx[keep], counts[keep]
+        entries = np.empty((len(ids), 3), dtype=np.uint8)
+        entries[:, 0], entries[:, 1], entries[:, 2] = ids & 0xFF, ids >> 8, c
+        return [lengths.astype(np.uint8)[:, None], entries]
+
+    @staticmethod
+    def _places(lengths: np.ndarray):
+        """(row, column) of every entry of rows with these lengths."""
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        starts = np.cumsum(lengths) - lengths
+        return rows, np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+
+    def decode(self, arrays, k, out_idx, out_vals):
+        lengths, entries = self.row_lengths(arrays[:1]), arrays[1]
+        if lengths.size and lengths.max() > out_idx.shape[1]:
+            raise ValueError(f"a row has {lengths.max()} distinct ids, the outputs only {out_idx.shape[1]} columns")
+        rows, cols = self._places(lengths)
+        out_idx[...] = 0
+        out_vals[...] = 0
+        out_idx[rows, cols] = entries[:, 0].astype(np.int64) | entries[:, 1].astype(np.int64) << 8
+        out_vals[rows, cols] = entries[:, 2]
+
+    def decode_ids(self, arrays, k, out_idx):
+        lengths, entries = self.row_lengths(arrays[:1]), arrays[1]
+        rows, cols = self._places(lengths)
+        take = cols < out_idx.shape[1]
+        out_idx[...] = -1
+        out_idx[rows[take], cols[take]] = entries[take, 0].astype(np.int64) | entries[take, 1].astype(np.int64) << 8
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in (Fp16Codec(), PackedCodec(), SampledCodec())}
 ENCODINGS = tuple(CODECS)
