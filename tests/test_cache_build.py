@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from golf.cache import CacheReader, CacheSpec, CacheWriter
-from golf.cache_build import build_cache, plan_windows, teacher_context, teacher_topk, verify_cache
+from golf.cache_build import (build_cache, draw_key, draw_uniforms, plan_windows, sample_rows, teacher_context,
+                              teacher_topk, verify_cache)
 from golf.checkpoint import load_teacher, save_checkpoint
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
@@ -142,9 +143,13 @@ def fp16_tol(v):
     return np.abs(v) * 2.0**-11 + 1e-4
 
 
+DRAWS, TEMP, SHA = 32, 2.0, "3a" * 32  # a sampled cache's
+
+
 def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windows=4, fixed_shape=False):
-    spec = CacheSpec(k=K, vocab_size=vocab, encoding=encoding, teacher_sha256="0" * 64,
-                     teacher_config=model.cfg.to_dict(), window=window, stride=stride)
+    sampled = encoding == "sampled"
+    spec = CacheSpec(k=DRAWS if sampled else K, vocab_size=vocab, encoding=encoding, teacher_sha256=SHA if sampled else "0" * 64,
+                     teacher_config=model.cfg.to_dict(), window=window, stride=stride, temperature=TEMP if sampled else None)
     out = os.path.join(tmp, f"cache_{encoding}")
     writer = CacheWriter(out, paths, spec)
     stats = build_cache(model, writer, paths, writer.pending(), cpu_ctx(), batch_windows, fixed_shape)
@@ -152,17 +157,21 @@ def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windo
     return CacheReader(out, paths)
 
 
+@pytest.mark.parametrize("encoding", ["fp16", "sampled"])
 @pytest.mark.parametrize("window,stride,vocab,batch_windows,fixed_shape", [
     (32, 32, 1024, 64, False),
     (32, 12, 1024, 3, False),
     (24, 7, 1024, 5, True),  # every batch padded to one shape, as for a compiled teacher
     (24, 24, 40000, 4, False),  # ids >= 2**15 do not fit the int16 the device side uses for small vocabs
 ])
-def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, window, stride, vocab, batch_windows, fixed_shape):
+def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, window, stride, vocab, batch_windows, fixed_shape, encoding):
     paths = write_stream(tmp_path / "data", CONTENT_SIZES)
     model = random_teacher(tmp_path / "teacher.pt", seed=1, seq_len=window, vocab=vocab)
-    reader = build(str(tmp_path), model, paths, window, stride, vocab, batch_windows=batch_windows, fixed_shape=fixed_shape)
+    reader = build(str(tmp_path), model, paths, window, stride, vocab, encoding, batch_windows=batch_windows, fixed_shape=fixed_shape)
     tokens = np.concatenate([np.asarray(load_shard(p)) for p in paths])
+    if encoding == "sampled":
+        check_sampled_rows(reader, model, tokens, window, stride, vocab)
+        return
     idx, vals = reader.gather([(i, 0, n) for i, n in enumerate(CONTENT_SIZES)])
     assert idx.shape == (len(tokens), K)
 
@@ -189,6 +198,113 @@ def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, windo
     assert np.mean(shifted_differs) > 0.9, np.mean(shifted_differs)  # so a one-token layout shift would show
     if vocab > 1 << 15:
         assert (idx >= 1 << 15).any()
+
+
+def multiset(ids, counts) -> dict:
+    return {int(i): int(c) for i, c in zip(ids, counts) if c}
+
+
+def check_sampled_rows(reader, model, tokens, window, stride, vocab):
+    """Each cached row is the draws of its own position: `sample_rows` on the reference log-probs of the window
+    that scores it (log-probs are logits: softmax(log p / T) = softmax(logits / T)), keyed by its shard and
+    offset. The cache's float32 forward over a batch differs from the float64 reference by ~1e-6, so a draw
+    whose uniform lies that close to a CDF step may land on the neighbouring id: at most one draw per row, in
+    at most 1% of the rows. The rows from the neighbouring positions' distributions under the same key differ
+    (so a one-token shift of the logits would show)."""
+    starts = np.concatenate([[0], np.cumsum(CONTENT_SIZES)])
+    ids, counts = reader.gather_sampled([(i, 0, n) for i, n in enumerate(CONTENT_SIZES)])
+    assert ids.shape[0] == len(tokens) and (counts.astype(int).sum(1) == DRAWS).all()
+    assert ids.dtype == np.int64 and (vocab <= 1 << 15 or (ids >= 1 << 15).any())
+    total, off_by_one, shifted_differs = len(tokens), [], []
+
+    def draws(logp_row, p):
+        shard = int(np.searchsorted(starts, p, side="right") - 1)
+        got = sample_rows(torch.from_numpy(logp_row), torch.tensor(p - starts[shard]), DRAWS, TEMP, draw_key(SHA, shard))
+        return multiset(*(t.numpy() for t in got))
+
+    for k in sorted({expected_window(p, window, stride) for p in range(total)}):
+        ws, we = k * stride, min(k * stride + window, total)
+        lp, _ = reference(model, tokens, ws, we)
+        for p in [p for p in range(ws, we) if expected_window(p, window, stride) == k]:
+            want, got = draws(lp[p - ws], p), multiset(ids[p], counts[p])
+            if got != want:
+                off_by_one.append(sum(abs(got.get(i, 0) - want.get(i, 0)) for i in set(got) | set(want)))
+            shifted_differs += [draws(lp[q - ws], p) != got for q in (p - 1, p + 1) if ws <= q < we]
+    assert len(off_by_one) <= total // 100 and all(d == 2 for d in off_by_one), off_by_one
+    assert np.mean(shifted_differs) > 0.9, np.mean(shifted_differs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Draws (a sampled cache)
+
+
+def draw_frequencies(logits, temperature, rows=4000, draws=16, key=12345):
+    """Every row the same logits: the mean over rows of counts / N per id, and the total draws."""
+    ids, counts = sample_rows(logits.expand(rows, -1), torch.arange(rows), draws, temperature, key)
+    freq = torch.zeros(logits.shape[-1], dtype=torch.float64).index_add_(0, ids.long().flatten(), counts.double().flatten())
+    return freq / (rows * draws), rows * draws
+
+
+def test_draws_follow_the_tempered_teacher_distribution():
+    """Pearson's chi-square of 64,000 draws against softmax(logits / T), 49 degrees of freedom: mean 49, sd 9.9;
+    the bound 49 + 6 sd is passed by chance with probability < 1e-5, and the seed is fixed. The same draws are
+    far from the untempered distribution (chi-square in the thousands), and every id's frequency is within
+    5 binomial standard deviations of its probability."""
+    torch.manual_seed(0)
+    logits = torch.randn(50, dtype=torch.float64) * 2.5
+    for temperature in (1.0, 2.0, 0.5):
+        freq, n = draw_frequencies(logits, temperature)
+        p = torch.softmax(logits / temperature, -1)
+        chi2 = float((n * (freq - p) ** 2 / p).sum())
+        assert chi2 < 49 + 6 * 9.9, (temperature, chi2)
+        assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1 / n).all()
+        other = torch.softmax(logits / (2.0 if temperature != 2.0 else 1.0), -1)
+        assert float((n * (freq - other) ** 2 / other).sum()) > 1000
+    # an id of probability 0 (logit -inf) is never drawn, nor one below the float64 CDF's resolution
+    logits[:10] = -float("inf")
+    logits[10] = -800.0
+    freq, _ = draw_frequencies(logits, 1.0)
+    assert (freq[:11] == 0).all()
+
+
+def test_draw_uniforms_are_uniform_and_depend_only_on_their_key():
+    u = draw_uniforms(7, torch.arange(20000), 8)
+    assert u.shape == (20000, 8) and u.dtype == torch.float64 and 0 <= u.min() and u.max() < 1
+    ks = (u.flatten().sort().values - (torch.arange(160000) + 0.5) / 160000).abs().max()
+    assert ks < 1.95 / 160000 ** 0.5  # Kolmogorov-Smirnov at the 0.1% level
+    for lag in (1, 8):  # neither neighbouring draws nor neighbouring rows are correlated
+        flat = u.flatten() - 0.5
+        assert abs(float((flat[lag:] * flat[:-lag]).mean()) * 12) < 4 / 160000 ** 0.5
+    # a row's uniforms are a function of (key, offset, draw) alone
+    torch.testing.assert_close(draw_uniforms(7, torch.tensor([[5, 19999]]), 8)[0], u[[5, 19999]], rtol=0, atol=0)
+    assert torch.equal(draw_uniforms(7, torch.arange(10), 3), u[:10, :3])  # fewer draws: the first ones
+    assert not torch.isclose(draw_uniforms(8, torch.arange(10), 8), u[:10]).any()  # another key: other draws
+    assert draw_key("ab" * 32, 0) != draw_key("ab" * 32, 1) != draw_key("ac" * 32, 1)
+
+
+def test_sampled_rows_are_the_same_whatever_the_batching_and_nest_in_n():
+    torch.manual_seed(1)
+    logits = torch.randn(6, 40, 300) * 3
+    offsets = torch.arange(240).view(6, 40) * 3 + 11
+    ids, counts = sample_rows(logits, offsets, 24, 2.0, draw_key("5" * 64, 3))
+    assert ids.dtype == torch.int16 and counts.dtype == torch.uint8 and ids.shape == (6, 40, 24)
+    for rows in (slice(0, 1), slice(2, 6)):  # another batch: the same rows
+        again = sample_rows(logits[rows], offsets[rows], 24, 2.0, draw_key("5" * 64, 3))
+        assert torch.equal(again[0], ids[rows]) and torch.equal(again[1], counts[rows])
+    assert (counts.sum(-1) == 24).all()
+    # canonical: most drawn first, ties by lower id, padding (0, 0) last
+    for r_ids, r_counts in zip(ids.view(-1, 24).tolist(), counts.view(-1, 24).tolist()):
+        m = sum(c > 0 for c in r_counts)
+        assert r_counts[m:] == [0] * (24 - m) and r_ids[m:] == [0] * (24 - m)
+        entries = list(zip(r_ids[:m], r_counts[:m]))
+        assert entries == sorted(entries, key=lambda e: (-e[1], e[0])) and len(set(r_ids[:m])) == m
+    # N = 8 draws are the first 8 of the 24: each id's count at 8 is at most its count at 24
+    few = sample_rows(logits, offsets, 8, 2.0, draw_key("5" * 64, 3))
+    for a, b in zip(zip(few[0].view(-1, 8), few[1].view(-1, 8)), zip(ids.view(-1, 24), counts.view(-1, 24))):
+        small, big = multiset(*(t.numpy() for t in a)), multiset(*(t.numpy() for t in b))
+        assert all(big.get(i, 0) >= c for i, c in small.items())
+    other = sample_rows(logits, offsets, 24, 2.0, draw_key("5" * 64, 4))  # another shard's key
+    assert not torch.equal(other[0], ids)
 
 
 def test_teacher_topk_selects_the_float64_top_k_on_edge_rows():
