@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import namedtuple
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from golf.checkpoint import load_teacher, save_checkpoint
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
 from golf.model import GPT
+from golf.teachers import CachedTeacher, Sampled, Top1, TopK
 from golf.shards import load_shard, write_shard
 from helpers import REPO, cpu_ctx, edge_rows, run_script
 
@@ -36,6 +38,7 @@ CONTENT_SIZES = (37, 100, 5, 64, 201)  # not multiples of any window or stride; 
 SCRIPT_SIZES = (750, 666, 850, 600, 777, 700, 825, 650)  # many shards: time to kill between two
 # Script runs: a small stride and one window per forward make each shard take ~0.1-0.4 s on CPU.
 SCRIPT_ARGS = ["--k", "16", "--window", "32", "--stride", "8", "--batch-windows", "2"]
+SAMPLED_ARGS = ["--encoding", "sampled", "--draws", "12", "--temperature", "1.5", *SCRIPT_ARGS[2:]]
 
 
 def write_stream(folder, sizes, vocab=1024, seed=0) -> list[str]:
@@ -335,10 +338,10 @@ def test_packed_cache_holds_the_fp16_cache_rows(tmp_path):
 
 
 class ScriptRuns:
-    """One train stream, one random teacher and one uninterrupted cache_logits.py run (in-process)."""
+    """One train stream, one random teacher and one uninterrupted cache_logits.py run (in-process) with `settings`."""
 
-    def __init__(self, root: Path, ds):
-        self.root = root
+    def __init__(self, root: Path, ds, settings=SCRIPT_ARGS):
+        self.root, self.settings = root, settings
         self.data = root / "data"
         self.paths = write_stream(self.data, SCRIPT_SIZES)
         self.teacher = root / "teacher.pt"
@@ -354,7 +357,7 @@ class ScriptRuns:
         return {"DATA_PATH": str(data or self.data), "TOKENIZER_PATH": self.tokenizer, "DTYPE": "fp32"}
 
     def args(self, out, *extra, teacher=None) -> list[str]:
-        return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *SCRIPT_ARGS, *extra]
+        return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *self.settings, *extra]
 
     def main(self, out, *extra, teacher=None, data=None, debug=False, unset=()):
         """Run cache_logits.main() in this process (without the variables in `unset`); returns (exit code, stdout,
@@ -385,6 +388,11 @@ def cli(tiny_dataset, tmp_path_factory):
     return ScriptRuns(tmp_path_factory.mktemp("cache_script"), tiny_dataset)
 
 
+@pytest.fixture(scope="module")
+def sampled_cli(tiny_dataset, tmp_path_factory):
+    return ScriptRuns(tmp_path_factory.mktemp("cache_script_sampled"), tiny_dataset, SAMPLED_ARGS)
+
+
 def shard_stem(path) -> str:
     return os.path.basename(path)[: -len(".bin")]
 
@@ -413,7 +421,9 @@ def test_verify_reports_an_exact_cache_and_catches_a_wrong_one(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(cli, tmp_path):
+@pytest.mark.parametrize("runs", ["cli", "sampled_cli"])
+def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(runs, request, tmp_path):
+    cli = request.getfixturevalue(runs)
     out = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **cli.env()}
     env.pop("PRESET", None)
@@ -435,7 +445,7 @@ def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(c
     kept = {}
     for name in finished:
         stem = name[: -len(".done")]
-        for f in (name, f"{stem}.idx.npy", f"{stem}.val.npy"):
+        for f in [name] + [f.name for f in out.glob(f"{stem}.*.npy")]:
             st = os.stat(out / f)
             kept[f] = (st.st_ino, st.st_mtime_ns)
 
@@ -465,7 +475,9 @@ def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
+@pytest.mark.parametrize("runs", ["cli", "sampled_cli"])
+def test_two_processes_write_the_same_bytes_as_one(runs, request, tmp_path):
+    cli = request.getfixturevalue(runs)
     out = tmp_path / "cache"
     r = run_script(cli.args(out), cli.env(), cwd=str(tmp_path), nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -528,3 +540,95 @@ def test_teacher_context_matches_the_windows(total, window, stride):
     got = teacher_context(total, window, stride)
     assert got["mean"] == pytest.approx(ctx.mean(), rel=1e-12) and got["min"] == ctx.min() == 1
     assert got["min_after_first_window"] == (ctx[window:].min() if total > window else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cache_logits.py --encoding sampled, and a CachedTeacher reading the cache
+
+
+def test_sampled_script_run_verifies_and_records_draws_and_temperature(sampled_cli):
+    assert "verify rows:25 draw_mismatches:0" in sampled_cli.ref_stdout, sampled_cli.ref_stdout
+    m = json.loads((sampled_cli.ref / "manifest.json").read_text())
+    assert (m["encoding"], m["k"], m["temperature"], m["version"], m["value_kind"]) == ("sampled", 12, 1.5, 2, "draw_counts")
+    r = CacheReader(sampled_cli.ref, sampled_cli.paths)
+    ids, counts = r.gather_sampled([(i, 0, n) for i, n in enumerate(SCRIPT_SIZES)])
+    assert (counts.astype(int).sum(1) == 12).all() and 1 < ids.shape[1] <= 12
+
+
+def test_sampled_temperature_defaults_to_distill_temp(sampled_cli, tmp_path):
+    out = tmp_path / "cache"
+    settings = [a for a in SAMPLED_ARGS if a not in ("--temperature", "1.5")]
+    runs = ScriptRuns.__new__(ScriptRuns)
+    runs.__dict__.update(sampled_cli.__dict__, settings=settings)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_TEMP", "3.0")
+        code, _, err = runs.main(out, "--shards", "1")
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["temperature"] == 3.0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--draws", "0"], r"draws N=0 must lie in \[1, 255\]"),
+    (["--draws", "256"], "draws N=256"),
+    (["--temperature", "0"], "temperature 0.0 must be a positive number"),
+    (["--temperature", "-2"], "temperature -2.0"),
+    (["--k", "4"], "--encoding sampled takes --draws N"),
+    (["--encoding", "fp16"], "--draws is for --encoding sampled"),
+])
+def test_sampled_script_refuses_bad_settings_before_writing(sampled_cli, tmp_path, extra, message):
+    out = tmp_path / "cache"
+    code, _, err = sampled_cli.main(out, *extra)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_top_k_script_refuses_a_temperature(cli, tmp_path):
+    code, _, err = cli.main(tmp_path / "cache", "--temperature", "2")
+    assert code == 2 and "encoding fp16 stores log-probabilities at T = 1" in err and not (tmp_path / "cache").exists()
+
+
+def cached_teacher(runs, target="soft", **settings):
+    cfg = Config(**{**PRESETS["test"], "logit_cache": str(runs.ref), "teacher_path": str(runs.teacher),
+                    "distill_target": target, "distill_temp": 1.5, **settings})
+    return CachedTeacher.from_config(cfg, types.SimpleNamespace(train_files=list(runs.paths), ctx=cpu_ctx()))
+
+
+def test_cached_teacher_reads_sampled_rows_as_sampled_signals(sampled_cli):
+    teacher = cached_teacher(sampled_cli)
+    reader = teacher.reader
+    last = len(SCRIPT_SIZES) - 1
+    segments = [(0, 3, 40), (last, SCRIPT_SIZES[last] - 5, 5), (0, 0, 2)]  # across the stream's end and wrap
+    signal = teacher.rows(segments, 47)
+    assert isinstance(signal, Sampled) and signal.ids.dtype == torch.int16 and signal.counts.dtype == torch.uint8
+    ids, counts = reader.gather_sampled(segments)
+    width = max(int((c > 0).sum()) for c in counts)
+    assert signal.ids.shape == (47, width)  # padded to the batch's widest row
+    np.testing.assert_array_equal(signal.ids.numpy(), ids[:, :width])
+    np.testing.assert_array_equal(signal.counts.numpy(), counts[:, :width])
+    assert (signal.counts.int().sum(1) == 12).all()
+    assert signal.valid.tolist() == [True] * 44 + [False] + [True] * 2  # the stream's last row is masked
+    inputs = signal.loss_inputs(torch.Size([1, 47]))
+    assert inputs["sample_ids"].shape == inputs["sample_counts"].shape == (1, 47, width)
+
+    hard = cached_teacher(sampled_cli, target="hard", distill_temp=9.0)  # a hard label ignores the temperature
+    top1 = hard.rows(segments, 47)
+    assert isinstance(top1, Top1)
+    np.testing.assert_array_equal(top1.ids.numpy(), ids[:, 0])  # the most drawn id
+    most = [max(multiset(i, c).items(), key=lambda e: (e[1], -e[0]))[0] for i, c in zip(ids, counts)]
+    assert top1.ids.tolist() == most
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(distill_temp=2.0), r"holds draws at temperature 1\.5 but DISTILL_TEMP=2\.0.*set DISTILL_TEMP=1\.5 or make a cache"),
+    (dict(distill_tail="bucket"), "DISTILL_TAIL=bucket needs the tail mass of a top-K cache"),
+])
+def test_cached_teacher_refuses_a_sampled_cache_it_cannot_use(sampled_cli, settings, message):
+    with pytest.raises(GolfError, match=message):
+        cached_teacher(sampled_cli, **settings)
+
+
+def test_top_k_reads_of_a_sampled_cache_are_refused(sampled_cli, cli):
+    with pytest.raises(GolfError, match="holds sampled draws"):
+        CacheReader(sampled_cli.ref, sampled_cli.paths).gather([(0, 0, 3)])
+    assert isinstance(cached_teacher(cli).rows([(0, 0, 3)], 3), TopK)  # a top-K cache: TopK as before
