@@ -3,7 +3,7 @@ from its distribution at a temperature (--encoding sampled).
 
     python cache_logits.py --teacher checkpoints/teacher.pt --out caches/teacher_k32 [--k 32]
            [--shards N | --tokens N] [--window L] [--stride S] [--encoding fp16|packed] [--verify N]
-    python cache_logits.py --teacher ... --out caches/teacher_n16 --encoding sampled --draws 16 [--temperature T]
+    python cache_logits.py --teacher ... --out caches/teacher_n16 --encoding sampled|sampled-packed --draws 16 [--temperature T]
     torchrun --standalone --nproc_per_node=8 cache_logits.py --teacher ... --out ...   # ranks split shards
 
 Row t of a shard's cache is the teacher's top-K for the token after stream position t (the student's target
@@ -42,7 +42,7 @@ def _options(p):
     g.add_argument("--tokens", type=int, default=0, help="cache the first shards covering N tokens")
     p.add_argument("--window", type=int, default=0, help="teacher context length (default its TRAIN_SEQ_LEN)")
     p.add_argument("--stride", type=int, default=0, help="window advance (default = window; smaller = more context)")
-    p.add_argument("--encoding", default="fp16", choices=ENCODINGS, help="cache codec (golf/codecs.py): fp16 (128 B/token at K=32), packed (72 B) or sampled (draws: ~4 + 3 B per distinct id)")
+    p.add_argument("--encoding", default="fp16", choices=ENCODINGS, help="cache codec (golf/codecs.py): fp16 (128 B/token at K=32), packed (72 B); draws: sampled (1 + 3 B per distinct id) or sampled-packed (5*ceil(N/4) B, vocab <= 1024)")
     p.add_argument("--batch-windows", type=int, default=0, help="windows per teacher forward (default: ~64k tokens on CUDA, ~4k on CPU)")
     p.add_argument("--verify", type=int, default=0, help="afterwards recompute N random rows and report the difference")
 
@@ -63,7 +63,7 @@ def _entries(args) -> int:
             raise GolfError(f"--encoding {args.encoding} takes --draws N (1..255) instead of --k")
         return args.draws
     if args.draws is not None:
-        raise GolfError(f"--draws is for --encoding sampled; --encoding {args.encoding} stores the top --k")
+        raise GolfError(f"--draws is for --encoding sampled or sampled-packed; --encoding {args.encoding} stores the top --k")
     return 32 if args.k is None else args.k
 
 

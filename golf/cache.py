@@ -7,6 +7,8 @@ Layout of a cache folder (one per teacher, shard set and K), for each train shar
 - encoding "sampled" (format version 2; K is the draws N, the manifest adds the `temperature`):
   `NAME.lengths.npy` (uint8 [num_tokens, 1]), `NAME.entries.npy` (uint8 [entries, 3]) and `NAME.offsets.npy`
   (int64 [ceil(num_tokens / 256) + 1, 1]), ragged rows of distinct ids and draw counts (golf/codecs.py);
+- encoding "sampled-packed" (format version 2, as "sampled"): `NAME.draws.npy` (uint8 [num_tokens,
+  5*ceil(N/4)]), the N sorted draws in 10-bit ids, 20 bytes per token at N=16;
 - `NAME.done`: a small JSON sidecar, written only after the data files are whole (see "Completion" below);
 - `manifest.json`: format version, K, vocab size, encoding, value kind, teacher sha256 and config, the
   teacher's window and stride, and per shard its name, token count, fingerprint and `complete` flag.
@@ -37,7 +39,7 @@ Several ranks rewriting the manifest concurrently can leave it one commit behind
 rank after a barrier (when nobody writes any more) to make it exact. A reader trusts only a manifest that
 says complete AND files that check out, so a lagging manifest can only make it refuse, never read garbage.
 
-Encodings (`fp16`, `packed`, `sampled`) are codecs in golf/codecs.py, which also describes the packed rows' layout
+Encodings (`fp16`, `packed`, `sampled`, `sampled-packed`) are codecs in golf/codecs.py, which also describes the packed rows' layout
 and error bounds and the sampled rows' layout; this module stores whatever files a codec declares and never
 branches on its name. A ragged codec's entries are written in row order: appended to the entries file, whose
 .npy header gets the final count at commit (numpy pads a header so that it keeps its size whatever the first
@@ -677,10 +679,10 @@ class CacheReader:
     def _expect(self, sampled: bool, what: str):
         """Refuse a read that assumes the other kind of rows (a top-K read of a sampled cache or the reverse)."""
         if self.spec.sampled != sampled:
-            has = "sampled draws (encoding sampled)" if self.spec.sampled else f"top-K log-probabilities (encoding {self.spec.encoding})"
-            raise GolfError(f"logit cache {self.dir} holds {has} but {what} needs "
-                            f"{'sampled draws' if sampled else 'top-K log-probabilities'}; point LOGIT_CACHE at "
-                            f"a cache made with cache_logits.py --encoding {'sampled' if sampled else 'fp16 or packed'}")
+            has = "sampled draws" if self.spec.sampled else "top-K log-probabilities"
+            raise GolfError(f"logit cache {self.dir} holds {has} (encoding {self.spec.encoding}) but {what} needs "
+                            f"{'sampled draws' if sampled else 'top-K log-probabilities'}; point LOGIT_CACHE at a cache made "
+                            f"with cache_logits.py --encoding {'sampled or sampled-packed' if sampled else 'fp16 or packed'}")
 
     def gather(self, segments, out_idx: np.ndarray | None = None, out_vals: np.ndarray | None = None):
         """Rows for `segments` = [(shard_index, offset, length), ...], concatenated in order (a top-K cache).
@@ -699,7 +701,7 @@ class CacheReader:
         return out_idx, out_vals
 
     def width(self, segments) -> int:
-        """The most entries a row of `segments` has (K for a top-K cache; at most the draws N for a sampled one)."""
+        """The most entries a row of `segments` has (for a ragged codec; K, the most there can be, for the others)."""
         if not self.spec.codec.ragged:
             return self.k
         codec, per_row = self.spec.codec, len(self.spec.files(""))
@@ -715,6 +717,9 @@ class CacheReader:
         ids, counts = np.empty((n, m), dtype=id_dtype), np.empty((n, m), dtype=count_dtype)
         for arrays, dst in self._rows(segments, n):
             self.spec.codec.decode(arrays, self.k, ids[dst], counts[dst])
+        widest = int((counts > 0).sum(axis=1).max(initial=0))
+        if widest < m:  # a fixed-width codec's rows were decoded N wide
+            ids, counts = np.ascontiguousarray(ids[:, :widest]), np.ascontiguousarray(counts[:, :widest])
         return ids, counts
 
     def gather_ids(self, segments, out_idx: np.ndarray) -> np.ndarray:

@@ -104,6 +104,21 @@ def packed_row_bytes(k: int) -> int:
     return _id_bytes(k) + k
 
 
+def _pack_ids(idx: np.ndarray) -> np.ndarray:
+    """ids [n, k] (< 1024) -> uint8 [n, 5*ceil(k/4)]: id j of a group of four occupies bits [10j, 10j + 10) of 5
+    little-endian bytes, so its low bits land in byte j and its high bits in byte j + 1 (zero-padded)."""
+    n, k = idx.shape
+    nb = _id_bytes(k)
+    ids = np.zeros((n, nb // 5 * 4), dtype=np.uint16)
+    ids[:, :k] = idx
+    ids = ids.reshape(n, -1, 4)
+    groups = np.zeros((n, nb // 5, 5), dtype=np.uint8)
+    for j in range(4):  # one column at a time: ~3x faster than broadcasting
+        groups[..., j] |= (ids[..., j] << 2 * j) & 0xFF
+        groups[..., j + 1] |= ids[..., j] >> (8 - 2 * j)
+    return groups.reshape(n, nb)
+
+
 def _unpack_ids(id_bytes: np.ndarray, k: int) -> np.ndarray:
     """uint8 [n, 5*ceil(k/4)] -> the first k ids, uint16 [n, k]."""
     n = id_bytes.shape[0]
@@ -129,17 +144,7 @@ def encode_packed(idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
         raise ValueError(f"packed ids must lie in [0, {1 << INDEX_BITS}), got [{idx.min()}, {idx.max()}]")
     out = np.empty((n, packed_row_bytes(k)), dtype=np.uint8)
     nb = _id_bytes(k)
-
-    # Ids: id j of a group of four occupies bits [10j, 10j + 10) of 5 little-endian bytes, so its low bits
-    # land in byte j and its high bits in byte j + 1. One column at a time: ~3x faster than broadcasting.
-    ids = np.zeros((n, nb // 5 * 4), dtype=np.uint16)
-    ids[:, :k] = idx
-    ids = ids.reshape(n, -1, 4)
-    groups = np.zeros((n, nb // 5, 5), dtype=np.uint8)
-    for j in range(4):
-        groups[..., j] |= (ids[..., j] << 2 * j) & 0xFF
-        groups[..., j + 1] |= ids[..., j] >> (8 - 2 * j)
-    out[:, :nb] = groups.reshape(n, nb)
+    out[:, :nb] = _pack_ids(idx)
 
     # Mass byte: log-odds of the tail against the top-K mass m. float32 is enough because
     # log(m) = v_0 + log1p(sum_k>0 exp(-d_k)) has no cancellation, even for m = 1 - 1e-7.
@@ -214,39 +219,15 @@ class RaggedCodec(Codec):
         """Entries of each row, int64 [n], from the per-row arrays of those rows."""
 
 
-class SampledCodec(RaggedCodec):
-    """N draws with replacement from the teacher at a temperature: each row's distinct ids and their draw counts.
+class DrawCodec(Codec):
+    """Rows of N draws with replacement from the teacher at a temperature (K = N). Input and output rows are the
+    `golf.teachers.Sampled` form: ids [n, W] and counts [n, W] with the distinct ids first and count 0 on padding
+    (an arbitrary id on input; id 0 from `decode`, -1 from `decode_ids`); a row's counts sum to N. Output rows
+    are canonical: most drawn first, ties by the lower id, so column 0 is the most drawn id (what a hard label
+    of a sampled cache is)."""
 
-    Layout of a shard of n rows with E entries in all (sum over rows of the distinct ids):
-    - `NAME.lengths.npy` uint8 [n, 1]: distinct ids of each row (1..N, N <= 255);
-    - `NAME.entries.npy` uint8 [E, 3]: per entry its id as a little-endian uint16 (2 bytes) and its draw count
-      (1 byte), the entries of a row back to back in the canonical order (most drawn first, ties by lower id),
-      rows in order;
-    - `NAME.offsets.npy` int64 [ceil(n / 256) + 1, 1]: the first entry of every block of 256 rows, then E.
-    So 3 bytes per distinct id plus 1 + 8/256 bytes per row. The length byte makes a row's entries findable
-    without scanning the counts (a span's start is its block's offset plus at most 255 lengths) and lets a
-    reader check every block against the offsets; per-row int64 offsets would cost 8 bytes per row. A
-    contiguous span of rows is one contiguous read of the entries file. Input and output rows are the
-    `golf.teachers.Sampled` form: ids [n, W] and counts [n, W] with the distinct ids first and count 0 on
-    padding (an arbitrary id; -1 from `decode_ids`); their counts sum to N = K. Column 0 is the most drawn id
-    (ties by lower id): what a hard label of a sampled cache is."""
-
-    name, max_vocab, value_kind, format_version, block = "sampled", 1 << 16, "draw_counts", 2, 256
-    params = {"block": 256, "entry": "uint16 id, uint8 count"}
-    max_draws = 255  # a count and a row length fit one byte
-
-    def files(self, stem, k):
-        return [(f"{stem}.lengths.npy", np.dtype(np.uint8), 1)]
-
-    def entries_file(self, stem, k):
-        return (f"{stem}.entries.npy", np.dtype(np.uint8), 3)
-
-    def row_bytes(self, k):
-        """At most: every row with K distinct ids, plus the offsets' 8 / block bytes rounded up to one."""
-        return 1 + 3 * k + 1
-
-    def row_lengths(self, per_row):
-        return per_row[0][:, 0].astype(np.int64)
+    value_kind, format_version = "draw_counts", 2
+    max_draws = 255  # a count (and a ragged row's length) fits one byte
 
     def check_rows(self, idx, vals):
         counts = np.asarray(vals)
@@ -261,44 +242,123 @@ class SampledCodec(RaggedCodec):
             if (s[:, 1:] == s[:, :-1]).any():
                 raise ValueError("a row's sampled ids must be distinct")
 
+
+def _places(lengths: np.ndarray):
+    """(row, column) of every entry of rows with these lengths, entries back to back in row order."""
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    return rows, np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+
+
+def _put_rows(lengths, ids, counts, out_idx, out_vals):
+    """Entries (ids, counts) of rows with these lengths, back to back -> the padded Sampled form in `out_*`."""
+    if lengths.size and lengths.max() > out_idx.shape[1]:
+        raise ValueError(f"a row has {lengths.max()} distinct ids, the outputs only {out_idx.shape[1]} columns")
+    rows, cols = _places(lengths)
+    out_idx[...] = 0
+    out_vals[...] = 0
+    out_idx[rows, cols] = ids
+    out_vals[rows, cols] = counts
+
+
+def _put_first_ids(lengths, ids, out_idx):
+    """The first out_idx.shape[1] ids of each row, -1 past the end of a shorter row."""
+    rows, cols = _places(lengths)
+    take = cols < out_idx.shape[1]
+    out_idx[...] = -1
+    out_idx[rows[take], cols[take]] = ids[take]
+
+
+class SampledCodec(RaggedCodec, DrawCodec):
+    """Draws as each row's distinct ids and their counts, for any vocabulary up to 2^16: ~3 bytes per distinct id.
+
+    Layout of a shard of n rows with E entries in all (sum over rows of the distinct ids):
+    - `NAME.lengths.npy` uint8 [n, 1]: distinct ids of each row (1..N, N <= 255);
+    - `NAME.entries.npy` uint8 [E, 3]: per entry its id as a little-endian uint16 (2 bytes) and its draw count
+      (1 byte), the entries of a row back to back in the canonical order, rows in order;
+    - `NAME.offsets.npy` int64 [ceil(n / 256) + 1, 1]: the first entry of every block of 256 rows, then E.
+    So 3 bytes per distinct id plus 1 + 8/256 bytes per row. The length byte makes a row's entries findable
+    without scanning the counts (a span's start is its block's offset plus at most 255 lengths) and lets a
+    reader check every block against the offsets; per-row int64 offsets would cost 8 bytes per row. A
+    contiguous span of rows is one contiguous read of the entries file."""
+
+    name, max_vocab, block = "sampled", 1 << 16, 256
+    params = {"block": 256, "entry": "uint16 id, uint8 count"}
+
+    def files(self, stem, k):
+        return [(f"{stem}.lengths.npy", np.dtype(np.uint8), 1)]
+
+    def entries_file(self, stem, k):
+        return (f"{stem}.entries.npy", np.dtype(np.uint8), 3)
+
+    def row_bytes(self, k):
+        """At most: every row with K distinct ids, plus the offsets' 8 / block bytes rounded up to one."""
+        return 1 + 3 * k + 1
+
+    def row_lengths(self, per_row):
+        return per_row[0][:, 0].astype(np.int64)
+
     def encode(self, idx, vals):
         idx, counts = np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64)
-        n, k = idx.shape
+        k = idx.shape[1]
         # Canonical order (count descending, then id), padding last: the bytes are a function of the multiset.
         key = np.where(counts > 0, (k - counts) * self.max_vocab + idx, (k + 1) * self.max_vocab)
         order = np.argsort(key, axis=1, kind="stable")
         idx, counts = np.take_along_axis(idx, order, 1), np.take_along_axis(counts, order, 1)
-        lengths = (counts > 0).sum(axis=1)
         keep = counts > 0  # row-major: the entries of a row back to back, rows in order
         ids, c = idx[keep], counts[keep]
         entries = np.empty((len(ids), 3), dtype=np.uint8)
         entries[:, 0], entries[:, 1], entries[:, 2] = ids & 0xFF, ids >> 8, c
-        return [lengths.astype(np.uint8)[:, None], entries]
+        return [keep.sum(axis=1).astype(np.uint8)[:, None], entries]
 
     @staticmethod
-    def _places(lengths: np.ndarray):
-        """(row, column) of every entry of rows with these lengths."""
-        rows = np.repeat(np.arange(len(lengths)), lengths)
-        starts = np.cumsum(lengths) - lengths
-        return rows, np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+    def _ids(entries):
+        return entries[:, 0].astype(np.int64) | entries[:, 1].astype(np.int64) << 8
 
     def decode(self, arrays, k, out_idx, out_vals):
-        lengths, entries = self.row_lengths(arrays[:1]), arrays[1]
-        if lengths.size and lengths.max() > out_idx.shape[1]:
-            raise ValueError(f"a row has {lengths.max()} distinct ids, the outputs only {out_idx.shape[1]} columns")
-        rows, cols = self._places(lengths)
-        out_idx[...] = 0
-        out_vals[...] = 0
-        out_idx[rows, cols] = entries[:, 0].astype(np.int64) | entries[:, 1].astype(np.int64) << 8
-        out_vals[rows, cols] = entries[:, 2]
+        _put_rows(self.row_lengths(arrays[:1]), self._ids(arrays[1]), arrays[1][:, 2], out_idx, out_vals)
 
     def decode_ids(self, arrays, k, out_idx):
-        lengths, entries = self.row_lengths(arrays[:1]), arrays[1]
-        rows, cols = self._places(lengths)
-        take = cols < out_idx.shape[1]
-        out_idx[...] = -1
-        out_idx[rows[take], cols[take]] = entries[take, 0].astype(np.int64) | entries[take, 1].astype(np.int64) << 8
+        _put_first_ids(self.row_lengths(arrays[:1]), self._ids(arrays[1]), out_idx)
 
 
-CODECS: dict[str, Codec] = {c.name: c for c in (Fp16Codec(), PackedCodec(), SampledCodec())}
+class SampledPackedCodec(DrawCodec):
+    """Draws as the row's N draws themselves, sorted, in 10-bit ids four to 5 bytes (the packed encoding's id
+    layout): 5 * ceil(N / 4) bytes per row whatever the number of distinct ids, so 20 bytes at N = 16. Vocab
+    <= 1024. Cheaper than `sampled` whenever a row has more than (5N/4 - 1) / 3 distinct ids on average, as at
+    T = 2 (near N distinct ids); fixed-width rows, so no offsets. Decoding counts the runs of equal ids."""
+
+    name, max_vocab, params = "sampled-packed", 1 << INDEX_BITS, {"index_bits": INDEX_BITS, "row": "sorted draws"}
+
+    def files(self, stem, k):
+        return [(f"{stem}.draws.npy", np.dtype(np.uint8), _id_bytes(k))]
+
+    def encode(self, idx, vals):
+        idx, counts = np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64)
+        n, k = idx.shape
+        draws = np.repeat(idx.ravel(), counts.ravel()).reshape(n, k)  # each row's counts sum to N = K
+        return [_pack_ids(np.sort(draws, axis=1))]
+
+    @staticmethod
+    def _entries(packed, k):
+        """Sorted draws -> (lengths [n], ids, counts) of the rows' runs in the canonical order."""
+        draws = _unpack_ids(packed, k).astype(np.int64)
+        n = len(draws)
+        start = np.ones((n, k), dtype=bool)
+        start[:, 1:] = draws[:, 1:] != draws[:, :-1]
+        first = np.flatnonzero(start)  # column 0 always starts a run, so a row's last run ends where the next begins
+        counts = np.append(first[1:], n * k) - first
+        rows, ids = first // k, draws.ravel()[first]
+        order = np.lexsort((ids, -counts, rows))
+        return np.bincount(rows, minlength=n), ids[order], counts[order]
+
+    def decode(self, arrays, k, out_idx, out_vals):
+        _put_rows(*self._entries(arrays[0], k), out_idx, out_vals)
+
+    def decode_ids(self, arrays, k, out_idx):
+        lengths, ids, _ = self._entries(arrays[0], k)
+        _put_first_ids(lengths, ids, out_idx)
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in (Fp16Codec(), PackedCodec(), SampledCodec(), SampledPackedCodec())}
 ENCODINGS = tuple(CODECS)

@@ -525,9 +525,9 @@ def sampled_rows(shard, n, draws=N):
     return ids, counts, sets
 
 
-def write_sampled(out, paths, sizes=BIG):
+def write_sampled(out, paths, sizes=BIG, encoding="sampled"):
     """The pending shards of a sampled cache of `sampled_rows`, in chunks that cross the offset blocks."""
-    w = CacheWriter(out, paths, sampled_spec())
+    w = CacheWriter(out, paths, sampled_spec(encoding=encoding))
     for i in w.pending():
         ids, counts, _ = sampled_rows(i, sizes[i], w.spec.k)
         with w.open_shard(i) as sw:
@@ -578,12 +578,28 @@ def test_sampled_cache_files_manifest_and_reads_across_shards_and_blocks(tmp_pat
     assert top.tolist() == [min(row, key=lambda i: (-row[i], i)) for row in want]  # the most drawn, ties by lower id
 
 
+def test_sampled_packed_cache_reads_the_same_rows(tmp_path, big):
+    write_sampled(tmp_path / "ragged", big)
+    write_sampled(tmp_path / "packed", big, encoding="sampled-packed")
+    draws = np.load(tmp_path / "packed" / "fineweb_train_000000.draws.npy", mmap_mode="r")
+    assert draws.dtype == np.uint8 and draws.shape == (BIG[0], 20)  # 5 * ceil(16 / 4) bytes per row
+    m = json.loads((tmp_path / "packed" / "manifest.json").read_text())
+    assert (m["version"], m["encoding"], m["value_kind"], m["codec_params"]) == (2, "sampled-packed", "draw_counts", {"index_bits": 10, "row": "sorted draws"})
+    a, b = CacheReader(tmp_path / "ragged", big), CacheReader(tmp_path / "packed", big)
+    segments = [(0, 250, 300), (1, 0, 37), (2, 0, 3), (2, 511, 19)]
+    for x, y in zip(a.gather_sampled(segments, np.int16), b.gather_sampled(segments, np.int16)):
+        assert x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous
+        np.testing.assert_array_equal(x, y)  # canonical rows, trimmed to the widest
+    n = sum(s[2] for s in segments)
+    np.testing.assert_array_equal(a.gather_ids(segments, np.empty((n, 3), np.int32)), b.gather_ids(segments, np.empty((n, 3), np.int32)))
+
+
 def test_sampled_cache_refuses_top_k_reads_and_the_reverse(tmp_path, big, shards):
     write_sampled(tmp_path / "sampled", big)
-    with pytest.raises(GolfError, match=r"holds sampled draws .* but reading top-K rows needs top-K log-probabilities; .*--encoding fp16 or packed"):
+    with pytest.raises(GolfError, match=r"holds sampled draws \(encoding sampled\) but reading top-K rows needs top-K log-probabilities; .*--encoding fp16 or packed"):
         CacheReader(tmp_path / "sampled", big).gather([(0, 0, 4)])
     write_all(tmp_path / "fp16", shards)
-    with pytest.raises(GolfError, match=r"holds top-K log-probabilities \(encoding fp16\) but reading sampled rows needs sampled draws; .*--encoding sampled"):
+    with pytest.raises(GolfError, match=r"holds top-K log-probabilities \(encoding fp16\) but reading sampled rows needs sampled draws; .*--encoding sampled or sampled-packed"):
         CacheReader(tmp_path / "fp16", shards).gather_sampled([(0, 0, 4)])
 
 
@@ -672,12 +688,13 @@ def test_sampled_disk_estimate_bounds_the_files(tmp_path, big):
     assert sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npy")) < need
 
 
-def test_sampled_rows_looked_up_by_loader_segments_are_the_targets(tmp_path, big):
+@pytest.mark.parametrize("encoding", ["sampled", "sampled-packed"])
+def test_sampled_rows_looked_up_by_loader_segments_are_the_targets(tmp_path, big, encoding):
     """An oracle sampled cache whose most drawn id is the true next token: every rank's most drawn id and first
     sampled id equal its y, across shard boundaries, offset blocks and the stream's wrap-around."""
     stream = np.concatenate([load_shard(p) for p in big]).astype(np.int64)
     next_token = np.roll(stream, -1)
-    w = CacheWriter(tmp_path / "cache", big, sampled_spec())
+    w = CacheWriter(tmp_path / "cache", big, sampled_spec(encoding=encoding))
     start = 0
     for i, n in enumerate(BIG):
         ids = np.zeros((n, N), np.int64)

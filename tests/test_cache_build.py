@@ -26,6 +26,7 @@ from golf.cache import CacheReader, CacheSpec, CacheWriter
 from golf.cache_build import (build_cache, draw_key, draw_uniforms, plan_windows, sample_rows, teacher_context,
                               teacher_topk, verify_cache)
 from golf.checkpoint import load_teacher, save_checkpoint
+from golf.codecs import CODECS
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
 from golf.model import GPT
@@ -150,7 +151,7 @@ DRAWS, TEMP, SHA = 32, 2.0, "3a" * 32  # a sampled cache's
 
 
 def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windows=4, fixed_shape=False):
-    sampled = encoding == "sampled"
+    sampled = CODECS[encoding].value_kind == "draw_counts"
     spec = CacheSpec(k=DRAWS if sampled else K, vocab_size=vocab, encoding=encoding, teacher_sha256=SHA if sampled else "0" * 64,
                      teacher_config=model.cfg.to_dict(), window=window, stride=stride, temperature=TEMP if sampled else None)
     out = os.path.join(tmp, f"cache_{encoding}")
@@ -160,7 +161,7 @@ def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windo
     return CacheReader(out, paths)
 
 
-@pytest.mark.parametrize("encoding", ["fp16", "sampled"])
+@pytest.mark.parametrize("encoding", ["fp16", "sampled", "sampled-packed"])
 @pytest.mark.parametrize("window,stride,vocab,batch_windows,fixed_shape", [
     (32, 32, 1024, 64, False),
     (32, 12, 1024, 3, False),
@@ -168,11 +169,13 @@ def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windo
     (24, 24, 40000, 4, False),  # ids >= 2**15 do not fit the int16 the device side uses for small vocabs
 ])
 def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, window, stride, vocab, batch_windows, fixed_shape, encoding):
+    if vocab > CODECS[encoding].max_vocab:
+        pytest.skip(f"{encoding} holds vocabularies up to {CODECS[encoding].max_vocab}")
     paths = write_stream(tmp_path / "data", CONTENT_SIZES)
     model = random_teacher(tmp_path / "teacher.pt", seed=1, seq_len=window, vocab=vocab)
     reader = build(str(tmp_path), model, paths, window, stride, vocab, encoding, batch_windows=batch_windows, fixed_shape=fixed_shape)
     tokens = np.concatenate([np.asarray(load_shard(p)) for p in paths])
-    if encoding == "sampled":
+    if encoding != "fp16":
         check_sampled_rows(reader, model, tokens, window, stride, vocab)
         return
     idx, vals = reader.gather([(i, 0, n) for i, n in enumerate(CONTENT_SIZES)])
@@ -351,6 +354,12 @@ class ScriptRuns:
         with one_thread():
             code, self.ref_stdout, err = self.main(self.ref, "--verify", "25")
         assert code == 0, err
+
+    def with_settings(self, settings) -> "ScriptRuns":
+        """The same stream, teacher and reference run, other cache_logits.py settings for `main`."""
+        runs = ScriptRuns.__new__(ScriptRuns)
+        runs.__dict__.update(self.__dict__, settings=settings)
+        return runs
 
     def env(self, data=None) -> dict:
         # fp32: DTYPE=auto picks bf16 autocast on CPUs with bf16 instructions; the checks here use fp32
@@ -557,9 +566,7 @@ def test_sampled_script_run_verifies_and_records_draws_and_temperature(sampled_c
 
 def test_sampled_temperature_defaults_to_distill_temp(sampled_cli, tmp_path):
     out = tmp_path / "cache"
-    settings = [a for a in SAMPLED_ARGS if a not in ("--temperature", "1.5")]
-    runs = ScriptRuns.__new__(ScriptRuns)
-    runs.__dict__.update(sampled_cli.__dict__, settings=settings)
+    runs = sampled_cli.with_settings([a for a in SAMPLED_ARGS if a not in ("--temperature", "1.5")])
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DISTILL_TEMP", "3.0")
         code, _, err = runs.main(out, "--shards", "1")
@@ -632,3 +639,14 @@ def test_top_k_reads_of_a_sampled_cache_are_refused(sampled_cli, cli):
     with pytest.raises(GolfError, match="holds sampled draws"):
         CacheReader(sampled_cli.ref, sampled_cli.paths).gather([(0, 0, 3)])
     assert isinstance(cached_teacher(cli).rows([(0, 0, 3)], 3), TopK)  # a top-K cache: TopK as before
+
+
+def test_sampled_packed_script_run_holds_the_same_draws(sampled_cli, tmp_path):
+    out = tmp_path / "cache"
+    runs = sampled_cli.with_settings(["--encoding", "sampled-packed", *SAMPLED_ARGS[2:]])
+    code, stdout, err = runs.main(out, "--verify", "10")
+    assert code == 0 and "verify rows:10 draw_mismatches:0" in stdout, err
+    segments = [(i, 0, n) for i, n in enumerate(SCRIPT_SIZES)]
+    for a, b in zip(CacheReader(out, sampled_cli.paths).gather_sampled(segments),
+                    CacheReader(sampled_cli.ref, sampled_cli.paths).gather_sampled(segments)):
+        np.testing.assert_array_equal(a, b)  # same key, teacher and temperature: the same draws

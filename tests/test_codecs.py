@@ -147,19 +147,31 @@ def canonical(counter):
     return sorted(counter.items(), key=lambda e: (-e[1], e[0]))
 
 
-@pytest.mark.parametrize("draws,vocab", [(1, 50), (16, 1024), (50, 1024), (255, 40000), (255, 3)])
-def test_sampled_rows_roundtrip_as_multisets_in_the_documented_bytes(draws, vocab):
-    codec = CODECS["sampled"]
+@pytest.mark.parametrize("name,draws,vocab", [("sampled", 1, 50), ("sampled", 16, 1024), ("sampled", 50, 1024),
+                                              ("sampled", 255, 40000), ("sampled", 255, 3), ("sampled-packed", 1, 50),
+                                              ("sampled-packed", 16, 1024), ("sampled-packed", 50, 1024),
+                                              ("sampled-packed", 255, 3), ("sampled-packed", 7, 1024)])
+def test_sampled_rows_roundtrip_as_multisets_in_the_documented_bytes(name, draws, vocab):
+    codec = CODECS[name]
     _, counters = draw_rows(60, draws, vocab, seed=draws)
-    lengths, entries = codec.encode(*padded(counters, draws, shuffle_seed=1))
-    assert lengths.dtype == entries.dtype == np.uint8 and entries.shape[1] == 3
-    assert lengths[:, 0].tolist() == [len(c) for c in counters]
-    # brute force: per entry its id as a little-endian uint16, then its count; rows back to back, canonical order
-    want = b"".join(i.to_bytes(2, "little") + m.to_bytes(1, "little") for c in counters for i, m in canonical(c))
-    assert entries.tobytes() == want
+    stored = codec.encode(*padded(counters, draws, shuffle_seed=1))
+    if name == "sampled":
+        lengths, entries = stored
+        assert lengths.dtype == entries.dtype == np.uint8 and entries.shape[1] == 3
+        assert lengths[:, 0].tolist() == [len(c) for c in counters]
+        # brute force: per entry its id as a little-endian uint16, then its count; rows back to back, canonical
+        want = b"".join(i.to_bytes(2, "little") + m.to_bytes(1, "little") for c in counters for i, m in canonical(c))
+        assert entries.tobytes() == want
+    else:
+        (packed,) = stored
+        assert packed.dtype == np.uint8 and packed.shape == (60, 5 * -(-draws // 4))
+        for row, c in zip(packed, counters):  # brute force: the sorted draws as a little-endian 10-bit stream
+            stream = int.from_bytes(row.tobytes(), "little")
+            assert [(stream >> (10 * j)) & 1023 for j in range(draws)] == sorted(c.elements())
+            assert stream >> (10 * draws) == 0  # zero padding
     width = max(len(c) for c in counters) + 2
     ids, counts = np.full((60, width), 7, np.int32), np.full((60, width), 7, np.uint8)
-    codec.decode([lengths, entries], draws, ids, counts)
+    codec.decode(stored, draws, ids, counts)
     for r, c in enumerate(counters):
         k = len(c)
         assert list(zip(ids[r, :k].tolist(), counts[r, :k].tolist())) == canonical(c)
@@ -167,14 +179,15 @@ def test_sampled_rows_roundtrip_as_multisets_in_the_documented_bytes(draws, voca
         assert counts[r].sum() == draws
     for c in (1, 2, width):
         first = np.zeros((60, c), np.int32)
-        codec.decode_ids([lengths, entries], draws, first)
+        codec.decode_ids(stored, draws, first)
         for r, cnt in enumerate(counters):
             want_ids = [i for i, _ in canonical(cnt)][:c]
             assert first[r].tolist() == want_ids + [-1] * (c - len(want_ids))
 
 
-def test_sampled_encoding_is_canonical_and_decode_refuses_narrow_outputs():
-    codec = CODECS["sampled"]
+@pytest.mark.parametrize("name", ["sampled", "sampled-packed"])
+def test_sampled_encoding_is_canonical_and_decode_refuses_narrow_outputs(name):
+    codec = CODECS[name]
     _, counters = draw_rows(30, 16, 100, seed=5)
     a = codec.encode(*padded(counters, 16))
     b = codec.encode(*padded(counters, 16, shuffle_seed=3))
@@ -190,14 +203,16 @@ def test_sampled_encoding_is_canonical_and_decode_refuses_narrow_outputs():
     (lambda ids, counts: (np.where(np.arange(ids.shape[1]) == 1, ids[:, :1], ids), counts), "distinct"),
     (lambda ids, counts: (ids, counts + 0.5), "whole numbers"),
 ])
-def test_sampled_rows_are_checked(bad, message):
+@pytest.mark.parametrize("name", ["sampled", "sampled-packed"])
+def test_sampled_rows_are_checked(bad, message, name):
     _, counters = draw_rows(20, 8, 4, seed=2)  # 8 draws from 4 ids: rows of 2+ distinct ids, so column 1 is an entry
     ids, counts = padded(counters, 8)
     ids[:, 1] = np.where(counts[:, 1] > 0, ids[:, 1], 3 - ids[:, 0] % 4)
-    CODECS["sampled"].check_rows(ids, counts)
+    CODECS[name].check_rows(ids, counts)
     with pytest.raises(ValueError, match=message):
-        CODECS["sampled"].check_rows(*bad(ids, counts.astype(np.float64)))
+        CODECS[name].check_rows(*bad(ids, counts.astype(np.float64)))
 
 
-def test_sampled_row_bytes_is_the_widest_row():
-    assert isinstance(CODECS["sampled"], SampledCodec) and CODECS["sampled"].row_bytes(16) == 1 + 3 * 16 + 1
+def test_sampled_row_bytes():
+    assert isinstance(CODECS["sampled"], SampledCodec) and CODECS["sampled"].row_bytes(16) == 1 + 3 * 16 + 1  # widest
+    assert CODECS["sampled-packed"].row_bytes(16) == 20 and CODECS["sampled-packed"].row_bytes(50) == 65
