@@ -243,30 +243,32 @@ class DrawCodec(Codec):
                 raise ValueError("a row's sampled ids must be distinct")
 
 
-def _places(lengths: np.ndarray):
-    """(row, column) of every entry of rows with these lengths, entries back to back in row order."""
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    starts = np.cumsum(lengths) - lengths
-    return rows, np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+def _canonical(idx: np.ndarray, counts: np.ndarray, max_vocab: int):
+    """Rows in the Sampled form -> the same rows in the canonical order (count descending, then id), padding last:
+    what makes the stored bytes a function of each row's multiset."""
+    k = idx.shape[1]
+    key = np.where(counts > 0, (k - counts) * max_vocab + idx, (k + 1) * max_vocab)
+    order = np.argsort(key, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(counts, order, 1)
 
 
 def _put_rows(lengths, ids, counts, out_idx, out_vals):
     """Entries (ids, counts) of rows with these lengths, back to back -> the padded Sampled form in `out_*`."""
     if lengths.size and lengths.max() > out_idx.shape[1]:
         raise ValueError(f"a row has {lengths.max()} distinct ids, the outputs only {out_idx.shape[1]} columns")
-    rows, cols = _places(lengths)
+    filled = np.arange(out_idx.shape[1]) < lengths[:, None]  # row-major: the entries back to back
     out_idx[...] = 0
     out_vals[...] = 0
-    out_idx[rows, cols] = ids
-    out_vals[rows, cols] = counts
+    out_idx[filled] = ids
+    out_vals[filled] = counts
 
 
 def _put_first_ids(lengths, ids, out_idx):
     """The first out_idx.shape[1] ids of each row, -1 past the end of a shorter row."""
-    rows, cols = _places(lengths)
-    take = cols < out_idx.shape[1]
-    out_idx[...] = -1
-    out_idx[rows[take], cols[take]] = ids[take]
+    width = int(lengths.max(initial=0))
+    rows = np.full((len(lengths), max(width, out_idx.shape[1])), -1, dtype=np.int64)
+    rows[np.arange(rows.shape[1]) < lengths[:, None]] = ids
+    out_idx[...] = rows[:, :out_idx.shape[1]]
 
 
 class SampledCodec(RaggedCodec, DrawCodec):
@@ -299,12 +301,7 @@ class SampledCodec(RaggedCodec, DrawCodec):
         return per_row[0][:, 0].astype(np.int64)
 
     def encode(self, idx, vals):
-        idx, counts = np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64)
-        k = idx.shape[1]
-        # Canonical order (count descending, then id), padding last: the bytes are a function of the multiset.
-        key = np.where(counts > 0, (k - counts) * self.max_vocab + idx, (k + 1) * self.max_vocab)
-        order = np.argsort(key, axis=1, kind="stable")
-        idx, counts = np.take_along_axis(idx, order, 1), np.take_along_axis(counts, order, 1)
+        idx, counts = _canonical(np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64), self.max_vocab)
         keep = counts > 0  # row-major: the entries of a row back to back, rows in order
         ids, c = idx[keep], counts[keep]
         entries = np.empty((len(ids), 3), dtype=np.uint8)
@@ -323,34 +320,31 @@ class SampledCodec(RaggedCodec, DrawCodec):
 
 
 class SampledPackedCodec(DrawCodec):
-    """Draws as the row's N draws themselves, sorted, in 10-bit ids four to 5 bytes (the packed encoding's id
-    layout): 5 * ceil(N / 4) bytes per row whatever the number of distinct ids, so 20 bytes at N = 16. Vocab
-    <= 1024. Cheaper than `sampled` whenever a row has more than (5N/4 - 1) / 3 distinct ids on average, as at
-    T = 2 (near N distinct ids); fixed-width rows, so no offsets. Decoding counts the runs of equal ids."""
+    """Draws as the row's N draws themselves in 10-bit ids four to 5 bytes (the packed encoding's id layout),
+    grouped by id in the canonical order (the most drawn id's draws first, ties by the lower id): 5 * ceil(N / 4)
+    bytes per row whatever the number of distinct ids, so 20 bytes at N = 16. Vocab <= 1024. Cheaper than
+    `sampled` whenever a row has more than (5N/4 - 1) / 3 distinct ids on average, as at T = 2 (near N distinct
+    ids); fixed-width rows, so no offsets. Decoding counts the runs of equal ids, already in canonical order."""
 
-    name, max_vocab, params = "sampled-packed", 1 << INDEX_BITS, {"index_bits": INDEX_BITS, "row": "sorted draws"}
+    name, max_vocab, params = "sampled-packed", 1 << INDEX_BITS, {"index_bits": INDEX_BITS, "row": "draws grouped, canonical"}
 
     def files(self, stem, k):
         return [(f"{stem}.draws.npy", np.dtype(np.uint8), _id_bytes(k))]
 
     def encode(self, idx, vals):
-        idx, counts = np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64)
+        idx, counts = _canonical(np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64), self.max_vocab)
         n, k = idx.shape
-        draws = np.repeat(idx.ravel(), counts.ravel()).reshape(n, k)  # each row's counts sum to N = K
-        return [_pack_ids(np.sort(draws, axis=1))]
+        return [_pack_ids(np.repeat(idx.ravel(), counts.ravel()).reshape(n, k))]  # a row's counts sum to N = K
 
     @staticmethod
     def _entries(packed, k):
-        """Sorted draws -> (lengths [n], ids, counts) of the rows' runs in the canonical order."""
-        draws = _unpack_ids(packed, k).astype(np.int64)
+        """Grouped draws -> (lengths [n], ids, counts) of the rows' runs, back to back (canonical already)."""
+        draws = _unpack_ids(packed, k)
         n = len(draws)
         start = np.ones((n, k), dtype=bool)
         start[:, 1:] = draws[:, 1:] != draws[:, :-1]
         first = np.flatnonzero(start)  # column 0 always starts a run, so a row's last run ends where the next begins
-        counts = np.append(first[1:], n * k) - first
-        rows, ids = first // k, draws.ravel()[first]
-        order = np.lexsort((ids, -counts, rows))
-        return np.bincount(rows, minlength=n), ids[order], counts[order]
+        return start.sum(axis=1), draws.ravel()[first], np.diff(first, append=n * k)
 
     def decode(self, arrays, k, out_idx, out_vals):
         _put_rows(*self._entries(arrays[0], k), out_idx, out_vals)

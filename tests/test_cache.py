@@ -584,7 +584,7 @@ def test_sampled_packed_cache_reads_the_same_rows(tmp_path, big):
     draws = np.load(tmp_path / "packed" / "fineweb_train_000000.draws.npy", mmap_mode="r")
     assert draws.dtype == np.uint8 and draws.shape == (BIG[0], 20)  # 5 * ceil(16 / 4) bytes per row
     m = json.loads((tmp_path / "packed" / "manifest.json").read_text())
-    assert (m["version"], m["encoding"], m["value_kind"], m["codec_params"]) == (2, "sampled-packed", "draw_counts", {"index_bits": 10, "row": "sorted draws"})
+    assert (m["version"], m["encoding"], m["value_kind"], m["codec_params"]) == (2, "sampled-packed", "draw_counts", {"index_bits": 10, "row": "draws grouped, canonical"})
     a, b = CacheReader(tmp_path / "ragged", big), CacheReader(tmp_path / "packed", big)
     segments = [(0, 250, 300), (1, 0, 37), (2, 0, 3), (2, 511, 19)]
     for x, y in zip(a.gather_sampled(segments, np.int16), b.gather_sampled(segments, np.int16)):

@@ -165,9 +165,9 @@ def test_sampled_rows_roundtrip_as_multisets_in_the_documented_bytes(name, draws
     else:
         (packed,) = stored
         assert packed.dtype == np.uint8 and packed.shape == (60, 5 * -(-draws // 4))
-        for row, c in zip(packed, counters):  # brute force: the sorted draws as a little-endian 10-bit stream
+        for row, c in zip(packed, counters):  # brute force: the grouped draws, canonical, as a 10-bit little-endian stream
             stream = int.from_bytes(row.tobytes(), "little")
-            assert [(stream >> (10 * j)) & 1023 for j in range(draws)] == sorted(c.elements())
+            assert [(stream >> (10 * j)) & 1023 for j in range(draws)] == [i for i, m in canonical(c) for _ in range(m)]
             assert stream >> (10 * draws) == 0  # zero padding
     width = max(len(c) for c in counters) + 2
     ids, counts = np.full((60, width), 7, np.int32), np.full((60, width), 7, np.uint8)
