@@ -1,12 +1,15 @@
-"""Cache the teacher's top-K log-probabilities for every train token (the logit cache of DESIGN.md).
+"""Cache the teacher's top-K log-probabilities for every train token (the logit cache of DESIGN.md), or N draws
+from its distribution at a temperature (--encoding sampled).
 
     python cache_logits.py --teacher checkpoints/teacher.pt --out caches/teacher_k32 [--k 32]
            [--shards N | --tokens N] [--window L] [--stride S] [--encoding fp16|packed] [--verify N]
+    python cache_logits.py --teacher ... --out caches/teacher_n16 --encoding sampled|sampled-packed --draws 16 [--temperature T]
     torchrun --standalone --nproc_per_node=8 cache_logits.py --teacher ... --out ...   # ranks split shards
     python cache_logits.py --teacher ngram:3 --out caches/ngram3_k32   # the n-gram teacher (golf/ngram.py)
 
 Row t of a shard's cache is the teacher's top-K for the token after stream position t (the student's target
-at input position t). The student looks rows up by the (shard, offset) its loader read the tokens from, so
+at input position t); of a sampled cache, N draws with replacement from softmax(logits / T) there, T defaulting
+to DISTILL_TEMP (a student reading it must distil at the same temperature: its loss estimates the KL at T). The student looks rows up by the (shard, offset) its loader read the tokens from, so
 alignment holds for any world size, batch or sequence length. Writing is resumable: rerunning the same
 command after a crash recomputes only unfinished shards. Data, tokenizer and vocabulary are the teacher's own
 (from its checkpoint's saved config) unless DATA_PATH / TOKENIZER_PATH / VOCAB_SIZE or their flags set them.
@@ -27,7 +30,7 @@ from golf.atomic import require_free_disk
 from golf.cache import CacheSpec, CacheWriter, cache_manifest_field
 from golf.cache_build import build_cache, build_ngram_cache, default_batch_windows, teacher_context, verify_cache
 from golf.checkpoint import load_checkpoint, load_teacher
-from golf.codecs import ENCODINGS
+from golf.codecs import CODECS, ENCODINGS
 from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
 from golf.errors import GolfError, cli_main
@@ -39,13 +42,16 @@ from golf.tokenizer import file_sha256, load_tokenizer
 def _options(p):
     p.add_argument("--teacher", required=False, help="teacher checkpoint (default TEACHER_PATH), or ngram:ORDER")
     p.add_argument("--out", required=False, help="cache folder (default LOGIT_CACHE)")
-    p.add_argument("--k", type=int, default=32, help="top-K entries per token")
+    p.add_argument("--k", type=int, default=None, help="top-K entries per token (fp16, packed; default 32)")
+    p.add_argument("--draws", type=int, default=None, help="--encoding sampled: draws N per token (1..255)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="--encoding sampled: draw from softmax(logits / T) (default DISTILL_TEMP; students must use it)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--shards", type=int, default=0, help="cache only the first N train shards")
     g.add_argument("--tokens", type=int, default=0, help="cache the first shards covering N tokens")
     p.add_argument("--window", type=int, default=0, help="teacher context length (default its TRAIN_SEQ_LEN)")
     p.add_argument("--stride", type=int, default=0, help="window advance (default = window; smaller = more context)")
-    p.add_argument("--encoding", default="fp16", choices=ENCODINGS, help="cache codec (golf/codecs.py): fp16 (128 B/token at K=32) or packed (72 B)")
+    p.add_argument("--encoding", default="fp16", choices=ENCODINGS, help="cache codec (golf/codecs.py): fp16 (128 B/token at K=32), packed (72 B); draws: sampled (1 + 3 B per distinct id) or sampled-packed (5*ceil(N/4) B, vocab <= 1024)")
     p.add_argument("--batch-windows", type=int, default=0, help="windows per teacher forward (default: ~64k tokens on CUDA, ~4k on CPU)")
     p.add_argument("--verify", type=int, default=0, help="afterwards recompute N random rows and report the difference")
 
@@ -57,6 +63,24 @@ def _check_new_cache_fits(out: str, shard_paths: list[str], spec: CacheSpec):
     if not os.path.exists(out):
         require_free_disk(out, sum(spec.shard_bytes(read_header(p)) for p in shard_paths), "the logit cache",
                           "free some space, use a smaller --k or --encoding packed, or another --out")
+
+
+def _entries(args) -> int:
+    """The spec's K: the top-K of a top-K encoding, the draws N of a sampled one."""
+    if CODECS[args.encoding].value_kind == "draw_counts":
+        if args.k is not None or args.draws is None:
+            raise GolfError(f"--encoding {args.encoding} takes --draws N (1..255) instead of --k")
+        return args.draws
+    if args.draws is not None:
+        raise GolfError(f"--draws is for --encoding sampled or sampled-packed; --encoding {args.encoding} stores the top --k")
+    return 32 if args.k is None else args.k
+
+
+def _temperature(args, cfg) -> float | None:
+    """A sampled cache's temperature (--temperature, else DISTILL_TEMP); None for a top-K cache (which refuses one)."""
+    if CODECS[args.encoding].value_kind == "draw_counts" and args.temperature is None:
+        return cfg.distill_temp
+    return args.temperature
 
 
 def _select_shards(paths: list[str], shards: int, tokens: int) -> list[str]:
@@ -130,8 +154,9 @@ def main():
         model, sha, tcfg = load_teacher(teacher_path, ctx, cfg.vocab_size, file_sha256(cfg.tokenizer_path))
         window = args.window or tcfg.train_seq_len
         stride = args.stride or window
-        spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
-                         teacher_config=tcfg.to_dict(), window=window, stride=stride)
+        spec = CacheSpec(k=_entries(args), vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
+                         teacher_config=tcfg.to_dict(), window=window, stride=stride,
+                         temperature=_temperature(args, cfg))
         _check_new_cache_fits(out, shard_paths, spec)
         tokens = sum(read_header(p) for p in shard_paths)
         context = teacher_context(tokens, window, stride)
@@ -142,7 +167,7 @@ def main():
         pending = writer.pending()
         need = writer.bytes_needed()
         if ctx.is_master:
-            print(f"cache:{out} shards:{len(shard_paths)} tokens:{tokens} k:{args.k} encoding:{args.encoding} "
+            print(f"cache:{out} shards:{len(shard_paths)} tokens:{tokens} k:{spec.k} encoding:{args.encoding} "
                   f"window:{window} stride:{stride} teacher_sha256:{sha[:16]} pending_shards:{len(pending)} "
                   f"bytes_to_write:{need} ({need / 1e9:.2f} GB)", flush=True)
             print(f"teacher_context mean:{context['mean']:.1f} min:{context['min']} "
@@ -165,8 +190,8 @@ def main():
                   f"seconds:{stats['seconds']:.1f} tokens_per_s:{stats['tokens_per_s']:.0f}", flush=True)
             if args.verify:
                 v = verify_cache(model, out, shard_paths, args.verify, ctx)  # eager: also checks the compiled path
-                print(f"verify rows:{v['rows']} max_abs_logprob_diff:{v['max_abs_logprob_diff']:.5f} "
-                      f"id_mismatches:{v['id_mismatches']}", flush=True)
+                print("verify " + " ".join(f"{k}:{x:.5f}" if isinstance(x, float) else f"{k}:{x}" for k, x in v.items()),
+                      flush=True)
                 print(json.dumps(v))
     finally:
         cleanup()

@@ -1,8 +1,14 @@
-"""The logit cache: the teacher's top-K log-probabilities for every train token, stored once, read by every student.
+"""The logit cache: the teacher's top-K log-probabilities (or N draws from it) for every train token, stored once,
+read by every student.
 
 Layout of a cache folder (one per teacher, shard set and K), for each train shard `NAME.bin`:
 - encoding "fp16":   `NAME.idx.npy` (uint16 [num_tokens, K]) and `NAME.val.npy` (float16 [num_tokens, K]);
 - encoding "packed": `NAME.pk.npy`  (uint8 [num_tokens, 5*ceil(K/4) + K], 72 bytes per token at K=32);
+- encoding "sampled" (format version 2; K is the draws N, the manifest adds the `temperature`):
+  `NAME.lengths.npy` (uint8 [num_tokens, 1]), `NAME.entries.npy` (uint8 [entries, 3]) and `NAME.offsets.npy`
+  (int64 [ceil(num_tokens / 256) + 1, 1]), ragged rows of distinct ids and draw counts (golf/codecs.py);
+- encoding "sampled-packed" (format version 2, as "sampled"): `NAME.draws.npy` (uint8 [num_tokens,
+  5*ceil(N/4)]), the N sorted draws in 10-bit ids, 20 bytes per token at N=16;
 - `NAME.done`: a small JSON sidecar, written only after the data files are whole (see "Completion" below);
 - `manifest.json`: format version, K, vocab size, encoding, value kind, teacher sha256 and config, the
   teacher's window and stride, and per shard its name, token count, fingerprint and `complete` flag.
@@ -10,7 +16,8 @@ Every `.npy` is a plain numpy file: `numpy.load(path, mmap_mode="r")` opens it.
 
 Row semantics: row t of a shard holds the teacher's top-K for the token that FOLLOWS stream position t (the
 student's target y at input position t): log-probabilities at temperature 1 (log_softmax over the full
-vocabulary), sorted descending, with their token ids. The top-K mass is sum(exp(values)), so the rest of the
+vocabulary), sorted descending, with their token ids. A sampled cache's row t holds N draws with replacement
+from softmax(logits / temperature) at the same position, as distinct ids and counts (golf.cache_build). The top-K mass is sum(exp(values)), so the rest of the
 vocabulary carries 1 - sum(exp(values)) (clamp at 0: fp16 rounding can push the sum a hair above 1). The
 stream's last row predicts a token past the data; when the student's loader wraps, its target there is the
 stream's first token, so that one row's teacher term is masked (golf.teachers.CachedTeacher, docs/decisions.md).
@@ -32,14 +39,18 @@ Several ranks rewriting the manifest concurrently can leave it one commit behind
 rank after a barrier (when nobody writes any more) to make it exact. A reader trusts only a manifest that
 says complete AND files that check out, so a lagging manifest can only make it refuse, never read garbage.
 
-Encodings (`fp16`, `packed`, ...) are codecs in golf/codecs.py, which also describes the packed rows' layout and
-error bounds; this module stores whatever files a codec declares and never branches on its name.
+Encodings (`fp16`, `packed`, `sampled`, `sampled-packed`) are codecs in golf/codecs.py, which also describes the packed rows' layout
+and error bounds and the sampled rows' layout; this module stores whatever files a codec declares and never
+branches on its name. A ragged codec's entries are written in row order: appended to the entries file, whose
+.npy header gets the final count at commit (numpy pads a header so that it keeps its size whatever the first
+dimension), while the offsets fill in as rows arrive; so every file stays a plain .npy.
 """
 import contextlib
 import glob
+import io
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 
@@ -48,8 +59,9 @@ from golf.codecs import CODECS, ENCODINGS, Codec, FileLayout
 from golf.errors import GolfError
 from golf.shards import read_header, shard_fingerprint
 
-FORMAT_VERSION = 1
-VALUE_KIND = "logprob_T1"
+# 1: top-K rows (fp16, packed), unchanged since it was fixed; 2: ragged rows (sampled). A cache's version is
+# its codec's `format_version`.
+FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 _REDO = "rerun cache_logits.py with the same settings and --out {dir} to finish it"
@@ -73,6 +85,9 @@ class CacheSpec:
     teacher_config: dict  # the teacher's model configuration (JSON-serialisable)
     window: int  # the teacher's context length when it scored the stream
     stride: int  # how far consecutive teacher windows advance
+    # The temperature the draws of a sampled cache were taken at (None for a top-K cache, and then left out of
+    # the key: top-K manifests are those of before it existed).
+    temperature: float | None = None
 
     def __post_init__(self):
         if self.encoding not in ENCODINGS:
@@ -80,8 +95,17 @@ class CacheSpec:
         max_vocab = self.codec.max_vocab
         if not 1 <= self.vocab_size <= max_vocab:
             raise GolfError(f"logit cache encoding {self.encoding} needs 1 <= vocab_size <= {max_vocab}, got {self.vocab_size}; use encoding fp16 or a smaller vocabulary")
-        if not 1 <= self.k <= self.vocab_size:
-            raise GolfError(f"logit cache K={self.k} must lie in [1, vocab_size={self.vocab_size}]; choose another top-K")
+        if self.sampled:
+            max_draws = self.codec.max_draws
+            if not 1 <= self.k <= max_draws:
+                raise GolfError(f"logit cache draws N={self.k} must lie in [1, {max_draws}] (a count is one byte); choose another --draws")
+            if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < float("inf")):
+                raise GolfError(f"logit cache temperature {self.temperature} must be a positive number; set --temperature (it must equal the students' DISTILL_TEMP)")
+        else:
+            if not 1 <= self.k <= self.vocab_size:
+                raise GolfError(f"logit cache K={self.k} must lie in [1, vocab_size={self.vocab_size}]; choose another top-K")
+            if self.temperature is not None:
+                raise GolfError(f"logit cache encoding {self.encoding} stores log-probabilities at T = 1, not draws at a temperature; drop --temperature or use --encoding sampled")
         if not 1 <= self.stride <= self.window:
             raise GolfError(f"teacher window {self.window} and stride {self.stride} need 1 <= stride <= window, or some positions get no teacher output")
 
@@ -89,28 +113,57 @@ class CacheSpec:
     def codec(self) -> Codec:
         return CODECS[self.encoding]
 
+    @property
+    def sampled(self) -> bool:
+        """Whether rows are draws (K = the draws N) rather than a top-K."""
+        return self.codec.value_kind == "draw_counts"
+
     def key(self) -> dict:
         """Everything a reader must match: the spec, the format version, the value kind and the codec's
         parameters (JSON round-tripped, so tuples and lists compare equal)."""
-        d = {"version": FORMAT_VERSION, "value_kind": VALUE_KIND, **asdict(self), _CODEC_PARAMS: self.codec.params}
+        d = {"version": self.codec.format_version, "value_kind": self.codec.value_kind, **asdict(self),
+             _params_field(self.codec.format_version): self.codec.params}
+        if self.temperature is None:
+            del d["temperature"]
         return json.loads(json.dumps(d, sort_keys=True))
 
     def files(self, stem: str) -> list[FileLayout]:
-        """(file name, dtype, columns) of the data files of shard `stem`."""
+        """(file name, dtype, columns) of the per-row data files of shard `stem` (num_tokens rows each)."""
         return self.codec.files(stem, self.k)
 
+    def layouts(self, stem: str, num_tokens: int, entries: int | None = None) -> list[tuple[str, np.dtype, tuple]]:
+        """(file name, dtype, shape) of every data file of a shard of `num_tokens` rows: the per-row files, then a
+        ragged codec's offsets and entries files (`entries` rows; None: the most there can be, K per row)."""
+        out = [(name, dt, (num_tokens, cols)) for name, dt, cols in self.files(stem)]
+        codec = self.codec
+        if codec.ragged:
+            out.append((codec.offsets_file(stem), np.dtype(np.int64), (-(-num_tokens // codec.block) + 1, 1)))
+            name, dt, cols = codec.entries_file(stem, self.k)
+            out.append((name, dt, (num_tokens * self.k if entries is None else entries, cols)))
+        return out
+
+    def file_names(self, stem: str) -> list[str]:
+        return [name for name, _, _ in self.layouts(stem, 0)]
+
     def shard_bytes(self, num_tokens: int) -> int:
-        """Disk bytes of one shard's data files (an upper bound: headers counted generously)."""
-        return sum(num_tokens * cols * dt.itemsize + _HEADER_SLACK for _, dt, cols in self.files("shard"))
+        """Disk bytes of one shard's data files (an upper bound: headers counted generously, a ragged codec's
+        rows at their widest)."""
+        return sum(int(np.prod(shape)) * dt.itemsize + _HEADER_SLACK for _, dt, shape in self.layouts("shard", num_tokens))
 
     @classmethod
     def from_key(cls, key: dict) -> "CacheSpec":
         return cls(**{f.name: key[f.name] for f in fields(cls)})
 
 
+REQUIRED_FIELDS = [f.name for f in fields(CacheSpec) if f.default is MISSING]
+
+
 # The manifest holds the spec's key with the teacher's fields nested under "teacher"; the codec's parameters sit
-# under "packed" (the one codec with parameters when format version 1 was fixed).
-_CODEC_PARAMS = "packed"
+# under "packed" in format version 1 (the one codec with parameters when it was fixed), under "codec_params" after.
+def _params_field(version) -> str:
+    return "packed" if version == 1 else "codec_params"
+
+
 _NESTED = {"teacher_sha256": ("teacher", "sha256"), "teacher_config": ("teacher", "config")}
 
 
@@ -128,7 +181,7 @@ def _manifest_of_key(key: dict) -> dict:
 def _key_of_manifest(m: dict) -> dict:
     """The manifest's fields in the shape of `CacheSpec.key()` (missing ones None)."""
     key = {}
-    for name in [f.name for f in fields(CacheSpec)] + ["version", "value_kind", _CODEC_PARAMS]:
+    for name in [f.name for f in fields(CacheSpec)] + ["version", "value_kind", _params_field(m.get("version"))]:
         outer, inner = _NESTED.get(name, (name, None))
         if inner is None:
             key[name] = m.get(name)
@@ -197,6 +250,52 @@ def _npy_problem(path: str, dtype: np.dtype, shape: tuple) -> str | None:
     size, want = os.path.getsize(path), offset + int(np.prod(shape)) * dtype.itemsize
     if size != want:
         return f"truncated ({size} bytes, expected {want})" if size < want else f"has {size - want} trailing bytes"
+    return None
+
+
+_CHECK_ROWS = 1 << 22  # rows per chunk when a reader checks a ragged shard's row lengths (a multiple of any block)
+
+
+def _shard_problem(folder: str, spec: CacheSpec, shard: "_Shard") -> tuple[str, str] | None:
+    """(path, what is wrong) for the first bad data file of `shard`, or None when all are whole. A ragged codec's
+    entries file must hold as many rows as its offsets say."""
+    codec = spec.codec
+    layouts = spec.layouts(shard.stem, shard.num_tokens, entries=0)
+    fixed = layouts[:-1] if codec.ragged else layouts
+    for name, dt, shape in fixed:
+        path = os.path.join(folder, name)
+        problem = _npy_problem(path, dt, shape)
+        if problem:
+            return path, problem
+    if not codec.ragged:
+        return None
+    off_path = os.path.join(folder, codec.offsets_file(shard.stem))
+    offsets = np.load(off_path, mmap_mode="r")[:, 0]
+    entries = int(offsets[-1])
+    if offsets[0] != 0 or entries < 0 or entries > shard.num_tokens * spec.k:
+        return off_path, f"offsets run from {offsets[0]} to {entries}, outside [0, {shard.num_tokens * spec.k}]"
+    name, dt, shape = layouts[-1]
+    path = os.path.join(folder, name)
+    problem = _npy_problem(path, dt, (entries, shape[1]))
+    if problem:
+        return path, f"{problem} (its offsets file says {entries} entries)"
+    return None
+
+
+def _ragged_rows_problem(folder: str, spec: CacheSpec, shard: "_Shard") -> tuple[str, str] | None:
+    """(path, what is wrong) when a whole ragged shard's offsets disagree with its row lengths in some block, or a
+    row's length is not in [1, K]; reads the per-row files (1 byte per row for the sampled codec)."""
+    codec = spec.codec
+    off_path = os.path.join(folder, codec.offsets_file(shard.stem))
+    offsets = np.load(off_path, mmap_mode="r")[:, 0]
+    names = [name for name, _, _ in spec.files(shard.stem)]
+    per_row = [np.load(os.path.join(folder, name), mmap_mode="r") for name in names]
+    for a in range(0, shard.num_tokens, _CHECK_ROWS):
+        lengths = codec.row_lengths([m[a:a + _CHECK_ROWS] for m in per_row])
+        b = a // codec.block
+        blocks = np.add.reduceat(lengths, np.arange(0, len(lengths), codec.block))
+        if lengths.min() < 1 or lengths.max() > spec.k or (np.diff(offsets[b:b + len(blocks) + 1]) != blocks).any():
+            return off_path, f"offsets disagree with the row lengths in {names[0]} (rows {a}..{a + len(lengths)})"
     return None
 
 
@@ -279,7 +378,7 @@ class CacheWriter:
                     return False
         except (OSError, ValueError):
             return False
-        return all(_npy_problem(self._path(name), dt, (s.num_tokens, cols)) is None for name, dt, cols in self.spec.files(s.stem))
+        return _shard_problem(self.dir, self.spec, s) is None
 
     def pending(self) -> list[int]:
         """Indices of the shards that still need writing (missing, partial or stale)."""
@@ -296,7 +395,7 @@ class CacheWriter:
     def open_shard(self, i: int) -> "ShardWriter":
         """Start (re)writing shard i; its old sidecar, data files and temp files are deleted first."""
         s = self.shards[i]
-        names = [name for name, _, _ in self.spec.files(s.stem)]
+        names = self.spec.file_names(s.stem)
         _remove(self._path(f"{s.stem}.done"))  # first: from here on the shard is pending, whatever else happens
         self._remove_temps(names + [f"{s.stem}.done"])
         for name in names:
@@ -316,7 +415,7 @@ class CacheWriter:
         """
         names = [MANIFEST]
         for s in self.shards:
-            names += [name for name, _, _ in self.spec.files(s.stem)] + [f"{s.stem}.done"]
+            names += self.spec.file_names(s.stem) + [f"{s.stem}.done"]
         self._remove_temps(names)
         return self._write_manifest()
 
@@ -334,8 +433,43 @@ class CacheWriter:
         return pending
 
 
+class _Entries:
+    """A ragged codec's entries file being written: entries appended in row order after an .npy header that
+    `finish` rewrites with the final count (numpy pads a header so its size does not depend on that count)."""
+
+    def __init__(self, path: str, dtype: np.dtype, cols: int):
+        self.path, self.dtype, self.cols, self.rows = path, dtype, cols, 0
+        self.f = open(path, "wb")
+        self.header = self._header()
+        self.f.write(self.header)
+
+    def _header(self) -> bytes:
+        h = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.rows, self.cols)}
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, h)
+        return buf.getvalue()
+
+    def append(self, entries: np.ndarray):
+        self.f.write(np.ascontiguousarray(entries, dtype=self.dtype).tobytes())
+        self.rows += len(entries)
+
+    def finish(self):
+        header = self._header()
+        if len(header) != len(self.header):
+            raise RuntimeError(f"{self.path}: the .npy header changed size ({len(self.header)} -> {len(header)} bytes)")
+        self.f.seek(0)
+        self.f.write(header)
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.close()
+
+    def close(self):
+        self.f.close()
+
+
 class ShardWriter:
-    """Fills one shard's temp files chunk by chunk (rows in any order, each exactly once), then commits them.
+    """Fills one shard's temp files chunk by chunk (rows in any order, each exactly once; in row order for a
+    ragged codec, whose entries are appended), then commits them.
 
     Use as a context manager: leaving it without `commit()` (an exception) deletes the temp files.
     """
@@ -344,17 +478,23 @@ class ShardWriter:
         self.writer, self.i = writer, i
         self.shard = writer.shards[i]
         self.spec = writer.spec
+        self.codec = self.spec.codec
         self.num_rows = self.shard.num_tokens
         self._spans: list[tuple[int, int]] = []
         self._temps: list[tuple[str, str]] = []  # (final path, temp path)
-        self._maps: list[np.memmap] = []
+        self._maps: list[np.memmap] = []  # the per-row files, then a ragged codec's offsets
+        self._entries: _Entries | None = None
         self.committed = False
         try:
-            for name, dt, cols in self.spec.files(self.shard.stem):
+            layouts = self.spec.layouts(self.shard.stem, self.num_rows)
+            for n, (name, dt, shape) in enumerate(layouts):
                 tmp = create_temp(writer._path(name))
                 self._temps.append((writer._path(name), tmp))
-                self._maps.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=(self.num_rows, cols)))
-                _reserve(tmp)
+                if self.codec.ragged and n == len(layouts) - 1:
+                    self._entries = _Entries(tmp, dt, shape[1])
+                else:
+                    self._maps.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=shape))
+                    _reserve(tmp)
         except BaseException:
             self.abort()
             raise
@@ -378,13 +518,25 @@ class ShardWriter:
             return
         if idx.min() < 0 or idx.max() >= self.spec.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.spec.vocab_size}), got [{idx.min()}, {idx.max()}]")
-        # A teacher bug must not reach the student; -inf in particular would make its KL NaN (0 * -inf).
-        if not (np.isfinite(vals).all() and (vals[:, :-1] >= vals[:, 1:]).all()):
-            raise ValueError("values must be finite log-probabilities sorted descending along K")
+        self.codec.check_rows(idx, vals)
+        if self.codec.ragged and row_start != (end := self._spans[-1][1] if self._spans else 0):
+            raise ValueError(f"shard {self.shard.name}: a ragged encoding's rows come in order; got row {row_start}, expected {end}")
         rows = slice(row_start, row_start + m)
-        for mm, data in zip(self._maps, self.spec.codec.encode(idx, vals)):
+        arrays = self.codec.encode(idx, vals)
+        for mm, data in zip(self._maps, arrays[:len(self.spec.files(self.shard.stem))]):
             mm[rows] = data
+        if self.codec.ragged:
+            self._offsets(row_start, self.codec.row_lengths(arrays[:-1]))
+            self._entries.append(arrays[-1])
         self._spans.append((row_start, row_start + m))
+
+    def _offsets(self, row_start: int, lengths: np.ndarray):
+        """Record the first entry of every block that starts among these rows (the entries so far come before)."""
+        block = self.codec.block
+        first = -(-row_start // block) * block  # the first block start at or after row_start
+        starts = np.arange(first, row_start + len(lengths), block)
+        before = np.concatenate([[0], np.cumsum(lengths)])
+        self._maps[-1][starts // block, 0] = self._entries.rows + before[starts - row_start]
 
     def commit(self):
         """Make the shard durable and mark it complete (see the module docstring for the order of steps)."""
@@ -395,6 +547,9 @@ class ShardWriter:
             end = b
         if end != self.num_rows:
             raise ValueError(f"shard {self.shard.name}: rows [{end}, {self.num_rows}) never written")
+        if self._entries is not None:
+            self._maps[-1][-1, 0] = self._entries.rows  # the offsets end with the number of entries
+            self._entries.finish()
         for mm, (_, tmp) in zip(self._maps, self._temps):
             mm.flush()
             with open(tmp, "rb+") as f:
@@ -412,6 +567,8 @@ class ShardWriter:
     def abort(self):
         """Delete the temp files (the shard stays pending)."""
         self._maps = []
+        if self._entries is not None:
+            self._entries.close()
         for _, tmp in self._temps:
             _remove(tmp)
         self._temps = []
@@ -458,10 +615,10 @@ class CacheReader:
         if not os.path.isfile(path):
             raise GolfError(f"{path} not found: {d} is not a logit cache or its writer never started; run cache_logits.py --out {d}")
         m = _load_manifest(path, fix=f"delete {d} and run cache_logits.py --out {d} again")
-        if m.get("version") != FORMAT_VERSION:
-            raise GolfError(f"{path}: cache format version {m.get('version')}, this code reads {FORMAT_VERSION}; rebuild it with this cache_logits.py")
+        if m.get("version") not in FORMAT_VERSIONS:
+            raise GolfError(f"{path}: cache format version {m.get('version')}, this code reads {', '.join(map(str, FORMAT_VERSIONS))}; rebuild it with this cache_logits.py")
         key = _key_of_manifest(m)
-        missing = [f.name for f in fields(CacheSpec) if key[f.name] is None]
+        missing = [name for name in REQUIRED_FIELDS if key[name] is None]
         if missing:
             raise GolfError(f"{path}: manifest lacks field '{missing[0]}'; delete {d} and run cache_logits.py --out {d} again")
         self.spec = CacheSpec.from_key(key)
@@ -484,14 +641,13 @@ class CacheReader:
         for s, entry in zip(self.shards, m["shards"]):
             if not entry.get("complete"):
                 raise GolfError(f"{path}: shard {s.name} is not complete (cache_logits.py was interrupted); {redo}")
-            maps = []
-            for name, dt, cols in self.spec.files(s.stem):
-                fpath = os.path.join(d, name)
-                problem = _npy_problem(fpath, dt, (s.num_tokens, cols))
-                if problem:
-                    raise GolfError(f"{fpath}: {problem}; {redo}")
-                maps.append(np.load(fpath, mmap_mode="r"))
-            self._maps.append(maps)
+            bad = _shard_problem(d, self.spec, s)
+            if bad:
+                raise GolfError(f"{bad[0]}: {bad[1]}; {redo}")
+            bad = self.spec.codec.ragged and _ragged_rows_problem(d, self.spec, s)
+            if bad:  # whole files that disagree: the writer counts the shard complete until its sidecar goes
+                raise GolfError(f"{bad[0]}: {bad[1]}; delete {os.path.join(d, s.stem)}.done and {redo}")
+            self._maps.append([np.load(os.path.join(d, name), mmap_mode="r") for name in self.spec.file_names(s.stem)])
 
     @property
     def num_shards(self) -> int:
@@ -508,24 +664,42 @@ class CacheReader:
         return [s.name for s in self.shards]
 
     def _rows(self, segments, n: int):
-        """(rows of the data files, destination slice) for each segment, after checking it."""
+        """(rows of the data files, destination slice) for each segment, after checking it. For a ragged codec:
+        the per-row files' rows, then the rows' entries (one contiguous slice of the entries file)."""
         if sum(length for _, _, length in segments) != n:
             raise ValueError(f"segments hold {sum(length for _, _, length in segments)} rows, the outputs {n}")
+        codec, per_row = self.spec.codec, len(self.spec.files(""))
         pos = 0
         for shard, offset, length in segments:
             if not 0 <= shard < self.num_shards:
                 raise GolfError(f"the run reached train shard {shard} but logit cache {self.dir} covers only {self.num_shards} shards; cache more shards with cache_logits.py or set RESTRICT_TO_CACHE=1")
             if not 0 <= offset <= offset + length <= self.shards[shard].num_tokens:
                 raise ValueError(f"rows [{offset}, {offset + length}) outside shard {self.shards[shard].name} ({self.shards[shard].num_tokens} rows)")
-            yield [m[offset:offset + length] for m in self._maps[shard]], slice(pos, pos + length)
+            maps = self._maps[shard]
+            arrays = [m[offset:offset + length] for m in maps[:per_row]]
+            if codec.ragged:  # the entries of rows [offset, offset + length): from their block's first entry on
+                b = offset // codec.block * codec.block
+                first = int(maps[per_row][offset // codec.block, 0])
+                first += int(codec.row_lengths([m[b:offset] for m in maps[:per_row]]).sum())
+                arrays.append(maps[per_row + 1][first:first + int(codec.row_lengths(arrays).sum())])
+            yield arrays, slice(pos, pos + length)
             pos += length
 
+    def _expect(self, sampled: bool, what: str):
+        """Refuse a read that assumes the other kind of rows (a top-K read of a sampled cache or the reverse)."""
+        if self.spec.sampled != sampled:
+            has = "sampled draws" if self.spec.sampled else "top-K log-probabilities"
+            raise GolfError(f"logit cache {self.dir} holds {has} (encoding {self.spec.encoding}) but {what} needs "
+                            f"{'sampled draws' if sampled else 'top-K log-probabilities'}; point LOGIT_CACHE at a cache made "
+                            f"with cache_logits.py --encoding {'sampled or sampled-packed' if sampled else 'fp16 or packed'}")
+
     def gather(self, segments, out_idx: np.ndarray | None = None, out_vals: np.ndarray | None = None):
-        """Rows for `segments` = [(shard_index, offset, length), ...], concatenated in order.
+        """Rows for `segments` = [(shard_index, offset, length), ...], concatenated in order (a top-K cache).
 
         Returns (ids int64 [n, K], log-probs float32 [n, K]); pass `out_idx`/`out_vals` (e.g. numpy views of
         pinned tensors, any integer/float dtype that holds the values) to fill them instead of allocating.
         """
+        self._expect(False, "reading top-K rows")
         n = sum(length for _, _, length in segments)
         out_idx = np.empty((n, self.k), dtype=np.int64) if out_idx is None else out_idx
         out_vals = np.empty((n, self.k), dtype=np.float32) if out_vals is None else out_vals
@@ -535,9 +709,32 @@ class CacheReader:
             self.spec.codec.decode(arrays, self.k, out_idx[dst], out_vals[dst])
         return out_idx, out_vals
 
+    def width(self, segments) -> int:
+        """The most entries a row of `segments` has (for a ragged codec; K, the most there can be, for the others)."""
+        if not self.spec.codec.ragged:
+            return self.k
+        codec, per_row = self.spec.codec, len(self.spec.files(""))
+        return max((int(codec.row_lengths(arrays[:per_row]).max()) for arrays, _ in
+                    self._rows(segments, sum(n for _, _, n in segments)) if len(arrays[0])), default=0)
+
+    def gather_sampled(self, segments, id_dtype=np.int64, count_dtype=np.uint8):
+        """Rows for `segments` of a sampled cache, concatenated in order: (distinct ids [n, M], draw counts [n, M]),
+        M the widest row's distinct ids, the most drawn first, padding with id 0 and count 0 (golf.teachers.Sampled)."""
+        self._expect(True, "reading sampled rows")
+        n = sum(length for _, _, length in segments)
+        m = self.width(segments)
+        ids, counts = np.empty((n, m), dtype=id_dtype), np.empty((n, m), dtype=count_dtype)
+        for arrays, dst in self._rows(segments, n):
+            self.spec.codec.decode(arrays, self.k, ids[dst], counts[dst])
+        widest = int((counts > 0).sum(axis=1).max(initial=0))
+        if widest < m:  # a fixed-width codec's rows were decoded N wide
+            ids, counts = np.ascontiguousarray(ids[:, :widest]), np.ascontiguousarray(counts[:, :widest])
+        return ids, counts
+
     def gather_ids(self, segments, out_idx: np.ndarray) -> np.ndarray:
-        """Only the first out_idx.shape[1] ids of the rows for `segments` (the teacher's top-1 for a hard label),
-        decoded without touching the values."""
+        """Only the first out_idx.shape[1] ids of the rows for `segments` (the teacher's top-1 for a hard label; a
+        sampled cache's most drawn id, with -1 past the end of a shorter row), decoded without touching the
+        values."""
         if not 1 <= out_idx.shape[1] <= self.k:
             raise ValueError(f"asked for {out_idx.shape[1]} id columns of a top-{self.k} cache")
         for arrays, dst in self._rows(segments, out_idx.shape[0]):

@@ -1,5 +1,6 @@
 """Computing the logit cache: the teacher slides over the train stream and stores, for every position, its
-top-K log-probabilities for the next token (storage format in golf/cache.py).
+top-K log-probabilities for the next token, or N draws from its distribution at a temperature (storage format in
+golf/cache.py).
 
 Window layout, a function of the stream position only (so any subset of shards, any rank split and any
 resume computes identical rows): window 0 covers positions [0, L) and scores all of them; window k >= 1
@@ -12,6 +13,11 @@ start wherever the loader's spans put them (each rank's span carries one extra t
 shifts by one token per rank and micro-batch), so its context at a position differs from the teacher's,
 whatever S. The stream is the sorted train shards concatenated (no wrap: a position's output only depends on
 the tokens up to it).
+
+Draws (a sampled cache) are counter-based: draw j at offset t of shard s is the inverse CDF of
+softmax(logits / T) at a uniform that hashes (the teacher's sha256, s, t, j) (`draw_uniforms`), so a row's draws
+depend on its logits and that key alone: not on batches, windows per forward, ranks or resumes. Draws at N are
+the first N of draws at any larger N.
 """
 import queue
 import threading
@@ -90,6 +96,86 @@ def default_batch_windows(window: int, device: torch.device) -> int:
     return max(1, tokens // window)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 of int64 tensors of uint32 values, in 16-bit halves (no int64 overflow)."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x):
+    """murmur3's 32-bit finaliser (a bijection with full avalanche) on int64 tensors (or ints) of uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B) if isinstance(x, torch.Tensor) else (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35) if isinstance(x, torch.Tensor) else (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def draw_key(teacher_sha256: str, shard_index: int) -> int:
+    """The 32-bit hash of (teacher, shard) that every draw of the shard's rows starts from."""
+    sha = bytes.fromhex(teacher_sha256[:16].ljust(16, "0"))
+    h = 0
+    for word in (int.from_bytes(sha[:4], "little"), int.from_bytes(sha[4:], "little"), shard_index):
+        h = _mix32(h ^ (word & _MASK32))
+    return h
+
+
+def draw_uniforms(key: int, offsets: torch.Tensor, draws: int) -> torch.Tensor:
+    """Uniforms in [0, 1) float64 (..., N) for the rows at shard offsets `offsets` (...): 53 bits per draw, from
+    two hashes of (key, offset, 2j) and (key, offset, 2j + 1)."""
+    row = _mix32((offsets.long() & _MASK32) ^ key)
+    words = torch.arange(2 * draws, device=offsets.device)
+    h = _mix32(_mix32(row[..., None] ^ words) ^ words)  # twice: adjacent counters differ in one low bit
+    hi, lo = h[..., 0::2] >> 5, h[..., 1::2] >> 6  # 27 + 26 bits
+    return (hi * (1 << 26) + lo).double() * 2.0**-53
+
+
+_SAMPLE_ELEMENTS = 1 << 25  # float64 probabilities per chunk of rows (256 MB)
+
+
+def sample_rows(logits: torch.Tensor, offsets: torch.Tensor, draws: int, temperature: float, key: int):
+    """N draws from softmax(logits / T) per row (..., V), keyed by the rows' shard offsets (...), as the Sampled
+    rows (ids (..., N), counts uint8 (..., N)): distinct ids, most drawn first (ties by lower id), padding
+    (id 0, count 0) last. Ids are int16 unless the vocabulary has ids >= 2**15. Inverse CDF in float64."""
+    v = logits.shape[-1]
+    flat, off = logits.reshape(-1, v), offsets.reshape(-1)
+    ids = torch.empty(len(flat), draws, dtype=torch.int64, device=logits.device)
+    step = max(1, _SAMPLE_ELEMENTS // v)
+    for a in range(0, len(flat), step):
+        cdf = torch.softmax(flat[a:a + step].double() / temperature, dim=-1).cumsum_(-1)
+        u = draw_uniforms(key, off[a:a + step], draws) * cdf[:, -1:]
+        ids[a:a + step] = torch.searchsorted(cdf, u, right=True).clamp_(max=v - 1)
+    # Distinct ids and their counts: sort, number the runs, count each run.
+    ids = ids.sort(-1).values
+    run = torch.cat([torch.zeros_like(ids[:, :1]), (ids[:, 1:] != ids[:, :-1]).long()], -1).cumsum(-1)
+    counts = torch.zeros_like(ids).scatter_add_(-1, run, torch.ones_like(ids))
+    distinct = torch.zeros_like(ids).scatter_(-1, run, ids)
+    order = torch.where(counts > 0, (draws - counts) * v + distinct, (draws + 1) * v).sort(dim=-1, stable=True).indices
+    distinct, counts = distinct.gather(-1, order), counts.gather(-1, order)
+    shape = (*logits.shape[:-1], draws)
+    return (distinct.to(torch.int16 if v <= 1 << 15 else torch.int32).view(shape), counts.to(torch.uint8).view(shape))
+
+
+@torch.no_grad()
+def teacher_samples(model, x: torch.Tensor, offsets: torch.Tensor, draws: int, temperature: float, key: int, ctx: Ctx):
+    """x (B, L), its positions' shard offsets (B, L) -> the Sampled rows (ids (B, L, N), counts (B, L, N)) of
+    N draws per position from the teacher at `temperature` (`sample_rows`), on the device."""
+    with ctx.autocast():
+        logits = model(x)
+    return sample_rows(logits, offsets, draws, temperature, key)
+
+
+def teacher_rows(spec, shard_index: int):
+    """What a cache of `spec` stores of the teacher's windows of shard `shard_index`:
+    fn(model, x (B, L), offsets (B, L), ctx) -> (ids, values) (B, L, K) on the device."""
+    if spec.sampled:
+        key = draw_key(spec.teacher_sha256, shard_index)
+        return lambda model, x, offsets, ctx: teacher_samples(model, x, offsets, spec.k, spec.temperature, key, ctx)
+    return lambda model, x, offsets, ctx: teacher_topk(model, x, spec.k, ctx)
+
+
 @torch.no_grad()
 def teacher_topk(model, x: torch.Tensor, k: int, ctx: Ctx):
     """x (B, L) -> (top-K ids (B, L, K), log-probs fp16 (B, L, K)) on the device, sorted descending.
@@ -115,10 +201,11 @@ def _batches(plan, batch_windows: int):
         yield batch
 
 
-def compute_shard(model, stream: StreamView, shard_index: int, window: int, stride: int, k: int, ctx: Ctx,
+def compute_shard(model, stream: StreamView, shard_index: int, window: int, stride: int, rows_of, ctx: Ctx,
                   batch_windows: int, sink, fixed_shape: bool = False):
-    """Run the teacher over the windows that score shard `shard_index`; `sink(row_start, idx, vals, done, n)`
-    gets the rows in order (host tensors, valid once the CUDA event `done` has completed; n = rows).
+    """Run the teacher over the windows that score shard `shard_index`; `rows_of` (`teacher_rows`) makes the rows
+    from them; `sink(row_start, idx, vals, done, n)` gets the rows in order (host tensors, valid once the CUDA
+    event `done` has completed; n = rows).
     Device work for batch i+1 is queued before batch i's rows are handed over, so the device-to-host copy
     and the disk write overlap the next forward pass. `fixed_shape` pads every batch to
     (batch_windows, window), so a compiled teacher sees one shape (else each shard's last, smaller batch
@@ -135,7 +222,8 @@ def compute_shard(model, stream: StreamView, shard_index: int, window: int, stri
         pad_rows = batch_windows - len(batch) if fixed_shape else 0
         if length < window or pad_rows:
             x = torch.nn.functional.pad(x, (0, window - length, 0, pad_rows))
-        idx, vals = teacher_topk(model, x, k, ctx)
+        starts = torch.tensor([ws - lo for ws, _, _, _ in batch] + [0] * pad_rows, device=ctx.device)
+        idx, vals = rows_of(model, x, starts[:, None] + torch.arange(window, device=ctx.device), ctx)
         rows = (slice(0, len(batch)), slice(a0 - ws0, b0 - ws0))
         idx, vals = idx[rows].flatten(0, 1), vals[rows].flatten(0, 1)
         if ctx.device.type == "cuda":
@@ -203,8 +291,8 @@ def build_cache(model, writer: CacheWriter, shard_paths: list[str], pending: lis
             with writer.open_shard(i) as sw:
                 sink = AsyncShardSink(sw, bar)
                 try:
-                    compute_shard(model, stream, i, spec.window, spec.stride, spec.k, ctx, batch_windows, sink,
-                                  fixed_shape)
+                    compute_shard(model, stream, i, spec.window, spec.stride, teacher_rows(spec, i), ctx,
+                                  batch_windows, sink, fixed_shape)
                 finally:
                     sink.close()
                 sw.commit()
@@ -245,7 +333,9 @@ def verify_cache(model, cache_dir: str, shard_paths: list[str], n: int, ctx: Ctx
     Returns the largest |cached - recomputed| top-K log-prob (0 where the recomputation is bit-exact, up to
     the packed encoding's error otherwise) and the number of rows whose ids are not a top-K of the
     recomputed distribution: an id at rank j is accepted if its recomputed log-prob is within `tie` of the
-    recomputed j-th largest one (so swaps between near-equal values are ties, not errors)."""
+    recomputed j-th largest one (so swaps between near-equal values are ties, not errors). For a sampled cache:
+    the number of rows whose draws differ from the recomputed ones ("draw_mismatches"; a draw can only move
+    where a uniform falls within the forward's float noise of a CDF step)."""
     reader = CacheReader(cache_dir, shard_paths)
     spec = reader.spec
     stream = StreamView(shard_paths[:reader.num_shards])
@@ -259,11 +349,22 @@ def verify_cache(model, cache_dir: str, shard_paths: list[str], n: int, ctx: Ctx
         x = torch.nn.functional.pad(x, (0, spec.window - (we - ws)))  # the shape the builder ran
         with ctx.autocast():
             logits = model(x)
+        offset = p - int(stream.starts[shard])
+        if spec.sampled:
+            ids, counts = sample_rows(logits[0, p - ws], torch.tensor(offset, device=ctx.device), spec.k,
+                                      spec.temperature, draw_key(spec.teacher_sha256, shard))
+            c_ids, c_counts = reader.gather_sampled([(shard, offset, 1)])
+            m = c_ids.shape[1]
+            id_mismatch += not (np.array_equal(ids[:m].cpu().numpy(), c_ids[0]) and
+                                np.array_equal(counts[:m].cpu().numpy(), c_counts[0]) and not counts[m:].any())
+            continue
         logp = torch.log_softmax(logits[0, p - ws].float(), dim=-1)
         vals = logp.topk(spec.k, sorted=True).values.cpu().numpy()
         logp = logp.cpu().numpy()
-        c_idx, c_vals = reader.gather([(shard, p - int(stream.starts[shard]), 1)])
+        c_idx, c_vals = reader.gather([(shard, offset, 1)])
         worst = max(worst, float(np.abs(c_vals[0] - vals.astype(np.float16)).max()))
         if len(set(c_idx[0].tolist())) < spec.k or np.abs(logp[c_idx[0]] - vals).max() > tie:
             id_mismatch += 1
+    if spec.sampled:
+        return {"rows": n, "draw_mismatches": id_mismatch}
     return {"rows": n, "max_abs_logprob_diff": worst, "id_mismatches": id_mismatch}

@@ -149,7 +149,9 @@ class Teacher(ABC):
 class CachedTeacher(Teacher):
     """Rows of a logit cache (cache_logits.py), looked up by the stream coordinates the loader read the batch's
     tokens from; runs in the prefetch thread. Soft: TopK, int16 ids and float16 log-probs (12.6 MB per 48x2048
-    micro-batch at K = 32, half of int64 / float32). Hard: Top1, decoding column 0 of the ids alone."""
+    micro-batch at K = 32, half of int64 / float32); from a sampled cache Sampled, int16 ids and uint8 counts
+    padded to the batch's widest row. Hard: Top1, decoding column 0 of the ids alone (a sampled cache's most
+    drawn id, ties by the lower id: the mode of the N draws, an estimate of the teacher's top-1)."""
 
     name, where, track = "cache", "loader", "non-record"
 
@@ -170,6 +172,14 @@ class CachedTeacher(Teacher):
                             "DISTILL_TEACHER=online with TEACHER_PATH for an online teacher")
         teacher_sha = checkpoint_sha256(cfg.teacher_path) if cfg.teacher_path else None
         reader = CacheReader(cfg.logit_cache, run.train_files, vocab_size=cfg.vocab_size, teacher_sha256=teacher_sha)
+        spec = reader.spec
+        if spec.sampled and cfg.distill_target == "soft" and cfg.distill_temp != spec.temperature:
+            raise GolfError(f"{cfg.logit_cache} holds draws at temperature {spec.temperature} but DISTILL_TEMP={cfg.distill_temp}: "
+                            f"the sampled loss estimates the KL at the cache's temperature; set DISTILL_TEMP={spec.temperature} "
+                            f"or make a cache with cache_logits.py --encoding sampled --temperature {cfg.distill_temp}")
+        if spec.sampled and cfg.distill_tail == "bucket":
+            raise GolfError(f"DISTILL_TAIL=bucket needs the tail mass of a top-K cache but {cfg.logit_cache} holds sampled "
+                            "draws (no tail: the draws cover the whole vocabulary); unset DISTILL_TAIL or use a top-K cache")
         if cfg.restrict_to_cache:
             run.train_files = run.train_files[: reader.num_shards]
         return cls(reader, cfg.distill_target, restricted=cfg.restrict_to_cache, stream_shards=len(run.train_files))
@@ -211,6 +221,9 @@ class CachedTeacher(Teacher):
         if self.target == "hard":
             top1 = self.reader.gather_ids(segments, np.empty((n, 1), dtype=self.id_dtype))
             return Top1(torch.from_numpy(top1[:, 0]), valid)
+        if self.reader.spec.sampled:
+            ids, counts = self.reader.gather_sampled(segments, self.id_dtype, np.uint8)
+            return Sampled(torch.from_numpy(ids), torch.from_numpy(counts), valid)
         idx = np.empty((n, self.reader.k), dtype=self.id_dtype)
         vals = np.empty((n, self.reader.k), dtype=np.float16)
         self.reader.gather(segments, idx, vals)

@@ -496,3 +496,221 @@ def test_gather_ids_reads_the_first_columns_alone(tmp_path, shards, encoding):
         np.testing.assert_array_equal(ids, idx[:, :c])
     with pytest.raises(ValueError, match="asked for"):
         r.gather_ids(segments, np.empty((len(idx), K + 1), dtype=np.int16))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Sampled encoding in storage: ragged rows (the codec itself: tests/test_codecs.py)
+
+BIG = (700, 37, 530)  # several offset blocks of 256 rows, a shard shorter than one
+N = 16
+
+
+def sampled_spec(**kw):
+    return spec(**({"encoding": "sampled", "k": N, "temperature": 2.0} | kw))
+
+
+def sampled_rows(shard, n, draws=N):
+    """Rows of draws that identify their own (shard, position): (distinct ids, counts) [n, N], padding last, and
+    each row's multiset {id: count}. Row widths vary from 1 to min(N, 6)."""
+    rng = np.random.default_rng(100 + shard)
+    ids, counts, sets = np.zeros((n, draws), np.int64), np.zeros((n, draws), np.int64), []
+    for t in range(n):
+        width = 1 + (t * 7 + shard) % min(draws, 6)
+        row = {(t + 1000 * shard + 97 * j) % V: 1 for j in range(width)}
+        for extra in rng.choice(list(row), draws - width):
+            row[int(extra)] += 1
+        sets.append(row)
+        for j, (i, c) in enumerate(row.items()):
+            ids[t, j], counts[t, j] = i, c
+    return ids, counts, sets
+
+
+def write_sampled(out, paths, sizes=BIG, encoding="sampled"):
+    """The pending shards of a sampled cache of `sampled_rows`, in chunks that cross the offset blocks."""
+    w = CacheWriter(out, paths, sampled_spec(encoding=encoding))
+    for i in w.pending():
+        ids, counts, _ = sampled_rows(i, sizes[i], w.spec.k)
+        with w.open_shard(i) as sw:
+            for a, b in [(0, 1), (1, 255), (255, 300), (300, sizes[i])]:
+                if a < sizes[i]:
+                    sw.write(a, ids[a:b], counts[a:b])
+            sw.commit()
+    assert w.finalize() == []
+    return w
+
+
+@pytest.fixture
+def big(tmp_path):
+    return make_shards(tmp_path / "big", sizes=BIG)
+
+
+def as_sets(ids, counts):
+    return [{int(i): int(c) for i, c in zip(r_ids, r_counts) if c} for r_ids, r_counts in zip(ids, counts)]
+
+
+def test_sampled_cache_files_manifest_and_reads_across_shards_and_blocks(tmp_path, big):
+    out = tmp_path / "cache"
+    write_sampled(out, big)
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["version"], m["k"], m["encoding"], m["value_kind"], m["temperature"]) == (2, N, "sampled", "draw_counts", 2.0)
+    assert m["codec_params"] == {"block": 256, "entry": "uint16 id, uint8 count"} and "packed" not in m
+    sets = [sampled_rows(s, n)[2] for s, n in enumerate(BIG)]
+    for s, n in enumerate(BIG):  # the documented files: lengths, offsets of every 256 rows, 3-byte entries
+        stem = out / f"fineweb_train_{s:06d}"
+        lengths = np.load(f"{stem}.lengths.npy")
+        offsets = np.load(f"{stem}.offsets.npy")
+        entries = np.load(f"{stem}.entries.npy")
+        assert lengths.dtype == np.uint8 and lengths[:, 0].tolist() == [len(r) for r in sets[s]]
+        assert offsets.dtype == np.int64 and offsets[:, 0].tolist() == [sum(len(r) for r in sets[s][:b]) for b in list(range(0, n, 256)) + [n]]
+        assert entries.dtype == np.uint8 and entries.shape == (sum(len(r) for r in sets[s]), 3)
+
+    r = CacheReader(out, big)
+    segments = [(0, 250, 300), (0, 690, 10), (1, 0, 37), (2, 0, 3), (2, 511, 19), (0, 7, 2)]
+    ids, counts = r.gather_sampled(segments, np.int16, np.uint8)
+    want = [row for s, o, n in segments for row in sets[s][o:o + n]]
+    assert ids.dtype == np.int16 and counts.dtype == np.uint8
+    assert ids.shape[1] == max(len(row) for row in want) == r.width(segments)
+    assert as_sets(ids, counts) == want
+    assert (counts.sum(1) == N).all()
+    for lo in range(0, 700, 37):  # every span start within a block, one row at a time
+        assert as_sets(*r.gather_sampled([(0, lo, 1)])) == sets[0][lo:lo + 1]
+    top = r.gather_ids(segments, np.empty((len(want), 1), np.int32))[:, 0]
+    assert top.tolist() == [min(row, key=lambda i: (-row[i], i)) for row in want]  # the most drawn, ties by lower id
+
+
+def test_sampled_packed_cache_reads_the_same_rows(tmp_path, big):
+    write_sampled(tmp_path / "ragged", big)
+    write_sampled(tmp_path / "packed", big, encoding="sampled-packed")
+    draws = np.load(tmp_path / "packed" / "fineweb_train_000000.draws.npy", mmap_mode="r")
+    assert draws.dtype == np.uint8 and draws.shape == (BIG[0], 20)  # 5 * ceil(16 / 4) bytes per row
+    m = json.loads((tmp_path / "packed" / "manifest.json").read_text())
+    assert (m["version"], m["encoding"], m["value_kind"], m["codec_params"]) == (2, "sampled-packed", "draw_counts", {"index_bits": 10, "row": "draws grouped, canonical"})
+    a, b = CacheReader(tmp_path / "ragged", big), CacheReader(tmp_path / "packed", big)
+    segments = [(0, 250, 300), (1, 0, 37), (2, 0, 3), (2, 511, 19)]
+    for x, y in zip(a.gather_sampled(segments, np.int16), b.gather_sampled(segments, np.int16)):
+        assert x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous
+        np.testing.assert_array_equal(x, y)  # canonical rows, trimmed to the widest
+    n = sum(s[2] for s in segments)
+    np.testing.assert_array_equal(a.gather_ids(segments, np.empty((n, 3), np.int32)), b.gather_ids(segments, np.empty((n, 3), np.int32)))
+
+
+def test_sampled_cache_refuses_top_k_reads_and_the_reverse(tmp_path, big, shards):
+    write_sampled(tmp_path / "sampled", big)
+    with pytest.raises(GolfError, match=r"holds sampled draws \(encoding sampled\) but reading top-K rows needs top-K log-probabilities; .*--encoding fp16 or packed"):
+        CacheReader(tmp_path / "sampled", big).gather([(0, 0, 4)])
+    write_all(tmp_path / "fp16", shards)
+    with pytest.raises(GolfError, match=r"holds top-K log-probabilities \(encoding fp16\) but reading sampled rows needs sampled draws; .*--encoding sampled or sampled-packed"):
+        CacheReader(tmp_path / "fp16", shards).gather_sampled([(0, 0, 4)])
+
+
+def test_sampled_rows_must_come_in_order_and_be_draws(tmp_path, big):
+    w = CacheWriter(tmp_path / "cache", big, sampled_spec())
+    ids, counts, _ = sampled_rows(1, BIG[1])
+    with w.open_shard(1) as sw:
+        sw.write(0, ids[:10], counts[:10])
+        with pytest.raises(ValueError, match="rows come in order"):
+            sw.write(20, ids[20:], counts[20:])
+        with pytest.raises(ValueError, match="sum to the draws"):
+            sw.write(10, ids[10:], counts[10:] * 2)
+    assert not [f for f in os.listdir(tmp_path / "cache") if f.endswith(".tmp")]
+
+
+def test_sampled_spec_refusals():
+    for kw, message in [(dict(k=0), r"draws N=0 must lie in \[1, 255\]"), (dict(k=256), "draws N=256"),
+                        (dict(temperature=0.0), "temperature 0.0 must be a positive number"),
+                        (dict(temperature=None), "temperature None"), (dict(temperature=-1), "temperature -1"),
+                        (dict(temperature=float("inf")), "temperature inf")]:
+        with pytest.raises(GolfError, match=message):
+            sampled_spec(**kw)
+    with pytest.raises(GolfError, match="encoding fp16 stores log-probabilities at T = 1"):
+        spec(temperature=2.0)
+    sampled_spec(k=255, vocab_size=1 << 16)
+
+
+def test_sampled_resume_after_kill_mid_shard_is_byte_identical(tmp_path, big):
+    clean = tmp_path / "clean"
+    write_sampled(clean, big)
+    out = str(tmp_path / "cache")
+    src = _KILLED_SAMPLED.format(repo=REPO, out=out, shards=big, spec=vars(sampled_spec()))
+    proc = subprocess.Popen([sys.executable, "-c", src], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len([f for f in os.listdir(out) if f.endswith(".tmp")]) == 3  # lengths, offsets, entries of shard 1
+    w = CacheWriter(out, big, sampled_spec())
+    assert w.pending() == [1, 2]
+    write_sampled(out, big)
+    assert dir_bytes(out) == dir_bytes(clean)
+
+
+_KILLED_SAMPLED = """
+import sys
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {repo!r} + "/tests")
+from golf.cache import CacheSpec, CacheWriter
+from test_cache import sampled_rows
+w = CacheWriter({out!r}, {shards!r}, CacheSpec(**{spec!r}))
+w.write_shard(0, *sampled_rows(0, 700)[:2])
+sw = w.open_shard(1)
+sw.write(0, *[a[:5] for a in sampled_rows(1, 37)[:2]])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sampled_reader_refuses_truncated_entries_and_offsets_that_disagree(tmp_path, big):
+    out = tmp_path / "cache"
+    write_sampled(out, big)
+    entries = out / "fineweb_train_000002.entries.npy"
+    data = entries.read_bytes()
+    entries.write_bytes(data[:-3])
+    with pytest.raises(GolfError, match=r"fineweb_train_000002\.entries\.npy: truncated .*offsets file says \d+ entries.*rerun cache_logits\.py"):
+        CacheReader(out, big)
+    assert CacheWriter(out, big, sampled_spec()).pending() == [2]  # a rerun redoes it
+    entries.write_bytes(data)
+
+    offsets_path = out / "fineweb_train_000000.offsets.npy"
+    offsets = np.load(offsets_path, mmap_mode="r+")
+    offsets[1] += 1  # block 0 one entry longer, block 1 one shorter: sizes still agree
+    offsets.flush()
+    del offsets
+    with pytest.raises(GolfError, match=r"fineweb_train_000000\.offsets\.npy: offsets disagree with the row lengths.*delete .*fineweb_train_000000\.done and rerun"):
+        CacheReader(out, big)
+
+
+def test_sampled_disk_estimate_bounds_the_files(tmp_path, big):
+    w = CacheWriter(tmp_path / "cache", big, sampled_spec())
+    need = w.bytes_needed()
+    assert need == sum(n * (1 + 3 * N) + 8 * (-(-n // 256) + 1) for n in BIG) + 3 * 3 * 1024
+    write_sampled(tmp_path / "cache", big)
+    assert sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npy")) < need
+
+
+@pytest.mark.parametrize("encoding", ["sampled", "sampled-packed"])
+def test_sampled_rows_looked_up_by_loader_segments_are_the_targets(tmp_path, big, encoding):
+    """An oracle sampled cache whose most drawn id is the true next token: every rank's most drawn id and first
+    sampled id equal its y, across shard boundaries, offset blocks and the stream's wrap-around."""
+    stream = np.concatenate([load_shard(p) for p in big]).astype(np.int64)
+    next_token = np.roll(stream, -1)
+    w = CacheWriter(tmp_path / "cache", big, sampled_spec(encoding=encoding))
+    start = 0
+    for i, n in enumerate(BIG):
+        ids = np.zeros((n, N), np.int64)
+        counts = np.zeros((n, N), np.int64)
+        ids[:, 0], ids[:, 1] = next_token[start:start + n], (next_token[start:start + n] + 1) % V
+        counts[:, 0], counts[:, 1] = N - 3, 3
+        w.write_shard(i, ids, counts)
+        start += n
+    r = CacheReader(tmp_path / "cache", big)
+    for world in (1, 2, 3):
+        loaders = [DistributedTokenLoader(big, rank, world) for rank in range(world)]
+        for _ in range(2 * sum(BIG) // (world * 129) + 2):  # two passes over the stream
+            for loader in loaders:
+                batch = loader.next_batch(global_tokens=world * 128, seq_len=32, accum=1)
+                y = batch.y.flatten().numpy()
+                ids, counts = r.gather_sampled(batch.segments)
+                np.testing.assert_array_equal(ids[:, 0], y)
+                np.testing.assert_array_equal(counts[:, :2], np.tile([N - 3, 3], (len(y), 1)))
+                np.testing.assert_array_equal(r.gather_ids(batch.segments, np.empty((len(y), 1), np.int64))[:, 0], y)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import namedtuple
 from pathlib import Path
 
@@ -22,11 +23,14 @@ import pytest
 import torch
 
 from golf.cache import CacheReader, CacheSpec, CacheWriter
-from golf.cache_build import build_cache, plan_windows, teacher_context, teacher_topk, verify_cache
+from golf.cache_build import (build_cache, draw_key, draw_uniforms, plan_windows, sample_rows, teacher_context,
+                              teacher_topk, verify_cache)
 from golf.checkpoint import load_teacher, save_checkpoint
+from golf.codecs import CODECS
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
 from golf.model import GPT
+from golf.teachers import CachedTeacher, Sampled, Top1, TopK
 from golf.shards import load_shard, write_shard
 from helpers import REPO, cpu_ctx, edge_rows, run_script
 
@@ -35,6 +39,7 @@ CONTENT_SIZES = (37, 100, 5, 64, 201)  # not multiples of any window or stride; 
 SCRIPT_SIZES = (750, 666, 850, 600, 777, 700, 825, 650)  # many shards: time to kill between two
 # Script runs: a small stride and one window per forward make each shard take ~0.1-0.4 s on CPU.
 SCRIPT_ARGS = ["--k", "16", "--window", "32", "--stride", "8", "--batch-windows", "2"]
+SAMPLED_ARGS = ["--encoding", "sampled", "--draws", "12", "--temperature", "1.5", *SCRIPT_ARGS[2:]]
 
 
 def write_stream(folder, sizes, vocab=1024, seed=0) -> list[str]:
@@ -142,9 +147,13 @@ def fp16_tol(v):
     return np.abs(v) * 2.0**-11 + 1e-4
 
 
+DRAWS, TEMP, SHA = 32, 2.0, "3a" * 32  # a sampled cache's
+
+
 def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windows=4, fixed_shape=False):
-    spec = CacheSpec(k=K, vocab_size=vocab, encoding=encoding, teacher_sha256="0" * 64,
-                     teacher_config=model.cfg.to_dict(), window=window, stride=stride)
+    sampled = CODECS[encoding].value_kind == "draw_counts"
+    spec = CacheSpec(k=DRAWS if sampled else K, vocab_size=vocab, encoding=encoding, teacher_sha256=SHA if sampled else "0" * 64,
+                     teacher_config=model.cfg.to_dict(), window=window, stride=stride, temperature=TEMP if sampled else None)
     out = os.path.join(tmp, f"cache_{encoding}")
     writer = CacheWriter(out, paths, spec)
     stats = build_cache(model, writer, paths, writer.pending(), cpu_ctx(), batch_windows, fixed_shape)
@@ -152,17 +161,23 @@ def build(tmp, model, paths, window, stride, vocab, encoding="fp16", batch_windo
     return CacheReader(out, paths)
 
 
+@pytest.mark.parametrize("encoding", ["fp16", "sampled", "sampled-packed"])
 @pytest.mark.parametrize("window,stride,vocab,batch_windows,fixed_shape", [
     (32, 32, 1024, 64, False),
     (32, 12, 1024, 3, False),
     (24, 7, 1024, 5, True),  # every batch padded to one shape, as for a compiled teacher
     (24, 24, 40000, 4, False),  # ids >= 2**15 do not fit the int16 the device side uses for small vocabs
 ])
-def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, window, stride, vocab, batch_windows, fixed_shape):
+def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, window, stride, vocab, batch_windows, fixed_shape, encoding):
+    if vocab > CODECS[encoding].max_vocab:
+        pytest.skip(f"{encoding} holds vocabularies up to {CODECS[encoding].max_vocab}")
     paths = write_stream(tmp_path / "data", CONTENT_SIZES)
     model = random_teacher(tmp_path / "teacher.pt", seed=1, seq_len=window, vocab=vocab)
-    reader = build(str(tmp_path), model, paths, window, stride, vocab, batch_windows=batch_windows, fixed_shape=fixed_shape)
+    reader = build(str(tmp_path), model, paths, window, stride, vocab, encoding, batch_windows=batch_windows, fixed_shape=fixed_shape)
     tokens = np.concatenate([np.asarray(load_shard(p)) for p in paths])
+    if encoding != "fp16":
+        check_sampled_rows(reader, model, tokens, window, stride, vocab)
+        return
     idx, vals = reader.gather([(i, 0, n) for i, n in enumerate(CONTENT_SIZES)])
     assert idx.shape == (len(tokens), K)
 
@@ -189,6 +204,113 @@ def test_cached_rows_equal_the_teacher_recomputed_on_each_window(tmp_path, windo
     assert np.mean(shifted_differs) > 0.9, np.mean(shifted_differs)  # so a one-token layout shift would show
     if vocab > 1 << 15:
         assert (idx >= 1 << 15).any()
+
+
+def multiset(ids, counts) -> dict:
+    return {int(i): int(c) for i, c in zip(ids, counts) if c}
+
+
+def check_sampled_rows(reader, model, tokens, window, stride, vocab):
+    """Each cached row is the draws of its own position: `sample_rows` on the reference log-probs of the window
+    that scores it (log-probs are logits: softmax(log p / T) = softmax(logits / T)), keyed by its shard and
+    offset. The cache's float32 forward over a batch differs from the float64 reference by ~1e-6, so a draw
+    whose uniform lies that close to a CDF step may land on the neighbouring id: at most one draw per row, in
+    at most 1% of the rows. The rows from the neighbouring positions' distributions under the same key differ
+    (so a one-token shift of the logits would show)."""
+    starts = np.concatenate([[0], np.cumsum(CONTENT_SIZES)])
+    ids, counts = reader.gather_sampled([(i, 0, n) for i, n in enumerate(CONTENT_SIZES)])
+    assert ids.shape[0] == len(tokens) and (counts.astype(int).sum(1) == DRAWS).all()
+    assert ids.dtype == np.int64 and (vocab <= 1 << 15 or (ids >= 1 << 15).any())
+    total, off_by_one, shifted_differs = len(tokens), [], []
+
+    def draws(logp_row, p):
+        shard = int(np.searchsorted(starts, p, side="right") - 1)
+        got = sample_rows(torch.from_numpy(logp_row), torch.tensor(p - starts[shard]), DRAWS, TEMP, draw_key(SHA, shard))
+        return multiset(*(t.numpy() for t in got))
+
+    for k in sorted({expected_window(p, window, stride) for p in range(total)}):
+        ws, we = k * stride, min(k * stride + window, total)
+        lp, _ = reference(model, tokens, ws, we)
+        for p in [p for p in range(ws, we) if expected_window(p, window, stride) == k]:
+            want, got = draws(lp[p - ws], p), multiset(ids[p], counts[p])
+            if got != want:
+                off_by_one.append(sum(abs(got.get(i, 0) - want.get(i, 0)) for i in set(got) | set(want)))
+            shifted_differs += [draws(lp[q - ws], p) != got for q in (p - 1, p + 1) if ws <= q < we]
+    assert len(off_by_one) <= total // 100 and all(d == 2 for d in off_by_one), off_by_one
+    assert np.mean(shifted_differs) > 0.9, np.mean(shifted_differs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Draws (a sampled cache)
+
+
+def draw_frequencies(logits, temperature, rows=4000, draws=16, key=12345):
+    """Every row the same logits: the mean over rows of counts / N per id, and the total draws."""
+    ids, counts = sample_rows(logits.expand(rows, -1), torch.arange(rows), draws, temperature, key)
+    freq = torch.zeros(logits.shape[-1], dtype=torch.float64).index_add_(0, ids.long().flatten(), counts.double().flatten())
+    return freq / (rows * draws), rows * draws
+
+
+def test_draws_follow_the_tempered_teacher_distribution():
+    """Pearson's chi-square of 64,000 draws against softmax(logits / T), 49 degrees of freedom: mean 49, sd 9.9;
+    the bound 49 + 6 sd is passed by chance with probability < 1e-5, and the seed is fixed. The same draws are
+    far from the untempered distribution (chi-square in the thousands), and every id's frequency is within
+    5 binomial standard deviations of its probability."""
+    torch.manual_seed(0)
+    logits = torch.randn(50, dtype=torch.float64) * 2.5
+    for temperature in (1.0, 2.0, 0.5):
+        freq, n = draw_frequencies(logits, temperature)
+        p = torch.softmax(logits / temperature, -1)
+        chi2 = float((n * (freq - p) ** 2 / p).sum())
+        assert chi2 < 49 + 6 * 9.9, (temperature, chi2)
+        assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1 / n).all()
+        other = torch.softmax(logits / (2.0 if temperature != 2.0 else 1.0), -1)
+        assert float((n * (freq - other) ** 2 / other).sum()) > 1000
+    # an id of probability 0 (logit -inf) is never drawn, nor one below the float64 CDF's resolution
+    logits[:10] = -float("inf")
+    logits[10] = -800.0
+    freq, _ = draw_frequencies(logits, 1.0)
+    assert (freq[:11] == 0).all()
+
+
+def test_draw_uniforms_are_uniform_and_depend_only_on_their_key():
+    u = draw_uniforms(7, torch.arange(20000), 8)
+    assert u.shape == (20000, 8) and u.dtype == torch.float64 and 0 <= u.min() and u.max() < 1
+    ks = (u.flatten().sort().values - (torch.arange(160000) + 0.5) / 160000).abs().max()
+    assert ks < 1.95 / 160000 ** 0.5  # Kolmogorov-Smirnov at the 0.1% level
+    for lag in (1, 8):  # neither neighbouring draws nor neighbouring rows are correlated
+        flat = u.flatten() - 0.5
+        assert abs(float((flat[lag:] * flat[:-lag]).mean()) * 12) < 4 / 160000 ** 0.5
+    # a row's uniforms are a function of (key, offset, draw) alone
+    torch.testing.assert_close(draw_uniforms(7, torch.tensor([[5, 19999]]), 8)[0], u[[5, 19999]], rtol=0, atol=0)
+    assert torch.equal(draw_uniforms(7, torch.arange(10), 3), u[:10, :3])  # fewer draws: the first ones
+    assert not torch.isclose(draw_uniforms(8, torch.arange(10), 8), u[:10]).any()  # another key: other draws
+    assert draw_key("ab" * 32, 0) != draw_key("ab" * 32, 1) != draw_key("ac" * 32, 1)
+
+
+def test_sampled_rows_are_the_same_whatever_the_batching_and_nest_in_n():
+    torch.manual_seed(1)
+    logits = torch.randn(6, 40, 300) * 3
+    offsets = torch.arange(240).view(6, 40) * 3 + 11
+    ids, counts = sample_rows(logits, offsets, 24, 2.0, draw_key("5" * 64, 3))
+    assert ids.dtype == torch.int16 and counts.dtype == torch.uint8 and ids.shape == (6, 40, 24)
+    for rows in (slice(0, 1), slice(2, 6)):  # another batch: the same rows
+        again = sample_rows(logits[rows], offsets[rows], 24, 2.0, draw_key("5" * 64, 3))
+        assert torch.equal(again[0], ids[rows]) and torch.equal(again[1], counts[rows])
+    assert (counts.sum(-1) == 24).all()
+    # canonical: most drawn first, ties by lower id, padding (0, 0) last
+    for r_ids, r_counts in zip(ids.view(-1, 24).tolist(), counts.view(-1, 24).tolist()):
+        m = sum(c > 0 for c in r_counts)
+        assert r_counts[m:] == [0] * (24 - m) and r_ids[m:] == [0] * (24 - m)
+        entries = list(zip(r_ids[:m], r_counts[:m]))
+        assert entries == sorted(entries, key=lambda e: (-e[1], e[0])) and len(set(r_ids[:m])) == m
+    # N = 8 draws are the first 8 of the 24: each id's count at 8 is at most its count at 24
+    few = sample_rows(logits, offsets, 8, 2.0, draw_key("5" * 64, 3))
+    for a, b in zip(zip(few[0].view(-1, 8), few[1].view(-1, 8)), zip(ids.view(-1, 24), counts.view(-1, 24))):
+        small, big = multiset(*(t.numpy() for t in a)), multiset(*(t.numpy() for t in b))
+        assert all(big.get(i, 0) >= c for i, c in small.items())
+    other = sample_rows(logits, offsets, 24, 2.0, draw_key("5" * 64, 4))  # another shard's key
+    assert not torch.equal(other[0], ids)
 
 
 def test_teacher_topk_selects_the_float64_top_k_on_edge_rows():
@@ -219,10 +341,10 @@ def test_packed_cache_holds_the_fp16_cache_rows(tmp_path):
 
 
 class ScriptRuns:
-    """One train stream, one random teacher and one uninterrupted cache_logits.py run (in-process)."""
+    """One train stream, one random teacher and one uninterrupted cache_logits.py run (in-process) with `settings`."""
 
-    def __init__(self, root: Path, ds):
-        self.root = root
+    def __init__(self, root: Path, ds, settings=SCRIPT_ARGS):
+        self.root, self.settings = root, settings
         self.data = root / "data"
         self.paths = write_stream(self.data, SCRIPT_SIZES)
         self.teacher = root / "teacher.pt"
@@ -233,12 +355,18 @@ class ScriptRuns:
             code, self.ref_stdout, err = self.main(self.ref, "--verify", "25")
         assert code == 0, err
 
+    def with_settings(self, settings) -> "ScriptRuns":
+        """The same stream, teacher and reference run, other cache_logits.py settings for `main`."""
+        runs = ScriptRuns.__new__(ScriptRuns)
+        runs.__dict__.update(self.__dict__, settings=settings)
+        return runs
+
     def env(self, data=None) -> dict:
         # fp32: DTYPE=auto picks bf16 autocast on CPUs with bf16 instructions; the checks here use fp32
         return {"DATA_PATH": str(data or self.data), "TOKENIZER_PATH": self.tokenizer, "DTYPE": "fp32"}
 
     def args(self, out, *extra, teacher=None) -> list[str]:
-        return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *SCRIPT_ARGS, *extra]
+        return ["cache_logits.py", "--teacher", str(teacher or self.teacher), "--out", str(out), *self.settings, *extra]
 
     def main(self, out, *extra, teacher=None, data=None, debug=False, unset=()):
         """Run cache_logits.main() in this process (without the variables in `unset`); returns (exit code, stdout,
@@ -269,6 +397,11 @@ def cli(tiny_dataset, tmp_path_factory):
     return ScriptRuns(tmp_path_factory.mktemp("cache_script"), tiny_dataset)
 
 
+@pytest.fixture(scope="module")
+def sampled_cli(tiny_dataset, tmp_path_factory):
+    return ScriptRuns(tmp_path_factory.mktemp("cache_script_sampled"), tiny_dataset, SAMPLED_ARGS)
+
+
 def shard_stem(path) -> str:
     return os.path.basename(path)[: -len(".bin")]
 
@@ -297,7 +430,9 @@ def test_verify_reports_an_exact_cache_and_catches_a_wrong_one(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(cli, tmp_path):
+@pytest.mark.parametrize("runs", ["cli", "sampled_cli"])
+def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(runs, request, tmp_path):
+    cli = request.getfixturevalue(runs)
     out = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **cli.env()}
     env.pop("PRESET", None)
@@ -319,7 +454,7 @@ def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(c
     kept = {}
     for name in finished:
         stem = name[: -len(".done")]
-        for f in (name, f"{stem}.idx.npy", f"{stem}.val.npy"):
+        for f in [name] + [f.name for f in out.glob(f"{stem}.*.npy")]:
             st = os.stat(out / f)
             kept[f] = (st.st_ino, st.st_mtime_ns)
 
@@ -349,7 +484,9 @@ def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_same_bytes_as_one(cli, tmp_path):
+@pytest.mark.parametrize("runs", ["cli", "sampled_cli"])
+def test_two_processes_write_the_same_bytes_as_one(runs, request, tmp_path):
+    cli = request.getfixturevalue(runs)
     out = tmp_path / "cache"
     r = run_script(cli.args(out), cli.env(), cwd=str(tmp_path), nproc=2)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -412,3 +549,104 @@ def test_teacher_context_matches_the_windows(total, window, stride):
     got = teacher_context(total, window, stride)
     assert got["mean"] == pytest.approx(ctx.mean(), rel=1e-12) and got["min"] == ctx.min() == 1
     assert got["min_after_first_window"] == (ctx[window:].min() if total > window else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cache_logits.py --encoding sampled, and a CachedTeacher reading the cache
+
+
+def test_sampled_script_run_verifies_and_records_draws_and_temperature(sampled_cli):
+    assert "verify rows:25 draw_mismatches:0" in sampled_cli.ref_stdout, sampled_cli.ref_stdout
+    m = json.loads((sampled_cli.ref / "manifest.json").read_text())
+    assert (m["encoding"], m["k"], m["temperature"], m["version"], m["value_kind"]) == ("sampled", 12, 1.5, 2, "draw_counts")
+    r = CacheReader(sampled_cli.ref, sampled_cli.paths)
+    ids, counts = r.gather_sampled([(i, 0, n) for i, n in enumerate(SCRIPT_SIZES)])
+    assert (counts.astype(int).sum(1) == 12).all() and 1 < ids.shape[1] <= 12
+
+
+def test_sampled_temperature_defaults_to_distill_temp(sampled_cli, tmp_path):
+    out = tmp_path / "cache"
+    runs = sampled_cli.with_settings([a for a in SAMPLED_ARGS if a not in ("--temperature", "1.5")])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_TEMP", "3.0")
+        code, _, err = runs.main(out, "--shards", "1")
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["temperature"] == 3.0
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--draws", "0"], r"draws N=0 must lie in \[1, 255\]"),
+    (["--draws", "256"], "draws N=256"),
+    (["--temperature", "0"], "temperature 0.0 must be a positive number"),
+    (["--temperature", "-2"], "temperature -2.0"),
+    (["--k", "4"], "--encoding sampled takes --draws N"),
+    (["--encoding", "fp16"], "--draws is for --encoding sampled"),
+])
+def test_sampled_script_refuses_bad_settings_before_writing(sampled_cli, tmp_path, extra, message):
+    out = tmp_path / "cache"
+    code, _, err = sampled_cli.main(out, *extra)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_top_k_script_refuses_a_temperature(cli, tmp_path):
+    code, _, err = cli.main(tmp_path / "cache", "--temperature", "2")
+    assert code == 2 and "encoding fp16 stores log-probabilities at T = 1" in err and not (tmp_path / "cache").exists()
+
+
+def cached_teacher(runs, target="soft", **settings):
+    cfg = Config(**{**PRESETS["test"], "logit_cache": str(runs.ref), "teacher_path": str(runs.teacher),
+                    "distill_target": target, "distill_temp": 1.5, **settings})
+    return CachedTeacher.from_config(cfg, types.SimpleNamespace(train_files=list(runs.paths), ctx=cpu_ctx()))
+
+
+def test_cached_teacher_reads_sampled_rows_as_sampled_signals(sampled_cli):
+    teacher = cached_teacher(sampled_cli)
+    reader = teacher.reader
+    last = len(SCRIPT_SIZES) - 1
+    segments = [(0, 3, 40), (last, SCRIPT_SIZES[last] - 5, 5), (0, 0, 2)]  # across the stream's end and wrap
+    signal = teacher.rows(segments, 47)
+    assert isinstance(signal, Sampled) and signal.ids.dtype == torch.int16 and signal.counts.dtype == torch.uint8
+    ids, counts = reader.gather_sampled(segments)
+    width = max(int((c > 0).sum()) for c in counts)
+    assert signal.ids.shape == (47, width)  # padded to the batch's widest row
+    np.testing.assert_array_equal(signal.ids.numpy(), ids[:, :width])
+    np.testing.assert_array_equal(signal.counts.numpy(), counts[:, :width])
+    assert (signal.counts.int().sum(1) == 12).all()
+    assert signal.valid.tolist() == [True] * 44 + [False] + [True] * 2  # the stream's last row is masked
+    inputs = signal.loss_inputs(torch.Size([1, 47]))
+    assert inputs["sample_ids"].shape == inputs["sample_counts"].shape == (1, 47, width)
+
+    hard = cached_teacher(sampled_cli, target="hard", distill_temp=9.0)  # a hard label ignores the temperature
+    top1 = hard.rows(segments, 47)
+    assert isinstance(top1, Top1)
+    np.testing.assert_array_equal(top1.ids.numpy(), ids[:, 0])  # the most drawn id
+    most = [max(multiset(i, c).items(), key=lambda e: (e[1], -e[0]))[0] for i, c in zip(ids, counts)]
+    assert top1.ids.tolist() == most
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(distill_temp=2.0), r"holds draws at temperature 1\.5 but DISTILL_TEMP=2\.0.*set DISTILL_TEMP=1\.5 or make a cache"),
+    (dict(distill_tail="bucket"), "DISTILL_TAIL=bucket needs the tail mass of a top-K cache"),
+])
+def test_cached_teacher_refuses_a_sampled_cache_it_cannot_use(sampled_cli, settings, message):
+    with pytest.raises(GolfError, match=message):
+        cached_teacher(sampled_cli, **settings)
+
+
+def test_top_k_reads_of_a_sampled_cache_are_refused(sampled_cli, cli):
+    with pytest.raises(GolfError, match="holds sampled draws"):
+        CacheReader(sampled_cli.ref, sampled_cli.paths).gather([(0, 0, 3)])
+    assert isinstance(cached_teacher(cli).rows([(0, 0, 3)], 3), TopK)  # a top-K cache: TopK as before
+
+
+def test_sampled_packed_script_run_holds_the_same_draws(sampled_cli, tmp_path):
+    out = tmp_path / "cache"
+    runs = sampled_cli.with_settings(["--encoding", "sampled-packed", *SAMPLED_ARGS[2:]])
+    code, stdout, err = runs.main(out, "--verify", "10")
+    assert code == 0 and "verify rows:10 draw_mismatches:0" in stdout, err
+    segments = [(i, 0, n) for i, n in enumerate(SCRIPT_SIZES)]
+    for a, b in zip(CacheReader(out, sampled_cli.paths).gather_sampled(segments),
+                    CacheReader(sampled_cli.ref, sampled_cli.paths).gather_sampled(segments)):
+        np.testing.assert_array_equal(a, b)  # same key, teacher and temperature: the same draws

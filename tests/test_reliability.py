@@ -114,6 +114,16 @@ def base(tiny_dataset, tmp_path_factory) -> Path:
         idx = (tokens[:, None] + 97 * np.arange(K)[None, :]) % 1024
         writer.write_shard(i, idx, np.broadcast_to(-np.arange(1, K + 1, dtype=np.float32), idx.shape))
     assert writer.finalize() == []
+    # a sampled cache of teacher.pt: 8 draws at T = 1.5, 5 of the token itself and 3 of the next id
+    spec = CacheSpec(k=8, vocab_size=1024, encoding="sampled", teacher_sha256=spec.teacher_sha256,
+                     teacher_config=cfg.to_dict(), window=cfg.train_seq_len, stride=cfg.train_seq_len, temperature=1.5)
+    writer = CacheWriter(str(ws / "scache"), train_files, spec)
+    for i, path in enumerate(train_files):
+        tokens = np.asarray(load_shard(path)).astype(np.int64)
+        ids, counts = np.zeros((len(tokens), 8), np.int64), np.zeros((len(tokens), 8), np.int64)
+        ids[:, 0], ids[:, 1], counts[:, 0], counts[:, 1] = tokens, (tokens + 1) % 1024, 5, 3
+        writer.write_shard(i, ids, counts)
+    assert writer.finalize() == []
 
     # an earlier run with RUN_ID=r: its log, checkpoint and artifact must survive every refused rerun
     (ws / "logs").mkdir()
@@ -184,6 +194,14 @@ def damaged_copy(src: str, dst: str, drop: int):
 def change_train_shard(ws: Path):
     path = shard(ws, "train", 1)
     write_shard(path, np.asarray(load_shard(path))[::-1].copy())  # same length, other tokens
+
+
+def shift_block_offset(ws: Path):
+    """Block 0 of a sampled shard one entry longer and block 1 one shorter: every file keeps its size."""
+    offsets = np.load(ws / "scache" / "tiny_train_000000.offsets.npy", mmap_mode="r+")
+    assert len(offsets) > 2
+    offsets[1] += 1
+    offsets.flush()
 
 
 def write_text(rel: str, text: str):
@@ -327,6 +345,17 @@ CASES = {
     "cache_truncated_file": case("distill.py", env={"LOGIT_CACHE": "cache"},
                                  setup=lambda ws: truncate(ws / "cache" / "tiny_train_000000.idx.npy", 3),
                                  names=("tiny_train_000000.idx.npy", "truncated")),
+    "sampled_cache_other_temp": case("distill.py", env={"LOGIT_CACHE": "scache"},
+                                     names=("scache", "temperature 1.5", "DISTILL_TEMP=2.0")),
+    "sampled_cache_bucket_tail": case("distill.py", env={"LOGIT_CACHE": "scache", "DISTILL_TEMP": "1.5", "DISTILL_TAIL": "bucket"},
+                                      names=("DISTILL_TAIL=bucket", "scache", "sampled")),
+    "sampled_cache_offsets": case("distill.py", env={"LOGIT_CACHE": "scache", "DISTILL_TEMP": "1.5"}, setup=shift_block_offset,
+                                  names=("tiny_train_000000.offsets.npy", "disagree", "tiny_train_000000.done")),
+    "sampled_cache_truncated": case("distill.py", env={"LOGIT_CACHE": "scache", "DISTILL_TEMP": "1.5"},
+                                    setup=lambda ws: truncate(ws / "scache" / "tiny_train_000001.entries.npy", 3),
+                                    names=("tiny_train_000001.entries.npy", "truncated", "cache_logits.py")),
+    "sampled_cache_draws": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache", "--encoding", "sampled",
+                                "--draws", "300", names=("draws N=300", "--draws")),
     "corrupt_manifest": case("distill.py", env={"LOGIT_CACHE": "cache"}, setup=write_text("cache/manifest.json", "{\"shards\": ["),
                              names=("manifest.json", "corrupt")),
     "corrupt_manifest_rerun": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "cache",
