@@ -92,6 +92,13 @@ class Config:
     distill_alpha: float = _f(0.5, "loss = (1-a) CE + a * teacher term", "distill")
     distill_temp: float = _f(2.0, "KL temperature T (the KL term is scaled by T^2)", "distill")
     distill_tail: str = _f("renorm", "top-K tail: renorm over the K entries | bucket (K+1-th rest-of-vocab bucket)", "distill")
+    distill_start_frac: float = _f(0.0, "fraction of the run (the LR warm-down's clock: wall clock under a budget, else "
+                                   "iterations) from which the teacher term is on; before it the loss is the baseline's "
+                                   "cross-entropy and the teacher is not asked", "distill")
+    distill_ramp_frac: float = _f(0.0, "the teacher term's weight rises linearly from 0 to DISTILL_ALPHA over this "
+                                  "fraction of the run from DISTILL_START_FRAC (0: at once)", "distill")
+    distill_stop_frac: float = _f(1.0, "fraction of the run from which the teacher term is off again (1: on to the end)",
+                                  "distill")
     logit_cache: str = _f("", "logit cache folder written by cache_logits.py", "distill")
     teacher_path: str = _f("", "teacher checkpoint (online teacher; also checked against the cache)", "distill")
     distill_seed_faithful: str = _f("", "reproduce the study's defects on purpose (ablation arms): a comma list of D1 (KL "
@@ -356,6 +363,15 @@ def validate(cfg: Config):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
+    start, ramp, stop = cfg.distill_start_frac, cfg.distill_ramp_frac, cfg.distill_stop_frac
+    if not 0 <= start < 1:  # written so that NaN fails too
+        raise GolfError(f"DISTILL_START_FRAC={start}: use a fraction of the run in [0, 1) (0: the teacher from the start)")
+    if not start < stop <= 1:
+        raise GolfError(f"DISTILL_STOP_FRAC={stop}: use a fraction of the run in (DISTILL_START_FRAC={start}, 1] "
+                        "(1: on to the end)")
+    if not 0 <= ramp <= stop - start:
+        raise GolfError(f"DISTILL_RAMP_FRAC={ramp}: use 0 (on at once) up to DISTILL_STOP_FRAC - DISTILL_START_FRAC = "
+                        f"{stop - start:g}, so the ramp ends by the time the term switches off")
     defects(cfg)  # refuses an unknown defect or one the arm cannot have
 
 

@@ -1,9 +1,11 @@
 """Teachers: where each position's distillation signal comes from.
 
 Every teacher implements `Teacher`: built from the config by `from_config` (all refusals happen there, before
-the logs open), given the training state by `bind` (a teacher built from the student itself reads its EMA
-weights there), `reset` at the start of the warm-up and again of the timed run, and `fetch(batch)` returning a
-typed `Signal` aligned to the batch's positions. Where `fetch` runs is the teacher's `where`: "loader" (in the
+the logs open), given the training state by `bind` (a teacher built from the student itself takes its weights
+there), `reset` at the start of the warm-up and again of the timed run, `fetch(batch)` returning a typed
+`Signal` aligned to the batch's positions, and `after_step(state)` after every timed optimizer step (the EMA
+teacher updates its weights there); a teacher with state of its own hands it to resumable checkpoints
+(`resume_state` / `load_resume_state`). Where `fetch` runs is the teacher's `where`: "loader" (in the
 prefetch thread, on host data, moved to the device with the batch) or "step" (inside the training step, on
 the device, under autocast). `track` says whether its whole cost is inside the timed budget ("record") or
 was partly paid before it, e.g. a teacher trained for hours ("non-record").
@@ -121,6 +123,21 @@ class Teacher(ABC):
 
     def reset(self) -> None:
         """Back to the start of the stream: before the warm-up and again before the timed run."""
+
+    def after_step(self, state) -> None:
+        """Called by TrainState.advance after every timed optimizer step (inside the step's time), not in the
+        warm-up."""
+
+    def resume_state(self) -> dict | None:
+        """What a resumable checkpoint must carry for the run to continue exactly (None: nothing; a loader-side
+        teacher's position rides with the loader's)."""
+        return None
+
+    def load_resume_state(self, saved: dict | None) -> None:
+        """Take back `resume_state` from a resumable checkpoint (after `bind`)."""
+        if saved is not None:
+            raise GolfError(f"the resumable checkpoint carries the state of a DISTILL_TEACHER={saved['teacher']} "
+                            f"teacher, not of {self.name}; resume with the run's own settings")
 
     @abstractmethod
     def fetch(self, batch: Batch) -> Signal:
