@@ -14,6 +14,7 @@ import torch
 
 from golf.checkpoint import load_checkpoint
 from golf.config import resolve_config
+from golf.dist import Ctx
 from golf.errors import GolfError
 from golf.objectives import CrossEntropyObjective, build_objective
 from golf.teachers import EmaTeacher
@@ -70,6 +71,34 @@ def test_the_teacher_is_the_ema_of_the_logged_weights_and_takes_no_gradient(tiny
     else:
         ref = 0.5 * ce + 0.5 * torch.nn.functional.cross_entropy(z, tz.argmax(-1))
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_under_the_bf16_dtype_policy_the_average_stays_fp32(tiny_dataset, tmp_path):
+    """The copy has the student's storage dtypes (bf16 embeddings); its bf16 tensors are rounded copies of an fp32
+    average, its fp32 ones are the average itself."""
+    torch.set_num_threads(1)
+    cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="ema", distill_ema_decay=DECAY, warmup_steps=0,
+                      dtype="bf16")
+    objective, files = _objective(cfg)
+    state = TrainState(cfg, Ctx(0, 0, 1, torch.device("cpu"), torch.bfloat16), files, objective)
+    teacher = objective.teacher
+    dtypes = {k: p.dtype for k, p in teacher.model.named_parameters()}
+    assert dtypes == {k: p.dtype for k, p in state.model.named_parameters()} and torch.bfloat16 in dtypes.values()
+    average = {k: p.detach().double().clone() for k, p in state.model.named_parameters()}
+    pipeline = state.pipeline()
+    for _ in range(3):
+        state.advance(pipeline, 1.0, 0.0)
+        for k, p in state.model.named_parameters():
+            average[k].mul_(DECAY).add_(p.detach().double(), alpha=1 - DECAY)
+    pipeline.close()
+    kept = dict(zip((k for k, _ in teacher.model.named_parameters()), teacher.average))
+    for k, p in teacher.model.named_parameters():
+        assert kept[k].dtype == torch.float32
+        torch.testing.assert_close(kept[k].double(), average[k], rtol=0, atol=1e-6, msg=k)
+        if p.dtype == torch.float32:
+            assert kept[k].data_ptr() == p.data_ptr(), k  # updated in place: no copy
+        else:
+            assert torch.equal(p, kept[k].to(p.dtype)), k
 
 
 def _run(cfg, objective, resume=None):
