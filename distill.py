@@ -7,6 +7,12 @@
     DISTILL_TEACHER=cache DISTILL_TARGET=hard DISTILL_ALPHA=0.1 LOGIT_CACHE=... python distill.py
     # online teacher (run inside each step, exact full-vocabulary KL)
     DISTILL_TEACHER=online TEACHER_PATH=checkpoints/teacher.pt python distill.py
+    # the student's own EMA weights as the teacher, from 70% of the run to its end (record track)
+    DISTILL_TEACHER=ema DISTILL_START_FRAC=0.7 DISTILL_EMA_DECAY=0.997 python distill.py
+
+Every teacher can be scheduled: DISTILL_START_FRAC, DISTILL_RAMP_FRAC and DISTILL_STOP_FRAC of the run (the LR
+warm-down's clock) say when its term is on and how its weight rises to DISTILL_ALPHA; off, the loss is the
+baseline's.
 
 loss = (1-a) CE(y) + a T^2 KL(p_T || q_T) (per-token mean), or (1-a) CE(y) + a CE(teacher top-1).
 The study's own variables still work: DISTILL_CACHED=1|0 is DISTILL_TEACHER=cache|online, DISTILL_SOFT=1|0 is

@@ -13,10 +13,15 @@ def defects(cfg: Config) -> frozenset:
     raw = str(cfg.distill_seed_faithful).strip()
     if raw.lower() in ("", "0", "false", "no", "off"):
         return frozenset()
-    soft, cache, online = cfg.distill_target == "soft", cfg.distill_teacher == "cache", cfg.distill_teacher == "online"
-    if raw.lower() in ("1", "all", "true", "yes", "on"):  # D2 and D3 are defects of the study's two teachers only
-        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"} if online else set())
-                         | {"D4"})
+    if cfg.distill_teacher not in ("cache", "online"):
+        raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: the study's defects are those of its cache and online teachers; "
+                        f"DISTILL_TEACHER={cfg.distill_teacher} has none to reproduce")
+    if has_schedule(cfg):
+        raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: the study had no distillation schedule; unset "
+                        "DISTILL_START_FRAC, DISTILL_RAMP_FRAC and DISTILL_STOP_FRAC")
+    soft, cache = cfg.distill_target == "soft", cfg.distill_teacher == "cache"
+    if raw.lower() in ("1", "all", "true", "yes", "on"):
+        return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"}) | {"D4"})
     asked = [d.strip().upper() for d in raw.split(",") if d.strip()]
     unknown = [d for d in asked if d not in DEFECTS]
     if unknown:
@@ -32,11 +37,18 @@ def defects(cfg: Config) -> frozenset:
     return chosen
 
 
+def has_schedule(cfg: Config) -> bool:
+    """True when the teacher term is not simply on for the whole run (DISTILL_START/RAMP/STOP_FRAC)."""
+    return (cfg.distill_start_frac, cfg.distill_ramp_frac, cfg.distill_stop_frac) != (0.0, 0.0, 1.0)
+
+
 def describe_arm(cfg: Config) -> dict:
-    """What distinguishes a distillation arm, as the start line and the results table state it."""
-    soft = cfg.distill_target == "soft"
-    source = cfg.logit_cache if cfg.distill_teacher == "cache" else cfg.teacher_path
-    return {"teacher": cfg.distill_teacher, "source": source or "-", "target": cfg.distill_target,
+    """What distinguishes a distillation arm, as the start line and the results table state it. A configuration
+    saved before the schedule existed (Config.from_dict fills its defaults) reads as on for the whole run."""
+    soft, teacher = cfg.distill_target == "soft", cfg.distill_teacher
+    source = {"cache": cfg.logit_cache, "ema": f"student-ema:{cfg.distill_ema_decay:g}"}.get(teacher, cfg.teacher_path)
+    return {"teacher": teacher, "source": source or "-", "target": cfg.distill_target,
             "alpha": cfg.distill_alpha, "temp": cfg.distill_temp if soft else None,
-            "tail": cfg.distill_tail if soft and cfg.distill_teacher == "cache" else None,
-            "seed_faithful": ",".join(sorted(defects(cfg)))}
+            "tail": cfg.distill_tail if soft and teacher == "cache" else None,
+            "seed_faithful": ",".join(sorted(defects(cfg))),
+            "start": cfg.distill_start_frac, "ramp": cfg.distill_ramp_frac, "stop": cfg.distill_stop_frac}

@@ -86,7 +86,8 @@ class Config:
     compressor: str = _f("auto", "artifact compressor: auto (zstd if installed) | zstd | lzma", "eval")
     # --- distillation ------------------------------------------------------------------------------------
     distill_teacher: str = _f("cache", "teacher: cache (rows of LOGIT_CACHE) | online (TEACHER_PATH run in the step) | "
-                              "ngram (an n-gram model of the train stream counted inside the budget, NGRAM_*); "
+                              "ngram (an n-gram model of the train stream counted inside the budget, NGRAM_*) | "
+                              "ema (the student's own EMA weights, DISTILL_EMA_DECAY, run in the step); "
                               "the study's DISTILL_CACHED=1|0 means cache|online", "distill")
     distill_target: str = _f("soft", "soft (KL to the teacher distribution at DISTILL_TEMP) | hard (teacher top-1 as the "
                              "label); the study's DISTILL_SOFT=1|0 means soft|hard", "distill")
@@ -96,6 +97,16 @@ class Config:
     distill_draws: int = _f(0, "sampled targets: N >= 1 tokens drawn per position, inside the step, from the teacher's "
                             "softmax(logits / DISTILL_TEMP), trained on as counts / N (Anshumann et al. 2025; soft, "
                             "not with a cache, which carries its own draws); 0: the teacher's exact signal", "distill")
+    distill_start_frac: float = _f(0.0, "fraction of the run (the LR warm-down's clock: wall clock under a budget, else "
+                                   "iterations) from which the teacher term is on; before it the loss is the baseline's "
+                                   "cross-entropy and the teacher is not asked", "distill")
+    distill_ramp_frac: float = _f(0.0, "the teacher term's weight rises linearly from 0 to DISTILL_ALPHA over this "
+                                  "fraction of the run from DISTILL_START_FRAC (0: at once)", "distill")
+    distill_stop_frac: float = _f(1.0, "fraction of the run from which the teacher term is off again (1: on to the end)",
+                                  "distill")
+    distill_ema_decay: float = _f(0.997, "DISTILL_TEACHER=ema: the teacher's EMA decay per step, accumulated from step 0 "
+                                  "(its own setting: EMA_DECAY is the final weights'; the default is the study's "
+                                  "EMA_DECAY, not yet tuned for a teacher)", "distill")
     logit_cache: str = _f("", "logit cache folder written by cache_logits.py", "distill")
     teacher_path: str = _f("", "teacher checkpoint (online teacher; also checked against the cache)", "distill")
     distill_seed_faithful: str = _f("", "reproduce the study's defects on purpose (ablation arms): a comma list of D1 (KL "
@@ -158,8 +169,8 @@ _DEMO_RUN = dict(
     train_seq_len=256, micro_batches=1, warmup_steps=3, val_loss_every=200, train_log_every=50,
     warmdown_iters=200, val_batch_size=16 * 256, eval_batch_seqs=32, muon_momentum_warmup_steps=100,
     # A demo run is a few hundred steps: the study's 0.997 would leave a large share of the random init in
-    # the EMA weights (0.997^300 = 0.4), so the demo averages over ~10 steps instead.
-    ema_decay=0.9, muon_backend_steps=5,
+    # the EMA weights (0.997^300 = 0.4), so the demo averages over ~10 steps instead (an EMA teacher's too).
+    ema_decay=0.9, distill_ema_decay=0.9, muon_backend_steps=5,
 )
 
 
@@ -194,7 +205,7 @@ PRESETS: dict[str, dict] = {
         bigram_vocab_size=256, bigram_dim=64, train_batch_tokens=8 * 64, train_seq_len=64, micro_batches=1,
         iterations=20, warmdown_iters=10, max_wallclock_seconds=0.0, warmup_steps=2, val_loss_every=0,
         train_log_every=5, val_batch_size=8 * 64, val_max_tokens=4096, eval_batch_seqs=8,
-        muon_momentum_warmup_steps=10, ema_decay=0.9, dtype="fp32",
+        muon_momentum_warmup_steps=10, ema_decay=0.9, distill_ema_decay=0.9, dtype="fp32",
     ),
 }
 PRESETS["demo-self-teacher"] = {**PRESETS["demo-student"], "iterations": 450, "max_wallclock_seconds": 0.0,
@@ -376,6 +387,17 @@ def validate(cfg: Config):
         raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per order)")
     if cfg.ngram_prepass_tokens < 0:
         raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none) or a number of train tokens")
+    start, ramp, stop = cfg.distill_start_frac, cfg.distill_ramp_frac, cfg.distill_stop_frac
+    if not 0 <= start < 1:  # written so that NaN fails too
+        raise GolfError(f"DISTILL_START_FRAC={start}: use a fraction of the run in [0, 1) (0: the teacher from the start)")
+    if not start < stop <= 1:
+        raise GolfError(f"DISTILL_STOP_FRAC={stop}: use a fraction of the run in (DISTILL_START_FRAC={start}, 1] "
+                        "(1: on to the end)")
+    if not 0 <= ramp <= stop - start:
+        raise GolfError(f"DISTILL_RAMP_FRAC={ramp}: use 0 (on at once) up to DISTILL_STOP_FRAC - DISTILL_START_FRAC = "
+                        f"{stop - start:g}, so the ramp ends by the time the term switches off")
+    if not 0 <= cfg.distill_ema_decay < 1:
+        raise GolfError(f"DISTILL_EMA_DECAY={cfg.distill_ema_decay}: use a decay per step in [0, 1)")
     defects(cfg)  # refuses an unknown defect or one the arm cannot have
 
 

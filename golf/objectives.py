@@ -2,9 +2,13 @@
 
 `build_objective(cfg, run)` is what distill.py trains with: the teacher DISTILL_TEACHER names (golf/teachers.py)
 and the target DISTILL_TARGET (soft: KL to the teacher's distribution at DISTILL_TEMP; hard: the teacher's
-top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA. With DISTILL_DRAWS = N, `SamplingTeacher` turns the
-teacher's distribution into N draws per position (sampled targets). The seed-faithful arm wraps both in the
-study's defects (golf/seed_faithful.py); nothing else here knows of them.
+top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA, weighted over the run by its `DistillSchedule`.
+With DISTILL_DRAWS = N, `SamplingTeacher` turns the teacher's distribution into N draws per position (sampled
+targets). The seed-faithful arm wraps both in the study's defects (golf/seed_faithful.py); nothing else here
+knows of them.
+
+An objective is called as `objective(model, batch, progress)` (golf.train.TrainState passes the run's progress
+fraction, golf.optim.run_progress) and returns (loss, parts), `parts` holding a tensor for each of its `parts`.
 """
 import numpy as np
 import torch
@@ -24,21 +28,54 @@ class CrossEntropyObjective:
     step-time comparisons between arms are fair)."""
 
     parts = ("ce",)
+    schedule = None  # no teacher term to schedule
 
     def __init__(self, teacher=None):
         self.teacher = teacher  # held, never asked (the seed-faithful D3 arm keeps its idle teacher here)
 
-    def __call__(self, model, batch: Batch):
+    def __call__(self, model, batch: Batch, progress: float = 0.0):
         loss = cross_entropy(model(batch.x), batch.y)
         return loss, {"ce": loss.detach()}
 
 
-class DistillObjective:
-    """(1-a) CE + a w * teacher term (w = T^2 for soft, 1 for hard), per-token means; the teacher's signal comes
-    with the batch (teachers that run in the loader) or is fetched here, inside the step."""
+class DistillSchedule:
+    """The teacher term's weight as a function of the run's progress p (golf.optim.run_progress, the LR
+    warm-down's clock): off (0) before DISTILL_START_FRAC and from DISTILL_STOP_FRAC on (never, when that is 1),
+    rising linearly from 0 to DISTILL_ALPHA over DISTILL_RAMP_FRAC after the start, DISTILL_ALPHA after that.
+    config.validate has checked 0 <= start < stop <= 1 and 0 <= ramp <= stop - start."""
 
-    def __init__(self, teacher: Teacher, target: str, alpha: float, temperature: float, tail: str):
-        self.teacher, self.target, self.alpha, self.temperature, self.tail = teacher, target, alpha, temperature, tail
+    def __init__(self, alpha: float, start: float, ramp: float, stop: float):
+        self.alpha, self.start, self.ramp, self.stop = alpha, start, ramp, stop
+
+    def on(self, progress: float) -> bool:
+        """Whether the term is computed at all (while ramping up from its start it is, at a weight from 0)."""
+        return self.start <= progress and (self.stop >= 1 or progress < self.stop)
+
+    def weight(self, progress: float) -> float:
+        """DISTILL_ALPHA itself once fully on (so an arm without a schedule mixes exactly as before it existed)."""
+        if not self.on(progress):
+            return 0.0
+        if self.ramp > 0 and progress < self.start + self.ramp:
+            return self.alpha * (progress - self.start) / self.ramp
+        return self.alpha
+
+    def warmup_progress(self) -> tuple[float, ...]:
+        """Progress values the compile warm-up cycles through so it runs every kind of step the run will: on first
+        (the teacher's graph), then off where the schedule has an off phase."""
+        off = (0.0,) if self.start > 0 else (self.stop,) if self.stop < 1 else ()
+        return (self.start,) + off
+
+
+class DistillObjective:
+    """(1-a) CE + a w * teacher term (w = T^2 for soft, 1 for hard), per-token means, a from the schedule; the
+    teacher's signal comes with the batch (teachers that run in the loader) or is fetched here, inside the step.
+    While the schedule has the term off, the loss is the baseline's cross-entropy, computed as
+    CrossEntropyObjective does, the teacher not asked, and the term's part is logged as 0 (a loader-side
+    teacher's rows are still read by the prefetch thread, which runs ahead of the step's progress)."""
+
+    def __init__(self, teacher: Teacher, target: str, temperature: float, tail: str, schedule: DistillSchedule):
+        self.teacher, self.target, self.temperature, self.tail = teacher, target, temperature, tail
+        self.schedule = schedule
         self.parts = ("ce", "kl") if target == "soft" else ("ce", "hard_ce")
 
     def terms(self, model, batch: Batch):
@@ -48,12 +85,15 @@ class DistillObjective:
         return distill_terms(logits, batch.y, mode=self.target, temperature=self.temperature, tail=self.tail,
                              **signal.loss_inputs(batch.y.shape))
 
-    def mix(self, ce, term):
-        return mix(ce, term, alpha=self.alpha, mode=self.target, temperature=self.temperature)
+    def mix(self, ce, term, progress: float):
+        return mix(ce, term, alpha=self.schedule.weight(progress), mode=self.target, temperature=self.temperature)
 
-    def __call__(self, model, batch: Batch):
+    def __call__(self, model, batch: Batch, progress: float = 0.0):
+        if not self.schedule.on(progress):
+            loss = cross_entropy(model(batch.x), batch.y)
+            return loss, {"ce": loss.detach(), self.parts[1]: torch.zeros_like(loss.detach())}
         ce, term, parts = self.terms(model, batch)
-        return self.mix(ce, term), parts
+        return self.mix(ce, term, progress), parts
 
 
 class SamplingTeacher(Teacher):
@@ -84,6 +124,15 @@ class SamplingTeacher(Teacher):
     def reset(self):
         self.inner.reset()
 
+    def after_step(self, state):
+        self.inner.after_step(state)
+
+    def resume_state(self):
+        return self.inner.resume_state()
+
+    def load_resume_state(self, saved):
+        self.inner.load_resume_state(saved)
+
     def generator(self, batch: Batch, device: torch.device) -> torch.Generator:
         """The device's generator, seeded for this batch."""
         shard, offset, _ = batch.segments[0]
@@ -112,7 +161,8 @@ class SamplingTeacher(Teacher):
 
 
 def distill_objective(cfg: Config, teacher: Teacher) -> DistillObjective:
-    return DistillObjective(teacher, cfg.distill_target, cfg.distill_alpha, cfg.distill_temp, cfg.distill_tail)
+    schedule = DistillSchedule(cfg.distill_alpha, cfg.distill_start_frac, cfg.distill_ramp_frac, cfg.distill_stop_frac)
+    return DistillObjective(teacher, cfg.distill_target, cfg.distill_temp, cfg.distill_tail, schedule)
 
 
 def build_objective(cfg: Config, run) -> DistillObjective:
@@ -132,5 +182,5 @@ def arm_line(cfg: Config, teacher: Teacher) -> str:
     d = describe_arm(cfg)
     return (f"distill:arm teacher:{d['teacher']} target:{d['target']} alpha:{d['alpha']} temp:{d['temp'] or '-'} "
             f"tail:{d['tail'] or '-'} draws:{cfg.distill_draws or '-'} track:{teacher.track} "
-            f"teacher_sha256:{teacher.sha256[:16] or '-'} "
-            f"source:{d['source']} seed_faithful:{d['seed_faithful'] or '-'}")
+            f"teacher_sha256:{teacher.sha256[:16] or '-'} source:{d['source']} seed_faithful:{d['seed_faithful'] or '-'} "
+            f"start:{d['start']:g} ramp:{d['ramp']:g} stop:{d['stop']:g}")

@@ -83,22 +83,34 @@ def build_optimizers(model: GPT, cfg: Config) -> list[torch.optim.Optimizer]:
     return opts
 
 
+def run_clocks(cfg: Config, step: int, elapsed_ms: float) -> list[tuple[float, float, float]]:
+    """The clocks the run's length is counted on, each (done, total, one step's length), in its own unit: steps
+    always (ITERATIONS); under a wall-clock budget also milliseconds of training time, a step's length estimated
+    as elapsed / step. The run ends on whichever clock runs out first. The one home of this rule: the LR
+    warm-down (`lr_scale`) and the run's progress (`run_progress`, the distillation schedule) both read it."""
+    clocks = [(step, cfg.iterations, 1)]
+    if cfg.max_wallclock_seconds > 0:
+        clocks.append((elapsed_ms, cfg.max_wallclock_seconds * 1000, elapsed_ms / max(step, 1)))
+    return clocks
+
+
+def run_progress(cfg: Config, step: int, elapsed_ms: float) -> float:
+    """The fraction of the run done before step `step + 1`, in [0, 1]: that of the clock nearest its end (with
+    the study's settings, 200,000 iterations and 600 s, the wall clock)."""
+    return min(max(done / total if total > 0 else 1.0 for done, total, _ in run_clocks(cfg, step, elapsed_ms)), 1.0)
+
+
 def lr_scale(cfg: Config, step: int, elapsed_ms: float) -> float:
-    """LR multiplier: linear warm-down to 0 over the last WARMDOWN_ITERS steps, counted in iterations and,
-    under a wall-clock budget, in estimated steps left (elapsed / step). With both limits set the earlier
-    one wins; with the study's settings (200,000 iterations, 600 s) that is the wall clock, exactly its rule."""
+    """LR multiplier: linear warm-down to 0 over the last WARMDOWN_ITERS steps, counted on each of the run's clocks
+    (`run_clocks`: in iterations and, under a wall-clock budget, in estimated steps left); the lowest wins. With
+    the study's settings (200,000 iterations, 600 s) that is the wall clock, exactly its rule."""
     if cfg.warmdown_iters <= 0:
         return 1.0
     scale = 1.0
-    warmdown_start = max(cfg.iterations - cfg.warmdown_iters, 0)
-    if step >= warmdown_start:
-        scale = max((cfg.iterations - step) / max(cfg.warmdown_iters, 1), 0.0)
-    if cfg.max_wallclock_seconds > 0:
-        step_ms = elapsed_ms / max(step, 1)
-        warmdown_ms = cfg.warmdown_iters * step_ms
-        remaining_ms = max(cfg.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
-        if remaining_ms <= warmdown_ms:
-            scale = min(scale, remaining_ms / max(warmdown_ms, 1e-9))
+    for done, total, per_step in run_clocks(cfg, step, elapsed_ms):
+        left, warmdown = max(total - done, 0), cfg.warmdown_iters * per_step
+        if left <= warmdown:
+            scale = min(scale, left / max(warmdown, 1e-9))
     return scale
 
 

@@ -90,11 +90,11 @@ class KLOverSeqLen:
 
     def __init__(self, inner, seq_len: int):
         self.inner, self.seq_len = inner, seq_len
-        self.parts, self.teacher = inner.parts, inner.teacher
+        self.parts, self.teacher, self.schedule = inner.parts, inner.teacher, inner.schedule
 
-    def __call__(self, model, batch: Batch):
-        ce, term, parts = self.inner.terms(model, batch)
-        return self.inner.mix(ce, term / self.seq_len), parts
+    def __call__(self, model, batch: Batch, progress: float = 0.0):
+        ce, term, parts = self.inner.terms(model, batch)  # the term is always on: golf.arms refuses a schedule here
+        return self.inner.mix(ce, term / self.seq_len, progress), parts
 
 
 def _drop_compiled_graphs():
@@ -120,17 +120,17 @@ class WarmupWithoutTeacher:
 
     def __init__(self, inner, stall_s: float, warmup_objective, recompile: bool = False):
         self.inner, self.stall_s, self.recompile, self.first = inner, stall_s, recompile, True
-        self.parts, self.teacher = inner.parts, inner.teacher
+        self.parts, self.teacher, self.schedule = inner.parts, inner.teacher, inner.schedule
         self.warmup_objective = warmup_objective
 
-    def __call__(self, model, batch: Batch):
+    def __call__(self, model, batch: Batch, progress: float = 0.0):
         if self.first:
             self.first = False
             if self.recompile:
                 _drop_compiled_graphs()
             else:
                 time.sleep(self.stall_s)
-        return self.inner(model, batch)
+        return self.inner(model, batch, progress)
 
 
 def build_teacher(cfg: Config, run, chosen: frozenset, build_correct) -> Teacher:

@@ -1,9 +1,11 @@
 """Teachers: where each position's distillation signal comes from.
 
 Every teacher implements `Teacher`: built from the config by `from_config` (all refusals happen there, before
-the logs open), given the training state by `bind` (a teacher built from the student itself reads its EMA
-weights there), `reset` at the start of the warm-up and again of the timed run, and `fetch(batch)` returning a
-typed `Signal` aligned to the batch's positions. Where `fetch` runs is the teacher's `where`: "loader" (in the
+the logs open), given the training state by `bind` (a teacher built from the student itself takes its weights
+there), `reset` at the start of the warm-up and again of the timed run, `fetch(batch)` returning a typed
+`Signal` aligned to the batch's positions, and `after_step(state)` after every timed optimizer step (the EMA
+teacher updates its weights there); a teacher with state of its own hands it to resumable checkpoints
+(`resume_state` / `load_resume_state`). Where `fetch` runs is the teacher's `where`: "loader" (in the
 prefetch thread, on host data, moved to the device with the batch) or "step" (inside the training step, on
 the device, under autocast). `track` says whether its whole cost is inside the timed budget ("record") or
 was partly paid before it, e.g. a teacher trained for hours ("non-record").
@@ -11,6 +13,7 @@ was partly paid before it, e.g. a teacher trained for hours ("non-record").
 A new teacher is one class here (or in its own module) plus its line in `TEACHERS`; DISTILL_TEACHER picks it.
 The objective (golf/objectives.py) consumes the signal without knowing where it came from.
 """
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -122,6 +125,21 @@ class Teacher(ABC):
 
     def reset(self) -> None:
         """Back to the start of the stream: before the warm-up and again before the timed run."""
+
+    def after_step(self, state) -> None:
+        """Called by TrainState.advance after every timed optimizer step (inside the step's time), not in the
+        warm-up."""
+
+    def resume_state(self) -> dict | None:
+        """What a resumable checkpoint must carry for the run to continue exactly (None: nothing; a loader-side
+        teacher's position rides with the loader's)."""
+        return None
+
+    def load_resume_state(self, saved: dict | None) -> None:
+        """Take back `resume_state` from a resumable checkpoint (after `bind`)."""
+        if saved is not None:
+            raise GolfError(f"the resumable checkpoint carries the state of a DISTILL_TEACHER={saved['teacher']} "
+                            f"teacher, not of {self.name}; resume with the run's own settings")
 
     @abstractmethod
     def fetch(self, batch: Batch) -> Signal:
@@ -315,7 +333,67 @@ class NgramTeacher(Teacher):
         return [self.model.log_line()]
 
 
-TEACHERS: dict[str, type[Teacher]] = {t.name: t for t in (CachedTeacher, OnlineTeacher, NgramTeacher)}
+class EmaTeacher(Teacher):
+    """The student's own weights, averaged: an exponential moving average (DISTILL_EMA_DECAY per step) of the
+    live weights, updated after every timed optimizer step from step 0 on, so that a teacher switched on late
+    (DISTILL_START_FRAC) is already the average of the run so far; before its start it costs that update alone.
+    It runs inside the step (its whole cost in the budget) as a separate copy of the student's GPT (same config
+    and dtype policy, eval mode) that takes no gradient, compiled as the student is (COMPILE).
+
+    The average is kept in fp32: a float32 parameter of the copy is its own average, updated in place; one
+    stored in a lower dtype (the embeddings under the bf16 dtype policy) has an fp32 average copied into it after
+    each update, as rounding every update to bf16 would lose a (1 - decay) share of a step's change. The
+    average starts from the student's initial weights (bound before the warm-up, which takes no `after_step`)."""
+
+    name, where, track = "ema", "step", "record"
+
+    def __init__(self, decay: float, compile_setting: str, device: torch.device):
+        self.decay, self.compile_setting, self.device = decay, compile_setting, device
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        return cls(cfg.distill_ema_decay, cfg.compile, run.ctx.device)  # the decay is checked by config.validate
+
+    def bind(self, state):
+        self.live = list(state.model.parameters())
+        self.model = copy.deepcopy(state.model).eval().requires_grad_(False)  # eval: fake-quant never applies
+        copies = list(self.model.parameters())
+        self.average = [p.detach() if p.dtype == torch.float32 else p.detach().float() for p in copies]
+        self.rounded = [(p.detach(), a) for p, a in zip(copies, self.average) if p.dtype != torch.float32]
+        self.forward = maybe_compile(self.model, self.compile_setting, self.device)
+
+    def after_step(self, state):
+        with torch.no_grad():  # average <- decay * average + (1 - decay) * w, one fused op over all tensors
+            torch._foreach_lerp_(self.average, [p.detach().float() for p in self.live], 1 - self.decay)
+            for p, a in self.rounded:
+                p.copy_(a)
+
+    def fetch(self, batch):
+        with torch.no_grad():
+            return Logits(self.forward(batch.x))
+
+    def resume_state(self):
+        return {"teacher": self.name, "average": [a.clone() for a in self.average]}
+
+    def load_resume_state(self, saved):
+        if saved is None or saved["teacher"] != self.name:
+            raise GolfError("the resumable checkpoint carries no EMA teacher (its run had another DISTILL_TEACHER): "
+                            "its weights cannot continue exactly; resume with the run's own settings")
+        with torch.no_grad():
+            for a, s in zip(self.average, saved["average"]):
+                a.copy_(s)
+            for p, a in self.rounded:
+                p.copy_(a)
+
+    @property
+    def source(self):
+        return f"student-ema:{self.decay:g}"
+
+    def log_lines(self):
+        return [f"distill:teacher the student's EMA, decay {self.decay:g} per step from step 0"]
+
+
+TEACHERS: dict[str, type[Teacher]] = {t.name: t for t in (CachedTeacher, OnlineTeacher, NgramTeacher, EmaTeacher)}
 
 
 def build_teacher(cfg: Config, run) -> Teacher:

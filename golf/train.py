@@ -34,7 +34,7 @@ from golf.eval import eval_val
 from golf.log import Logger
 from golf.model import GPT
 from golf.objectives import CrossEntropyObjective
-from golf.optim import apply_schedule, build_optimizers, lr_scale, warmup_plan
+from golf.optim import apply_schedule, build_optimizers, lr_scale, run_progress, warmup_plan
 from golf.pipeline import BatchPipeline
 
 
@@ -124,6 +124,7 @@ class TrainState:
         self.timed_compiles = 0
         self.ema: dict | None = None  # fp32 EMA of model.state_dict(), same order
         self.saved_step: int | None = None  # step of the resumable checkpoint on disk, if any
+        self.distill_on = False  # whether the objective's teacher term was on in the last step (the switch is logged)
         if self.teacher is not None:
             self.teacher.bind(self)
 
@@ -141,9 +142,11 @@ class TrainState:
         in_loader = teacher if teacher is not None and teacher.where == "loader" else None
         return BatchPipeline(loader, cfg.train_batch_tokens, cfg.train_seq_len, self.accum, ctx.device, in_loader)
 
-    def optimizer_step(self, pipeline: BatchPipeline, step: int, scale: float, objective=None) -> torch.Tensor:
+    def optimizer_step(self, pipeline: BatchPipeline, step: int, scale: float, objective=None,
+                       progress: float = 0.0) -> torch.Tensor:
         """Forward/backward over `accum` micro-batches, clip, optimizer step; returns the mean of [loss, *parts]
-        over this rank's micro-batches (a device tensor, not synced). `objective` defaults to the run's."""
+        over this rank's micro-batches (a device tensor, not synced). `objective` defaults to the run's; it is
+        called at the run's `progress` fraction (golf.optim.run_progress: its distillation schedule reads it)."""
         cfg, ctx, objective = self.cfg, self.ctx, objective or self.objective
         apply_schedule(self.opts, cfg, step, scale)
         totals = None
@@ -152,7 +155,7 @@ class TrainState:
             if ctx.distributed:
                 self.fwd.require_backward_grad_sync = micro == self.accum - 1
             with ctx.autocast():
-                loss, parts = objective(self.fwd, batch)
+                loss, parts = objective(self.fwd, batch, progress)
             (loss / self.accum).backward()
             vals = torch.stack([loss.detach().float()] + [parts[k].float() for k in objective.parts])
             totals = vals if totals is None else totals + vals
@@ -164,13 +167,16 @@ class TrainState:
             opt.zero_grad(set_to_none=True)
         return totals / self.accum
 
-    def advance(self, pipeline: BatchPipeline, scale: float) -> torch.Tensor:
-        """One timed training step: optimizer step, EMA update, step count."""
-        losses = self.optimizer_step(pipeline, self.step, scale)
+    def advance(self, pipeline: BatchPipeline, scale: float, progress: float) -> torch.Tensor:
+        """One timed training step at the run's `progress`: optimizer step, EMA update, the teacher's
+        `after_step` (an EMA teacher updates its weights there), step count."""
+        losses = self.optimizer_step(pipeline, self.step, scale, progress=progress)
         if self.ema is not None:
             with torch.no_grad():  # ema <- decay * ema + (1 - decay) * w, one fused op over all tensors
                 torch._foreach_lerp_(list(self.ema.values()), [v.float() for v in self.model.state_dict().values()],
                                      1 - self.cfg.ema_decay)
+        if self.teacher is not None:
+            self.teacher.after_step(self)
         self.step += 1
         return losses
 
@@ -180,11 +186,20 @@ class TrainState:
             self.model.set_qat(True)
             log(f"late_qat:enabled step:{self.step + 1} scale:{scale:.4f}")
 
+    def note_distill_switch(self, progress: float, log: Logger):
+        """Log `distill:on` / `distill:off` when the objective's teacher term switches for the coming step."""
+        schedule = self.objective.schedule
+        if schedule is not None and schedule.on(progress) != self.distill_on:
+            self.distill_on = not self.distill_on
+            log(f"distill:{'on' if self.distill_on else 'off'} step:{self.step + 1} frac:{progress:.4f}")
+
     # --- warm-up, resume, checkpoints ----------------------------------------------------------------------
     def warm_up(self, log: Logger):
         """The steps of `warmup_plan` on the exact objective (the second half with fake-quant on, so both training
-        graphs, without and with late QAT, are compiled), then weights, optimizer state and RNG restored; the
-        loader and teacher restart with the next pipeline. (Only the seed-faithful D4 arm has an objective with
+        graphs, without and with late QAT, are compiled), at progress values cycling through its schedule's
+        `warmup_progress` (teacher term on, and off where the run has it off), then weights, optimizer state and
+        RNG restored; the loader and teacher restart with the next pipeline. The warm-up takes no `advance`, so an
+        EMA teacher's weights stay the initial ones. (Only the seed-faithful D4 arm has an objective with
         another `warmup_objective`: its distillation graph then compiles inside the budget, and is logged.)"""
         model = self.model
         warm = getattr(self.objective, "warmup_objective", self.objective)
@@ -192,11 +207,12 @@ class TrainState:
         opt_snapshot = [copy.deepcopy(opt.state_dict()) for opt in self.opts]
         rng_snapshot = _rng_state()
         plan = warmup_plan(self.cfg)
+        points = warm.schedule.warmup_progress() if warm.schedule is not None else (0.0,)
         seen, t0 = self.compiles.count if self.compiles else 0, time.perf_counter()
         pipeline = self.pipeline(teacher=warm.teacher is not None)
         for i, qat in enumerate(plan):
             model.set_qat(qat)
-            self.optimizer_step(pipeline, 0, 1.0, warm)
+            self.optimizer_step(pipeline, 0, 1.0, warm, progress=points[i % len(points)])
             if len(plan) <= 20 or (i + 1) % 10 == 0 or i + 1 == len(plan):
                 log(f"warmup_step:{i + 1}/{len(plan)}")
         pipeline.close()
@@ -211,8 +227,11 @@ class TrainState:
         _set_rng_state(rng_snapshot)
 
     def restore(self, resume: dict, log: Logger):
-        """Continue a resumable checkpoint exactly (model, optimizers, EMA, step, clock, QAT, loader, RNG)."""
+        """Continue a resumable checkpoint exactly (model, optimizers, EMA, teacher state, step, clock, QAT,
+        loader, RNG)."""
         self.model.load_state_dict(resume["model"])
+        if self.teacher is not None:
+            self.teacher.load_resume_state(resume.get("teacher"))
         for opt, s in zip(self.opts, resume["optimizers"]):
             opt.load_state_dict(s)
         self.step, self.qat_on, self.loader_state = resume["step"], resume["qat"], resume["loader"]
@@ -234,6 +253,7 @@ class TrainState:
             return
         save_checkpoint(path, {
             **meta, "kind": "resume", "model": self.model.state_dict(), "ema": self.ema,
+            "teacher": self.teacher.resume_state() if self.teacher is not None else None,
             "optimizers": [opt.state_dict() for opt in self.opts], "step": self.step, "train_ms": elapsed_ms,
             "qat": self.qat_on, "loader": pipeline.loader_state(), "rng": _rng_state(),
         })
@@ -272,11 +292,11 @@ def _stop_flags(state: TrainState, losses: torch.Tensor, elapsed_ms: float, cap_
     return bool(reached_cap), bool(nonfinite)
 
 
-def _timed_step(state: TrainState, pipeline: BatchPipeline, scale: float, log: Logger) -> torch.Tensor:
+def _timed_step(state: TrainState, pipeline: BatchPipeline, scale: float, progress: float, log: Logger) -> torch.Tensor:
     """state.advance, logging any compile it triggered: that compile ran inside the budget, so the warm-up
     missed a graph (tests/test_compile.py requires that none does)."""
     seen = state.compiles.count if state.compiles is not None else 0
-    losses = state.advance(pipeline, scale)
+    losses = state.advance(pipeline, scale, progress)
     if state.compiles is not None and state.compiles.count > seen:
         ids = state.compiles.since(seen)
         state.timed_compiles += len(ids)
@@ -322,10 +342,12 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
             _evaluate(state, val_tokens, luts, log)
         if last:
             break
-        scale = lr_scale(cfg, state.step, state.clock.now_ms())
+        now_ms = state.clock.now_ms()
+        scale, progress = lr_scale(cfg, state.step, now_ms), run_progress(cfg, state.step, now_ms)
         state.maybe_enable_qat(scale, log)
+        state.note_distill_switch(progress, log)
         t_step = time.perf_counter()
-        losses = _timed_step(state, pipeline, scale, log)
+        losses = _timed_step(state, pipeline, scale, progress, log)
         approx_ms = state.clock.now_ms()
         reached_cap, nonfinite = _stop_flags(state, losses, approx_ms, cap_ms)
         step_times.append(1000 * (time.perf_counter() - t_step))

@@ -1,8 +1,8 @@
-"""torch.compile on CPU: for every arm kind (baseline, cached soft, cached hard, online teacher) the compile
-warm-up covers every training graph, late QAT's included, for WARMUP_STEPS=1 and 2, so no graph is compiled or
-recompiled during a timed step (the study's defect D4). The training loop counts compiles around each timed
-step (golf.dist.CompileWatch) and logs `warning: compile_in_timed_step`; these runs must have none, and the
-seed-faithful D4 arm, whose warm-up skips the teacher on purpose, must have one.
+"""torch.compile on CPU: for every arm kind (baseline, cached soft, cached hard, online teacher, the student's EMA
+switched on mid-run) the compile warm-up covers every training graph, late QAT's included, for WARMUP_STEPS=1 and
+2, so no graph is compiled or recompiled during a timed step (the study's defect D4). The training loop counts
+compiles around each timed step (golf.dist.CompileWatch) and logs `warning: compile_in_timed_step`; these runs
+must have none, and the seed-faithful D4 arm, whose warm-up skips the teacher on purpose, must have one.
 
 Slow (a cold CPU compile of even the test model takes seconds per graph): `-m "not slow"` skips it.
 
@@ -31,6 +31,8 @@ ARMS = {  # arm kind -> (script, teacher, settings)
     "soft": ("distill.py", "cache", {"DISTILL_TARGET": "soft"}),
     "hard": ("distill.py", "cache", {"DISTILL_TARGET": "hard"}),
     "online": ("distill.py", "online", {"DISTILL_TARGET": "soft"}),
+    # the term off in steps 1-2 and on in 3-4: the warm-up must have compiled the teacher's graph too
+    "ema": ("distill.py", "ema", {"DISTILL_TARGET": "soft", "DISTILL_START_FRAC": 0.5}),
 }
 
 
@@ -40,7 +42,7 @@ def teachers(tiny_dataset, tmp_path_factory):
     ckpt = write_teacher_checkpoint(str(root / "teacher.pt"), make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
     cache = synthetic_cache(str(root / "cache"), tiny_dataset.train_files)
     return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": cache},
-            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}}
+            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}, "ema": {"DISTILL_TEACHER": "ema"}}
 
 
 def test_every_teacher_has_an_arm_here():
@@ -67,8 +69,10 @@ def test_no_compile_during_timed_steps(arm, tiny_dataset, teachers, tmp_path):
         assert "compile_in_timed_step" not in text, text[-3000:]
         # Both training graphs were compiled in the warm-up: one step without fake-quant, one (or more) with it.
         m = re.search(r"^warmup:done steps:2 qat_steps:1 compiles:(\d+) ", text, re.M)
-        assert m and int(m.group(1)) >= (3 if teacher == "online" else 2), text[-3000:]
+        assert m and int(m.group(1)) >= (3 if teacher in ("online", "ema") else 2), text[-3000:]
         assert re.search(r"^late_qat:enabled step:3 ", text, re.M), text[-3000:]  # QAT switched on mid-run
+        if "DISTILL_START_FRAC" in settings:
+            assert re.search(r"^distill:on step:3 ", text, re.M), text[-3000:]  # and the teacher term
         assert re.search(r"^step:2/4 val_loss:", text, re.M)
         assert re.search(r"^step:4/4 train_loss:", text, re.M)
         with open(tmp_path / f"w{warmup}" / "logs" / "c.jsonl") as f:

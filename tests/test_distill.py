@@ -108,13 +108,13 @@ class Recorder:
 
     def __init__(self, inner):
         self.inner = inner
-        self.parts, self.teacher = inner.parts, inner.teacher
+        self.parts, self.teacher, self.schedule = inner.parts, inner.teacher, inner.schedule
         self.calls = []
 
-    def __call__(self, model, batch):
+    def __call__(self, model, batch, progress=0.0):
         teacher = batch.teacher.apply(lambda t: t.cpu().clone()) if batch.teacher is not None else None
         self.calls.append((batch.x.cpu().clone(), batch.y.cpu().clone(), teacher))
-        return self.inner(model, batch)
+        return self.inner(model, batch, progress)
 
 
 def recorded_train(cfg: Config, ctx: Ctx, cache: str):

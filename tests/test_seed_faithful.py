@@ -6,7 +6,6 @@ alignment machinery in tests/test_distill.py.
 Run: python -m pytest tests/test_seed_faithful.py -q
 """
 import re
-import types
 
 import pytest
 import torch
@@ -120,6 +119,5 @@ def test_d4_warms_up_without_the_teacher_and_stalls_the_first_timed_step(tiny_da
 def test_the_log_line_names_the_defects_the_arm_has():
     line = seed_faithful.describe(Config(distill_seed_faithful="all", distill_target="soft"))
     assert "(D1)" in line and "(D2)" in line and "(D4)" in line and "(D3)" not in line
-    line = seed_faithful.describe(types.SimpleNamespace(distill_seed_faithful="all", distill_target="soft",
-                                                        distill_teacher="online"))
+    line = seed_faithful.describe(Config(distill_seed_faithful="all", distill_target="soft", distill_teacher="online"))
     assert "(D3)" in line and "(D1)" not in line and "(D2)" not in line
