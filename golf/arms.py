@@ -19,7 +19,7 @@ def defects(cfg: Config) -> frozenset:
     if has_schedule(cfg):
         raise GolfError(f"DISTILL_SEED_FAITHFUL={raw!r}: the study had no distillation schedule; unset "
                         "DISTILL_START_FRAC, DISTILL_RAMP_FRAC and DISTILL_STOP_FRAC")
-    soft, cache = cfg.distill_target == "soft", cfg.distill_teacher == "cache"
+    soft, cache, online = cfg.distill_target == "soft", cfg.distill_teacher == "cache", cfg.distill_teacher == "online"
     if raw.lower() in ("1", "all", "true", "yes", "on"):
         return frozenset(({"D1"} if soft and cache else set()) | ({"D2"} if cache else {"D3"}) | {"D4"})
     asked = [d.strip().upper() for d in raw.split(",") if d.strip()]

@@ -21,6 +21,7 @@ from golf.cache import CacheReader
 from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx
+from golf.errors import GolfError
 from golf.ngram import StreamNgram, TrainStream, context_rows, table_rows
 from golf.objectives import build_objective
 from golf.shards import list_shards, load_shard, write_shard
@@ -369,9 +370,10 @@ def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path):
         np.testing.assert_allclose(logp[idx[i].astype(np.int64)], np.sort(logp)[::-1][:4], rtol=1e-5)
 
 
-def test_seed_faithful_all_gives_the_ngram_arm_only_the_warm_up_defect():
-    """DISTILL_SEED_FAITHFUL=1 means the defects the arm's teacher can have: D3 (an online teacher never called)
-    is not one of the n-gram teacher's."""
+def test_seed_faithful_refuses_the_ngram_teacher():
+    """The study's defects are those of its cache and online teachers: an n-gram arm has none to reproduce (not
+    even D4 through DISTILL_SEED_FAITHFUL=1), so asking for them is refused rather than half-applied."""
     from golf.arms import defects
-    assert defects(Config(distill_teacher="ngram", distill_seed_faithful="1")) == {"D4"}
+    with pytest.raises(GolfError, match="DISTILL_TEACHER=ngram has none to reproduce"):
+        defects(Config(distill_teacher="ngram", distill_seed_faithful="1"))
     assert defects(Config(distill_teacher="online", distill_seed_faithful="1")) == {"D3", "D4"}
