@@ -46,9 +46,11 @@ def describe_arm(cfg: Config) -> dict:
     """What distinguishes a distillation arm, as the start line and the results table state it. A configuration
     saved before the schedule existed (Config.from_dict fills its defaults) reads as on for the whole run."""
     soft, teacher = cfg.distill_target == "soft", cfg.distill_teacher
-    source = {"cache": cfg.logit_cache, "ema": f"student-ema:{cfg.distill_ema_decay:g}"}.get(teacher, cfg.teacher_path)
+    source = {"cache": cfg.logit_cache, "ema": f"student-ema:{cfg.distill_ema_decay:g}",
+              "ngram": f"ngram{cfg.ngram_order}" + ("" if cfg.ngram_leave_one_out else "-memorised")}.get(
+        teacher, cfg.teacher_path)
     return {"teacher": teacher, "source": source or "-", "target": cfg.distill_target,
             "alpha": cfg.distill_alpha, "temp": cfg.distill_temp if soft else None,
-            "tail": cfg.distill_tail if soft and teacher == "cache" else None,
+            "tail": cfg.distill_tail if soft and teacher == "cache" else None, "draws": cfg.distill_draws,
             "seed_faithful": ",".join(sorted(defects(cfg))),
             "start": cfg.distill_start_frac, "ramp": cfg.distill_ramp_frac, "stop": cfg.distill_stop_frac}

@@ -36,7 +36,7 @@ MAIN_SEED = Config().seed  # the seed of the main arms (1337, as in the study)
 IGNORED_FIELDS = LOCAL_FIELDS + ("checkpoint_every",)  # where a run writes, not what it is
 DISTILL_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["group"] == "distill")
 SIZE_CAP = 16_000_000  # golf.quant.SIZE_CAP; not imported so that --is-done does not pay for importing torch
-MODE_ORDER = {"CE": 0, "hard": 1, "soft": 2, "online": 3}
+MODE_ORDER = {"CE": 0, "hard": 1, "soft": 2, "online": 3, "ngram": 4, "ema": 5}
 TRACK_LABELS = {"record": "in budget", "non-record": "outside"}  # RESULTS.md's teacher-cost column
 
 
@@ -213,6 +213,16 @@ def cache_complete(folder: str) -> bool:
     return bool(shards) and all(s.get("complete") for s in shards)
 
 
+def cache_draws(folder: str) -> int | None:
+    """N of a cache of sampled targets (its manifest's value kind is draw counts, its K the draws), else None."""
+    try:
+        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return m.get("k") if m.get("value_kind") == "draw_counts" else None
+
+
 def cache_bytes_per_token(folder: str) -> float | None:
     """Bytes on disk per cached position of a complete logit cache (its shards' row files, npy headers and
     offsets included; manifest and completion markers not), or None when the folder holds no complete cache."""
@@ -262,8 +272,16 @@ def describe(run: RunRecord) -> dict:
                 "tail": "–", "faithful": ""}
     d = describe_arm(Config.from_dict(run.config))
     mode = d["target"] if d["teacher"] == "cache" else d["teacher"] + ("" if d["target"] == "soft" else " hard")
+    if (d["start"], d["ramp"], d["stop"]) != (0.0, 0.0, 1.0):
+        mode += f" {d['start']:g}-{d['stop']:g}" + (f" ramp {d['ramp']:g}" if d["ramp"] else "")
+    tail = d["tail"]
+    draws = d["draws"] or (cache_draws(d["source"]) if d["teacher"] == "cache" else None)
+    if draws and d["target"] == "soft":
+        tail = f"sampled n{draws}"
+    elif d["teacher"] in ("ema", "ngram") and d["target"] == "soft":
+        tail = "full"
     return {"teacher": teacher_label(d["source"]) if d["source"] != "-" else "?", "mode": mode, "alpha": d["alpha"],
-            "temp": d["temp"], "tail": d["tail"] or "–", "faithful": d["seed_faithful"]}
+            "temp": d["temp"], "tail": tail or "–", "faithful": d["seed_faithful"]}
 
 
 def reference_baseline(run: RunRecord, runs: list[RunRecord]) -> RunRecord | None:
@@ -349,7 +367,7 @@ def arm_rows(runs: list[RunRecord]) -> list[dict]:
             row[k] = r.artifact[k] if r.artifact else None
         row["over_cap"] = row["total_bytes"] > SIZE_CAP if row["total_bytes"] is not None else None
         rows.append(row)
-    rows.sort(key=lambda w: (w["budget"], MODE_ORDER.get(w["mode"], 9), w["faithful"],
+    rows.sort(key=lambda w: (w["budget"], MODE_ORDER.get(w["mode"].split()[0], 9), w["faithful"],
                              w["teacher"], w["tail"], w["alpha"] or 0.0, w["seed"] != MAIN_SEED, w["seed"], w["arm"]))
     return rows
 

@@ -152,6 +152,28 @@ def test_track_of_each_run(tmp_path):
             "baseline": "record", "inbudget": "record", "cached": "non-record", "old-cached": "non-record"}
 
 
+def test_in_budget_and_sampled_arms_are_described(tmp_path):
+    """The n-gram and EMA teachers, their schedule, and sampled targets (drawn in the step, or a cache of draws
+    by its manifest) read as such in the results table."""
+    root = str(tmp_path / "demo")
+    cache = tmp_path / "cache-big-n16"
+    cache.mkdir()
+    (cache / "manifest.json").write_text(json.dumps({"format": "golf-logit-cache", "k": 16,
+                                                     "value_kind": "draw_counts", "shards": []}))
+    write_run(root, "ngram3", "distill.py", distill_teacher="ngram", ngram_order=3, track="record")
+    write_run(root, "ngram3-memo", "distill.py", distill_teacher="ngram", ngram_order=3, ngram_leave_one_out=False)
+    write_run(root, "ema", "distill.py", distill_teacher="ema", distill_start_frac=0.7, distill_ema_decay=0.9)
+    write_run(root, "online-n8", "distill.py", distill_teacher="online", distill_draws=8,
+              teacher_path="runs/x/teacher-big/teacher-big.pt")
+    write_run(root, "sampled", "distill.py", distill_teacher="cache", logit_cache=str(cache),
+              teacher_path="runs/x/teacher-big/teacher-big.pt")
+    got = {r.name: results.describe(r) for r in results.load_study(root)}
+    assert [(d["teacher"], d["mode"], d["tail"]) for d in (got["ngram3"], got["ngram3-memo"], got["ema"],
+                                                          got["online-n8"], got["sampled"])] == [
+        ("ngram3", "ngram", "full"), ("ngram3-memorised", "ngram", "full"), ("student-ema:0.9", "ema 0.7-1", "full"),
+        ("big", "online", "sampled n8"), ("big-n16", "soft", "sampled n16")]
+
+
 def test_cache_bytes_per_token(tmp_path):
     """Row files of every shard over the cached positions; markers, manifest and other files not counted; an
     incomplete cache has no figure."""

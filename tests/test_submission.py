@@ -133,3 +133,44 @@ def test_teacher_cost_of_a_non_record_arm(tmp_path):
     assert "logit caching not recorded" in _track_text({"track": "non-record", "teacher": teacher_cost(cfg)})
     online = teacher_cost(Config(distill_teacher="online", teacher_path=teacher))
     assert online["training_seconds"] == 172.3 and online["caching_seconds"] is None
+
+
+# The in-budget teachers: a record-track dump builds its own teacher, so its single file needs only the data.
+IN_BUDGET_ARMS = {
+    "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_ORDER": 3, "DISTILL_ALPHA": 0.5},
+    "ema": {"DISTILL_TEACHER": "ema", "DISTILL_START_FRAC": 0.5, "DISTILL_ALPHA": 0.5},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher", sorted(IN_BUDGET_ARMS))
+def test_in_budget_arm_dump_reproduces_its_run_alone(teacher, tiny_dataset, tmp_path):
+    """A record-track arm's records folder: submission.json says "record", and its single train_gpt.py, copied
+    into an empty folder with nothing but the data, trains the arm again: the same loss lines."""
+    study = tmp_path / "study"
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "ITERATIONS": 6, "RUN_ID": "arm", "LOG_DIR": "study/arm",
+           "CHECKPOINT_PATH": "study/arm/arm.pt", **IN_BUDGET_ARMS[teacher]}
+    study.mkdir()
+    out = run_script(["distill.py"], env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trained = [line for line in out.stdout.splitlines() if " train_loss:" in line]
+    assert len(trained) == 6
+    out = run_script(["quantize.py", "study/arm/arm.pt", "--submission", "sub"], {}, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads((tmp_path / "sub" / "submission.json").read_text())
+    assert info["track"] == "record" and "teacher" not in info
+    assert "Record track" in (tmp_path / "sub" / "README.md").read_text()
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "sub" / "train_gpt.py", alone / "train_gpt.py")
+    run_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and k not in env}
+    run_env.update(OMP_NUM_THREADS="1", PRESET="test", **dataset_env(tiny_dataset))  # as the arm ran
+    out = subprocess.run([sys.executable, "train_gpt.py"], cwd=alone, env=run_env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = [line for line in out.stdout.splitlines() if " train_loss:" in line]
+
+    def losses(lines):  # the step, loss and parts of each line, without its times
+        return [re.sub(r" train_time:.*", "", line) for line in lines]
+    assert losses(again) == losses(trained)
