@@ -137,12 +137,13 @@ def make_teacher(ctx: Ctx, path: str, tcfg: Config, vocab_size: int) -> tuple[to
 
 
 def build_temp_cache(teacher, sha: str, tcfg: Config, files: list[str], ctx: Ctx, out: str, k: int = 32,
-                     encoding: str = "fp16", batch_windows: int = 0, fixed_shape: bool = False) -> dict:
+                     encoding: str = "fp16", batch_windows: int = 0, fixed_shape: bool = False,
+                     temperature: float | None = None) -> dict:
     """Write a logit cache of `files` into `out` with the real builder (golf.cache_build.build_cache), as
-    cache_logits.py does; returns build_cache's throughput figures."""
+    cache_logits.py does (a sampled encoding: k draws at `temperature`); returns build_cache's throughput figures."""
     window = tcfg.train_seq_len
     spec = CacheSpec(k=k, vocab_size=tcfg.vocab_size, encoding=encoding, teacher_sha256=sha,
-                     teacher_config=tcfg.to_dict(), window=window, stride=window)
+                     teacher_config=tcfg.to_dict(), window=window, stride=window, temperature=temperature)
     writer = CacheWriter(out, files, spec)
     batch_windows = batch_windows or default_batch_windows(window, ctx.device)
     return build_cache(teacher, writer, files, writer.pending(), ctx, batch_windows, fixed_shape=fixed_shape)

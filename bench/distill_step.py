@@ -1,25 +1,34 @@
 """Benchmark: the cost of a distillation training step over a baseline step, side by side in one process.
 
     python bench/distill_step.py [--preset demo-student] [--teacher CKPT | --teacher-preset demo-teacher]
-                                 [--arms baseline,soft,hard,online] [--reps 100] [--warmup 5] [--seconds 0]
+                                 [--arms baseline,soft,hard,online,sampled,ngram,ema] [--draws 16]
+                                 [--reps 100] [--warmup 5] [--seconds 0]
                                  [--threads N] [--clock wall|process] [--cache-dir DIR] [--json FILE]
 
 Every arm is the same student (same preset, seed, data, batch) driven by the real training pieces:
 golf.pipeline.BatchPipeline over golf.data.DistributedTokenLoader (teacher rows gathered in its prefetch
 thread), the real objective under the run's autocast, backward over the micro-batches, grad clip, the Muon
-and AdamW steps (golf.train.TrainState.optimizer_step; EMA and logging, the same in every arm, left out).
+and AdamW steps and the teacher's after-step update (golf.train.TrainState.advance, at progress 1.0 so every
+distillation term is on; the final-weights EMA and logging, the same in every arm, left out).
 - baseline: golf.objectives.CrossEntropyObjective (what train_gpt.py trains with: golf.losses.cross_entropy, the
   same CE that every distillation loss contains, so the comparison is fair);
 - soft / hard: golf.objectives.DistillObjective + golf.teachers.CachedTeacher over a real cache that golf.cache_build wrote
   into a temp folder from the teacher (a random one of --teacher-preset's shape unless --teacher is given);
-- online: DistillObjective with golf.teachers.OnlineTeacher, the teacher model run inside the step.
+- online: DistillObjective with golf.teachers.OnlineTeacher, the teacher model run inside the step;
+- sampled: soft targets from a cache of --draws draws per position (--encoding sampled-packed, built like the
+  top-K cache, at DISTILL_TEMP), read as golf.teachers.Sampled rows;
+- ngram: golf.teachers.NgramTeacher (NGRAM_* settings; NGRAM_PREPASS_TOKENS=0 here means the whole stream): its
+  tables built in the first warm-up round with the clock running, as in a timed run, then queried and counted
+  online each step; the build's seconds are printed;
+- ema: golf.teachers.EmaTeacher, the student's own EMA (DISTILL_EMA_DECAY) run in the step and updated after it.
 After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds have passed) runs one step of
 every arm in rotated order, so load drifts hit every arm alike. An arm's ratio is the median over rounds of
 its step time over the baseline's in the same round (paired: the arms of a round run within about a second,
 so the host's slow drifts cancel; on the shared 2-core VM its bootstrap 95% interval over 100 rounds is about
 a third as wide as that of the ratio of the two medians, which is printed too). The JSON also holds the
 warm-up's seconds (compiles included) and, on CUDA, each arm's peak memory over its timed steps. The last line
-is `distill_step_ratio soft=X hard=Y online=Z` (the paired ratios over `baseline`).
+is `distill_step_ratio soft=X hard=Y online=Z sampled=S ngram=N ema=E` (the paired ratios over `baseline`, for
+the arms run).
 """
 import dataclasses
 import json
@@ -27,6 +36,7 @@ import os
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,10 +54,12 @@ from golf.data import grad_accum_steps
 from golf.dist import compile_enabled, init_dist, maybe_compile
 from golf.errors import GolfError, cli_main
 from golf.objectives import CrossEntropyObjective, distill_objective
-from golf.teachers import CachedTeacher, OnlineTeacher
+from golf.shards import read_header
+from golf.teachers import CachedTeacher, EmaTeacher, NgramTeacher, OnlineTeacher
 from golf.train import TrainState
 
-ARMS = ("baseline", "soft", "hard", "online")
+ARMS = ("baseline", "soft", "hard", "online", "sampled", "ngram", "ema")
+TEACHER_ARMS = ARMS[1:]
 
 
 class Arm:
@@ -57,9 +69,10 @@ class Arm:
     def __init__(self, cfg: Config, ctx, files: list[str], objective):
         self.state = TrainState(cfg, ctx, files, objective)
         self.pipeline = self.state.pipeline()
+        self.state.clock.start()  # as in the timed run: a teacher built on its first fetch builds in full
 
     def step(self):
-        self.state.optimizer_step(self.pipeline, 0, 1.0)
+        self.state.advance(self.pipeline, 1.0, 1.0)
 
     def close(self):
         self.pipeline.close()
@@ -67,6 +80,7 @@ class Arm:
 
 def _options(p):
     p.add_argument("--arms", default="baseline,soft,hard,online", help=f"comma list from {', '.join(ARMS)}")
+    p.add_argument("--draws", type=int, default=16, help="draws per position of the sampled arm's cache")
     p.add_argument("--teacher", default="", help="teacher checkpoint (default: a random model of --teacher-preset)")
     p.add_argument("--teacher-preset", default="demo-teacher", help="shape of the random teacher")
     p.add_argument("--k", type=int, default=32, help="cached top-K")
@@ -88,6 +102,13 @@ def _options(p):
 def arm_objective(cfg: Config, teacher, target: str):
     """The distillation objective of `cfg` with `target` and this teacher."""
     return distill_objective(dataclasses.replace(cfg, distill_target=target), teacher)
+
+
+def ngram_teacher(cfg: Config, ctx, files: list[str]) -> NgramTeacher:
+    """The n-gram teacher of cfg's NGRAM_* settings over `files`, its prepass the whole stream unless set."""
+    total = sum(read_header(p) for p in files)
+    ncfg = dataclasses.replace(cfg, distill_teacher="ngram", ngram_prepass_tokens=cfg.ngram_prepass_tokens or total)
+    return NgramTeacher.from_config(ncfg, SimpleNamespace(train_files=files, ctx=ctx))
 
 
 def run_rounds(runs: dict, arms: list[str], args, ctx, t_run: float) -> dict:
@@ -129,34 +150,43 @@ def run_rounds(runs: dict, arms: list[str], args, ctx, t_run: float) -> dict:
 
 
 def make_arms(cfg: Config, ctx, files: list[str], arms: list[str], args, tmp: str) -> dict:
-    """One Arm per name in `arms`: the cache built into `tmp` (or --cache-dir's) for soft and hard, the teacher
-    (a checkpoint or a random --teacher-preset model) for online and for building the cache."""
-    cached = [a for a in arms if a in ("soft", "hard")]
+    """One Arm per name in `arms`: the top-K cache built into `tmp` (or --cache-dir's) for soft and hard, a cache
+    of draws for sampled, the teacher (a checkpoint or a random --teacher-preset model) for online and for
+    building the caches."""
+    topk = [a for a in arms if a in ("soft", "hard")]
     compiled = compile_enabled(cfg.compile, ctx.device)
     teacher = tcfg = sha = None
-    if "online" in arms or (cached and not args.cache_dir):
+    if "online" in arms or "sampled" in arms or (topk and not args.cache_dir):
         teacher, sha, tcfg = make_teacher(ctx, args.teacher, teacher_config(cfg, args.teacher_preset), cfg.vocab_size)
     print(f"student {cfg.num_layers}x{cfg.model_dim} batch {cfg.train_batch_tokens} seq {cfg.train_seq_len} "
           f"accum {grad_accum_steps(cfg, ctx.world_size)} compiled {compiled} | shards {len(files)} | alpha "
           f"{cfg.distill_alpha} T {cfg.distill_temp} tail {cfg.distill_tail} | teacher "
           + (f"{tcfg.num_layers}x{tcfg.model_dim} ({'checkpoint' if args.teacher else 'random'})" if tcfg else "-")
           + (f" | cache {args.cache_dir}" if args.cache_dir else ""))
-    reader = None
-    if cached:
-        cache_dir = args.cache_dir
+    readers = {}
+    for kind, wanted, encoding, k in (("topk", "soft" in arms or "hard" in arms, args.encoding, args.k),
+                                      ("sampled", "sampled" in arms, "sampled-packed", args.draws)):
+        if not wanted:
+            continue
+        cache_dir = args.cache_dir if kind == "topk" else ""
         if not cache_dir:
-            cache_dir = os.path.join(tmp, "cache")
+            cache_dir = os.path.join(tmp, f"cache-{kind}")
             stats = build_temp_cache(maybe_compile(teacher, cfg.compile, ctx.device), sha, tcfg, files, ctx,
-                                     cache_dir, args.k, args.encoding, fixed_shape=compiled)
-            print(f"cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
+                                     cache_dir, k, encoding, fixed_shape=compiled,
+                                     temperature=cfg.distill_temp if kind == "sampled" else None)
+            print(f"{kind} cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
                   f"({stats['tokens_per_s']:.0f} tokens/s)")
-        reader = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
+        readers[kind] = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
     makers = {
         "baseline": lambda: Arm(cfg, ctx, files, CrossEntropyObjective()),
-        "soft": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "soft"), "soft")),
-        "hard": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(reader, "hard"), "hard")),
+        "soft": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(readers["topk"], "soft"), "soft")),
+        "hard": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(readers["topk"], "hard"), "hard")),
         "online": lambda: Arm(cfg, ctx, files, arm_objective(
             cfg, OnlineTeacher(teacher, args.teacher or "random", sha, cfg.compile, ctx.device), "soft")),
+        "sampled": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(readers["sampled"], "soft"), "soft")),
+        "ngram": lambda: Arm(cfg, ctx, files, arm_objective(cfg, ngram_teacher(cfg, ctx, files), "soft")),
+        "ema": lambda: Arm(cfg, ctx, files, arm_objective(
+            cfg, EmaTeacher(cfg.distill_ema_decay, cfg.compile, ctx.device), "soft")),
     }
     return {name: makers[name]() for name in arms}
 
@@ -204,11 +234,17 @@ def main():
             for run in runs.values():
                 run.close()
     figures = report(cfg, ctx, arms, measured, args)
+    if "ngram" in arms:
+        ngram = runs["ngram"].state.teacher.model
+        print(f"ngram build: {ngram.prepass} positions in {ngram.build_ms:.0f} ms "
+              f"({ngram.prepass / max(ngram.build_ms, 1e-9) / 1e3:.2f} M tokens/s), tables "
+              f"{ngram.table_bytes / 2**20:.0f} MiB")
+        figures["ngram_build"] = {"positions": ngram.prepass, "ms": ngram.build_ms, "table_bytes": ngram.table_bytes}
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps(figures, indent=1) + "\n")
     print("distill_step_ratio " + " ".join(f"{n}={figures['arms'][n]['paired_ratio']:.3f}"
-                                           for n in ("soft", "hard", "online") if n in arms))
+                                           for n in TEACHER_ARMS if n in arms))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ teacher's full softmax(t / T). Targets:
   topk-{renorm,bucket}-kK-{fp16,packed}: the teacher's top-K at T = 1 through the cache codec's round trip
       (golf/codecs.py); bytes per token = the codec's row_bytes(K).
   sampled-nN: N draws per position from softmax(t / T) (golf.losses.sample_targets, as DISTILL_DRAWS draws);
-      bytes per token = the measured mean of distinct ids per position x SAMPLED_ENTRY_BYTES +
-      SAMPLED_POSITION_BYTES, an assumed layout (the sampled codec is not written yet).
+      bytes per token = that of the cheaper of the two draw codecs (golf/codecs.py) for these draws: sampled
+      (ragged: 1 + 3 B per distinct id, measured here) or sampled-packed (5 * ceil(N / 4) B, vocab <= 1024),
+      each also given (`sampled_bytes:`, `sampled_packed_bytes:`).
 Per target, one line:
-  kd_fidelity target:NAME bytes_per_token:B angle_deg:A norm_ratio:R mixed_angle_deg:M [mean_angle_deg:X distinct:D]
+  kd_fidelity target:NAME bytes_per_token:B angle_deg:A norm_ratio:R mixed_angle_deg:M
+      [mean_angle_deg:X distinct:D sampled_bytes:RB sampled_packed_bytes:PB]
 angle_deg, norm_ratio: angle and |g| / |g_full| of the distillation term's gradient (mean over batches; for
 sampled, also over --repeats independent draws); mixed_angle_deg: the same angle for the loss training uses,
 (1-a) CE + a T^2 term (a = DISTILL_ALPHA), whose CE gradient all targets share. mean_angle_deg (sampled only):
@@ -40,10 +42,6 @@ from golf.errors import GolfError, cli_main
 from golf.eval import load_val_tokens
 from golf.losses import distill_terms, sample_targets
 
-# Assumed bytes of the sampled cache format, for the bytes-per-token column only: an int16 id and a uint8
-# count per distinct sampled id, plus about one byte per position to find its ragged row (an offset).
-SAMPLED_ENTRY_BYTES = 3
-SAMPLED_POSITION_BYTES = 1
 
 
 def _ints(text: str) -> list[int]:
@@ -156,17 +154,19 @@ def main():
 
     print(f"kd_fidelity_setup teacher:{args.teacher or 'random:' + args.teacher_preset} "
           f"student:{args.student or 'random'} batches:{args.batches} tokens_per_batch:{n} T:{temp} alpha:{alpha} "
-          f"repeats:{args.repeats} threads:{torch.get_num_threads()} sampled_bytes:distinct*{SAMPLED_ENTRY_BYTES}+"
-          f"{SAMPLED_POSITION_BYTES}(assumed: int16 id + uint8 count per entry, ~1 B/position offset)")
+          f"repeats:{args.repeats} threads:{torch.get_num_threads()}")
     for name, (row_bytes, spec) in targets.items():
         s = {key: v / args.batches for key, v in sums[name].items()}
         sampled = not isinstance(spec, tuple)
-        nbytes = s["distinct"] * SAMPLED_ENTRY_BYTES + SAMPLED_POSITION_BYTES if sampled else row_bytes
-        line = (f"kd_fidelity target:{name} bytes_per_token:{nbytes:.1f} angle_deg:{s['angle']:.2f} "
-                f"norm_ratio:{s['ratio']:.3f} mixed_angle_deg:{s['mixed']:.2f}")
+        nbytes, extra = row_bytes, ""
         if sampled:
-            line += f" mean_angle_deg:{s['mean_angle']:.2f} distinct:{s['distinct']:.2f}"
-        print(line)
+            sizes = {c: CODECS[c].mean_row_bytes(spec, s["distinct"]) for c in ("sampled", "sampled-packed")
+                     if cfg.vocab_size <= CODECS[c].max_vocab}
+            nbytes = min(sizes.values())
+            extra = f" mean_angle_deg:{s['mean_angle']:.2f} distinct:{s['distinct']:.2f}" + "".join(
+                f" {c.replace('-', '_')}_bytes:{b:.1f}" for c, b in sizes.items())
+        print(f"kd_fidelity target:{name} bytes_per_token:{nbytes:.1f} angle_deg:{s['angle']:.2f} "
+              f"norm_ratio:{s['ratio']:.3f} mixed_angle_deg:{s['mixed']:.2f}" + extra)
 
 
 if __name__ == "__main__":

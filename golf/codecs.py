@@ -229,6 +229,10 @@ class DrawCodec(Codec):
     value_kind, format_version = "draw_counts", 2
     max_draws = 255  # a count (and a ragged row's length) fits one byte
 
+    def mean_row_bytes(self, k: int, mean_distinct: float) -> float:
+        """Bytes per position of rows of `k` draws with `mean_distinct` distinct ids on average."""
+        return float(self.row_bytes(k))
+
     def check_rows(self, idx, vals):
         counts = np.asarray(vals)
         n, k = counts.shape
@@ -299,6 +303,9 @@ class SampledCodec(RaggedCodec, DrawCodec):
 
     def row_lengths(self, per_row):
         return per_row[0][:, 0].astype(np.int64)
+
+    def mean_row_bytes(self, k, mean_distinct):
+        return 1 + 3 * mean_distinct + 8 / self.block  # length byte, entries, the block's offset
 
     def encode(self, idx, vals):
         idx, counts = _canonical(np.asarray(idx).astype(np.int64), np.asarray(vals).astype(np.int64), self.max_vocab)

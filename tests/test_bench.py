@@ -56,13 +56,17 @@ def test_loss_cost_bench_times_every_loss(tmp_path):
 
 def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
     js = tmp_path / "step.json"
+    arms = ["baseline", "soft", "hard", "online", "sampled", "ngram", "ema"]
     out = _ok(run_script(["bench/distill_step.py", "--quick", "--preset", "test", "--teacher-preset", "test",
-                          "--json", str(js)], dataset_env(tiny_dataset), str(tmp_path)))
+                          "--arms", ",".join(arms), "--draws", "8", "--json", str(js)],
+                         {**dataset_env(tiny_dataset), "NGRAM_TABLE_BITS": 12}, str(tmp_path)))
     ratios = _summary(out, "distill_step_ratio")
-    assert set(ratios) == {"soft", "hard", "online"}
+    assert set(ratios) == set(arms[1:])
     _positive(ratios)
     fig = json.loads(js.read_text())
-    assert fig["rounds"] == 3 and set(fig["arms"]) == {"baseline", "soft", "hard", "online"}
+    assert fig["rounds"] == 3 and set(fig["arms"]) == set(arms)
+    # the n-gram tables were built over the whole (cached) stream, with the clock running as in a timed run
+    assert fig["ngram_build"]["positions"] > 0 and fig["ngram_build"]["ms"] > 0
     assert all(len(a["times_ms"]) == 3 for a in fig["arms"].values())
     soft = fig["arms"]["soft"]
     assert abs(soft["paired_ratio"] - ratios["soft"]) < 1e-3
@@ -213,4 +217,7 @@ def test_kd_fidelity_bench_prints_every_target(tiny_dataset, tmp_path):
         assert 0 <= fig["angle_deg"] <= 180 and fig["norm_ratio"] > 0 and 0 <= fig["mixed_angle_deg"] <= 180
     n2, n64 = lines["sampled-n2"], lines["sampled-n64"]
     assert n64["angle_deg"] < n2["angle_deg"] and n2["mean_angle_deg"] < n2["angle_deg"]
-    assert 1 <= n2["distinct"] <= 2 and n2["bytes_per_token"] == pytest.approx(3 * n2["distinct"] + 1, abs=0.06)
+    # the draw codecs' bytes: ragged 1 + 3 per distinct id + 8 per 256 rows; packed 5 per 4 draws; the cheaper one
+    assert 1 <= n2["distinct"] <= 2 and n2["sampled_bytes"] == pytest.approx(3 * n2["distinct"] + 1 + 8 / 256, abs=0.06)
+    assert n2["sampled_packed_bytes"] == 5 and n64["sampled_packed_bytes"] == 80
+    assert n2["bytes_per_token"] == min(n2["sampled_bytes"], 5.0)
