@@ -121,7 +121,7 @@ class Config:
                                "2^N buckets; a row is V int32 counts, so 4 GiB per order of 2^20 rows at V=1024 (the "
                                "default keeps order 3 exact there); 16 for 256 MiB (CPU demos)", "distill")
     ngram_prepass_tokens: int = _f(0, "DISTILL_TEACHER=ngram: count the first N positions of the train stream in the first "
-                                   "timed step (inside the budget); 0 = none", "distill")
+                                   "timed step (inside the budget); 0 = none, -1 = the whole stream", "distill")
     ngram_online: bool = _f(True, "DISTILL_TEACHER=ngram: count each micro-batch's stream after it has been queried", "distill")
     ngram_leave_one_out: bool = _f(True, "DISTILL_TEACHER=ngram: a counted position's own occurrence is removed from the "
                                    "counts of its prediction (0: memorised counts, an ablation)", "distill")
@@ -385,8 +385,9 @@ def validate(cfg: Config):
         raise GolfError(f"NGRAM_ORDER={cfg.ngram_order}: use 2 (bigram) or more")
     if not 1 <= cfg.ngram_table_bits <= 40:
         raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per order)")
-    if cfg.ngram_prepass_tokens < 0:
-        raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none) or a number of train tokens")
+    if cfg.ngram_prepass_tokens < -1:
+        raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none), a number of train tokens or "
+                        "-1 (all of them)")
     start, ramp, stop = cfg.distill_start_frac, cfg.distill_ramp_frac, cfg.distill_stop_frac
     if not 0 <= start < 1:  # written so that NaN fails too
         raise GolfError(f"DISTILL_START_FRAC={start}: use a fraction of the run in [0, 1) (0: the teacher from the start)")

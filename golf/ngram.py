@@ -191,7 +191,8 @@ class StreamNgram:
 
     def __init__(self, cfg: Config, stream: TrainStream, device: torch.device, rank: int, world_size: int):
         self.order, self.vocab_size, self.table_bits = cfg.ngram_order, cfg.vocab_size, cfg.ngram_table_bits
-        self.prepass, self.online, self.leave_one_out = cfg.ngram_prepass_tokens, cfg.ngram_online, cfg.ngram_leave_one_out
+        self.online, self.leave_one_out = cfg.ngram_online, cfg.ngram_leave_one_out
+        self.prepass = stream.total if cfg.ngram_prepass_tokens < 0 else cfg.ngram_prepass_tokens  # -1: all of it
         self.stream, self.device, self.rank = stream, device, rank
         accum = grad_accum_steps(cfg, world_size)
         self.chunk = tokens_read_per_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum, world_size)

@@ -197,6 +197,11 @@ def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
         np.testing.assert_allclose(probs[True][i], minus_one.probs(ctx), rtol=2e-6)
         np.testing.assert_allclose(probs[False][i], full.probs(ctx), rtol=2e-6)
         assert probs[True][i][y[i]] < probs[False][i][y[i]]  # its own occurrence no longer supports its target
+    # NGRAM_PREPASS_TOKENS=-1 is the whole stream: the same model as its length spelt out
+    model = open_model(ngram_config(ngram_order=4, ngram_prepass_tokens=-1), files)
+    model.build()
+    assert model.counted == len(tokens)
+    np.testing.assert_array_equal(model.log_probs(batch).double().exp().reshape(-1, SMALL_V).numpy(), probs[True])
 
 
 def test_no_validation_token_is_ever_counted(tmp_path):
