@@ -2,7 +2,7 @@
 
     python eval_bpb.py checkpoints/<RUN_ID>.pt                 # float weights
     python eval_bpb.py checkpoints/<RUN_ID>.int6.ptz --config checkpoints/<RUN_ID>.pt   # the artifact
-    EVAL_STRIDE=64 VAL_MAX_TOKENS=0 python eval_bpb.py CKPT --json
+    EVAL_STRIDE=64 VAL_MAX_TOKENS=0 python eval_bpb.py CKPT --json [--out scores/ckpt.json]
     python eval_bpb.py --teacher ngram:3 --preset demo-student   # the n-gram teacher alone (golf/ngram.py)
 
 The model (shape, vocabulary, sequence length) always comes from the checkpoint, and so do the data and
@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+from golf.atomic import atomic_write_text
 from golf.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
 from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, init_dist
@@ -42,6 +43,8 @@ def _options(p):
     p.add_argument("--teacher", default="", help="ngram:ORDER: score the n-gram teacher's model instead of a checkpoint")
     p.add_argument("--config", default="", help="checkpoint whose config an artifact uses")
     p.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
+    p.add_argument("--out", default="", help="also write that JSON summary to this file (atomically; golf.results "
+                   "lists a study's <folder>/score.json files beside its teachers)")
 
 
 def _load(path: str, config_path: str, device):
@@ -105,6 +108,9 @@ def main():
                   f"eval_time:{1000 * (t2 - t1):.0f}ms")
             if args.json:
                 print(json.dumps(res))
+            if args.out:
+                os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+                atomic_write_text(args.out, json.dumps(res) + "\n")
     finally:
         cleanup()
 

@@ -236,8 +236,24 @@ def cache_bytes_per_token(folder: str) -> float | None:
     return size / sum(s["num_tokens"] for s in shards)
 
 
+SCORE_FILE = "score.json"  # what `eval_bpb.py --out <folder>/score.json` writes: a model scored on its own
+
+
+def load_scores(root: str) -> list[dict]:
+    """The scores directly under `root` (e.g. the n-gram teacher alone on val), each with its folder's name."""
+    out = []
+    for d in sorted(os.listdir(root)):
+        path = os.path.join(root, d, SCORE_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                out.append({"name": d, **json.load(f)})
+    return out
+
+
 def is_done(folder: str) -> bool:
-    """True when the run (or logit cache) in `folder` is complete, so run.sh may skip it."""
+    """True when the run (or logit cache, or score) in `folder` is complete, so run.sh may skip it."""
+    if os.path.isfile(os.path.join(folder, SCORE_FILE)):
+        return True
     if os.path.isfile(os.path.join(folder, "manifest.json")):
         return cache_complete(folder)
     run = load_run(folder)
@@ -395,7 +411,7 @@ def _mode_label(row: dict) -> str:
     return row["mode"] + (f" (seed-faithful {row['faithful']})" if row["faithful"] else "")
 
 
-def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str]) -> str:
+def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str], scores: list[dict] = ()) -> str:
     """RESULTS.md: the arms table, teachers, seed statistics, unfinished runs and the plots."""
     stride = next((r.config.get("eval_stride") for r in runs if r.config), "?")
     out = [f"# Results: {root}", "",
@@ -423,13 +439,17 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
                           "steps", "step ms",
                           "overhead", "val_bpb rt", "val_bpb sliding", "Δ sliding", "bytes", "cap"], table))
     teachers = [r for r in runs if r.is_teacher]
-    if teachers:
-        out += ["", "## Teachers", "", _md_table(
+    if teachers or scores:
+        out += ["", "## Teachers", "", "Trained teachers (int6 artifact) and models scored on their own "
+                "(`eval_bpb.py --out`: the in-budget n-gram teacher's model, counted on the train shards).", "",
+                _md_table(
             ["teacher", "layers x dim", "steps", "step ms", "val_bpb rt", "val_bpb sliding", "int6 bytes"],
             [[r.name, f"{r.config.get('num_layers')} x {r.config.get('model_dim')}", str(r.steps),
               _f(r.step_ms, ".1f"), _f(r.final and r.final["val_bpb"], ".4f"),
               _f(r.final and r.final["sliding_val_bpb"], ".4f"), _f(r.artifact and r.artifact["model_bytes"], ",")]
-             for r in teachers])]
+             for r in teachers] +
+            [[s["name"], s["path"], "–", "–", _f(s["val_bpb"], ".4f"), _f(s["sliding_val_bpb"], ".4f"), "–"]
+             for s in scores])]
     groups = seed_groups(runs)
     if groups:
         out += ["", "## Seeds", "", "Mean ± sample standard deviation (ddof 1) over seeds.", "", _md_table(
@@ -565,7 +585,7 @@ def write_results(root: str) -> dict:
         raise GolfError(f"{root} holds no runs (no <name>/<name>.jsonl); run ./run.sh first")
     rows = arm_rows(runs)
     plots = write_plots(root, runs, rows)
-    atomic_write_text(os.path.join(root, "RESULTS.md"), markdown(root, runs, rows, plots))
+    atomic_write_text(os.path.join(root, "RESULTS.md"), markdown(root, runs, rows, plots, load_scores(root)))
     atomic_write_text(os.path.join(root, "results.csv"), csv_text(rows))
     best = best_arm(runs)
     return {"rows": rows, "best": best.name if best else None,

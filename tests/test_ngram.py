@@ -337,9 +337,11 @@ def test_eval_bpb_scores_the_ngram_model_alone(tiny_dataset, tmp_path):
     """`eval_bpb.py --teacher ngram:2` counts the train shards (never val) and its val_loss is the mean NLL of
     the float64 reference over the val targets (at order 2 every position has its whole context)."""
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "VAL_MAX_TOKENS": 512, "VAL_BATCH_SIZE": 512}
-    out = run_script(["eval_bpb.py", "--teacher", "ngram:2", "--json"], env, cwd=str(tmp_path))
+    out = run_script(["eval_bpb.py", "--teacher", "ngram:2", "--json", "--out", "score-ngram2/score.json"], env,
+                     cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "score-ngram2" / "score.json").read_text()) == res  # what golf.results lists
     stream = TrainStream(tiny_dataset.train_files)
     brute = BruteForce(stream.read(0, stream.total), 2, 1024)
     for g in range(stream.total):

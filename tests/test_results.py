@@ -174,6 +174,21 @@ def test_in_budget_and_sampled_arms_are_described(tmp_path):
         ("big", "online", "sampled n8"), ("big-n16", "soft", "sampled n16")]
 
 
+def test_scores_join_the_teachers_table(study):
+    """A <folder>/score.json (eval_bpb.py --out) is listed with the teachers and makes its folder done."""
+    os.makedirs(os.path.join(study, "score-ngram3"))
+    with open(os.path.join(study, "score-ngram3", "score.json"), "w") as f:
+        json.dump({"path": "ngram:3", "weights": "ngram:3", "val_loss": 3.7, "val_bpb": 2.2345, "sliding_val_loss": 3.6,
+                   "sliding_val_bpb": 2.2101}, f)
+    assert results.is_done(os.path.join(study, "score-ngram3"))
+    assert not results.is_done(os.path.join(study, "soft-a0.1"))
+    out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    md = open(os.path.join(study, "RESULTS.md")).read()
+    assert "| score-ngram3 | ngram:3 | – | – | 2.2345 | 2.2101 | – |" in md.split("## Teachers")[1]
+
+
 def test_cache_bytes_per_token(tmp_path):
     """Row files of every shard over the cached positions; markers, manifest and other files not counted; an
     incomplete cache has no figure."""
