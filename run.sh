@@ -24,6 +24,15 @@
 #   KL from the big teacher, T=2, alpha 0.5 (the study's SELFDIST-4 setting; its soft arms were within 0.0005
 #   of each other). Fixed, so that every command is known before anything runs and --dry-run is exact. The
 #   tail-bucket arm uses the same setting, with the same extended run and extra seeds.
+# - In-budget teachers (record track; chosen before the first run, the main distillation setting T 2, alpha 0.5):
+#   the n-gram teacher at orders 3 and 4 (interpolated Witten-Bell, leave-one-out; demo: every train token counted
+#   in the first timed step, 2^18-row tables, ~1 GiB per order; full/gpu1: the first 500M tokens, an estimate
+#   of what fits ~2% of the budget) plus order 3 with memorised counts (NGRAM_LEAVE_ONE_OUT=0); the student's
+#   own EMA (DISTILL_EMA_DECAY of the preset) switched on at 0.5 and 0.7 of the run. Three seeds: ngram3-a0.5
+#   and ema-f0.7-a0.5. Each n-gram order's model is also scored alone on val (score-ngramN, eval_bpb.py).
+# - Sampled targets: 16 draws per position from the big teacher at T 2 (cache-big-n16, sampled-packed, 20
+#   B/token), three seeds and an extended run beside the top-K ones; at the same 20 B/token the big teacher's
+#   top-5 in fp16 with the bucket tail (soft-bucket-k5-a0.5), the equal-bytes pair.
 # - Seed-faithful arms carry the defects the study's runs had (golf/seed_faithful.py): its cached soft and hard
 #   arms D1+D2+D4 and D2+D4 (D1 has no KL to weaken in a hard arm), its 8xH100 online "self-distillation" runs D3.
 # - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline, soft-a0.5 and
@@ -95,6 +104,7 @@ case "$PRESET" in
     STUDENT="PRESET=demo-student ITERATIONS=100000 WARMDOWN_ITERS=60 VAL_LOSS_EVERY=75"
     BUDGET=25
     LONG_BUDGET=80
+    NGRAM="NGRAM_TABLE_BITS=18 NGRAM_PREPASS_TOKENS=-1"
     ;;
   full)
     NPROC="${NPROC:-8}"
@@ -104,6 +114,7 @@ case "$PRESET" in
     STUDENT="PRESET=student"
     BUDGET=600
     LONG_BUDGET=7200
+    NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"
     ;;
   gpu1)  # one GPU: see the header for each choice
     LAUNCH="$PY"
@@ -112,6 +123,7 @@ case "$PRESET" in
     STUDENT="PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 EMA_DECAY=0.976 VAL_LOSS_EVERY=0"
     BUDGET=600
     LONG_BUDGET=7200
+    NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"
     ;;
 esac
 DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the student preset
@@ -155,14 +167,25 @@ teacher big   demo   "PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"    
 teacher self  demo   "PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80" "--k 32" \
               full   "PRESET=student ITERATIONS=10000 $TRUN"                     "--k 32 --encoding packed" \
               gpu1   "PRESET=student ITERATIONS=3000 $TRUN"                      "--k 32 --encoding packed --shards 10"
+# Sampled targets (16 draws per position at T = 2, 20 B/token) and, at the same bytes, the big teacher's top-5.
+#     cache    teacher  preset options
+cache big-n16  big      demo   "--encoding sampled-packed --draws 16" \
+                        full   "--encoding sampled-packed --draws 16" \
+                        gpu1   "--encoding sampled-packed --draws 16 --shards 10"
+cache big-k5   big      demo   "--k 5" \
+                        full   "--k 5" \
+                        gpu1   "--k 5 --shards 10"
 
 # --- the arms -----------------------------------------------------------------------------------------------
 ARMS=()
 declare -A SCRIPT NEEDS SETTINGS
-arm() {  # NAME SCRIPT TEACHER SETTINGS, TEACHER "" | cache:NAME | online:NAME
+declare -A SCORE_OF  # arm -> the score-* step of its in-budget teacher's model (run with it, not needed by it)
+arm() {  # NAME SCRIPT TEACHER SETTINGS, TEACHER "" | cache:NAME | online:NAME | ngram:ORDER | ema
   local name=$1 t=${3#*:} use=""
   case "$3" in
     "") ;;
+    ngram:*) use="DISTILL_TEACHER=ngram NGRAM_ORDER=$t $NGRAM"; SCORE_OF[$name]="ngram$t" ;;
+    ema) use="DISTILL_TEACHER=ema" ;;
     cache:*)
       [ -n "${CACHE_TEACHER[$t]+x}" ] || die "arm $name: no cache '$t' is declared"
       use="DISTILL_TEACHER=cache LOGIT_CACHE=$R/cache-$t TEACHER_PATH=$(teacher_ckpt "${CACHE_TEACHER[$t]}")"
@@ -170,7 +193,7 @@ arm() {  # NAME SCRIPT TEACHER SETTINGS, TEACHER "" | cache:NAME | online:NAME
     online:*)
       [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "arm $name: no teacher '$t' is declared"
       use="DISTILL_TEACHER=online TEACHER_PATH=$(teacher_ckpt "$t")"; NEEDS[$name]="teacher-$t" ;;
-    *) die "arm $name: teacher '$3' is not cache:NAME or online:NAME" ;;
+    *) die "arm $name: teacher '$3' is not cache:NAME, online:NAME, ngram:ORDER or ema" ;;
   esac
   ARMS+=("$name"); SCRIPT[$name]=$2; SETTINGS[$name]="$4${use:+ $use}"
 }
@@ -197,9 +220,26 @@ arm soft-a0.5-s42            distill.py    cache:big    "$M SEED=42 $SOFT DISTIL
 arm soft-a0.5-s2024          distill.py    cache:big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
 arm soft-bucket-a0.5-s42     distill.py    cache:big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 arm soft-bucket-a0.5-s2024   distill.py    cache:big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
+# Teachers whose whole cost is inside the budget (record track): the n-gram model of the train stream, and the
+# student's own EMA switched on for the run's last part.
+arm ngram3-a0.5              distill.py    ngram:3      "$M $SOFT DISTILL_ALPHA=0.5"
+arm ngram4-a0.5              distill.py    ngram:4      "$M $SOFT DISTILL_ALPHA=0.5"
+arm ngram3-memorised-a0.5    distill.py    ngram:3      "$M $SOFT DISTILL_ALPHA=0.5 NGRAM_LEAVE_ONE_OUT=0"
+arm ema-f0.5-a0.5            distill.py    ema          "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.5"
+arm ema-f0.7-a0.5            distill.py    ema          "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
+arm ngram3-a0.5-s42          distill.py    ngram:3      "$M SEED=42 $SOFT DISTILL_ALPHA=0.5"
+arm ngram3-a0.5-s2024        distill.py    ngram:3      "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
+arm ema-f0.7-a0.5-s42        distill.py    ema          "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
+arm ema-f0.7-a0.5-s2024      distill.py    ema          "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
+# Sampled targets against top-K at equal bytes (20 B/token each)
+arm sampled-n16-a0.5         distill.py    cache:big-n16 "$M $SOFT DISTILL_ALPHA=0.5"
+arm sampled-n16-a0.5-s42     distill.py    cache:big-n16 "$M SEED=42 $SOFT DISTILL_ALPHA=0.5"
+arm sampled-n16-a0.5-s2024   distill.py    cache:big-n16 "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
+arm soft-bucket-k5-a0.5      distill.py    cache:big-k5 "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 arm baseline-long            train_gpt.py  ""           "$L"                                       # 2 h run
 arm soft-a0.5-long           distill.py    cache:big    "$L $SOFT DISTILL_ALPHA=0.5"               # 2 h run
 arm soft-bucket-a0.5-long    distill.py    cache:big    "$L $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"  # 2 h run
+arm sampled-n16-a0.5-long    distill.py    cache:big-n16 "$L $SOFT DISTILL_ALPHA=0.5"              # 2 h run
 
 arm_cmd() {
   echo "$STUDENT ${SETTINGS[$1]} RUN_ID=$1 LOG_DIR=$R/$1 CHECKPOINT_PATH=$R/$1/$1.pt $LAUNCH ${S}${SCRIPT[$1]}"
@@ -210,6 +250,9 @@ teacher_cmd() {  # NAME
 }
 cache_cmd() {  # CACHE
   echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $(teacher_ckpt "${CACHE_TEACHER[$1]}") --out $R/cache-$1 ${CACHE_OPTS[$1]}"
+}
+score_cmd() {  # ngramORDER: the n-gram teacher's model alone on val, counted as its arms count it
+  echo "$DATA_PRESET $NGRAM $PY ${S}eval_bpb.py --teacher ngram:${1#ngram} --out $R/score-$1/score.json"
 }
 results_cmd() { echo "${S:+PYTHONPATH=$REPO }$PY -m golf.results $R"; }
 dump_cmd() {  # best arm
@@ -240,6 +283,7 @@ for a in "${SELECTED[@]}"; do
     cache-*) WANT[teacher-${CACHE_TEACHER[${need#cache-}]}]=1; WANT[$need]=1 ;;
     teacher-*) WANT[$need]=1 ;;
   esac
+  [ -z "${SCORE_OF[$a]:-}" ] || WANT[score-${SCORE_OF[$a]}]=1
 done
 
 is_done() { [ -d "$1" ] && "$PY" -m golf.results --is-done "$1"; }  # no folder, not done: no Python start
@@ -263,6 +307,10 @@ if [ "$ACTION" = dry ]; then
     [ -n "${WANT[cache-$c]+x}" ] || continue
     echo "# cache-$c ($(state "$R/cache-$c"))"
     cache_cmd "$c"
+  done
+  for sc in $(printf '%s\n' "${!WANT[@]}" | grep '^score-' | sort); do
+    echo "# $sc ($(state "$R/$sc"))"
+    score_cmd "${sc#score-}"
   done
   for a in "${SELECTED[@]}"; do
     echo "# $a ($(state "$R/$a"))"
@@ -337,6 +385,9 @@ done
 for c in "${CACHES[@]}"; do
   [ -n "${WANT[cache-$c]+x}" ] || continue
   step "cache-$c" "$R/cache-$c" "$(cache_cmd "$c")" "teacher-${CACHE_TEACHER[$c]}"
+done
+for sc in $(printf '%s\n' "${!WANT[@]}" | grep '^score-' | sort); do
+  step "$sc" "$R/$sc" "$(score_cmd "${sc#score-}")"
 done
 for a in "${SELECTED[@]}"; do
   step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]:-}"
