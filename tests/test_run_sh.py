@@ -17,7 +17,10 @@ RUN_SH = os.path.join(REPO, "run.sh")
 ARMS = ["baseline", "hard-self-a0.1", "hard-self-a0.5", "hard-big-a0.1", "soft-a0.1", "soft-a0.3", "soft-a0.5",
         "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "faithful-online-self-a0.5", "soft-bucket-a0.5", "baseline-s42",
         "baseline-s2024", "soft-a0.5-s42", "soft-a0.5-s2024", "soft-bucket-a0.5-s42", "soft-bucket-a0.5-s2024",
-        "baseline-long", "soft-a0.5-long", "soft-bucket-a0.5-long"]
+        "ngram3-a0.5", "ngram4-a0.5", "ngram3-memorised-a0.5", "ema-f0.5-a0.5", "ema-f0.7-a0.5", "ngram3-a0.5-s42",
+        "ngram3-a0.5-s2024", "ema-f0.7-a0.5-s42", "ema-f0.7-a0.5-s2024", "sampled-n16-a0.5", "sampled-n16-a0.5-s42",
+        "sampled-n16-a0.5-s2024", "soft-bucket-k5-a0.5",
+        "baseline-long", "soft-a0.5-long", "soft-bucket-a0.5-long", "sampled-n16-a0.5-long"]
 
 
 def _run(args, cwd, timeout=120):
@@ -45,6 +48,15 @@ def test_list_every_arm_with_its_command(tmp_path):
         assert "DISTILL_SEED_FAITHFUL=D1,D2,D4 " in cmds["faithful-soft-a0.1"]  # the study's cached arms as run
         assert "DISTILL_SEED_FAITHFUL=D3 " in cmds["faithful-online-self-a0.5"]  # its 8xH100 online runs
         assert "LOGIT_CACHE=runs/{0}/cache-self ".format(preset) in cmds["hard-self-a0.5"]
+        # in-budget teachers name no file made before the run; a cache of another teacher's encoding names its own
+        # folder and its teacher's checkpoint
+        for name in ("ngram3-a0.5", "ema-f0.7-a0.5"):
+            assert "LOGIT_CACHE" not in cmds[name] and "TEACHER_PATH" not in cmds[name]
+        assert "DISTILL_TEACHER=ngram NGRAM_ORDER=4 " in cmds["ngram4-a0.5"]
+        assert "NGRAM_LEAVE_ONE_OUT=0" in cmds["ngram3-memorised-a0.5"]
+        assert "DISTILL_TEACHER=ema" in cmds["ema-f0.5-a0.5"] and "DISTILL_START_FRAC=0.5 " in cmds["ema-f0.5-a0.5"]
+        assert (f"LOGIT_CACHE=runs/{preset}/cache-big-n16 TEACHER_PATH=runs/{preset}/teacher-big/teacher-big.pt "
+                in cmds["sampled-n16-a0.5"])
     assert not os.listdir(tmp_path)
 
 
