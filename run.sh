@@ -54,7 +54,8 @@
 #   not with the leaderboard: each gets ~1/8 of an 8xH100 run's steps (~700 at the study's 106 ms/step x 8,
 #   an estimate; bench/gpu_check.sh measures a device). Step-counted schedules are divided by 8 so they cover
 #   the same fraction of the run as in the study: WARMDOWN_ITERS 1600 -> 200, MUON_MOMENTUM_WARMUP_STEPS
-#   500 -> 60, EMA horizon 333 -> 42 steps (EMA_DECAY=0.976). Validation only at the end (VAL_LOSS_EVERY=0):
+#   500 -> 60, EMA horizon 333 -> 42 steps (EMA_DECAY=0.976, and the EMA teacher's DISTILL_EMA_DECAY with it).
+#   Validation only at the end (VAL_LOSS_EVERY=0):
 #   on one GPU the full val set takes ~8x the study's 35 s (roundtrip) and 73-91 s (sliding) per arm. Teachers
 #   and caches at one GPU's size: the big teacher is the study's 16x768 for 5,000 steps (not 50,000: ~2 h at
 #   the study's 401 ms/step on 4xH200 x 4), the self teacher the student for 3,000 steps, and both caches
@@ -120,7 +121,7 @@ case "$PRESET" in
     LAUNCH="$PY"
     DATA="data/datasets/fineweb10B_sp1024"
     DATA_CMD="$PY ${S}prepare_data.py --check $DATA"
-    STUDENT="PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 EMA_DECAY=0.976 VAL_LOSS_EVERY=0"
+    STUDENT="PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 EMA_DECAY=0.976 DISTILL_EMA_DECAY=0.976 VAL_LOSS_EVERY=0"
     BUDGET=600
     LONG_BUDGET=7200
     NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"

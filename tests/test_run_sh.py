@@ -66,7 +66,9 @@ def test_dry_run_full_prints_every_step_and_runs_nothing(tmp_path):
     text = out.stdout
     assert "prepare_data.py --check data/datasets/fineweb10B_sp1024" in text
     assert "PRESET=teacher ITERATIONS=50000" in text and text.count("train_teacher.py") == 2
-    assert text.count("cache_logits.py") == 2 and "--k 32" in text
+    assert text.count("cache_logits.py") == 4 and "--k 32" in text  # big, self, big-n16, big-k5
+    assert "--out runs/full/cache-big-n16 --encoding sampled-packed --draws 16" in text
+    assert text.count("eval_bpb.py --teacher ngram:") == 2  # the n-gram models of the arms, scored alone
     for name in ARMS:
         assert f"# {name} (would run)" in text and f"RUN_ID={name} " in text
     assert "-m golf.results runs/full" in text and "--submission runs/full/submission" in text
@@ -89,15 +91,16 @@ def test_dry_run_gpu1_is_the_study_on_one_gpu(tmp_path):
     assert len(teachers) == 2 and "PRESET=teacher ITERATIONS=5000 " in teachers[0]
     assert "PRESET=student ITERATIONS=3000 " in teachers[1] and all(c.startswith("PRESET=") for c in teachers)
     caches = [c for c in commands if "cache_logits.py" in c]
-    assert len(caches) == 2 and all(c.endswith("--k 32 --encoding packed --shards 10") for c in caches)
+    assert len(caches) == 4 and all(c.endswith("--shards 10") for c in caches)
+    assert sum(c.endswith("--k 32 --encoding packed --shards 10") for c in caches) == 2
     students = [c for c in commands if c.endswith(("train_gpt.py", "distill.py"))]
     assert len(students) == len(ARMS)
     for cmd in students:
         assert cmd.startswith("PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 "
-                              "EMA_DECAY=0.976 VAL_LOSS_EVERY=0 ")
+                              "EMA_DECAY=0.976 DISTILL_EMA_DECAY=0.976 VAL_LOSS_EVERY=0 ")
         assert "MICRO_BATCHES" not in cmd  # the student preset's 8: accumulation 8 on one GPU
         assert " python " in cmd and "MAX_WALLCLOCK_SECONDS=" in cmd
-    assert sum("MAX_WALLCLOCK_SECONDS=600 " in c for c in students) == len(ARMS) - 3  # all but the -long arms
+    assert sum("MAX_WALLCLOCK_SECONDS=600 " in c for c in students) == len([a for a in ARMS if not a.endswith("-long")])
     assert "-m golf.results runs/gpu1" in text
     assert not os.listdir(tmp_path)
 
