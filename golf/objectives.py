@@ -20,7 +20,7 @@ from golf.data import Batch
 from golf.dist import compile_enabled
 from golf.errors import GolfError
 from golf.losses import cross_entropy, distill_terms, mix, sample_targets
-from golf.teachers import Logits, Sampled, Teacher, build_teacher
+from golf.teachers import Logits, Sampled, Teacher, TeacherWrapper, build_teacher
 
 
 class CrossEntropyObjective:
@@ -96,7 +96,7 @@ class DistillObjective:
         return self.mix(ce, term, progress), parts
 
 
-class SamplingTeacher(Teacher):
+class SamplingTeacher(TeacherWrapper):
     """Any teacher that gives a distribution (a Logits signal), its signal replaced by DISTILL_DRAWS draws from
     softmax(logits / DISTILL_TEMP) per position: a Sampled signal (golf.losses.sample_targets), drawn where the
     teacher runs (in the step for the online teacher, in the prefetch thread for a loader-side one).
@@ -110,28 +110,13 @@ class SamplingTeacher(Teacher):
     """
 
     def __init__(self, inner: Teacher, draws: int, temperature: float, seed: int):
-        self.inner, self.draws, self.temperature, self.seed = inner, draws, temperature, seed
-        self.name, self.where, self.track = inner.name, inner.where, inner.track
+        super().__init__(inner)
+        self.draws, self.temperature, self.seed = draws, temperature, seed
         self.generators: dict[torch.device, torch.Generator] = {}
 
     @classmethod
     def from_config(cls, cfg, run):
         return cls(build_teacher(cfg, run), cfg.distill_draws, cfg.distill_temp, cfg.seed)
-
-    def bind(self, state):
-        self.inner.bind(state)
-
-    def reset(self):
-        self.inner.reset()
-
-    def after_step(self, state):
-        self.inner.after_step(state)
-
-    def resume_state(self):
-        return self.inner.resume_state()
-
-    def load_resume_state(self, saved):
-        self.inner.load_resume_state(saved)
 
     def generator(self, batch: Batch, device: torch.device) -> torch.Generator:
         """The device's generator, seeded for this batch."""
@@ -147,17 +132,6 @@ class SamplingTeacher(Teacher):
         logits = signal.logits
         ids, counts = sample_targets(logits, self.draws, self.temperature, self.generator(batch, logits.device))
         return Sampled(ids, counts)
-
-    @property
-    def source(self):
-        return self.inner.source
-
-    @property
-    def sha256(self):
-        return self.inner.sha256
-
-    def log_lines(self):
-        return self.inner.log_lines()
 
 
 def distill_objective(cfg: Config, teacher: Teacher) -> DistillObjective:

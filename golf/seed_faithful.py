@@ -30,19 +30,17 @@ import torch
 from golf.arms import defects
 from golf.config import Config
 from golf.data import Batch, Segment
-from golf.teachers import CachedTeacher, Signal, Teacher
+from golf.teachers import CachedTeacher, Signal, Teacher, TeacherWrapper
 
 # The study's step 1 of the soft alpha 0.1 run (compile inside the budget), as a share of its 600 s budget.
 STUDY_FIRST_STEP_SHARE = 9.579 / 600
 
 
-class StudyCursorRows(Teacher):
+class StudyCursorRows(TeacherWrapper):
     """D2 around a cached teacher: rows by the study's cursor instead of the batch's stream coordinates."""
 
-    where, track = "loader", "non-record"
-
     def __init__(self, inner: CachedTeacher, cycle_rows: int):
-        self.inner, self.name = inner, inner.name
+        super().__init__(inner)
         self.total_rows = min(sum(inner.reader.num_tokens), cycle_rows)
         self.cursor = 0
 
@@ -72,17 +70,6 @@ class StudyCursorRows(Teacher):
     def fetch(self, batch: Batch) -> Signal:
         n = batch.x.numel()
         return self.inner.rows(self._cursor_segments(n), n)
-
-    @property
-    def source(self):
-        return self.inner.source
-
-    @property
-    def sha256(self):
-        return self.inner.sha256
-
-    def log_lines(self):
-        return self.inner.log_lines()
 
 
 class KLOverSeqLen:

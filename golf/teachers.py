@@ -160,6 +160,41 @@ class Teacher(ABC):
         return []
 
 
+class TeacherWrapper(Teacher):
+    """A teacher that changes what another (`inner`) says and is otherwise that teacher: its name, place, track,
+    source, hooks and resumable state (sampled targets drawn from it; the seed-faithful D2 cursor)."""
+
+    def __init__(self, inner: Teacher):
+        self.inner = inner
+        self.name, self.where, self.track = inner.name, inner.where, inner.track
+
+    def bind(self, state):
+        self.inner.bind(state)
+
+    def reset(self):
+        self.inner.reset()
+
+    def after_step(self, state):
+        self.inner.after_step(state)
+
+    def resume_state(self):
+        return self.inner.resume_state()
+
+    def load_resume_state(self, saved):
+        self.inner.load_resume_state(saved)
+
+    @property
+    def source(self):
+        return self.inner.source
+
+    @property
+    def sha256(self):
+        return self.inner.sha256
+
+    def log_lines(self):
+        return self.inner.log_lines()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Teachers prepared before the run (non-record track)
 

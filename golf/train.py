@@ -283,13 +283,14 @@ def _evaluate(state: TrainState, val_tokens, luts, log: Logger):
     state.clock.start()
 
 
-def _stop_flags(state: TrainState, losses: torch.Tensor, elapsed_ms: float, cap_ms: float) -> tuple[bool, bool]:
-    """(wall-clock cap reached, non-finite loss), each true on every rank if it is on any: one small all-reduce
-    per step, so all ranks stop on the same step."""
-    flags = torch.tensor([float(elapsed_ms >= cap_ms), float(not torch.isfinite(losses[0]))], device=state.ctx.device)
+def _stop_flags(state: TrainState, losses: torch.Tensor, elapsed_ms: float, cap_ms: float) -> tuple[bool, bool, float]:
+    """(wall-clock cap reached, non-finite loss, the slowest rank's training time), the same on every rank: one
+    small all-reduce per step, so all ranks stop on the same step and schedule the next one from the same time."""
+    flags = torch.tensor([float(elapsed_ms >= cap_ms), float(not torch.isfinite(losses[0])), elapsed_ms],
+                         dtype=torch.float64, device=state.ctx.device)
     all_reduce(flags, torch.distributed.ReduceOp.MAX)
-    reached_cap, nonfinite = flags.tolist()
-    return bool(reached_cap), bool(nonfinite)
+    reached_cap, nonfinite, slowest_ms = flags.tolist()
+    return bool(reached_cap), bool(nonfinite), slowest_ms
 
 
 def _timed_step(state: TrainState, pipeline: BatchPipeline, scale: float, progress: float, log: Logger) -> torch.Tensor:
@@ -335,6 +336,9 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
     cap_ms = cfg.max_wallclock_seconds * 1000 if cfg.max_wallclock_seconds > 0 else math.inf
     step_times = []
     stop = state.step >= cfg.iterations
+    # The time the next step's LR scale and distillation schedule are read at: the slowest rank's at the end of
+    # the previous step (all-reduced with the stop flags), so every rank switches on the same step.
+    schedule_ms = state.clock.train_ms
     state.clock.start()
     while True:
         last = stop or state.step >= cfg.iterations
@@ -342,14 +346,13 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
             _evaluate(state, val_tokens, luts, log)
         if last:
             break
-        now_ms = state.clock.now_ms()
-        scale, progress = lr_scale(cfg, state.step, now_ms), run_progress(cfg, state.step, now_ms)
+        scale, progress = lr_scale(cfg, state.step, schedule_ms), run_progress(cfg, state.step, schedule_ms)
         state.maybe_enable_qat(scale, log)
         state.note_distill_switch(progress, log)
         t_step = time.perf_counter()
         losses = _timed_step(state, pipeline, scale, progress, log)
         approx_ms = state.clock.now_ms()
-        reached_cap, nonfinite = _stop_flags(state, losses, approx_ms, cap_ms)
+        reached_cap, nonfinite, schedule_ms = _stop_flags(state, losses, approx_ms, cap_ms)
         step_times.append(1000 * (time.perf_counter() - t_step))
         if nonfinite:
             raise GolfError(f"non-finite training loss at step {state.step}: stopped instead of training on, no final "

@@ -2,6 +2,7 @@
 import types
 
 import pytest
+import torch
 
 from golf.corpus import build_dataset, demo_documents, split_train_val
 
@@ -38,3 +39,13 @@ def tiny_dataset(tmp_path_factory):
         train_docs=train_docs,
         val_docs=out.val_docs,  # after deduplication against train
     )
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise-reproducible CPU kernels (and much faster than 2 threads on a shared 2-core machine); a test module
+    makes it autouse with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

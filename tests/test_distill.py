@@ -43,13 +43,7 @@ SEED_FAITHFUL = dict(train_batch_tokens=512, train_seq_len=64, micro_batches=2, 
 SEED_FAITHFUL_CYCLE = dict(SEED_FAITHFUL, seed_faithful_rows=10, seed_faithful_row_len=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise-reproducible CPU kernels; also much faster than 2 threads on this shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from golf.eval import eval_sliding, eval_val, sliding_windows, unigram_bpb
-from golf.model import GPT
 from golf.train import train
 from helpers import cpu_ctx, logger, make_config, run_inputs
 

@@ -32,12 +32,7 @@ SMALL_V = 7
 SHARD_SIZES = (700, 411, 530)  # the batches below cross both shard boundaries and the wrap-around
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def markov_tokens(n: int, v: int, seed: int) -> np.ndarray:

@@ -28,12 +28,7 @@ from test_losses import DEVICES, assert_close_rel, value_and_grad
 SIGMAS = 6.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense(ids, counts, v):
