@@ -3,7 +3,7 @@
 # (seed-factsheet section 8) and more, the results table with seed statistics and plots, and the best arm's
 # records folder.
 #
-#   ./run.sh demo                       # CPU + the demo corpus: the whole study in ~20 min on 2 cores
+#   ./run.sh demo                       # CPU + the demo corpus: the whole study in ~33 min on 2 cores
 #   ./run.sh full                       # 8xH100 + FineWeb sp1024, 600 s per student arm (NPROC=4: 4 GPUs)
 #   ./run.sh gpu1                       # one GPU + FineWeb sp1024: every arm, comparable with each other
 #   ./run.sh demo baseline soft-a0.5    # only these arms (and the data, teachers and caches they need)
@@ -47,7 +47,7 @@
 #   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 280 steps, the self teacher
 #   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb 2.189 and 2.383 on the
 #   deduplicated demo validation set, against the 25 s baseline student's 2.50-2.56 and the 80 s one's 2.26.
-#   Measured on 2 otherwise idle cores: 21m20s in all (README, "Results").
+#   Measured on 2 otherwise idle cores: 32m40s in all with the in-budget and sampled arms (README, "Results").
 # - gpu1 (one GPU, plain `python`, one process): the real student (PRESET=student: 11x512, 786,432 tokens per
 #   step, MICRO_BATCHES=8, so 8 accumulated micro-batches stand in for the 8 ranks and each step does the maths of
 #   a full 8xH100 step, ~8x slower). Budget: the same 600 s per arm, so the arms are comparable with each other,
