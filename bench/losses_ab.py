@@ -42,7 +42,7 @@ class SoftObjective:
     def __init__(self, cfg, teacher):
         self.cfg, self.teacher = cfg, teacher
 
-    def __call__(self, model, batch):
+    def __call__(self, model, batch, progress: float = 1.0):  # no schedule: the term is always on
         c = self.cfg
         return SoftObjective.losses.distill_loss(model(batch.x), batch.y, alpha=c.distill_alpha, mode="soft",
                                                  temperature=c.distill_temp, tail=c.distill_tail,

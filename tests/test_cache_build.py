@@ -68,7 +68,14 @@ def random_teacher(path, seed: int, seq_len: int = 32, vocab: int = 1024) -> GPT
 
 
 def dir_bytes(folder) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+    """Every file of a cache folder: {name: contents}; the manifest without `build_seconds`, the one figure that
+    is a measurement (cache_logits.py's time) rather than a function of the teacher and data."""
+    out = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+    if "manifest.json" in out:
+        manifest = json.loads(out["manifest.json"])
+        assert manifest.pop("build_seconds", 0) >= 0
+        out["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
+    return out
 
 
 @contextlib.contextmanager

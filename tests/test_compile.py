@@ -33,6 +33,8 @@ ARMS = {  # arm kind -> (script, teacher, settings)
     "online": ("distill.py", "online", {"DISTILL_TARGET": "soft"}),
     # the term off in steps 1-2 and on in 3-4: the warm-up must have compiled the teacher's graph too
     "ema": ("distill.py", "ema", {"DISTILL_TARGET": "soft", "DISTILL_START_FRAC": 0.5}),
+    # eager counts and queries beside the compiled student: the built tables must not trigger a compile either
+    "ngram": ("distill.py", "ngram", {"DISTILL_TARGET": "soft"}),
 }
 
 
@@ -42,7 +44,8 @@ def teachers(tiny_dataset, tmp_path_factory):
     ckpt = write_teacher_checkpoint(str(root / "teacher.pt"), make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
     cache = synthetic_cache(str(root / "cache"), tiny_dataset.train_files)
     return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": cache},
-            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}, "ema": {"DISTILL_TEACHER": "ema"}}
+            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}, "ema": {"DISTILL_TEACHER": "ema"},
+            "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_TABLE_BITS": 12, "NGRAM_PREPASS_TOKENS": -1}}
 
 
 def test_every_teacher_has_an_arm_here():

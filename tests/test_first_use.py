@@ -25,7 +25,7 @@ def test_eval_bpb_help_lists_only_what_evaluation_uses():
     model or distillation flag, no --dry-run (eval_bpb.py has none). --teacher ngram:ORDER has no checkpoint: its
     vocabulary, window and counting settings are flags."""
     assert _flags("eval_bpb.py") == {
-        "--help", "--preset", "--config", "--json", "--teacher",  # the script's own
+        "--help", "--preset", "--config", "--json", "--out", "--teacher",  # the script's own
         "--data-path", "--tokenizer-path", "--device", "--dtype",  # where and how it runs
         "--val-batch-size", "--val-max-tokens", "--eval-stride", "--eval-batch-seqs",  # the evaluation
         "--vocab-size", "--train-seq-len", "--ngram-table-bits", "--ngram-prepass-tokens",  # --teacher ngram:ORDER
