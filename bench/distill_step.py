@@ -54,7 +54,6 @@ from golf.data import grad_accum_steps
 from golf.dist import compile_enabled, init_dist, maybe_compile
 from golf.errors import GolfError, cli_main
 from golf.objectives import CrossEntropyObjective, distill_objective
-from golf.shards import read_header
 from golf.teachers import CachedTeacher, EmaTeacher, NgramTeacher, OnlineTeacher
 from golf.train import TrainState
 
@@ -106,8 +105,7 @@ def arm_objective(cfg: Config, teacher, target: str):
 
 def ngram_teacher(cfg: Config, ctx, files: list[str]) -> NgramTeacher:
     """The n-gram teacher of cfg's NGRAM_* settings over `files`, its prepass the whole stream unless set."""
-    total = sum(read_header(p) for p in files)
-    ncfg = dataclasses.replace(cfg, distill_teacher="ngram", ngram_prepass_tokens=cfg.ngram_prepass_tokens or total)
+    ncfg = dataclasses.replace(cfg, distill_teacher="ngram", ngram_prepass_tokens=cfg.ngram_prepass_tokens or -1)
     return NgramTeacher.from_config(ncfg, SimpleNamespace(train_files=files, ctx=ctx))
 
 

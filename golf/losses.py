@@ -244,6 +244,17 @@ def _check_tail(tail):
         raise ValueError(f"tail={tail!r}: use one of {TAILS}")
 
 
+def _student_at(z, y, cols, inv_t: float, distinct: int):
+    """(mean CE at y, the student's log-softmax at T gathered at `cols`): the student side of the renormalised
+    top-K and of sampled targets. T = 1: one node for both; else _TwoTemperatureLogSoftmax (CE at 1, the columns
+    at T). `distinct`: how many leading columns of a row are known distinct (see _GatherLogSoftmax)."""
+    if inv_t == 1.0:
+        logq = _GatherLogSoftmax.apply(z, torch.cat([cols, y.long()[:, None]], -1), 1.0, distinct, False)[0]
+        return -logq[:, -1].mean(), logq[:, :-1]
+    logq_y, logq = _TwoTemperatureLogSoftmax.apply(z, y.long(), cols, inv_t)
+    return -logq_y.mean(), logq
+
+
 def _topk_means(z, y, idx, vals, temperature: float, tail: str, valid=None):
     """(mean CE at y or None, mean KL) for flat inputs, sharing the student's log-softmax between them when possible.
 
@@ -261,7 +272,9 @@ def _topk_means(z, y, idx, vals, temperature: float, tail: str, valid=None):
     logp = torch.log_softmax(v * inv_t, -1)  # tempered teacher over the K entries (+ the rest bucket)
 
     ce = None
-    if tail == "bucket" or inv_t == 1.0:
+    if tail == "renorm" and y is not None:
+        ce, logq = _student_at(z, y, idx, inv_t, k)
+    elif tail == "bucket" or inv_t == 1.0:
         cols = idx if y is None else torch.cat([idx, y.long()[:, None]], -1)
         logq, log_rest = _GatherLogSoftmax.apply(z, cols, 1.0, k, tail == "bucket")
         if y is not None:
@@ -269,11 +282,8 @@ def _topk_means(z, y, idx, vals, temperature: float, tail: str, valid=None):
             logq = logq[:, :k]
         if tail == "bucket":  # coarse-grain to K+1 buckets at T = 1, then temper: the same map as the teacher's
             logq = torch.log_softmax(torch.cat([logq, log_rest[:, None]], -1) * inv_t, -1)
-    elif y is None:
+    else:  # renorm without targets
         logq = _GatherLogSoftmax.apply(z, idx, inv_t, k, False)[0]
-    else:
-        logq_y, logq = _TwoTemperatureLogSoftmax.apply(z, y.long(), idx, inv_t)
-        ce = -logq_y.mean()
     if valid is not None:
         logp, logq = logp[valid], logq[valid]
     return ce, _mean_kl(logp, logq)
@@ -288,16 +298,10 @@ def _sampled_means(z, y, ids, counts, temperature: float, valid=None):
     entries (count 0) may repeat ids: the gathers accumulate repeated columns (d = 0: none assumed distinct),
     and a zero weight gives them no value and no gradient.
     """
-    inv_t = _inv_temperature(temperature)
-    ids, c = ids.long(), counts.detach().float()
+    c = counts.detach().float()
     # A row without draws is not a target (mask it with `valid`); the floor only keeps it from dividing by 0.
     logp = torch.log(c / c.sum(-1, keepdim=True).clamp_min(1.0)).clamp_min(_LOGP_FLOOR)
-    if inv_t == 1.0:
-        logq = _GatherLogSoftmax.apply(z, torch.cat([ids, y.long()[:, None]], -1), 1.0, 0, False)[0]
-        ce, logq = -logq[:, -1].mean(), logq[:, :-1]
-    else:
-        logq_y, logq = _TwoTemperatureLogSoftmax.apply(z, y.long(), ids, inv_t)
-        ce = -logq_y.mean()
+    ce, logq = _student_at(z, y, ids.long(), _inv_temperature(temperature), 0)
     if valid is not None:
         logp, logq = logp[valid], logq[valid]
     return ce, _mean_kl(logp, logq)

@@ -42,6 +42,7 @@ taken out of every order (its cell, c(h), and d(h) if the cell drops to 0) befor
 computed: the teacher predicts the token from the rest of the data, not from its own memorised count. With 0
 it is not (an ablation).
 """
+import dataclasses
 import time
 import types
 
@@ -235,8 +236,8 @@ class StreamNgram:
         kind, _, order = spec.partition(":")
         if kind != "ngram" or not order.isdigit() or int(order) < 2:
             raise GolfError(f"--teacher {spec}: use ngram:ORDER with ORDER >= 2, e.g. ngram:3")
-        cfg.ngram_order, cfg.ngram_online = int(order), False
-        cfg.ngram_prepass_tokens = cfg.ngram_prepass_tokens or sum(read_header(p) for p in train_files)
+        cfg = dataclasses.replace(cfg, ngram_order=int(order), ngram_online=False,
+                                  ngram_prepass_tokens=cfg.ngram_prepass_tokens or -1)  # 0 here: all of them
         model = cls.open(cfg, types.SimpleNamespace(train_files=train_files, ctx=ctx))
         model.build()
         return model

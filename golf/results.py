@@ -202,34 +202,38 @@ def load_study(root: str) -> list[RunRecord]:
     return [r for r in runs if r is not None and r.config]
 
 
+def _manifest(folder: str) -> dict:
+    """A logit cache folder's manifest, or {} when there is none or it is unreadable."""
+    try:
+        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
 def cache_complete(folder: str) -> bool:
     """A logit cache folder whose manifest marks every shard complete (cache_logits.py's own resume logic
     rechecks the files; a student's CacheReader checks them again before use)."""
-    try:
-        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
-            shards = json.load(f).get("shards", [])
-    except (OSError, ValueError):
-        return False
+    return _all_complete(_manifest(folder).get("shards", []))
+
+
+def _all_complete(shards: list[dict]) -> bool:
     return bool(shards) and all(s.get("complete") for s in shards)
 
 
 def cache_draws(folder: str) -> int | None:
     """N of a cache of sampled targets (its manifest's value kind is draw counts, its K the draws), else None."""
-    try:
-        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
-            m = json.load(f)
-    except (OSError, ValueError):
-        return None
+    m = _manifest(folder)
     return m.get("k") if m.get("value_kind") == "draw_counts" else None
 
 
 def cache_bytes_per_token(folder: str) -> float | None:
     """Bytes on disk per cached position of a complete logit cache (its shards' row files, npy headers and
     offsets included; manifest and completion markers not), or None when the folder holds no complete cache."""
-    if not cache_complete(folder):
+    shards = _manifest(folder).get("shards", [])
+    if not _all_complete(shards):
         return None
-    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
-        shards = json.load(f)["shards"]
     stems = {os.path.splitext(s["name"])[0] for s in shards}
     size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
                if n.split(".", 1)[0] in stems and not n.endswith(".done"))

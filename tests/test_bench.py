@@ -221,3 +221,11 @@ def test_kd_fidelity_bench_prints_every_target(tiny_dataset, tmp_path):
     assert 1 <= n2["distinct"] <= 2 and n2["sampled_bytes"] == pytest.approx(3 * n2["distinct"] + 1 + 8 / 256, abs=0.06)
     assert n2["sampled_packed_bytes"] == 5 and n64["sampled_packed_bytes"] == 80
     assert n2["bytes_per_token"] == min(n2["sampled_bytes"], 5.0)
+
+
+def test_ngram_cost_bench_times_every_piece(tiny_dataset, tmp_path):
+    out = _ok(run_script(["bench/ngram_cost.py", "--preset", "test", "--reps", "2"],
+                         {**dataset_env(tiny_dataset), "NGRAM_TABLE_BITS": 12}, str(tmp_path)))
+    figures = _summary(out, "ngram_cost")
+    assert set(figures) == {"build_ms", "query_ms", "query_online_ms", "full_kl_ms", "ce_ms"}
+    _positive(figures)
