@@ -3,12 +3,13 @@
 # (seed-factsheet section 8) and more, the results table with seed statistics and plots, and the best arm's
 # records folder.
 #
-#   ./run.sh demo                       # CPU + the demo corpus: the whole study in ~33 min on 2 cores
+#   ./run.sh demo                       # CPU + the demo corpus: every arm once (one seed), quick look
+#   ./run.sh study                      # CPU + the demo corpus: the arms that matter at 5 seeds, two clocks
 #   ./run.sh full                       # 8xH100 + FineWeb sp1024, 600 s per student arm (NPROC=4: 4 GPUs)
 #   ./run.sh gpu1                       # one GPU + FineWeb sp1024: every arm, comparable with each other
 #   ./run.sh demo baseline soft-a0.5    # only these arms (and the data, teachers and caches they need)
-#   ./run.sh --list [demo|full|gpu1]    # every arm with its exact command
-#   ./run.sh --dry-run [demo|full|gpu1] # every command in order, nothing run
+#   ./run.sh --list [demo|study|full|gpu1]    # every arm with its exact command
+#   ./run.sh --dry-run [demo|study|full|gpu1] # every command in order, nothing run
 #
 # Everything is written under the current folder: data/ and runs/<preset>/. Each run gets its own folder
 # runs/<preset>/<name>/ with command.txt (the exact command), console.txt, the <name>.txt/.jsonl logs, the
@@ -35,8 +36,20 @@
 #   top-5 in fp16 with the bucket tail (soft-bucket-k5-a0.5), the equal-bytes pair.
 # - Seed-faithful arms carry the defects the study's runs had (golf/seed_faithful.py): its cached soft and hard
 #   arms D1+D2+D4 and D2+D4 (D1 has no KL to weaken in a hard arm), its 8xH100 online "self-distillation" runs D3.
-# - Seeds: every arm runs with the default SEED=1337 (as the study's arms); baseline, soft-a0.5 and
-#   soft-bucket-a0.5 (the two tails of the best arm's setting) also run with 42 and 2024.
+# - Seeds: every arm runs with the default SEED=1337 (as the study's arms); on full and gpu1 the main setting's
+#   arms (baseline, top-32 renorm and bucket, n-gram 3, EMA from 0.7, sampled) also run with 42 and 2024; on the
+#   CPU the study preset replicates instead.
+# - study (CPU, the demo corpus and the demo's teachers and caches in runs/demo, built once and reused; arms in
+#   runs/study): the arms that matter, each at 5 seeds (1337, 42, 2024, 7, 31) and under two clocks: a 20 s wall
+#   clock (what a submission gets; ~125 baseline steps) and a fixed 120 steps without a clock (what the teacher
+#   signal does per step, free of this shared machine's throughput noise). Arms: baseline, top-32 bucket, the
+#   same from a cache whose windows advance by half their length (the teacher-context pair), top-32 renorm,
+#   sampled n16, hard top-1, n-gram order 3, EMA from 0.7, online full KD (all at T 2, alpha 0.5), and the
+#   seed-faithful cached arm (D1+D2+D4, alpha 0.1 as the study ran it). Plus the compute-matched baseline: the
+#   student alone for 420 s at 3 seeds, at most what a non-record arm spends in all (the big teacher's 401 s of
+#   training, its cache's ~30 s, the arm's 20 s). golf.results pairs seeds and reports each arm's Δ at equal
+#   steps, equal wall clock and equal total compute with p-values and the minimum detectable effect. Validation
+#   only at the end. Measured in a fresh clone: see README, "Results".
 # - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
 #   configuration trained for 10,000 steps without a wall clock (the study does not give its length). Both
 #   caches hold the top-32 of every train token (`--encoding packed`, 72 B/token: ~576 GB each for 8B tokens),
@@ -44,10 +57,9 @@
 # - demo (sized from 2 otherwise idle cores: demo-teacher ~625 ms/step, student ~160 ms/step, ~16 s of start-up
 #   and evaluation per run): student arms train for 25 s each (extended: 80 s), validating every 75 steps,
 #   with a fixed 60-step warm-down (~40% of a 25 s run, ~15% of an extended one; the study kept its 1,600
-#   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 280 steps, the self teacher
-#   demo-self-teacher (the student's shape) cut to 240 steps: int6 sliding val_bpb 2.189 and 2.383 on the
-#   deduplicated demo validation set, against the 25 s baseline student's 2.50-2.56 and the 80 s one's 2.26.
-#   Measured on 2 otherwise idle cores: 32m40s in all with the in-budget and sampled arms (README, "Results").
+#   steps for both its 600 s and 2 h runs). The big teacher is demo-teacher cut to 560 steps (~7 min; at 280
+#   steps it was 2.189 int6 sliding val_bpb, barely ahead of the 80 s student's 2.26), the self teacher
+#   demo-self-teacher (the student's shape) cut to 240 steps (2.383). Teachers and caches are skipped once built.
 # - gpu1 (one GPU, plain `python`, one process): the real student (PRESET=student: 11x512, 786,432 tokens per
 #   step, MICRO_BATCHES=8, so 8 accumulated micro-batches stand in for the 8 ranks and each step does the maths of
 #   a full 8xH100 step, ~8x slower). Budget: the same 600 s per arm, so the arms are comparable with each other,
@@ -84,27 +96,29 @@ while [ $# -gt 0 ]; do
     --list) ACTION=list ;;
     --dry-run) ACTION=dry ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    demo|full|gpu1) PRESET=$1 ;;
+    demo|study|full|gpu1) PRESET=$1 ;;
     -*) die "unknown option $1; see ./run.sh --help" ;;
     *) SELECTED+=("$1") ;;
   esac
   shift
 done
 if [ -z "$PRESET" ]; then
-  [ "$ACTION" = run ] && die "which study? ./run.sh demo | full | gpu1 [ARM...]; see ./run.sh --help"
+  [ "$ACTION" = run ] && die "which study? ./run.sh demo | study | full | gpu1 [ARM...]; see ./run.sh --help"
   PRESET=demo
 fi
 
 # --- the preset: scale, launcher, teachers ----------------------------------------------------------------
 R="runs/$PRESET"
+TP=$PRESET  # whose teachers and caches the arms use (declared per preset below), in $TR
 case "$PRESET" in
-  demo)
+  demo|study)
     LAUNCH="$PY"
     DATA="data/datasets/demo_sp1024"
     DATA_CMD="$PY ${S}prepare_data.py --demo"
     STUDENT="PRESET=demo-student ITERATIONS=100000 WARMDOWN_ITERS=60 VAL_LOSS_EVERY=75"
     BUDGET=25
     LONG_BUDGET=80
+    EXTRA_SEEDS=""  # one seed per arm: the study preset has five
     NGRAM="NGRAM_TABLE_BITS=18 NGRAM_PREPASS_TOKENS=-1"
     ;;
   full)
@@ -115,6 +129,7 @@ case "$PRESET" in
     STUDENT="PRESET=student"
     BUDGET=600
     LONG_BUDGET=7200
+    EXTRA_SEEDS="42 2024"
     NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"
     ;;
   gpu1)  # one GPU: see the header for each choice
@@ -124,15 +139,26 @@ case "$PRESET" in
     STUDENT="PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 EMA_DECAY=0.976 DISTILL_EMA_DECAY=0.976 VAL_LOSS_EVERY=0"
     BUDGET=600
     LONG_BUDGET=7200
+    EXTRA_SEEDS="42 2024"
     NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"
     ;;
 esac
+if [ "$PRESET" = study ]; then  # the demo's teachers and caches (built once, reused), 5 seeds, two clocks: see the header
+  TP=demo
+  STUDENT="PRESET=demo-student WARMDOWN_ITERS=60 VAL_LOSS_EVERY=0"
+  BUDGET=20
+  STEPS=120
+  SEEDS="1337 42 2024 7 31"
+  CM_BUDGET=420
+  CM_SEEDS="1337 42 2024"
+fi
 DATA_PRESET="${STUDENT%% *}"  # the data and tokenizer paths come with the student preset
+TR="runs/$TP"
 
 # --- the teachers: each is one declaration, how to train it and how to cache it, at each scale ---------------
-# A teacher NAME is trained into $R/teacher-NAME/teacher-NAME.pt (train_teacher.py) and cached into $R/cache-NAME
-# (cache_logits.py); `cache CACHE TEACHER ...` declares another cache of a teacher ($R/cache-CACHE, e.g. another
-# encoding). An arm names what it uses: "cache:CACHE" (a cache) or "online:NAME" (the teacher's checkpoint).
+# A teacher NAME is trained into $TR/teacher-NAME/teacher-NAME.pt (train_teacher.py) and cached into $TR/cache-NAME
+# (cache_logits.py); `cache CACHE TEACHER ...` declares another cache of a teacher ($TR/cache-CACHE, e.g. another
+# encoding or stride; a cache without options for the preset is not declared there). An arm names what it uses: "cache:CACHE" (a cache) or "online:NAME" (the teacher's checkpoint).
 TEACHERS=()
 CACHES=()
 declare -A TEACHER_TRAIN CACHE_TEACHER CACHE_OPTS
@@ -141,28 +167,26 @@ teacher() {  # NAME then, per preset, three words: PRESET "TRAINING SETTINGS" "C
   shift
   TEACHERS+=("$name"); CACHES+=("$name"); CACHE_TEACHER[$name]=$name
   while [ $# -ge 3 ]; do
-    if [ "$1" = "$PRESET" ]; then TEACHER_TRAIN[$name]=$2; CACHE_OPTS[$name]=$3; fi
+    if [ "$1" = "$TP" ]; then TEACHER_TRAIN[$name]=$2; CACHE_OPTS[$name]=$3; fi
     shift 3
   done
   [ $# -eq 0 ] || die "teacher $name: settings come in threes: PRESET \"TRAINING SETTINGS\" \"CACHE OPTIONS\""
-  [ -n "${TEACHER_TRAIN[$name]+x}" ] || die "teacher $name: no settings for preset $PRESET"
+  [ -n "${TEACHER_TRAIN[$name]+x}" ] || die "teacher $name: no settings for preset $TP"
 }
 cache() {  # CACHE TEACHER then, per preset, two words: PRESET "CACHE OPTIONS"
   local name=$1 t=$2
   shift 2
   [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "cache $name: no teacher '$t' is declared"
-  CACHES+=("$name"); CACHE_TEACHER[$name]=$t
+  [ $(($# % 2)) -eq 0 ] || die "cache $name: options come in pairs: PRESET \"CACHE OPTIONS\""
   while [ $# -ge 2 ]; do
-    [ "$1" = "$PRESET" ] && CACHE_OPTS[$name]=$2
+    if [ "$1" = "$TP" ]; then CACHES+=("$name"); CACHE_TEACHER[$name]=$t; CACHE_OPTS[$name]=$2; fi
     shift 2
   done
-  [ $# -eq 0 ] || die "cache $name: options come in pairs: PRESET \"CACHE OPTIONS\""
-  [ -n "${CACHE_OPTS[$name]+x}" ] || die "cache $name: no options for preset $PRESET"
 }
-teacher_ckpt() { echo "$R/teacher-$1/teacher-$1.pt"; }
+teacher_ckpt() { echo "$TR/teacher-$1/teacher-$1.pt"; }
 TRUN="MAX_WALLCLOCK_SECONDS=0 CHECKPOINT_EVERY=500"  # teachers train for their steps, resumable
 #       name  preset training                                                  cache options
-teacher big   demo   "PRESET=demo-teacher ITERATIONS=280 WARMDOWN_ITERS=100"     "--k 32" \
+teacher big   demo   "PRESET=demo-teacher ITERATIONS=560 WARMDOWN_ITERS=200"     "--k 32" \
               full   "PRESET=teacher ITERATIONS=50000 $TRUN"                     "--k 32 --encoding packed" \
               gpu1   "PRESET=teacher ITERATIONS=5000 $TRUN"                      "--k 32 --encoding packed --shards 10"
 teacher self  demo   "PRESET=demo-self-teacher ITERATIONS=240 WARMDOWN_ITERS=80" "--k 32" \
@@ -176,6 +200,8 @@ cache big-n16  big      demo   "--encoding sampled-packed --draws 16" \
 cache big-k5   big      demo   "--k 5" \
                         full   "--k 5" \
                         gpu1   "--k 5 --shards 10"
+# The teacher-context pair: the top-32 cached with windows advancing by half their length (more context per row).
+cache big-half big      demo   "--k 32 --stride 128"
 
 # --- the arms -----------------------------------------------------------------------------------------------
 ARMS=()
@@ -189,7 +215,7 @@ arm() {  # NAME SCRIPT TEACHER SETTINGS, TEACHER "" | cache:NAME | online:NAME |
     ema) use="DISTILL_TEACHER=ema" ;;
     cache:*)
       [ -n "${CACHE_TEACHER[$t]+x}" ] || die "arm $name: no cache '$t' is declared"
-      use="DISTILL_TEACHER=cache LOGIT_CACHE=$R/cache-$t TEACHER_PATH=$(teacher_ckpt "${CACHE_TEACHER[$t]}")"
+      use="DISTILL_TEACHER=cache LOGIT_CACHE=$TR/cache-$t TEACHER_PATH=$(teacher_ckpt "${CACHE_TEACHER[$t]}")"
       NEEDS[$name]="cache-$t" ;;
     online:*)
       [ -n "${TEACHER_TRAIN[$t]+x}" ] || die "arm $name: no teacher '$t' is declared"
@@ -202,6 +228,32 @@ M="MAX_WALLCLOCK_SECONDS=$BUDGET"
 L="MAX_WALLCLOCK_SECONDS=$LONG_BUDGET"
 HARD="DISTILL_TARGET=hard"
 SOFT="DISTILL_TARGET=soft DISTILL_TEMP=2"
+if [ "$PRESET" = study ]; then
+  # Every arm at every seed, at equal wall clock ($BUDGET s) and at equal steps ($STEPS, no clock), the main setting
+  # (T 2, alpha 0.5) throughout but the seed-faithful arm's; seeds outermost, so a study cut short stays balanced.
+  for seed in $SEEDS; do
+    for clock in wall steps; do
+      c="ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=$BUDGET SEED=$seed"
+      [ $clock = steps ] && c="ITERATIONS=$STEPS MAX_WALLCLOCK_SECONDS=0 SEED=$seed"
+      x=$clock-s$seed
+      arm baseline-$x     train_gpt.py  ""             "$c"
+      arm bucket-$x       distill.py    cache:big      "$c $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
+      arm bucket-half-$x  distill.py    cache:big-half "$c $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
+      arm renorm-$x       distill.py    cache:big      "$c $SOFT DISTILL_ALPHA=0.5"
+      arm sampled-$x      distill.py    cache:big-n16  "$c $SOFT DISTILL_ALPHA=0.5"
+      arm hard-$x         distill.py    cache:big      "$c $HARD DISTILL_ALPHA=0.5"
+      arm ngram3-$x       distill.py    ngram:3        "$c $SOFT DISTILL_ALPHA=0.5"
+      arm ema-$x          distill.py    ema            "$c $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
+      arm online-$x       distill.py    online:big     "$c $SOFT DISTILL_ALPHA=0.5"
+      arm faithful-$x     distill.py    cache:big      "$c DISTILL_SEED_FAITHFUL=D1,D2,D4 $SOFT DISTILL_ALPHA=0.1"
+    done
+  done
+  # The compute-matched baseline: the student alone for about what a non-record arm spent in all (teacher training,
+  # caching and its own run; golf.results compares each arm with the longest such baseline not above its total).
+  for seed in $CM_SEEDS; do
+    arm baseline-cm-s$seed train_gpt.py "" "ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=$CM_BUDGET SEED=$seed"
+  done
+else
 #   name                     script        teacher      settings                                   (study's name)
 arm baseline                 train_gpt.py  ""           "$M"                                       # baseline
 arm hard-self-a0.1           distill.py    cache:self   "$M $HARD DISTILL_ALPHA=0.1"               # SELFDIST-5a
@@ -215,12 +267,6 @@ arm faithful-soft-a0.1       distill.py    cache:big    "$M DISTILL_SEED_FAITHFU
 arm faithful-hard-self-a0.5  distill.py    cache:self   "$M DISTILL_SEED_FAITHFUL=D2,D4 $HARD DISTILL_ALPHA=0.5"     # 3 as run
 arm faithful-online-self-a0.5 distill.py   online:self  "$M DISTILL_SEED_FAITHFUL=D3 $SOFT DISTILL_ALPHA=0.5"  # 8xH100 "distill"
 arm soft-bucket-a0.5         distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
-arm baseline-s42             train_gpt.py  ""           "$M SEED=42"
-arm baseline-s2024           train_gpt.py  ""           "$M SEED=2024"
-arm soft-a0.5-s42            distill.py    cache:big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5"
-arm soft-a0.5-s2024          distill.py    cache:big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
-arm soft-bucket-a0.5-s42     distill.py    cache:big    "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
-arm soft-bucket-a0.5-s2024   distill.py    cache:big    "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 # Teachers whose whole cost is inside the budget (record track): the n-gram model of the train stream, and the
 # student's own EMA switched on for the run's last part.
 arm ngram3-a0.5              distill.py    ngram:3      "$M $SOFT DISTILL_ALPHA=0.5"
@@ -228,29 +274,33 @@ arm ngram4-a0.5              distill.py    ngram:4      "$M $SOFT DISTILL_ALPHA=
 arm ngram3-memorised-a0.5    distill.py    ngram:3      "$M $SOFT DISTILL_ALPHA=0.5 NGRAM_LEAVE_ONE_OUT=0"
 arm ema-f0.5-a0.5            distill.py    ema          "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.5"
 arm ema-f0.7-a0.5            distill.py    ema          "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
-arm ngram3-a0.5-s42          distill.py    ngram:3      "$M SEED=42 $SOFT DISTILL_ALPHA=0.5"
-arm ngram3-a0.5-s2024        distill.py    ngram:3      "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
-arm ema-f0.7-a0.5-s42        distill.py    ema          "$M SEED=42 $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
-arm ema-f0.7-a0.5-s2024      distill.py    ema          "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
 # Sampled targets against top-K at equal bytes (20 B/token each)
 arm sampled-n16-a0.5         distill.py    cache:big-n16 "$M $SOFT DISTILL_ALPHA=0.5"
-arm sampled-n16-a0.5-s42     distill.py    cache:big-n16 "$M SEED=42 $SOFT DISTILL_ALPHA=0.5"
-arm sampled-n16-a0.5-s2024   distill.py    cache:big-n16 "$M SEED=2024 $SOFT DISTILL_ALPHA=0.5"
 arm soft-bucket-k5-a0.5      distill.py    cache:big-k5 "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
+# The main setting's replicates: the same arms at more seeds (the study preset has every arm at five).
+for seed in $EXTRA_SEEDS; do
+  arm baseline-s$seed          train_gpt.py  ""           "$M SEED=$seed"
+  arm soft-a0.5-s$seed         distill.py    cache:big    "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5"
+  arm soft-bucket-a0.5-s$seed  distill.py    cache:big    "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
+  arm ngram3-a0.5-s$seed       distill.py    ngram:3      "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5"
+  arm ema-f0.7-a0.5-s$seed     distill.py    ema          "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
+  arm sampled-n16-a0.5-s$seed  distill.py    cache:big-n16 "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5"
+done
 arm baseline-long            train_gpt.py  ""           "$L"                                       # 2 h run
 arm soft-a0.5-long           distill.py    cache:big    "$L $SOFT DISTILL_ALPHA=0.5"               # 2 h run
 arm soft-bucket-a0.5-long    distill.py    cache:big    "$L $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"  # 2 h run
 arm sampled-n16-a0.5-long    distill.py    cache:big-n16 "$L $SOFT DISTILL_ALPHA=0.5"              # 2 h run
+fi
 
 arm_cmd() {
   echo "$STUDENT ${SETTINGS[$1]} RUN_ID=$1 LOG_DIR=$R/$1 CHECKPOINT_PATH=$R/$1/$1.pt $LAUNCH ${S}${SCRIPT[$1]}"
 }
 teacher_cmd() {  # NAME
   local n="teacher-$1"
-  echo "${TEACHER_TRAIN[$1]} RUN_ID=$n LOG_DIR=$R/$n CHECKPOINT_PATH=$R/$n/$n.pt $LAUNCH ${S}train_teacher.py"
+  echo "${TEACHER_TRAIN[$1]} RUN_ID=$n LOG_DIR=$TR/$n CHECKPOINT_PATH=$TR/$n/$n.pt $LAUNCH ${S}train_teacher.py"
 }
 cache_cmd() {  # CACHE
-  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $(teacher_ckpt "${CACHE_TEACHER[$1]}") --out $R/cache-$1 ${CACHE_OPTS[$1]}"
+  echo "$DATA_PRESET $LAUNCH ${S}cache_logits.py --teacher $(teacher_ckpt "${CACHE_TEACHER[$1]}") --out $TR/cache-$1 ${CACHE_OPTS[$1]}"
 }
 score_cmd() {  # ngramORDER: the n-gram teacher's model alone on val, counted as its arms count it
   echo "$DATA_PRESET $NGRAM $PY ${S}eval_bpb.py --teacher ngram:${1#ngram} --out $R/score-$1/score.json"
@@ -292,7 +342,7 @@ is_done() { [ -d "$1" ] && "$PY" -m golf.results --is-done "$1"; }  # no folder,
 # --- dry run: every step in order ---------------------------------------------------------------------------
 if [ "$ACTION" = dry ]; then
   state() { if is_done "$1"; then echo "done: would skip"; else echo "would run"; fi; }
-  if [ "$PRESET" = demo ]; then
+  if [ "$TP" = demo ]; then  # the demo data is built here
     echo "# data ($DATA $([ -d "$DATA" ] && echo "present: would skip" || echo "missing: would build"))"
     echo "[ -d $DATA ] || $DATA_CMD"
   else
@@ -301,12 +351,12 @@ if [ "$ACTION" = dry ]; then
   fi
   for t in "${TEACHERS[@]}"; do
     [ -n "${WANT[teacher-$t]+x}" ] || continue
-    echo "# teacher-$t ($(state "$R/teacher-$t"); resumes with --resume while $R/teacher-$t/teacher-$t.resume.pt exists)"
+    echo "# teacher-$t ($(state "$TR/teacher-$t"); resumes with --resume while $TR/teacher-$t/teacher-$t.resume.pt exists)"
     teacher_cmd "$t"
   done
   for c in "${CACHES[@]}"; do
     [ -n "${WANT[cache-$c]+x}" ] || continue
-    echo "# cache-$c ($(state "$R/cache-$c"))"
+    echo "# cache-$c ($(state "$TR/cache-$c"))"
     cache_cmd "$c"
   done
   for sc in $(printf '%s\n' "${!WANT[@]}" | grep '^score-' | sort); do
@@ -370,7 +420,7 @@ step() {  # NAME DIR COMMAND [NEED]: skip when done, fail when NEED failed, else
 }
 
 echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH)"
-if [ "$PRESET" = demo ]; then
+if [ "$TP" = demo ]; then  # the demo data is built here
   [ -d "$DATA" ] || run_cmd data "" "$DATA_CMD" || die "could not build the demo data"
 else
   [ -d "$DATA" ] || die "$DATA is missing: download the FineWeb sp1024 shards there (the challenge's data/cached_challenge_fineweb.py --variant sp1024)"
@@ -380,12 +430,12 @@ fi
 for t in "${TEACHERS[@]}"; do
   [ -n "${WANT[teacher-$t]+x}" ] || continue
   cmd="$(teacher_cmd "$t")"
-  [ -f "$R/teacher-$t/teacher-$t.resume.pt" ] && cmd="$cmd --resume"
-  step "teacher-$t" "$R/teacher-$t" "$cmd"
+  [ -f "$TR/teacher-$t/teacher-$t.resume.pt" ] && cmd="$cmd --resume"
+  step "teacher-$t" "$TR/teacher-$t" "$cmd"
 done
 for c in "${CACHES[@]}"; do
   [ -n "${WANT[cache-$c]+x}" ] || continue
-  step "cache-$c" "$R/cache-$c" "$(cache_cmd "$c")" "teacher-${CACHE_TEACHER[$c]}"
+  step "cache-$c" "$TR/cache-$c" "$(cache_cmd "$c")" "teacher-${CACHE_TEACHER[$c]}"
 done
 for sc in $(printf '%s\n' "${!WANT[@]}" | grep '^score-' | sort); do
   step "$sc" "$R/$sc" "$(score_cmd "${sc#score-}")"

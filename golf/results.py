@@ -53,21 +53,42 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
 
 
+ALPHA, POWER = 0.05, 0.8  # the significance level of every test here, and the power the detectable effect is for
+
+
 def paired_ttest(a: list[float], b: list[float]) -> dict:
-    """Two-sided paired t-test of a - b: n, per-pair differences, their mean and sample std, t and p
-    (t and p are nan when fewer than two pairs or all differences are equal)."""
+    """Two-sided paired t-test of a - b: n, per-pair differences, their mean and sample std, t, p, the half-width
+    of the mean's 95% confidence interval (`ci`) and the minimum detectable effect (`mde`): the smallest true mean
+    difference this test finds at level ALPHA with probability POWER when the differences scatter as observed,
+    (t_{1-ALPHA/2} + t_{POWER}) * std / sqrt(n) with n - 1 degrees of freedom. t, p, ci and mde are nan for fewer
+    than two pairs; t and p also when all differences are equal."""
     if len(a) != len(b):
         raise ValueError("paired samples must have the same length")
     d = [x - y for x, y in zip(a, b)]
     m, s = mean_std(d)
     n = len(d)
-    t = p = math.nan
-    if n >= 2 and s > 0:
+    t = p = ci = mde = math.nan
+    if n >= 2:
         from scipy.stats import t as student_t
 
-        t = m / (s / math.sqrt(n))
-        p = float(2 * student_t.sf(abs(t), n - 1))
-    return {"n": n, "diffs": d, "mean": m, "std": s, "t": t, "p": p}
+        se = s / math.sqrt(n)
+        ci = float(student_t.ppf(1 - ALPHA / 2, n - 1)) * se
+        mde = float(student_t.ppf(1 - ALPHA / 2, n - 1) + student_t.ppf(POWER, n - 1)) * se
+        if s > 0:
+            t = m / se
+            p = float(2 * student_t.sf(abs(t), n - 1))
+    return {"n": n, "diffs": d, "mean": m, "std": s, "t": t, "p": p, "ci": ci, "mde": mde}
+
+
+def verdict(test: dict) -> str:
+    """A paired test in words: the mean difference with its 95% interval and p, or, where p >= ALPHA, that this
+    power cannot tell it from zero and the smallest effect it could."""
+    if test["n"] < 2 or math.isnan(test["ci"]):
+        return "–"
+    head = f"{test['mean']:+.4f} ± {test['ci']:.4f}"
+    if test["p"] < ALPHA:
+        return f"{head} (p {test['p']:.2g})"
+    return f"{head} (p {_f(test['p'], '.2g')}: not detectable, MDE {test['mde']:.3f})"
 
 
 def overhead_pct(step_ms: float, base_step_ms: float) -> float:
@@ -200,6 +221,15 @@ def load_study(root: str) -> list[RunRecord]:
         raise GolfError(f"{root} is not a folder; pass the study folder run.sh wrote (e.g. runs/demo)")
     runs = [load_run(os.path.join(root, d)) for d in sorted(os.listdir(root))]
     return [r for r in runs if r is not None and r.config]
+
+
+def linked_teachers(root: str, runs: list[RunRecord]) -> list[RunRecord]:
+    """The teacher runs the arms name (TEACHER_PATH `<folder>/<name>.pt`) that live outside `root`, e.g. the demo's
+    teachers, which the study reuses."""
+    have = {os.path.abspath(r.folder) for r in runs}
+    folders = {os.path.abspath(os.path.dirname(r.config["teacher_path"])) for r in runs if r.config.get("teacher_path")}
+    found = [load_run(f) for f in sorted(folders - have)]
+    return [r for r in found if r is not None and r.config and r.is_teacher]
 
 
 def _manifest(folder: str) -> dict:
@@ -338,21 +368,102 @@ def paired_comparisons(groups: list[list[RunRecord]]) -> list[dict]:
             continue
         for b in groups:
             if b[0].is_baseline and _key(b[0].config, drop) == _key(g[0].config, drop):
-                by_seed = {r.seed: r for r in b}
-                pairs = [(r, by_seed[r.seed]) for r in g if r.seed in by_seed]
-                if len(pairs) < 2:
-                    continue
-                test = paired_ttest([r.final["sliding_val_bpb"] for r, _ in pairs],
-                                    [q.final["sliding_val_bpb"] for _, q in pairs])
-                out.append({"arm": group_name(g), "baseline": group_name(b), "seeds": [r.seed for r, _ in pairs],
-                            **test})
+                test = _paired(g, b)
+                if test:
+                    out.append({"arm": group_name(g), "baseline": group_name(b), "group": g, "base_group": b, **test})
+    return out
+
+
+def _paired(g: list[RunRecord], b: list[RunRecord]) -> dict | None:
+    """The paired test of group g against group b on the seeds both have, or None for fewer than two."""
+    by_seed = {r.seed: r for r in b}
+    pairs = [(r, by_seed[r.seed]) for r in g if r.seed in by_seed]
+    if len(pairs) < 2:
+        return None
+    return {"seeds": [r.seed for r, _ in pairs], **paired_ttest([r.final["sliding_val_bpb"] for r, _ in pairs],
+                                                                [q.final["sliding_val_bpb"] for _, q in pairs])}
+
+
+CLOCK_FIELDS = ("max_wallclock_seconds", "iterations")
+
+
+def _arm_key(run: RunRecord, also: tuple = ()) -> str:
+    """Equal for the runs of one arm at any seed and under either clock (a wall clock or a fixed step count)."""
+    return run.script + _key(run.config, IGNORED_FIELDS + CLOCK_FIELDS + ("seed",) + also)
+
+
+def _mean(xs) -> float:
+    return mean_std(list(xs))[0]
+
+
+def study_comparisons(runs: list[RunRecord], groups: list[list[RunRecord]]) -> list[dict]:
+    """One entry per distillation arm with seeds: Δ against the baseline at equal steps (its group under a fixed
+    step count), at equal wall clock (its group at the main budget), and at equal total compute: against the
+    longest wall-clock baseline group whose budget is at most the arm's smallest total cost in seconds (teacher
+    training + caching + its own training, golf.compute), so the baseline never had more than the arm. Also the
+    step-time overhead (equal-steps runs, else wall) and the arm's mean cost."""
+    from golf.compute import run_cost
+
+    budget = main_budget(runs)
+    by_group = {id(p["group"]): p for p in paired_comparisons(groups)}
+    arms: dict[str, dict] = {}
+    for g in groups:
+        if g[0].is_baseline:
+            continue
+        clock = "steps" if g[0].budget[0] == 0 else ("wall" if g[0].budget == budget else None)
+        if clock is None:
+            continue
+        entry = arms.setdefault(_arm_key(g[0]), {"track": g[0].track, **describe(g[0])})
+        entry[clock] = by_group.get(id(g))
+        entry[clock + "_group"] = g
+    drop = IGNORED_FIELDS + DISTILL_FIELDS + CLOCK_FIELDS + ("seed",)
+    out = []
+    for e in arms.values():
+        ref = e.get("steps_group") or e.get("wall_group")
+        ps = [r.step_ms / b.step_ms for r in ref if (b := reference_baseline(r, runs)) is not None and r.train_end]
+        e["overhead_pct"] = 100 * (_mean(ps) - 1) if ps else None
+        wall = e.get("wall_group")
+        if wall is not None:
+            costs = [run_cost(r) for r in wall]
+            e["cost"] = {k: _mean(getattr(c, k) for c in costs)
+                         for k in ("teacher_train_s", "cache_s", "student_s", "total_s", "total_flops")}
+            e["cost_known"] = all(c.known for c in costs)
+            limit = min(c.total_s for c in costs)
+            bases = [b for b in groups if b[0].is_baseline and b[0].budget[0] > 0 and b[0].budget[0] <= limit
+                     and _key(b[0].config, drop) == _key(wall[0].config, drop)]
+            if bases:
+                cm = max(bases, key=lambda b: b[0].budget[0])
+                e["compute_baseline"] = {"name": group_name(cm), "budget_s": cm[0].budget[0],
+                                         "same_as_wall": cm[0].budget == budget}
+                e["compute"] = _paired(wall, cm)
+        names = [group_name(e[k]) for k in ("steps_group", "wall_group") if e.get(k)]
+        e["arm"] = os.path.commonprefix(names).rstrip("-_") or names[0]  # bucket-steps-s1337, bucket-wall-s1337: bucket
+        out.append(e)
+    return out
+
+
+def cache_contrasts(groups: list[list[RunRecord]]) -> list[dict]:
+    """Pairs of arms (under the same clock) that differ only in the logit cache they read, e.g. the same teacher
+    cached with windows advancing by their whole length or by half of it: the paired test of the first against
+    the second."""
+    cached = [g for g in groups if g[0].config.get("distill_teacher") == "cache" and g[0].done]
+    out = []
+    for i, a in enumerate(cached):
+        for b in cached[i + 1:]:
+            if (a[0].budget == b[0].budget and _arm_key(a[0], ("logit_cache",)) == _arm_key(b[0], ("logit_cache",))
+                    and a[0].config["logit_cache"] != b[0].config["logit_cache"]):
+                test = _paired(a, b)
+                if test:
+                    out.append({"a": group_name(a), "b": group_name(b), "cache_a": a[0].config["logit_cache"],
+                                "cache_b": b[0].config["logit_cache"], **test})
     return out
 
 
 def main_budget(runs: list[RunRecord]) -> tuple | None:
-    """The budget most student runs share: the study's "600 s" (longer ones are the extended runs)."""
+    """The budget most student runs share: the study's "600 s" (longer ones are the extended runs); between a wall
+    clock and a step count as common, the wall clock (a submission's budget)."""
     budgets = Counter(r.budget for r in runs if not r.is_teacher)
-    return min(budgets, key=lambda b: (-budgets[b], b)) if budgets else None
+    return min(budgets, key=lambda b: (-budgets[b], b[0] == 0, b)) if budgets else None
 
 
 def best_arm(runs: list[RunRecord]) -> RunRecord | None:
@@ -415,7 +526,8 @@ def _mode_label(row: dict) -> str:
     return row["mode"] + (f" (seed-faithful {row['faithful']})" if row["faithful"] else "")
 
 
-def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str], scores: list[dict] = ()) -> str:
+def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str], scores: list[dict] = (),
+             study: list[dict] = ()) -> str:
     """RESULTS.md: the arms table, teachers, seed statistics, unfinished runs and the plots."""
     stride = next((r.config.get("eval_stride") for r in runs if r.config), "?")
     out = [f"# Results: {root}", "",
@@ -470,6 +582,15 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
                           ", ".join(format(d, "+.4f") for d in p["diffs"]),
                           f"{p['mean']:+.4f} ± {_f(p['std'], '.4f')}", _f(p["t"], ".2f"), _f(p["p"], ".3g")]
                          for p in pairs])]
+    if any(e.get("steps") or e.get("wall") for e in study):
+        out += study_markdown(study)
+    contrasts = cache_contrasts(groups) if groups else []
+    if contrasts:
+        out += ["", "## Arms that differ only in their logit cache", "",
+                "Paired by seed: Δ = first arm − second in sliding val_bpb (same settings and clock).", "",
+                _md_table(["first arm (cache)", "second arm (cache)", "seeds", "Δ ± 95% CI (p)"],
+                          [[f"{c['a']} ({teacher_label(c['cache_a'])})", f"{c['b']} ({teacher_label(c['cache_b'])})",
+                            str(len(c["seeds"])), verdict(c)] for c in contrasts])]
     unfinished = [r for r in runs if not r.done]
     if unfinished:
         out += ["", "## Unfinished runs", ""]
@@ -477,6 +598,39 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
     if plots:
         out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(out) + "\n"
+
+
+def study_markdown(study: list[dict]) -> list[str]:
+    """RESULTS.md's answer: each arm's Δ at equal steps, at equal wall clock and at equal total compute."""
+    out = ["", "## The study: Δ per arm at equal steps, equal wall clock and equal total compute", "",
+           "Δ = arm − baseline in int6 sliding val_bpb, paired by seed: mean ± the half-width of its 95% confidence "
+           f"interval, two-sided paired t-test p; where p >= {ALPHA:g}, \"not detectable\" with the minimum detectable "
+           f"effect (MDE: the true Δ this many seeds would find with power {POWER:g}, from the observed scatter). "
+           "Equal steps: every run takes the same fixed number of steps (no clock), so Δ is what the teacher signal "
+           "does per step, free of throughput noise. Equal wall clock: the submission's view, each run stops on the "
+           "same clock, so the teacher's cost per step is paid in steps. Equal total compute: against the baseline "
+           "trained alone for the longest budget at most the arm's total (teacher training + caching + its own "
+           "training, measured process seconds on this machine; an in-budget teacher's total is the arm's own run). "
+           "Overhead: step time against the baseline's at equal steps. FLOPs: 6·N·tokens per training, 2·N·tokens "
+           "per teacher forward (golf/compute.py).", ""]
+    rows = []
+    for e in study:
+        cost = e.get("cost")
+        cm = e.get("compute_baseline")
+        cm_text = verdict(e["compute"]) if e.get("compute") else "–"
+        if cm:
+            cm_text += " = wall clock" if cm["same_as_wall"] else f" vs {cm['name']} ({cm['budget_s']:g} s)"
+        rows.append([e["arm"], TRACK_LABELS.get(e["track"], "–"), _mode_label(e) + f", {e['tail']}",
+                     verdict(e["steps"]) if e.get("steps") else "–", verdict(e["wall"]) if e.get("wall") else "–",
+                     cm_text, _f(e["overhead_pct"], "+.1f") + ("%" if e["overhead_pct"] is not None else ""),
+                     "–" if not cost else (f"{cost['teacher_train_s']:.0f} + {cost['cache_s']:.0f} + "
+                                           f"{cost['student_s']:.1f} = {cost['total_s']:.0f}"
+                                           + ("" if e["cost_known"] else " (lower bound)")),
+                     "–" if not cost else f"{cost['total_flops']:.2e}"])
+    out.append(_md_table(["arm", "teacher cost", "mode, tail", "Δ equal steps", "Δ equal wall clock",
+                          "Δ equal total compute", "overhead", "seconds: teacher + cache + student = total",
+                          "FLOPs total"], rows))
+    return out
 
 
 CSV_FIELDS = ["arm", "script", "teacher", "mode", "faithful", "alpha", "temp", "tail", "seed", "budget_s", "iterations",
@@ -510,8 +664,9 @@ def _save(fig, path: str):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def write_plots(root: str, runs: list[RunRecord], rows: list[dict]) -> list[str]:
-    """val_bpb against step and against training time, the alpha sweep, and step time per arm (PNG)."""
+def write_plots(root: str, runs: list[RunRecord], rows: list[dict], study: list[dict] = ()) -> list[str]:
+    """val_bpb against step and against training time, the alpha sweep, step time per arm and the study's Δ per
+    arm with intervals (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -579,6 +734,26 @@ def write_plots(root: str, runs: list[RunRecord], rows: list[dict]) -> list[str]
         _save(fig, os.path.join(root, "step_time.png"))
         names.append("step_time.png")
         plt.close(fig)
+    shown = [e for e in study if any(e.get(k) and not math.isnan(e[k]["ci"]) for k in ("steps", "wall", "compute"))]
+    if shown:
+        fig, ax = plt.subplots(figsize=(8, 0.55 * len(shown) + 1.8))
+        for j, (key, label, color) in enumerate((("steps", "equal steps", "tab:blue"),
+                                                 ("wall", "equal wall clock", "tab:orange"),
+                                                 ("compute", "equal total compute", "tab:red"))):
+            pts = [(i, e[key]) for i, e in enumerate(shown) if e.get(key) and not math.isnan(e[key]["ci"])]
+            if pts:
+                ax.errorbar([t["mean"] for _, t in pts], [i + 0.22 * (j - 1) for i, _ in pts],
+                            xerr=[t["ci"] for _, t in pts], fmt="o", ms=4, capsize=3, color=color, label=label)
+        ax.axvline(0.0, color="black", lw=1)
+        ax.set_yticks(range(len(shown)), [e["arm"] for e in shown])
+        ax.invert_yaxis()
+        ax.set_xlabel("Δ int6 sliding val_bpb vs baseline, mean and 95% CI over seeds (negative is better)")
+        ax.set_title(f"{root}: what each teacher signal does")
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=8)
+        _save(fig, os.path.join(root, "delta_per_arm.png"))
+        names.append("delta_per_arm.png")
+        plt.close(fig)
     return names
 
 
@@ -588,8 +763,11 @@ def write_results(root: str) -> dict:
     if not runs:
         raise GolfError(f"{root} holds no runs (no <name>/<name>.jsonl); run ./run.sh first")
     rows = arm_rows(runs)
-    plots = write_plots(root, runs, rows)
-    atomic_write_text(os.path.join(root, "RESULTS.md"), markdown(root, runs, rows, plots, load_scores(root)))
+    groups = seed_groups(runs)
+    study = study_comparisons(runs, groups) if groups else []
+    plots = write_plots(root, runs, rows, study)
+    runs += linked_teachers(root, runs)
+    atomic_write_text(os.path.join(root, "RESULTS.md"), markdown(root, runs, rows, plots, load_scores(root), study))
     atomic_write_text(os.path.join(root, "results.csv"), csv_text(rows))
     best = best_arm(runs)
     return {"rows": rows, "best": best.name if best else None,

@@ -47,6 +47,28 @@ def test_paired_ttest_matches_closed_forms():
     assert math.isnan(results.paired_ttest([1.0, 2.0], [0.0, 1.0])["p"])  # equal differences: undefined
 
 
+def test_interval_and_minimum_detectable_effect_by_hand():
+    # d = [1, 2, 3]: mean 2, std 1, n 3, df 2, where Student's t has the closed-form quantile
+    # t_q = (2q - 1) / sqrt(2 q (1 - q)): t_0.975 = 0.95 / sqrt(0.04875), t_0.8 = 0.6 / sqrt(0.32)
+    r = results.paired_ttest([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    t975, t80 = 0.95 / math.sqrt(0.04875), 0.6 / math.sqrt(0.32)
+    assert r["ci"] == pytest.approx(t975 / math.sqrt(3))
+    assert r["mde"] == pytest.approx((t975 + t80) / math.sqrt(3))
+    assert math.isnan(results.paired_ttest([1.0], [0.0])["mde"])
+    # equal differences: no p, but an interval of width zero
+    assert results.paired_ttest([1.0, 2.0], [0.0, 1.0])["ci"] == 0.0
+
+
+def test_verdict_reports_p_or_the_detectable_size():
+    helps = results.paired_ttest([1.40, 1.41, 1.39, 1.40], [1.50, 1.52, 1.49, 1.51])
+    assert helps["p"] < 0.05
+    assert results.verdict(helps) == f"{helps['mean']:+.4f} ± {helps['ci']:.4f} (p {helps['p']:.2g})"
+    noise = results.paired_ttest([1.50, 1.47, 1.52, 1.49], [1.49, 1.50, 1.50, 1.50])
+    assert noise["p"] >= 0.05
+    assert results.verdict(noise).endswith(f": not detectable, MDE {noise['mde']:.3f})")
+    assert results.verdict(results.paired_ttest([1.0], [2.0])) == "–"
+
+
 def test_overhead_percent():
     assert results.overhead_pct(110.0, 100.0) == pytest.approx(10.0)
     assert results.overhead_pct(148.21 * 1.0732, 148.21) == pytest.approx(7.32)

@@ -13,14 +13,17 @@ from helpers import REPO
 from test_results import write_run
 
 RUN_SH = os.path.join(REPO, "run.sh")
-# The study's arms (seed-factsheet 8) and ours: the names run.sh must offer.
-ARMS = ["baseline", "hard-self-a0.1", "hard-self-a0.5", "hard-big-a0.1", "soft-a0.1", "soft-a0.3", "soft-a0.5",
-        "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "faithful-online-self-a0.5", "soft-bucket-a0.5", "baseline-s42",
-        "baseline-s2024", "soft-a0.5-s42", "soft-a0.5-s2024", "soft-bucket-a0.5-s42", "soft-bucket-a0.5-s2024",
-        "ngram3-a0.5", "ngram4-a0.5", "ngram3-memorised-a0.5", "ema-f0.5-a0.5", "ema-f0.7-a0.5", "ngram3-a0.5-s42",
-        "ngram3-a0.5-s2024", "ema-f0.7-a0.5-s42", "ema-f0.7-a0.5-s2024", "sampled-n16-a0.5", "sampled-n16-a0.5-s42",
-        "sampled-n16-a0.5-s2024", "soft-bucket-k5-a0.5",
-        "baseline-long", "soft-a0.5-long", "soft-bucket-a0.5-long", "sampled-n16-a0.5-long"]
+# The study's arms (seed-factsheet 8) and ours: the names run.sh must offer (demo: one seed each, the study preset
+# has five; full and gpu1: the main setting's replicates at seeds 42 and 2024 too).
+ONE_SEED = ["baseline", "hard-self-a0.1", "hard-self-a0.5", "hard-big-a0.1", "soft-a0.1", "soft-a0.3", "soft-a0.5",
+            "online-a0.5", "faithful-soft-a0.1", "faithful-hard-self-a0.5", "faithful-online-self-a0.5",
+            "soft-bucket-a0.5", "ngram3-a0.5", "ngram4-a0.5", "ngram3-memorised-a0.5", "ema-f0.5-a0.5",
+            "ema-f0.7-a0.5", "sampled-n16-a0.5", "soft-bucket-k5-a0.5"]
+REPLICATES = [f"{a}-s{seed}" for seed in (42, 2024) for a in ("baseline", "soft-a0.5", "soft-bucket-a0.5",
+                                                               "ngram3-a0.5", "ema-f0.7-a0.5", "sampled-n16-a0.5")]
+LONG = ["baseline-long", "soft-a0.5-long", "soft-bucket-a0.5-long", "sampled-n16-a0.5-long"]
+ARMS = {"demo": ONE_SEED + LONG, "full": ONE_SEED + REPLICATES + LONG, "gpu1": ONE_SEED + REPLICATES + LONG}
+STUDY_ARMS = ["baseline", "bucket", "bucket-half", "renorm", "sampled", "hard", "ngram3", "ema", "online", "faithful"]
 
 
 def _run(args, cwd, timeout=120):
@@ -36,14 +39,16 @@ def test_list_every_arm_with_its_command(tmp_path):
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()[1:]
         names, commands = lines[0::2], [c.strip() for c in lines[1::2]]
-        assert names == ARMS
+        assert names == ARMS[preset]
         for name, cmd in zip(names, commands):
             script = "train_gpt.py" if name.startswith("baseline") else "distill.py"
             assert f"RUN_ID={name} LOG_DIR=runs/{preset}/{name} " in cmd and cmd.endswith(f"{launcher}{REPO}/{script}")
             assert (budget if not name.endswith("-long") else "MAX_WALLCLOCK_SECONDS=") in cmd
         cmds = dict(zip(names, commands))
-        assert "SEED=42 " in cmds["soft-a0.5-s42"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5"]
-        assert "SEED=2024 " in cmds["soft-bucket-a0.5-s2024"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5-s2024"]
+        assert "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5"]
+        if preset != "demo":
+            assert "SEED=42 " in cmds["soft-a0.5-s42"]
+            assert "SEED=2024 " in cmds["soft-bucket-a0.5-s2024"] and "DISTILL_TAIL=bucket" in cmds["soft-bucket-a0.5-s2024"]
         assert "DISTILL_TEACHER=online " in cmds["online-a0.5"]
         assert "DISTILL_SEED_FAITHFUL=D1,D2,D4 " in cmds["faithful-soft-a0.1"]  # the study's cached arms as run
         assert "DISTILL_SEED_FAITHFUL=D3 " in cmds["faithful-online-self-a0.5"]  # its 8xH100 online runs
@@ -69,7 +74,7 @@ def test_dry_run_full_prints_every_step_and_runs_nothing(tmp_path):
     assert text.count("cache_logits.py") == 4 and "--k 32" in text  # big, self, big-n16, big-k5
     assert "--out runs/full/cache-big-n16 --encoding sampled-packed --draws 16" in text
     assert text.count("eval_bpb.py --teacher ngram:") == 2  # the n-gram models of the arms, scored alone
-    for name in ARMS:
+    for name in ARMS["full"]:
         assert f"# {name} (would run)" in text and f"RUN_ID={name} " in text
     assert "-m golf.results runs/full" in text and "--submission runs/full/submission" in text
     assert not os.listdir(tmp_path)
@@ -94,14 +99,48 @@ def test_dry_run_gpu1_is_the_study_on_one_gpu(tmp_path):
     assert len(caches) == 4 and all(c.endswith("--shards 10") for c in caches)
     assert sum(c.endswith("--k 32 --encoding packed --shards 10") for c in caches) == 2
     students = [c for c in commands if c.endswith(("train_gpt.py", "distill.py"))]
-    assert len(students) == len(ARMS)
+    assert len(students) == len(ARMS["gpu1"])
     for cmd in students:
         assert cmd.startswith("PRESET=student ITERATIONS=1250 WARMDOWN_ITERS=200 MUON_MOMENTUM_WARMUP_STEPS=60 "
                               "EMA_DECAY=0.976 DISTILL_EMA_DECAY=0.976 VAL_LOSS_EVERY=0 ")
         assert "MICRO_BATCHES" not in cmd  # the student preset's 8: accumulation 8 on one GPU
         assert " python " in cmd and "MAX_WALLCLOCK_SECONDS=" in cmd
-    assert sum("MAX_WALLCLOCK_SECONDS=600 " in c for c in students) == len([a for a in ARMS if not a.endswith("-long")])
+    assert sum("MAX_WALLCLOCK_SECONDS=600 " in c for c in students) == len([a for a in ARMS["gpu1"] if not a.endswith("-long")])
     assert "-m golf.results runs/gpu1" in text
+    assert not os.listdir(tmp_path)
+
+
+def test_dry_run_study_every_arm_at_five_seeds_two_clocks_and_compute_matched(tmp_path):
+    """The study preset: the demo's teachers and caches (runs/demo, built once), every arm at five seeds under a
+    wall clock and at a fixed step count, seeds outermost, and the compute-matched baseline."""
+    out = _run(["--dry-run", "study"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    commands = [line for line in out.stdout.splitlines() if not line.startswith("#")]
+    teachers = [c for c in commands if c.endswith("train_teacher.py")]
+    assert teachers == ["PRESET=demo-teacher ITERATIONS=560 WARMDOWN_ITERS=200 RUN_ID=teacher-big "
+                        "LOG_DIR=runs/demo/teacher-big CHECKPOINT_PATH=runs/demo/teacher-big/teacher-big.pt "
+                        "python train_teacher.py"]  # the self teacher is not used
+    caches = [c for c in commands if "cache_logits.py" in c]
+    assert [c.split("--out ")[1] for c in caches] == ["runs/demo/cache-big --k 32",
+                                                      "runs/demo/cache-big-n16 --encoding sampled-packed --draws 16",
+                                                      "runs/demo/cache-big-half --k 32 --stride 128"]
+    students = [c for c in commands if c.endswith(("train_gpt.py", "distill.py"))]
+    names = [c.split("RUN_ID=")[1].split()[0] for c in students]
+    seeds = (1337, 42, 2024, 7, 31)
+    assert names == [f"{a}-{clock}-s{seed}" for seed in seeds for clock in ("wall", "steps") for a in STUDY_ARMS] + [
+        f"baseline-cm-s{seed}" for seed in (1337, 42, 2024)]
+    for name, cmd in zip(names, students):
+        assert f"LOG_DIR=runs/study/{name} " in cmd and cmd.startswith("PRESET=demo-student WARMDOWN_ITERS=60 ")
+        seed = name.rsplit("-s", 1)[1]
+        clock = ("ITERATIONS=120 MAX_WALLCLOCK_SECONDS=0 " if "-steps-" in name else
+                 "ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=420 " if "-cm-" in name else
+                 "ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=20 ")
+        assert f"{clock}SEED={seed} " in cmd
+    by_name = dict(zip(names, students))
+    assert "LOGIT_CACHE=runs/demo/cache-big-half " in by_name["bucket-half-wall-s7"]
+    assert "DISTILL_SEED_FAITHFUL=D1,D2,D4 " in by_name["faithful-steps-s31"]
+    assert "DISTILL_TEACHER=online TEACHER_PATH=runs/demo/teacher-big/teacher-big.pt " in by_name["online-wall-s42"]
+    assert "-m golf.results runs/study" in out.stdout
     assert not os.listdir(tmp_path)
 
 
