@@ -115,8 +115,9 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
                      teacher_config=config, window=context, stride=context)
     _check_new_cache_fits(out, shard_paths, spec)
+    built_before = cache_manifest_field(out, "build_seconds") or 0.0  # a resumed build adds to what it spent before
     writer = CacheWriter(out, shard_paths, spec, info={"teacher_context": {
-        "mean": float(context), "min": context, "min_after_first_window": context}})
+        "mean": float(context), "min": context, "min_after_first_window": context}, "build_seconds": built_before})
     pending = writer.pending()
     if ctx.is_master:
         print(f"cache:{out} shards:{len(shard_paths)} k:{args.k} encoding:{args.encoding} {ngram.log_line()} "
@@ -127,7 +128,8 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     stats = build_ngram_cache(ngram, writer, pending, ctx)
     if ctx.distributed:
         torch.distributed.barrier()
-    if ctx.is_master:
+    if ctx.is_master:  # the counting is part of the build: counted again on a resume, so spent again
+        writer.info["build_seconds"] = round(built_before + ngram.build_ms / 1000 + stats["seconds"], 3)
         left = writer.finalize()
         if left:
             raise GolfError(f"{len(left)} shard(s) of {out} are still incomplete; rerun the same command")

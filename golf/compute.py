@@ -18,8 +18,7 @@ Rules (approximations said as such):
   (golf.cache_build.plan_windows: a window straddling two shards is run for each, a short last window is padded
   to full length), so tokens forwarded = that window count x window (about cached tokens x window / stride);
   teacher_flops adds 2 N_teacher x that. An n-gram cache (its teacher config is NGRAM_* settings, no model) has
-  no matmuls, 0 FLOPs, and no teacher training (its counting is part of the build); cache_logits.py's n-gram
-  path records no build_seconds yet, so such an arm's cost reads unknown.
+  no matmuls, 0 FLOPs, and no teacher training (its counting is part of the build_seconds).
 - A checkpoint teacher's training (cache and online arms): TEACHER_PATH is `<dir>/<name>.pt` and its run's metrics
   file `<dir>/<name>.jsonl` (run.sh's layout); teacher_train_s is its train_end train_ms, and teacher_flops adds
   6 N_teacher x its tokens trained. The checkpoint itself is never loaded: without the metrics file the cost is

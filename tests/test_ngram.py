@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from golf.cache import CacheReader
+from golf.cache import CacheReader, cache_manifest_field
 from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx
@@ -359,6 +359,7 @@ def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     reader = CacheReader(str(out), tiny_dataset.train_files)
     assert reader.num_shards == 1 and reader.spec.window == reader.spec.stride == 1
+    assert cache_manifest_field(str(out), "build_seconds") > 0  # counting and writing, for golf.compute
     idx, vals = reader.gather([(0, 100, 30)])
     stream = TrainStream(tiny_dataset.train_files)
     brute = BruteForce(stream.read(0, stream.total), 2, 1024)

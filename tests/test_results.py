@@ -263,6 +263,92 @@ def test_seed_groups_and_paired_test(study):
     assert pair["p"] == pytest.approx(1 - math.sqrt(6 / 7))
 
 
+SEEDS3 = (1337, 42, 2024)
+
+
+@pytest.fixture
+def two_clock_study(tmp_path):
+    """run.sh's study layout: the teacher and its cache in runs/demo, the arms in runs/study, each arm under a 20 s
+    wall clock and at 120 steps at three seeds, compute-matched baselines of 420 s and 500 s."""
+    shared, root = str(tmp_path / "runs" / "demo"), str(tmp_path / "runs" / "study")
+    write_run(shared, "teacher-big", "train_teacher.py", wall=0.0, steps=560, train_ms=400_000.0, sliding=2.0,
+              **{k: PRESETS["demo-teacher"][k] for k in ("num_layers", "model_dim", "iterations")})
+    cache = os.path.join(shared, "cache-big")
+    os.makedirs(cache)
+    with open(os.path.join(cache, "manifest.json"), "w") as f:
+        json.dump({"format": "golf-logit-cache", "version": 1, "k": 32, "vocab_size": 1024, "encoding": "fp16",
+                   "teacher": {"sha256": "0" * 64, "config": Config(**PRESETS["demo-teacher"]).to_dict()},
+                   "window": 256, "stride": 256, "build_seconds": 30.0,
+                   "shards": [{"name": "s0.bin", "num_tokens": 1000, "fingerprint": "x", "complete": True}]}, f)
+    soft = dict(distill_teacher="cache", distill_target="soft", distill_temp=2.0, distill_alpha=0.5,
+                logit_cache=cache, teacher_path=os.path.join(shared, "teacher-big", "teacher-big.pt"))
+    ngram = dict(distill_teacher="ngram", distill_target="soft", distill_temp=2.0, distill_alpha=0.5)
+    wall, steps = dict(wall=20.0, steps=125, train_ms=20_000.0), dict(wall=0.0, iterations=120, steps=120)
+    for i, seed in enumerate(SEEDS3):
+        e = (0.01, -0.01, 0.0)[i]  # seed noise shared by every arm of a seed: the pairing removes it
+        write_run(root, f"baseline-wall-s{seed}", seed=seed, sliding=2.50 + e, **wall)
+        write_run(root, f"baseline-steps-s{seed}", seed=seed, sliding=2.48 + e, train_ms=19_000.0, **steps)
+        write_run(root, f"soft-wall-s{seed}", "distill.py", seed=seed, sliding=2.45 + e + (0.0, -0.01, 0.0)[i],
+                  **wall, **soft)
+        write_run(root, f"soft-steps-s{seed}", "distill.py", seed=seed, sliding=2.38 + e + (0.0, -0.02, -0.01)[i],
+                  train_ms=24_700.0, **steps, **soft)
+        write_run(root, f"ngram3-wall-s{seed}", "distill.py", seed=seed, sliding=2.50 + e + (0.01, -0.01, 0.002)[i],
+                  **wall, **ngram)
+        write_run(root, f"baseline-cm-s{seed}", seed=seed, wall=420.0, steps=2500, train_ms=420_000.0,
+                  sliding=2.15 + e)
+    for seed in SEEDS3[:2]:  # more than any arm spent: never its compute-matched baseline
+        write_run(root, f"baseline-xl-s{seed}", seed=seed, wall=500.0, steps=3000, train_ms=500_000.0, sliding=2.1)
+    return root
+
+
+def test_study_deltas_at_equal_steps_wall_clock_and_total_compute(two_clock_study):
+    runs = results.load_study(two_clock_study)
+    study = {e["arm"]: e for e in results.study_comparisons(runs, results.seed_groups(runs))}
+    assert set(study) == {"soft", "ngram3-wall-s1337"}  # one row per arm; the ngram arm has only one clock
+    soft = study["soft"]
+    assert soft["steps"]["seeds"] == [42, 1337, 2024]
+    assert soft["steps"]["diffs"] == pytest.approx([-0.12, -0.10, -0.11])
+    assert soft["wall"]["diffs"] == pytest.approx([-0.06, -0.05, -0.05])
+    assert soft["overhead_pct"] == pytest.approx(100 * (24_700 / 19_000 - 1))  # at equal steps
+    # teacher 400 s + cache 30 s + its own 20 s: the 420 s baseline is the longest not above 450
+    assert soft["cost"]["teacher_train_s"] == 400.0 and soft["cost"]["total_s"] == pytest.approx(450.0)
+    assert soft["cost_known"]
+    assert soft["compute_baseline"] == {"name": "baseline-cm-s1337", "budget_s": 420.0, "same_as_wall": False}
+    assert soft["compute"]["diffs"] == pytest.approx([0.29, 0.30, 0.30])
+    # an in-budget teacher's total is its own run: compute-matched means the wall-clock baseline
+    ng = study["ngram3-wall-s1337"]
+    assert ng["compute_baseline"]["same_as_wall"] and ng["compute"]["diffs"] == pytest.approx(ng["wall"]["diffs"])
+    assert "steps" not in ng
+
+
+def test_study_results_file_and_plot(two_clock_study):
+    results.write_results(two_clock_study)
+    with open(os.path.join(two_clock_study, "RESULTS.md")) as f:
+        text = f.read()
+    assert "## The study: Δ per arm at equal steps, equal wall clock and equal total compute" in text
+    row = next(line for line in text.splitlines() if line.startswith("| soft |"))
+    assert "vs baseline-cm-s1337 (420 s)" in row and "400 + 30 + 20.0 = 450" in row
+    assert "| teacher-big | 4 x 256 | 560 |" in text  # the shared teacher, outside the study folder
+    assert os.path.isfile(os.path.join(two_clock_study, "delta_per_arm.png"))
+
+
+def test_main_budget_prefers_the_wall_clock_on_a_tie(two_clock_study):
+    runs = results.load_study(two_clock_study)
+    assert results.main_budget([r for r in runs if r.budget in ((20.0, 0), (0.0, 120))]) == (20.0, 0)
+
+
+def test_arms_differing_only_in_their_cache_are_contrasted(tmp_path):
+    root = str(tmp_path)
+    for seed, (a, b) in zip(SEEDS3, ((1.40, 1.45), (1.42, 1.46), (1.41, 1.44))):
+        write_run(root, f"whole-s{seed}", "distill.py", seed=seed, sliding=a, **BIG)
+        write_run(root, f"half-s{seed}", "distill.py", seed=seed, sliding=b, **{**BIG, "logit_cache": "runs/x/cache-half"})
+        write_run(root, f"bucket-s{seed}", "distill.py", seed=seed, sliding=b, distill_tail="bucket", **BIG)
+    (c,) = results.cache_contrasts(results.seed_groups(results.load_study(root)))
+    assert {c["cache_a"], c["cache_b"]} == {"runs/x/cache-big", "runs/x/cache-half"}  # not the bucket arm
+    sign = 1 if c["cache_a"] == "runs/x/cache-big" else -1
+    assert c["diffs"] == pytest.approx([sign * d for d in (-0.04, -0.05, -0.03)])  # seeds 42, 1337, 2024
+
+
 def test_best_arm_skips_over_cap_extended_and_unfinished(study):
     # hard-self-a0.1 (1.40) is over the cap, baseline-long (1.30) has another budget, soft-a0.1 is unfinished
     assert results.best_arm(results.load_study(study)).name == "soft-a0.5"

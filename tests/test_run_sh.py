@@ -119,7 +119,7 @@ def test_dry_run_study_every_arm_at_five_seeds_two_clocks_and_compute_matched(tm
     teachers = [c for c in commands if c.endswith("train_teacher.py")]
     assert teachers == ["PRESET=demo-teacher ITERATIONS=560 WARMDOWN_ITERS=200 RUN_ID=teacher-big "
                         "LOG_DIR=runs/demo/teacher-big CHECKPOINT_PATH=runs/demo/teacher-big/teacher-big.pt "
-                        "python train_teacher.py"]  # the self teacher is not used
+                        f"python {REPO}/train_teacher.py"]  # the self teacher is not used
     caches = [c for c in commands if "cache_logits.py" in c]
     assert [c.split("--out ")[1] for c in caches] == ["runs/demo/cache-big --k 32",
                                                       "runs/demo/cache-big-n16 --encoding sampled-packed --draws 16",
@@ -164,26 +164,26 @@ def test_unknown_arm_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_skip_finished_redo_unfinished_report_failures(tmp_path):
-    """baseline is finished (skipped); baseline-s42 is half done (redone: it fails at once on the empty data
+    """baseline is finished (skipped); baseline-long is half done (redone: it fails at once on the empty data
     folder); soft-a0.5 needs the big teacher, which fails the same way, so its cache and soft-a0.5 are not run.
     The results are still written, the dump of the best arm fails (a synthetic run has no checkpoint), and the
     exit status says something failed."""
     os.makedirs(tmp_path / "data" / "datasets" / "demo_sp1024")  # present, so run.sh does not build it
     root = str(tmp_path / "runs" / "demo")
     write_run(root, "baseline")
-    write_run(root, "baseline-s42", seed=42, finished=False)
-    dry = _run(["--dry-run", "demo", "baseline", "baseline-s42"], tmp_path)
-    assert "# baseline (done: would skip)" in dry.stdout and "# baseline-s42 (would run)" in dry.stdout
-    out = _run(["demo", "baseline", "baseline-s42", "soft-a0.5"], tmp_path, timeout=300)
+    write_run(root, "baseline-long", wall=80.0, finished=False)
+    dry = _run(["--dry-run", "demo", "baseline", "baseline-long"], tmp_path)
+    assert "# baseline (done: would skip)" in dry.stdout and "# baseline-long (would run)" in dry.stdout
+    out = _run(["demo", "baseline", "baseline-long", "soft-a0.5"], tmp_path, timeout=300)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "=== baseline: done, skipped" in out.stdout
     assert not os.path.exists(os.path.join(root, "baseline", "command.txt"))
-    with open(os.path.join(root, "baseline-s42", "command.txt")) as f:
-        assert "RUN_ID=baseline-s42 " in f.read()
-    with open(os.path.join(root, "baseline-s42", "console.txt")) as f:
+    with open(os.path.join(root, "baseline-long", "command.txt")) as f:
+        assert "RUN_ID=baseline-long " in f.read()
+    with open(os.path.join(root, "baseline-long", "console.txt")) as f:
         assert "error:" in f.read()
     assert "=== cache-big: not run, teacher-big failed" in out.stdout
     assert "=== soft-a0.5: not run, cache-big failed" in out.stdout
     failed = out.stdout.split("=== FAILED: ")[1].split(";")[0].split()
-    assert failed == ["teacher-big", "cache-big", "baseline-s42", "soft-a0.5", "submission"]  # no checkpoint
+    assert failed == ["teacher-big", "cache-big", "baseline-long", "soft-a0.5", "submission"]  # no checkpoint
     assert os.path.isfile(os.path.join(root, "RESULTS.md"))  # baseline's result still made the table
