@@ -41,7 +41,7 @@
 #   CPU the study preset replicates instead.
 # - study (CPU, the demo corpus and the demo's teachers and caches in runs/demo, built once and reused; arms in
 #   runs/study): the arms that matter, each at 5 seeds (1337, 42, 2024, 7, 31) and under two clocks: a 20 s wall
-#   clock (what a submission gets; ~125 baseline steps) and a fixed 120 steps without a clock (what the teacher
+#   clock (what a submission gets; 81-96 baseline steps measured) and a fixed 120 steps without a clock (what the teacher
 #   signal does per step, free of this shared machine's throughput noise). Arms: baseline, top-32 bucket, the
 #   same from a cache whose windows advance by half their length (the teacher-context pair), top-32 renorm,
 #   sampled n16, hard top-1, n-gram order 3, EMA from 0.7, online full KD (all at T 2, alpha 0.5), and the
@@ -49,7 +49,7 @@
 #   student alone for 420 s at 3 seeds, at most what a non-record arm spends in all (the big teacher's 401 s of
 #   training, its cache's ~30 s, the arm's 20 s). golf.results pairs seeds and reports each arm's Δ at equal
 #   steps, equal wall clock and equal total compute with p-values and the minimum detectable effect. Validation
-#   only at the end. Measured in a fresh clone: see README, "Results".
+#   only at the end. Measured: 84m33s with the teacher built (README, "Results").
 # - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
 #   configuration trained for 10,000 steps without a wall clock (the study does not give its length). Both
 #   caches hold the top-32 of every train token (`--encoding packed`, 72 B/token: ~576 GB each for 8B tokens),

@@ -99,9 +99,9 @@ def _trained(run) -> tuple[float, float]:
 
 def _teacher_run(path: str) -> tuple[object, str | None]:
     """The finished run that trained checkpoint `path`, or (None, what is missing)."""
-    from golf.results import parse_run  # golf.results imports this module
+    from golf.results import parse_run, teacher_metrics_path  # golf.results imports this module
 
-    metrics = os.path.splitext(path)[0] + ".jsonl"
+    metrics = teacher_metrics_path(path)
     if not os.path.isfile(metrics):
         return None, f"teacher training time of {path}: no metrics file {metrics}"
     run = parse_run(metrics)

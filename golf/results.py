@@ -83,7 +83,7 @@ def paired_ttest(a: list[float], b: list[float]) -> dict:
 def verdict(test: dict) -> str:
     """A paired test in words: the mean difference with its 95% interval and p, or, where p >= ALPHA, that this
     power cannot tell it from zero and the smallest effect it could."""
-    if test["n"] < 2 or math.isnan(test["ci"]):
+    if math.isnan(test["ci"]):  # fewer than two pairs
         return "–"
     head = f"{test['mean']:+.4f} ± {test['ci']:.4f}"
     if test["p"] < ALPHA:
@@ -223,13 +223,18 @@ def load_study(root: str) -> list[RunRecord]:
     return [r for r in runs if r is not None and r.config]
 
 
+def teacher_metrics_path(checkpoint: str) -> str:
+    """The metrics file of the run that trained a teacher checkpoint: `<dir>/<name>.pt` -> `<dir>/<name>.jsonl`."""
+    return os.path.splitext(checkpoint)[0] + ".jsonl"
+
+
 def linked_teachers(root: str, runs: list[RunRecord]) -> list[RunRecord]:
-    """The teacher runs the arms name (TEACHER_PATH `<folder>/<name>.pt`) that live outside `root`, e.g. the demo's
-    teachers, which the study reuses."""
-    have = {os.path.abspath(r.folder) for r in runs}
-    folders = {os.path.abspath(os.path.dirname(r.config["teacher_path"])) for r in runs if r.config.get("teacher_path")}
-    found = [load_run(f) for f in sorted(folders - have)]
-    return [r for r in found if r is not None and r.config and r.is_teacher]
+    """The teacher runs the arms name (TEACHER_PATH) that live outside `root`, e.g. the demo's teachers, which the
+    study reuses."""
+    have = {os.path.abspath(r.jsonl_path) for r in runs}
+    paths = {os.path.abspath(teacher_metrics_path(r.config["teacher_path"])) for r in runs if r.config.get("teacher_path")}
+    found = [parse_run(p) for p in sorted(paths - have) if os.path.isfile(p)]
+    return [r for r in found if r.config and r.is_teacher]
 
 
 def _manifest(folder: str) -> dict:
@@ -420,8 +425,9 @@ def study_comparisons(runs: list[RunRecord], groups: list[list[RunRecord]]) -> l
     out = []
     for e in arms.values():
         ref = e.get("steps_group") or e.get("wall_group")
-        ps = [r.step_ms / b.step_ms for r in ref if (b := reference_baseline(r, runs)) is not None and r.train_end]
-        e["overhead_pct"] = 100 * (_mean(ps) - 1) if ps else None
+        pcts = [overhead_pct(r.step_ms, b.step_ms) for r in ref
+                if (b := reference_baseline(r, runs)) is not None and r.train_end]
+        e["overhead_pct"] = _mean(pcts) if pcts else None
         wall = e.get("wall_group")
         if wall is not None:
             costs = [run_cost(r) for r in wall]
