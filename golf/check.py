@@ -123,6 +123,21 @@ def _is_records_folder(path: str) -> bool:
         n.endswith(LOG_SUFFIXES) for n in names)
 
 
+def _subfolders(path: str) -> list[str]:
+    """Folders one and two levels down (records/ holds track_*/ which hold the records folders)."""
+    out = []
+    try:
+        for d in sorted(os.listdir(path)):
+            if os.path.isdir(os.path.join(path, d)):
+                out.append(d)
+                if not _is_records_folder(os.path.join(path, d)):
+                    out += [f"{d}/{e}" for e in sorted(os.listdir(os.path.join(path, d)))
+                            if os.path.isdir(os.path.join(path, d, e))]
+    except OSError:
+        pass
+    return out
+
+
 def read_folder(path: str) -> Folder:
     """Every file of the records folder that the checks read; GolfError when `path` is not one."""
     if not os.path.isdir(path):
@@ -130,8 +145,7 @@ def read_folder(path: str) -> Folder:
     if not os.access(path, os.R_OK | os.X_OK):
         raise GolfError(f"{path} cannot be read (permissions); give a folder you can read")
     if not _is_records_folder(path):
-        inner = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))
-                 and _is_records_folder(os.path.join(path, d))]
+        inner = [rel for rel in _subfolders(path) if _is_records_folder(os.path.join(path, rel))]
         if inner:
             raise GolfError(f"{path} holds {len(inner)} records folders ({', '.join(inner[:3])}"
                             f"{', ...' if len(inner) > 3 else ''}), not one; run the checker on each of them")
@@ -538,8 +552,8 @@ def check_time(f: Folder, runs: list[Run], track: str | None) -> Check:
     if not timed:
         return Check("time", "unknown", "no log states a training or evaluation time")
     evals = [e[0] for r in timed if (e := eval_seconds(r))]
-    head = (f"{len(timed)} log{'s' if len(timed) > 1 else ''}: training <= {longest:.3f} s" if longest is not None
-            else f"{len(timed)} logs") + (f", evaluation <= {max(evals):.1f} s" if evals else "")
+    head = f"{len(timed)} log{'s' if len(timed) > 1 else ''}" + (f": training <= {longest:.3f} s" if longest is not None
+                                                                 else "") + (f", evaluation <= {max(evals):.1f} s" if evals else "")
     return Check("time", _combine(statuses), "; ".join([head] + parts))
 
 
