@@ -41,6 +41,7 @@ class Scored:
     val_bpb: float
     line: int
     eval_seconds: float | None = None  # its eval_time, or that of its twin without `_exact`
+    ulp: float = 0.0  # one unit of the last digit the log wrote (1e-8 for an `_exact` line)
 
 
 @dataclass
@@ -78,6 +79,11 @@ class LogFacts:
         return self.seed.value if self.seed else self.name_seed
 
 
+def _decimals(number: str) -> int:
+    mantissa = number.lower().split("e")[0]
+    return len(mantissa.split(".")[1]) if "." in mantissa else 0
+
+
 def _seconds(m) -> float:
     return float(m["t"]) * _UNIT[m["u"]]
 
@@ -99,8 +105,10 @@ def parse_log(text: str, file: str) -> LogFacts:
                 secs = _seconds(t) if t else None
                 if secs is not None:
                     twins[label] = secs
+                digits = min(_decimals(m["loss"]), _decimals(m["bpb"]))
                 facts.scored.append(Scored(label, float(m["loss"]), float(m["bpb"]), i,
-                                           secs if secs is not None else twins.get(label.replace("_exact", ""))))
+                                           secs if secs is not None else twins.get(label.replace("_exact", "")),
+                                           10.0 ** -digits))
                 if facts.ttt_line is None and "ttt" in label.lower():
                     facts.ttt_line = i
             elif _PERIODIC.search(label) and (s := _STEP.match(line)):

@@ -14,7 +14,8 @@ The rules, as this checker applies them:
   labels; without such a match, the last `*_exact` label, else the last label. One label for the whole folder.
 - the seed of a log: its own `seed:` line, else the one in its file name. Logs that repeat a seed (reruns,
   copies) are shown and not counted: the counted one is the log whose value equals the json's per-seed figure,
-  else the first by file name. Values "agree" when they differ by at most one unit of the json's last digit.
+  else the first by file name. A log's value "agrees" with the json's when the json's is it rounded or cut at
+  the json's last digit.
 - size: train_gpt.py's bytes + the compressed model's (the logs' `Serialized model <codec>:` line, or an
   artifact file, *.ptz / final_model*) <= 16,000,000 for every counted run; where the file exceeds the cap
   only because the log counts its code compressed (`Code size (compressed)`), unknown. The json's byte
@@ -223,10 +224,14 @@ def _ulp(v) -> float:
     return 1.0
 
 
-def agrees(value: float, stated) -> bool:
-    """`value` equals the json's `stated` number to the json's precision (rounded or cut at its last digit)."""
+def agrees(value: float, stated, log_ulp: float = 0.0) -> bool:
+    """`value` (from logs that wrote it to `log_ulp`) is the json's `stated` number to the json's precision:
+    `stated` is `value` rounded or cut at its last digit (up to the logs' own rounding)."""
     s = _num(stated)
-    return s is not None and abs(value - s) <= _ulp(stated) + 1e-12
+    if s is None:
+        return False
+    unit, slack = _ulp(stated), 0.5 * log_ulp + 1e-12
+    return -0.5 * unit - slack <= value - s < unit + slack
 
 
 def json_line(f: Folder, key: str, after: int = 0) -> int:
@@ -294,7 +299,8 @@ def _runs_for(f: Folder, label: str, table: dict) -> list[Run]:
         by_seed.setdefault(key, []).append(r)
     for (kind, seed), group in by_seed.items():
         figure = table.get(seed, {}).get("val_bpb") if kind == "seed" else None
-        chosen = next((r for r in group if figure is not None and agrees(r.score.val_bpb, figure)), group[0])
+        chosen = next((r for r in group if figure is not None and agrees(r.score.val_bpb, figure, r.score.ulp)),
+                      group[0])
         chosen.counted = True
         for r in group:
             if r is not chosen:
@@ -330,13 +336,13 @@ def select_runs(f: Folder) -> tuple[str, list[Run]]:
         for label in labels:
             runs = _runs_for(f, label, table)
             matches[label] = sum(1 for r in _counted(runs) if r.seed in table
-                                 and agrees(r.score.val_bpb, table[r.seed].get("val_bpb")))
+                                 and agrees(r.score.val_bpb, table[r.seed].get("val_bpb"), r.score.ulp))
         best = max(labels, key=lambda lb: (matches[lb],) + rank(lb))
         if matches[best]:
             return best, _runs_for(f, best, table)
     if _num(headline) is not None:
         fits = [lb for lb in labels if (c := _counted(_runs_for(f, lb, table)))
-                and agrees(mean_std([r.score.val_bpb for r in c])[0], headline)]
+                and agrees(mean_std([r.score.val_bpb for r in c])[0], headline, max(r.score.ulp for r in c))]
         if fits:
             best = max(fits, key=rank)
             return best, _runs_for(f, best, table)
@@ -479,11 +485,11 @@ def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
         if _num(stated) is None:
             continue
         mean = mean_std([getattr(r.score, metric) for r in counted])[0]
-        ok = agrees(mean, stated)
+        ok = agrees(mean, stated, max(r.score.ulp for r in counted))
         statuses.append("pass" if ok else "fail")
         text = f"{_where(f, metric)} {metric} {stated} {'=' if ok else '!='} the mean of the counted runs {mean:.8f}"
         if not ok:
-            alone = [r for r in runs if r.score is not None and agrees(getattr(r.score, metric), stated)]
+            alone = [r for r in runs if r.score is not None and agrees(getattr(r.score, metric), stated, r.score.ulp)]
             if alone:
                 text += f" (it is {alone[0].log.file}:{alone[0].score.line}'s alone)"
         parts.append(text)
@@ -498,7 +504,7 @@ def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
             if run is None:
                 statuses.append("fail")
                 parts.append(f"{where} seed {seed}: no log of that seed states `{label}`")
-            elif not agrees(getattr(run.score, metric), row[metric]):
+            elif not agrees(getattr(run.score, metric), row[metric], run.score.ulp):
                 statuses.append("fail")
                 parts.append(f"{where} seed {seed} {metric} {row[metric]} != {run.log.file}:{run.score.line} "
                              f"{getattr(run.score, metric):.8f}")
