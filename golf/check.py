@@ -791,8 +791,8 @@ def check_significance(sig: dict, n_base: int, n_cand: int) -> Check:
     if sig["p"] is None:
         return Check("significance", "fail", f"{head}; {sig['why']}")
     ok = sig["p"] < P_MAX
-    needed = ("no number of seeds (mean improvement <= 0.005)" if sig["seeds_needed"] is None
-              else f"{sig['seeds_needed']} seeds per side for 80% power")
+    needed = ("no number of seeds would show it (mean improvement <= 0.005)" if sig["seeds_needed"] is None
+              else f"seeds needed: {sig['seeds_needed']} (80% power at p < {P_MAX} with the observed spread)")
     return Check("significance", "pass" if ok else "fail",
                  f"{head}, t {sig['t']:.3f}, p {sig['p']:.3g} ({'<' if ok else '>='} {P_MAX} for > "
                  f"{MIN_GAIN_NATS} nats); {needed}")
