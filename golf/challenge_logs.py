@@ -144,7 +144,8 @@ def parse_log(text: str, file: str) -> LogFacts:
 
 
 def decode_text(data: bytes) -> str | None:
-    """A file's text: UTF-8 (or UTF-16 with its BOM), else Latin-1; None for binary data (a NUL byte)."""
+    """A file's text: UTF-8 (its BOM dropped) or UTF-16 with its BOM, else Latin-1; None for binary data (a NUL
+    byte)."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16")
@@ -153,6 +154,6 @@ def decode_text(data: bytes) -> str | None:
     if b"\x00" in data:
         return None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return data.decode("latin-1")

@@ -8,16 +8,10 @@ The rules, as this checker applies them:
 - files: README.md; submission.json naming a name or author, a github_id and val_bpb; at least one training log
   (a text file (.log, .txt, .out, or anything under logs/) stating a seed, a score, a training time or a size);
   a train_gpt.py that compiles (compile(), nothing run).
-- the scored line of a log: among its final `<label> val_loss:x val_bpb:y` lines (a validation during training,
-  `step:N/M ...`, is not one), the label the json names: the one whose values equal the json's per-seed figures
-  (a top-level table keyed by seed), else the one whose mean equals the json's val_bpb, preferring `_exact`
-  labels; without such a match, the last `*_exact` label, else the last label. One label for the whole folder.
-- the seed of a log: its own `seed:` line, else the one in its file name. Logs that repeat a seed (reruns,
-  copies) are shown and not counted: the counted one is the log whose value equals the json's per-seed figure,
-  else the first by file name. A log's value "agrees" with the json's when the json's is it rounded or cut at
-  the json's last digit.
-- size: train_gpt.py's bytes + the compressed model's (the logs' `Serialized model <codec>:` line, or an
-  artifact file, *.ptz / final_model*) <= 16,000,000 for every counted run; where the file exceeds the cap
+- results: each log's seed and scored line (which line counts, and which log of a repeated seed: the rule in
+  golf/records_folder.py); the json's val_bpb (and val_loss, per-seed figures) agree with the counted runs.
+- size: train_gpt.py's bytes + the compressed model's (the logs' `Serialized model <codec>:` line, or a
+  compressed artifact file: *.ptz, *.zst, ...) <= 16,000,000 for every log; where the file exceeds the cap
   only because the log counts its code compressed (`Code size (compressed)`), unknown. The json's byte
   fields must equal the file's and the logs' numbers.
 - time (record track only; a non-record folder is judged on size): training <= 600 s per log (its
@@ -46,22 +40,18 @@ import math
 import os
 import re
 import zlib
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from decimal import Decimal
+from dataclasses import asdict, dataclass
 
-from golf.challenge_logs import LogFacts, Scored, decode_text, parse_log
 from golf.errors import GolfError
+from golf.records_folder import (Folder, Run, agrees, counted_runs, is_ours, json_line, json_number, json_where,
+                                 read_folder, seed_table, select_runs, track_name)
 from golf.results import POWER, SIZE_CAP, mean_std, paired_ttest
 
 TIME_CAP_S = 600.0
 MIN_GAIN_NATS = 0.005  # a new record beats the last by at least this much val_loss...
 P_MAX = 0.01  # ...shown at this one-sided p
 LEAK_SHARE = 0.05  # a val split copied into train shows ~100% of its spans; web text's own repeats, a few %
-MAX_FILE_BYTES = 64 << 20  # a larger file is not read (logs are well under 1 MB)
-MAX_FILES = 2000
 MAX_DATA_TOKENS = 20_000_000  # per split for --data: ~160 MB of span hashes; beyond it, a share of the first
-LOG_SUFFIXES = (".log", ".txt", ".out")
 TRACKS = {"record": "10min_16mb", "non-record": "non_record_16mb"}
 EXIT = {"pass": 0, "fail": 1, "unknown": 3}
 
@@ -72,281 +62,6 @@ class Check:
     status: str  # pass | fail | unknown
     evidence: str
 
-
-@dataclass
-class Run:
-    log: LogFacts
-    score: Scored | None
-    counted: bool = False
-    note: str = ""
-
-    @property
-    def seed(self) -> int | None:
-        return self.log.seed_value
-
-
-@dataclass
-class Folder:
-    path: str
-    texts: dict = field(default_factory=dict)  # relative path -> text
-    skipped: list = field(default_factory=list)  # "path (why)"
-    logs: list = field(default_factory=list)  # LogFacts, by file name
-    json: dict | None = None
-    json_text: str = ""
-    json_error: str = ""
-    script: str | None = None  # train_gpt.py's text
-    script_bytes: int | None = None
-    artifacts: dict = field(default_factory=dict)  # relative path -> bytes
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def _walk(root: str):
-    count = 0
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__"
-                         and os.path.relpath(os.path.join(folder, d), root).count(os.sep) < 3)
-        for name in sorted(files):
-            count += 1
-            if count > MAX_FILES:
-                return
-            yield os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-
-
-def _is_records_folder(path: str) -> bool:
-    try:
-        names = set(os.listdir(path))
-    except OSError:
-        return False
-    return bool(names & {"submission.json", "README.md", "train_gpt.py"}) or any(
-        n.endswith(LOG_SUFFIXES) for n in names)
-
-
-def _subfolders(path: str) -> list[str]:
-    """Folders one and two levels down (records/ holds track_*/ which hold the records folders)."""
-    out = []
-    try:
-        for d in sorted(os.listdir(path)):
-            if os.path.isdir(os.path.join(path, d)):
-                out.append(d)
-                if not _is_records_folder(os.path.join(path, d)):
-                    out += [f"{d}/{e}" for e in sorted(os.listdir(os.path.join(path, d)))
-                            if os.path.isdir(os.path.join(path, d, e))]
-    except OSError:
-        pass
-    return out
-
-
-def read_folder(path: str) -> Folder:
-    """Every file of the records folder that the checks read; GolfError when `path` is not one."""
-    if not os.path.isdir(path):
-        raise GolfError(f"{path} is not a folder; give the records folder (the one holding submission.json)")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise GolfError(f"{path} cannot be read (permissions); give a folder you can read")
-    if not _is_records_folder(path):
-        inner = [rel for rel in _subfolders(path) if _is_records_folder(os.path.join(path, rel))]
-        if inner:
-            raise GolfError(f"{path} holds {len(inner)} records folders ({', '.join(inner[:3])}"
-                            f"{', ...' if len(inner) > 3 else ''}), not one; run the checker on each of them")
-        raise GolfError(f"{path} has no submission.json, README.md, train_gpt.py or training log: not a records "
-                        "folder; give the folder of one submission")
-    f = Folder(path=path)
-    for rel in _walk(path):
-        full = os.path.join(path, rel)
-        try:
-            size = os.path.getsize(full)
-        except OSError as e:
-            f.skipped.append(f"{rel} (unreadable: {e.strerror})")
-            continue
-        base = rel.rsplit("/", 1)[-1]
-        if base.endswith(".ptz") or base.startswith("final_model"):
-            f.artifacts[rel] = size
-            continue
-        wanted = base in ("submission.json", "README.md", "train_gpt.py") or base.endswith(LOG_SUFFIXES) or \
-            rel.startswith("logs/")
-        if not wanted:
-            continue
-        if size > MAX_FILE_BYTES:
-            f.skipped.append(f"{rel} (over {MAX_FILE_BYTES >> 20} MiB, not read)")
-            continue
-        try:
-            with open(full, "rb") as fh:
-                data = fh.read()
-        except OSError as e:
-            f.skipped.append(f"{rel} (unreadable: {e.strerror})")
-            continue
-        if rel == "train_gpt.py":
-            f.script_bytes = len(data)
-        text = decode_text(data)
-        if text is None:
-            f.skipped.append(f"{rel} (binary)")
-            continue
-        f.texts[rel] = text
-    f.script = f.texts.get("train_gpt.py")
-    if "submission.json" in f.texts:
-        f.json_text = f.texts["submission.json"]
-        try:
-            obj = json.loads(f.json_text, parse_float=Decimal)
-        except ValueError as e:
-            f.json_error = f"submission.json:{getattr(e, 'lineno', '?')}: not valid JSON ({getattr(e, 'msg', e)})"
-        else:
-            if isinstance(obj, dict):
-                f.json = obj
-            else:
-                f.json_error = f"submission.json: a JSON {type(obj).__name__}, not an object"
-    for rel, text in f.texts.items():
-        base = rel.rsplit("/", 1)[-1].lower()
-        if (base.endswith(LOG_SUFFIXES) or rel.startswith("logs/")) and not base.startswith(("readme", "requirements")):
-            facts = parse_log(text, rel)
-            if facts.is_training_log:
-                f.logs.append(facts)
-    return f
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The json's numbers
-
-
-def _num(v) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
-        return None
-    x = float(v)
-    return x if math.isfinite(x) else None
-
-
-def _ulp(v) -> float:
-    """One unit of the last digit the json wrote (1 for an integer)."""
-    if isinstance(v, Decimal):
-        exp = v.as_tuple().exponent
-        return 10.0 ** exp if isinstance(exp, int) and exp < 0 else 1.0
-    return 1.0
-
-
-def agrees(value: float, stated, log_ulp: float = 0.0) -> bool:
-    """`value` (from logs that wrote it to `log_ulp`) is the json's `stated` number to the json's precision:
-    `stated` is `value` rounded or cut at its last digit (up to the logs' own rounding)."""
-    s = _num(stated)
-    if s is None:
-        return False
-    unit, slack = _ulp(stated), 0.5 * log_ulp + 1e-12
-    return -0.5 * unit - slack <= value - s < unit + slack
-
-
-def json_line(f: Folder, key: str, after: int = 0) -> int:
-    """The line of the json where `"key"` first appears (after line `after`); 0 if nowhere."""
-    for i, line in enumerate(f.json_text.splitlines(), 1):
-        if i > after and f'"{key}"' in line:
-            return i
-    return 0
-
-
-def _where(f: Folder, key: str, after: int = 0) -> str:
-    n = json_line(f, key, after)
-    return f"submission.json:{n}" if n else "submission.json"
-
-
-def seed_table(obj: dict | None) -> tuple[str, dict]:
-    """The json's own per-seed figures: a top-level value keyed by seed ({"42": {...}}) or a list of objects
-    with a "seed" each; (key, {seed: figures}) or ("", {})."""
-    for key, v in (obj or {}).items():
-        rows = {}
-        if isinstance(v, dict) and v and all(re.fullmatch(r"\d+", str(k)) for k in v):
-            rows = {int(k): x for k, x in v.items() if isinstance(x, dict)}
-        elif isinstance(v, list) and v and all(isinstance(x, dict) and _num(x.get("seed")) is not None for x in v):
-            rows = {int(x["seed"]): x for x in v}
-        if rows and any("val_bpb" in x or "val_loss" in x for x in rows.values()):
-            return key, rows
-    return "", {}
-
-
-def track_name(value) -> str | None:
-    """"record" / "non-record" from the json's track (10min_16mb, non_record_16mb, non-record-16mb, ...) or a
-    folder name (track_10min_16mb, track_non_record_16mb); None when it says neither."""
-    s = str(value or "").lower().replace("-", "_")
-    if "non_record" in s or "nonrecord" in s or "unlimited" in s:
-        return "non-record"
-    if "10min" in s or s == "record":
-        return "record"
-    return None
-
-
-def is_ours(f: Folder) -> bool:
-    """A dump of this repository's quantize.py --submission (its json names the arm and what it trained from)."""
-    return bool(f.json) and "arm" in f.json and "trained_from" in f.json
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Which log and line count
-
-
-def _last(log: LogFacts, label: str) -> Scored | None:
-    return next((s for s in reversed(log.scored) if s.label == label), None)
-
-
-def _runs_for(f: Folder, label: str, table: dict) -> list[Run]:
-    runs = [Run(log, _last(log, label)) for log in f.logs]
-    by_seed: dict = {}
-    for r in runs:
-        if r.score is None:
-            r.note = f"no `{label}` line"
-            continue
-        if r.seed is None:
-            key = ("file", r.log.sha256)  # no seed: one run per distinct content
-        else:
-            key = ("seed", r.seed)
-        by_seed.setdefault(key, []).append(r)
-    for (kind, seed), group in by_seed.items():
-        figure = table.get(seed, {}).get("val_bpb") if kind == "seed" else None
-        chosen = next((r for r in group if figure is not None and agrees(r.score.val_bpb, figure, r.score.ulp)),
-                      group[0])
-        chosen.counted = True
-        for r in group:
-            if r is not chosen:
-                what = f"seed {seed}" if kind == "seed" else "its content"
-                r.note = f"repeats {what} of {chosen.log.file}: shown, not counted"
-    for r in runs:
-        if r.log.seed and r.log.name_seed is not None and r.log.name_seed != r.log.seed.value:
-            r.note = (r.note + "; " if r.note else "") + (f"its name says seed {r.log.name_seed}, its line "
-                                                           f"{r.log.seed.line} says {r.log.seed.value}")
-    return runs
-
-
-def _counted(runs: list[Run]) -> list[Run]:
-    return [r for r in runs if r.counted]
-
-
-def select_runs(f: Folder) -> tuple[str, list[Run]]:
-    """(the scored label, one Run per log) by the rule in the module docstring."""
-    labels = list(dict.fromkeys(s.label for log in f.logs for s in log.scored))
-    if not labels:
-        return "", [Run(log, None, note="no final val_loss/val_bpb line") for log in f.logs]
-    ends = [next((s.label for s in reversed(log.scored) if "_exact" in s.label), log.scored[-1].label)
-            for log in f.logs if log.scored]
-    default = Counter(ends).most_common(1)[0][0]
-    _, table = seed_table(f.json)
-    headline = (f.json or {}).get("val_bpb")
-
-    def rank(label):  # among matching labels: _exact first, then the default
-        return ("_exact" in label, label == default)
-
-    if table:
-        matches = {}
-        for label in labels:
-            runs = _runs_for(f, label, table)
-            matches[label] = sum(1 for r in _counted(runs) if r.seed in table
-                                 and agrees(r.score.val_bpb, table[r.seed].get("val_bpb"), r.score.ulp))
-        best = max(labels, key=lambda lb: (matches[lb],) + rank(lb))
-        if matches[best]:
-            return best, _runs_for(f, best, table)
-    if _num(headline) is not None:
-        fits = [lb for lb in labels if (c := _counted(_runs_for(f, lb, table)))
-                and agrees(mean_std([r.score.val_bpb for r in c])[0], headline, max(r.score.ulp for r in c))]
-        if fits:
-            best = max(fits, key=rank)
-            return best, _runs_for(f, best, table)
-    return default, _runs_for(f, default, table)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -368,13 +83,13 @@ def check_files(f: Folder) -> Check:
     else:
         j = f.json
         missing = [k for k, ok in (("name or author", j.get("name") or j.get("author")),
-                                   ("github_id", j.get("github_id")), ("val_bpb", _num(j.get("val_bpb")) is not None))
+                                   ("github_id", j.get("github_id")), ("val_bpb", json_number(j.get("val_bpb")) is not None))
                    if not ok]
         if missing:
             problems.append(f"submission.json lacks {', '.join(missing)}")
         else:
             found.append(f"submission.json ({'name' if j.get('name') else 'author'}, github_id "
-                         f"{_where(f, 'github_id')}, val_bpb {_where(f, 'val_bpb')})")
+                         f"{json_where(f, 'github_id')}, val_bpb {json_where(f, 'val_bpb')})")
     if f.logs:
         found.append(f"{len(f.logs)} training log{'s' if len(f.logs) > 1 else ''}")
     else:
@@ -396,7 +111,7 @@ def check_files(f: Folder) -> Check:
 def check_size(f: Folder, runs: list[Run]) -> Check:
     statuses, parts = [], []
     code = f.script_bytes
-    counted = _counted(runs)
+    counted = counted_runs(runs)
     totals = []  # (bytes by the file, where, the log): every log, a repeat may be the run submitted
     for lg in f.logs:
         if code is not None and lg.model_bytes:
@@ -437,7 +152,7 @@ def check_size(f: Folder, runs: list[Run]) -> Check:
     recounted = {t for t, _, _ in totals}
     models = {lg.model_bytes.value for lg in f.logs if lg.model_bytes} | set(f.artifacts.values())
     for key, v in j.items():
-        n = _num(v)
+        n = json_number(v)
         if n is None or not key.startswith("bytes"):
             continue
         if key == "bytes_code":
@@ -450,26 +165,26 @@ def check_size(f: Folder, runs: list[Run]) -> Check:
             continue
         statuses.append("pass" if ok else "fail")
         if not ok:
-            parts.append(f"{_where(f, key)} {key} {int(n):,} matches none of {against}")
+            parts.append(f"{json_where(f, key)} {key} {int(n):,} matches none of {against}")
     key, table = seed_table(f.json)
     start = json_line(f, key) if key else 0
     for seed, row in table.items():
         run = next((r for r in counted if r.seed == seed), None)
         for name in ("bytes_total", "artifact_bytes", "bytes_model"):
-            n = _num(row.get(name))
+            n = json_number(row.get(name))
             if n is None or run is None:
                 continue
             log_value = run.log.model_bytes if name == "bytes_model" else run.log.total_bytes
             if log_value is not None and n != log_value.value:
                 statuses.append("fail")
-                parts.append(f"{_where(f, name, json_line(f, str(seed), start))} seed {seed} {name} {int(n):,} != "
+                parts.append(f"{json_where(f, name, json_line(f, str(seed), start))} seed {seed} {name} {int(n):,} != "
                              f"{run.log.file}:{log_value.line} {log_value.value:,}")
     status = _combine(statuses)
     return Check("size", status, "; ".join(parts))
 
 
 def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
-    counted = _counted(runs)
+    counted = counted_runs(runs)
     if not counted:
         return Check("results", "unknown", "no log states a final `<label> val_loss:x val_bpb:y` line")
     seeds = [r.seed for r in counted]
@@ -482,12 +197,12 @@ def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
     j = f.json or {}
     for metric in ("val_bpb", "val_loss"):
         stated = j.get(metric)
-        if _num(stated) is None:
+        if json_number(stated) is None:
             continue
         mean = mean_std([getattr(r.score, metric) for r in counted])[0]
         ok = agrees(mean, stated, max(r.score.ulp for r in counted))
         statuses.append("pass" if ok else "fail")
-        text = f"{_where(f, metric)} {metric} {stated} {'=' if ok else '!='} the mean of the counted runs {mean:.8f}"
+        text = f"{json_where(f, metric)} {metric} {stated} {'=' if ok else '!='} the mean of the counted runs {mean:.8f}"
         if not ok:
             alone = [r for r in runs if r.score is not None and agrees(getattr(r.score, metric), stated, r.score.ulp)]
             if alone:
@@ -498,9 +213,9 @@ def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
     for seed, row in table.items():
         run = next((r for r in counted if r.seed == seed), None)
         for metric in ("val_bpb", "val_loss"):
-            if _num(row.get(metric)) is None:
+            if json_number(row.get(metric)) is None:
                 continue
-            where = _where(f, metric, json_line(f, str(seed), start))
+            where = json_where(f, metric, json_line(f, str(seed), start))
             if run is None:
                 statuses.append("fail")
                 parts.append(f"{where} seed {seed}: no log of that seed states `{label}`")
@@ -509,7 +224,7 @@ def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
                 parts.append(f"{where} seed {seed} {metric} {row[metric]} != {run.log.file}:{run.score.line} "
                              f"{getattr(run.score, metric):.8f}")
     if table and "fail" not in statuses:
-        parts.append(f"the per-seed figures ({_where(f, key)}) agree with the logs")
+        parts.append(f"the per-seed figures ({json_where(f, key)}) agree with the logs")
     if not statuses:
         statuses.append("unknown")
         parts.append("submission.json states no val_bpb to compare")
@@ -676,10 +391,10 @@ def our_track(f: Folder) -> tuple[str, list[str]]:
     j, why = f.json, []
     made = j.get("trained_from") if isinstance(j.get("trained_from"), dict) else {}
     if made.get("teacher_inside_budget") is False:
-        why.append(f"teacher {made.get('teacher')} made before the run ({_where(f, 'teacher_inside_budget')})")
+        why.append(f"teacher {made.get('teacher')} made before the run ({json_where(f, 'teacher_inside_budget')})")
     for key in ("logit_cache", "teacher_checkpoint"):
         if made.get(key):
-            why.append(f"{key} {made[key]} ({_where(f, key)})")
+            why.append(f"{key} {made[key]} ({json_where(f, key)})")
     settings = dict(_SETTING.findall(f.script or ""))
     for key in ("LOGIT_CACHE", "TEACHER_PATH"):
         if settings.get(key):
@@ -701,7 +416,7 @@ def folder_track(f: Folder) -> str | None:
 def check_track(f: Folder) -> tuple[Check, str | None]:
     """The track check and the track the other checks judge by."""
     stated_raw = (f.json or {}).get("track")
-    stated, where = track_name(stated_raw), _where(f, "track")
+    stated, where = track_name(stated_raw), json_where(f, "track")
     if is_ours(f):
         derived, why = our_track(f)
         basis = "; ".join(why) if why else "everything it trained from was made inside its timed run"
@@ -799,7 +514,7 @@ def check_significance(sig: dict, n_base: int, n_cand: int) -> Check:
 
 
 def _losses(runs: list[Run]) -> dict:
-    return {(r.seed if r.seed is not None else f"#{i}"): r.score.val_loss for i, r in enumerate(_counted(runs))}
+    return {(r.seed if r.seed is not None else f"#{i}"): r.score.val_loss for i, r in enumerate(counted_runs(runs))}
 
 
 def parse_values(text: str) -> dict:
@@ -841,7 +556,18 @@ def judge(path: str, against: str | None = None, against_values: str | None = No
     verdict = _combine(c.status for c in checks)
     report.update(verdict=verdict, exit_code=EXIT[verdict], checks=[asdict(c) for c in checks],
                   runs=[_run_row(r, f) for r in runs])
-    return report
+    return _finite(report)
+
+
+def _finite(x):
+    """nan and ±inf (a t of a spread of zero) as null, so that --json is strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _run_row(r: Run, f: Folder) -> dict:
