@@ -13,7 +13,8 @@ import os
 from dataclasses import fields
 
 from golf.checkpoint import load_checkpoint
-from golf.config import Config, config_from_cli
+from golf.choices import config_from_cli
+from golf.config import Config
 from golf.dist import cleanup
 from golf.errors import GolfError, cli_main
 from golf.export import finish_student
