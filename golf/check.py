@@ -45,7 +45,8 @@ from dataclasses import asdict, dataclass
 from golf.errors import GolfError
 from golf.records_folder import (Folder, Run, agrees, counted_runs, is_ours, json_line, json_number, json_where,
                                  read_folder, seed_table, select_runs, track_name)
-from golf.results import POWER, SIZE_CAP, mean_std, paired_ttest
+from golf.runs import SIZE_CAP
+from golf.stats import POWER, mean_std, paired_ttest
 
 TIME_CAP_S = 600.0
 MIN_GAIN_NATS = 0.005  # a new record beats the last by at least this much val_loss...

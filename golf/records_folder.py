@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from golf.challenge_logs import LogFacts, Scored, decode_text, parse_log
 from golf.errors import GolfError
-from golf.results import mean_std
+from golf.stats import mean_std
 
 MAX_FILE_BYTES = 64 << 20  # a larger file is not read (logs are well under 1 MB)
 MAX_FILES = 2000
