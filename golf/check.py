@@ -542,7 +542,8 @@ def judge(path: str, against: str | None = None, against_values: str | None = No
     track_check, track = check_track(f)
     checks = [check_files(f), check_size(f, runs), check_results(f, label, runs), check_time(f, runs, track),
               check_leakage(f, data_path), track_check]
-    report = {"folder": path, "track": TRACKS.get(track), "scored_label": label}
+    report = {"folder": path, "track": TRACKS.get(track), "scored_label": label,
+              "arm": f.json.get("arm") if is_ours(f) else None}
     if against or against_values:
         base = parse_values(against_values) if against_values else _losses(select_runs(read_folder(against))[1])
         cand = _losses(runs)
@@ -558,6 +559,19 @@ def judge(path: str, against: str | None = None, against_values: str | None = No
     report.update(verdict=verdict, exit_code=EXIT[verdict], checks=[asdict(c) for c in checks],
                   runs=[_run_row(r, f) for r in runs])
     return _finite(report)
+
+
+def dump_verdicts(root: str) -> dict:
+    """{arm: verdict} of the records folders directly under the study folder `root` that dump one of its arms
+    (run.sh's runs/<preset>/submission): RESULTS.md's check column."""
+    out = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        if os.path.isfile(os.path.join(folder, "submission.json")):
+            report = judge(folder)
+            if report["arm"]:
+                out[report["arm"]] = report["verdict"]
+    return out
 
 
 def _finite(x):

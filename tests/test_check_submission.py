@@ -466,3 +466,26 @@ def test_our_dump_passes_the_checker(tiny_dataset, tmp_path):
     assert info["track"] == "10min_16mb" and info["trained_from"]["teacher"] is None
     run = report["runs"][0]
     assert run["val_bpb"] == round(info["val_bpb"], 8) and run["val_loss"] == round(info["val_loss"], 8)  # as logged
+
+
+def test_results_md_check_column(tmp_path):
+    """RESULTS.md's check column: the verdict on the records folder dumped from an arm of the study folder."""
+    import shutil
+
+    from golf.results import write_results
+    from test_results import write_run
+
+    root = tmp_path / "demo"
+    write_run(str(root), "baseline", sliding=1.50)
+    write_run(str(root), "baseline-long", wall=105.0, steps=400, train_ms=40_000.0, sliding=1.30)
+    shutil.move(make_folder(tmp_path, submission=good_json(track="10min_16mb", **_ours()) | {"arm": "baseline"}),
+                root / "submission")
+    write_results(str(root))
+    md = (root / "RESULTS.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| arm |"))
+    assert header.endswith("| cap | check |")
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| baseline")}
+    assert rows["baseline"].endswith("| ok | pass |") and rows["baseline-long"].endswith("| ok | – |")
+    (root / "submission" / "README.md").unlink()  # now the files check fails
+    write_results(str(root))
+    assert "| ok | fail |" in (root / "RESULTS.md").read_text()
