@@ -64,7 +64,6 @@ class Check:
     evidence: str
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # The checks
 
@@ -76,7 +75,10 @@ def _combine(statuses) -> str:
 
 def check_files(f: Folder) -> Check:
     problems, found = [], []
-    (found if "README.md" in f.texts else problems).append("README.md" if "README.md" in f.texts else "no README.md")
+    if "README.md" in f.texts:
+        found.append("README.md")
+    else:
+        problems.append("no README.md")
     if f.json_error:
         problems.append(f.json_error)
     elif f.json is None:
@@ -84,8 +86,8 @@ def check_files(f: Folder) -> Check:
     else:
         j = f.json
         missing = [k for k, ok in (("name or author", j.get("name") or j.get("author")),
-                                   ("github_id", j.get("github_id")), ("val_bpb", json_number(j.get("val_bpb")) is not None))
-                   if not ok]
+                                   ("github_id", j.get("github_id")),
+                                   ("val_bpb", json_number(j.get("val_bpb")) is not None)) if not ok]
         if missing:
             problems.append(f"submission.json lacks {', '.join(missing)}")
         else:
@@ -105,7 +107,8 @@ def check_files(f: Folder) -> Check:
             problems.append(f"train_gpt.py:{getattr(e, 'lineno', '?')} does not compile ({getattr(e, 'msg', e)})")
     skipped = f"; skipped: {', '.join(f.skipped)}" if f.skipped else ""
     if problems:
-        return Check("files", "fail", "; ".join(problems) + (f" (found: {', '.join(found)})" if found else "") + skipped)
+        also = f" (found: {', '.join(found)})" if found else ""
+        return Check("files", "fail", "; ".join(problems) + also + skipped)
     return Check("files", "pass", ", ".join(found) + skipped)
 
 
@@ -157,7 +160,7 @@ def check_size(f: Folder, runs: list[Run]) -> Check:
         if n is None or not key.startswith("bytes"):
             continue
         if key == "bytes_code":
-            ok, against = code is not None and n == code, f"train_gpt.py {code}"
+            ok, against = code is not None and n == code, f"train_gpt.py's {code} bytes"
         elif key == "bytes_total":
             ok, against = n in logged_totals | recounted, "the logs' totals / code + model"
         elif key.startswith("bytes_model"):
@@ -203,7 +206,8 @@ def check_results(f: Folder, label: str, runs: list[Run]) -> Check:
         mean = mean_std([getattr(r.score, metric) for r in counted])[0]
         ok = agrees(mean, stated, max(r.score.ulp for r in counted))
         statuses.append("pass" if ok else "fail")
-        text = f"{json_where(f, metric)} {metric} {stated} {'=' if ok else '!='} the mean of the counted runs {mean:.8f}"
+        text = (f"{json_where(f, metric)} {metric} {stated} {'=' if ok else '!='} the mean of the counted runs "
+                f"{mean:.8f}")
         if not ok:
             alone = [r for r in runs if r.score is not None and agrees(getattr(r.score, metric), stated, r.score.ulp)]
             if alone:
@@ -274,8 +278,11 @@ def check_time(f: Folder, runs: list[Run], track: str | None) -> Check:
     if not timed:
         return Check("time", "unknown", "no log states a training or evaluation time")
     evals = [e[0] for r in timed if (e := eval_seconds(r))]
-    head = f"{len(timed)} log{'s' if len(timed) > 1 else ''}" + (f": training <= {longest:.3f} s" if longest is not None
-                                                                 else "") + (f", evaluation <= {max(evals):.1f} s" if evals else "")
+    head = f"{len(timed)} log{'s' if len(timed) > 1 else ''}"
+    if longest is not None:
+        head += f": training <= {longest:.3f} s"
+    if evals:
+        head += f", evaluation <= {max(evals):.1f} s"
     return Check("time", _combine(statuses), "; ".join([head] + parts))
 
 
@@ -434,7 +441,8 @@ def check_track(f: Folder) -> tuple[Check, str | None]:
                      f"track_{TRACKS[parent]}"), stated
     if stated or parent:
         said = f"{where} track {stated_raw}" if stated else "no track in submission.json"
-        return Check("track", "pass", f"{said}; folder {'in track_' + TRACKS[parent] if parent else 'outside records/'}: "
+        place = f"in track_{TRACKS[parent]}" if parent else "outside records/"
+        return Check("track", "pass", f"{said}; folder {place}: "
                      f"{stated or parent}"), stated or parent
     return Check("track", "unknown", "neither submission.json nor the folder's place says the track "
                  "(judged as a record)"), None

@@ -210,7 +210,8 @@ def seed_table(obj: dict | None) -> tuple[str, dict]:
         rows = {}
         if isinstance(v, dict) and v and all(re.fullmatch(r"\d+", str(k)) for k in v):
             rows = {int(k): x for k, x in v.items() if isinstance(x, dict)}
-        elif isinstance(v, list) and v and all(isinstance(x, dict) and json_number(x.get("seed")) is not None for x in v):
+        elif isinstance(v, list) and v and all(isinstance(x, dict) and json_number(x.get("seed")) is not None
+                                               for x in v):
             rows = {int(x["seed"]): x for x in v}
         if rows and any("val_bpb" in x or "val_loss" in x for x in rows.values()):
             return key, rows
