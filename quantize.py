@@ -9,12 +9,15 @@ The code bytes counted are those of the generated single-file train_gpt.py for t
 golf/bundle.py). The artifact is checked to load back to exactly the dequantized weights before the command
 reports success. `--submission DIR` writes README.md, submission.json, the arm's train logs (all its seeds),
 the artifact and that single file into DIR (see golf/submission.py); run it where the training run started.
+It then checks DIR by the challenge's rules (check_submission.py, golf/check.py) and prints the report; the
+exit status is that of the dump, which a failed check does not undo (check_submission.py DIR says it again).
 """
 import argparse
 import os
 
 import torch
 
+from golf.check import format_report, judge
 from golf.checkpoint import load_checkpoint
 from golf.config import Config
 from golf.errors import GolfError, cli_main
@@ -61,6 +64,7 @@ def main(argv=None):
         info = write_submission(args.checkpoint, args.submission, name=args.name, author=args.author,
                                 github=args.github, blurb=args.blurb)
         _verify(load_checkpoint(args.checkpoint), os.path.join(args.submission, ARTIFACT_NAME))
+        print(format_report(judge(args.submission)), flush=True)
         return info
     ckpt = load_checkpoint(args.checkpoint)
     out = args.out or artifact_path_for(args.checkpoint)

@@ -18,7 +18,10 @@
 # a cache from its last complete shard). A failed step is reported, the others go on, and the exit status is
 # 1 if anything failed. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
 # the plots; the best arm (lowest int6 sliding val_bpb at the main budget, under the cap) is dumped with
-# `quantize.py --submission` into runs/<preset>/submission/.
+# `quantize.py --submission` into runs/<preset>/submission/, which `check_submission.py` then judges by the
+# challenge's rules (a failed check fails the step; RESULTS.md's check column shows the verdict). The challenge
+# wants the author's name and GitHub id in submission.json: `AUTHOR="Ada L" GITHUB_ID=ada ./run.sh demo`
+# (without GITHUB_ID the check fails on it).
 #
 # Choices (the study leaves them open):
 # - The "best distillation arm" that gets the extended run and the extra seeds is fixed up front: cached soft
@@ -307,8 +310,9 @@ score_cmd() {  # ngramORDER: the n-gram teacher's model alone on val, counted as
 }
 results_cmd() { echo "${S:+PYTHONPATH=$REPO }$PY -m golf.results $R"; }
 dump_cmd() {  # best arm
-  echo "rm -rf $R/submission && $PY ${S}quantize.py $R/$1/$1.pt --submission $R/submission"
+  echo "rm -rf $R/submission && $PY ${S}quantize.py $R/$1/$1.pt --submission $R/submission${AUTHOR:+ --author $(printf %q "$AUTHOR")}${GITHUB_ID:+ --github $(printf %q "$GITHUB_ID")}"
 }
+check_cmd() { echo "$PY ${S}check_submission.py $R/submission"; }
 
 if [ ${#SELECTED[@]} -eq 0 ]; then
   SELECTED=("${ARMS[@]}")
@@ -371,6 +375,9 @@ if [ "$ACTION" = dry ]; then
   results_cmd
   echo "# submission folder of the best arm (chosen by: $PY -m golf.results --best $R)"
   dump_cmd "<best>"
+  check_cmd
+  echo "# results again (RESULTS.md's check column)"
+  results_cmd
   exit 0
 fi
 
@@ -446,7 +453,10 @@ done
 
 if run_cmd results "" "$(results_cmd)"; then
   if best="$("$PY" -m golf.results --best "$R")"; then
-    run_cmd submission "" "$(dump_cmd "$best")"
+    if run_cmd submission "" "$(dump_cmd "$best")"; then
+      run_cmd check "" "$(check_cmd)"
+      bash -c "$(results_cmd)" > /dev/null  # RESULTS.md again: its check column shows the verdict
+    fi
   else
     echo "=== submission: no finished under-cap arm to dump"
   fi

@@ -13,6 +13,7 @@ import os
 import sys
 
 from golf.atomic import atomic_write_text
+from golf.check import dump_verdicts
 from golf.errors import GolfError, cli_main
 from golf.plots import write_plots
 from golf.runs import is_done, linked_teachers, load_scores, load_study
@@ -26,6 +27,9 @@ def write_results(root: str) -> dict:
     if not runs:
         raise GolfError(f"{root} holds no runs (no <name>/<name>.jsonl); run ./run.sh first")
     rows = arm_rows(runs)
+    verdicts = dump_verdicts(root)
+    for w in rows:
+        w["check"] = verdicts.get(w["arm"])
     groups = seed_groups(runs)
     study = study_comparisons(runs, groups) if groups else []
     plots = write_plots(root, runs, rows, study)

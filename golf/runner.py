@@ -90,7 +90,8 @@ def open_log(run: Run, script: str, append: bool = False) -> Logger:
     for line in cfg.lines():
         log(f"config:{line}", console=False)
     log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={cfg.tokenizer_path}")
-    log(f"train_loader:dataset:{os.path.basename(os.path.normpath(cfg.data_path))} train_shards:{len(run.train_files)}")
+    log(f"train_loader:dataset:{os.path.basename(os.path.normpath(cfg.data_path))} train_shards:{len(run.train_files)} "
+        f"pattern={os.path.join(cfg.data_path, '*_train_*.bin')}")  # what check_submission.py's leakage check reads
     log(f"val_loader:shards pattern={os.path.join(cfg.data_path, '*_val_*.bin')} tokens:{len(run.val_tokens) - 1}")
     with torch.device("meta"):
         log(f"model_params:{GPT(cfg).num_params()}")

@@ -16,6 +16,7 @@ import shutil
 from golf.atomic import atomic_write_text
 from golf.bundle import ROOT, arm_settings, single_file_source
 from golf.cache import cache_manifest_field
+from golf.check import TRACKS
 from golf.checkpoint import checkpoint_sha256, load_checkpoint
 from golf.config import Config
 from golf.errors import GolfError
@@ -85,6 +86,17 @@ def teacher_cost(cfg: Config) -> dict:
     return cost
 
 
+def trained_from(run: RunRecord, cfg: Config) -> dict:
+    """What the arm trained from besides the train shards, for the checker's track rule (golf/check.py): its
+    teacher, whether the teacher was made inside the timed run, the logit cache and teacher checkpoint it read."""
+    if run.is_baseline:
+        return {"teacher": None, "teacher_inside_budget": None, "logit_cache": None, "teacher_checkpoint": None}
+    cache = cfg.logit_cache if cfg.distill_teacher == "cache" and cfg.logit_cache else None
+    return {"teacher": cfg.distill_teacher, "teacher_inside_budget": run.track == "record",
+            "logit_cache": os.path.basename(os.path.normpath(cache)) if cache else None,
+            "teacher_checkpoint": os.path.basename(cfg.teacher_path) if cfg.teacher_path else None}
+
+
 def _same_bytes(a: str, b: str) -> bool:
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
@@ -148,7 +160,7 @@ def _readme(info: dict, run: RunRecord, seeds: list[RunRecord], settings: dict, 
 
 
 def _track_text(info: dict) -> str:
-    if info["track"] == "record":
+    if info["track"] == TRACKS["record"]:
         return ("Record track: everything it trains from is made inside the timed budget (its teacher, if any, is "
                 "built by `train_gpt.py` itself from the train shards and counted in `training_seconds`); the "
                 "folder needs nothing but the data.")
@@ -207,7 +219,8 @@ def write_submission(checkpoint_path: str, out_dir: str, *, name: str = "", auth
         "artifact_verified": scored is not None,
         "hardware": hardware(run),
         "training_seconds": round(run.train_end["train_ms"] / 1000, 1),
-        "track": run.track,
+        "track": TRACKS[run.track],  # the challenge's name; what decides it is in trained_from
+        "trained_from": trained_from(run, cfg),
     }
     if run.track == "non-record":
         info["teacher"] = teacher_cost(cfg)

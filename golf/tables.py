@@ -67,6 +67,7 @@ ARM_COLUMNS = (
     ("Δ sliding", lambda w: _f(w["delta_sliding_val_bpb"], "+.4f")),
     ("bytes", lambda w: _f(w["total_bytes"], ",")),
     ("cap", lambda w: "–" if w["over_cap"] is None else ("OVER" if w["over_cap"] else "ok")),
+    ("check", lambda w: w.get("check") or "–"),
 )
 
 
@@ -83,7 +84,9 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
            "overhead: step time against that baseline. Cache B/token: the logit cache's bytes on disk per cached "
            "position. Teacher cost: whether everything the arm trained from was made "
            "inside its timed budget (record track), or its teacher was trained or cached before it (non-record). "
-           f"Bytes: int6 model + single-file code; cap {SIZE_CAP:,}.", "", "## Arms", ""]
+           f"Bytes: int6 model + single-file code; cap {SIZE_CAP:,}. Check: check_submission.py's verdict on the "
+           "records folder dumped from the arm in this folder (run.sh's submission/), – where none.", "",
+           "## Arms", ""]
     out.append(_md_table([header for header, _ in ARM_COLUMNS], [[cell(w) for _, cell in ARM_COLUMNS] for w in rows]))
     teachers = [r for r in runs if r.is_teacher]
     if teachers or scores:

@@ -85,7 +85,7 @@ def test_submission_folder(dumped, tiny_dataset):
     assert (sub / "train_seed42.log").read_text() == (cwd / "study" / "arm-s42" / "arm-s42.txt").read_text()
     readme = (sub / "README.md").read_text()
     assert "SEED=42 python train_gpt.py" in readme and f"{info['bytes_total']:,}" in readme
-    assert info["track"] == "record" and "teacher" not in info and "Record track" in readme
+    assert info["track"] == "10min_16mb" and "teacher" not in info and "Record track" in readme
     # What a training run of this arm logs as its code size (export_artifact with the run's config) is this
     # file's size.
     cfg = Config.from_dict(json.loads(json.dumps(events[0]["config"])))
@@ -125,12 +125,12 @@ def test_teacher_cost_of_a_non_record_arm(tmp_path):
     cfg = Config(distill_teacher="cache", logit_cache=str(cache), teacher_path=teacher)
     cost = teacher_cost(cfg)
     assert cost == {"teacher_sha256": checkpoint_sha256(teacher), "training_seconds": 172.3, "caching_seconds": 61.0}
-    text = _track_text({"track": "non-record", "teacher": cost})
+    text = _track_text({"track": "non_record_16mb", "teacher": cost})
     assert "Non-record track" in text and "teacher training 172 s" in text and "logit caching 61 s" in text
     del manifest["build_seconds"]
     (cache / "manifest.json").write_text(json.dumps(manifest))
     assert teacher_cost(cfg)["caching_seconds"] is None
-    assert "logit caching not recorded" in _track_text({"track": "non-record", "teacher": teacher_cost(cfg)})
+    assert "logit caching not recorded" in _track_text({"track": "non_record_16mb", "teacher": teacher_cost(cfg)})
     online = teacher_cost(Config(distill_teacher="online", teacher_path=teacher))
     assert online["training_seconds"] == 172.3 and online["caching_seconds"] is None
 
@@ -158,7 +158,7 @@ def test_in_budget_arm_dump_reproduces_its_run_alone(teacher, tiny_dataset, tmp_
     out = run_script(["quantize.py", "study/arm/arm.pt", "--submission", "sub"], {}, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads((tmp_path / "sub" / "submission.json").read_text())
-    assert info["track"] == "record" and "teacher" not in info
+    assert info["track"] == "10min_16mb" and "teacher" not in info
     assert "Record track" in (tmp_path / "sub" / "README.md").read_text()
 
     alone = tmp_path / "alone"
