@@ -117,9 +117,11 @@ class Config:
     seed_faithful_row_len: int = _f(2048, "D2: tokens per row of the study's cache", "distill")
     restrict_to_cache: bool = _f(False, "train only on the cached shards instead of refusing to run past them", "distill")
     ngram_order: int = _f(3, "DISTILL_TEACHER=ngram: the n-gram order (contexts of ORDER-1 tokens), at least 2", "distill")
-    ngram_table_bits: int = _f(20, "DISTILL_TEACHER=ngram: an order's contexts are exact up to 2^N rows, else hashed into "
-                               "2^N buckets; a row is V int32 counts, so 4 GiB per order of 2^20 rows at V=1024 (the "
-                               "default keeps order 3 exact there); 16 for 256 MiB (CPU demos)", "distill")
+    ngram_smoothing: str = _f("mkn", "DISTILL_TEACHER=ngram: mkn (interpolated modified Kneser-Ney), kn (Kneser-Ney, one "
+                              "discount per order) or wb (Witten-Bell) (golf/ngram.py)", "distill")
+    ngram_max_mb: float = _f(4096.0, "DISTILL_TEACHER=ngram: cap on the exact n-gram counts' memory (at most 64 bytes per "
+                             "distinct n-gram of each order); once reached nothing more is counted (a prefix of the "
+                             "stream), logged as ngram:max_mb_reached", "distill")
     ngram_prepass_tokens: int = _f(0, "DISTILL_TEACHER=ngram: count the first N positions of the train stream in the first "
                                    "timed step (inside the budget); 0 = none, -1 = the whole stream", "distill")
     ngram_online: bool = _f(True, "DISTILL_TEACHER=ngram: count each micro-batch's stream after it has been queried", "distill")
@@ -383,8 +385,8 @@ def validate(cfg: Config):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
     if cfg.ngram_order < 2:
         raise GolfError(f"NGRAM_ORDER={cfg.ngram_order}: use 2 (bigram) or more")
-    if not 1 <= cfg.ngram_table_bits <= 40:
-        raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per order)")
+    from golf.ngram import check_settings  # golf.ngram imports this module
+    check_settings(cfg)
     if cfg.ngram_prepass_tokens < -1:
         raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none), a number of train tokens or "
                         "-1 (all of them)")

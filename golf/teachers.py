@@ -105,6 +105,43 @@ class Logits(Signal):
         return {"teacher_logits": self.logits}
 
 
+@dataclass
+class CountDist(Signal):
+    """A count teacher's distribution at T = 1, never as an N x V tensor:
+    p[n, v] = sum of weight[n, j] over j with ids[n, j] == v  +  rho[n] * rows[row_of[n], v]  +  beta[n] * shared[v].
+
+    sum_v p[n, v] = weight[n].sum() + rho[n] + beta[n] = 1. How golf.ngram splits its model between the parts
+    is in its docstring (orders >= 3 sparse; bigram rows by previous token; the order-1 model shared)."""
+
+    ids: torch.Tensor  # (N, W) int64, padded: a padding slot has weight 0 (any id); within a row, non-padding ids are distinct
+    weight: torch.Tensor  # (N, W) float32; may be negative (a leave-one-out correction of a shared part), p >= 0 overall
+    rows: torch.Tensor  # (R, V) float32 shared row distributions, each sums to 1 (may be (0, V) with rho == 0)
+    row_of: torch.Tensor  # (N,) int64
+    rho: torch.Tensor  # (N,) float32
+    shared: torch.Tensor  # (V,) float32, every entry > 0, sums to 1 (the order-1 model: continuation unigram and uniform)
+    beta: torch.Tensor  # (N,) float32
+    target_logprob: torch.Tensor  # (N,) float32: log p[n, y_n], the teacher's log-prob of the target
+
+    def _dense(self, dtype: torch.dtype) -> torch.Tensor:
+        p = self.rows.to(dtype)[self.row_of] * self.rho.to(dtype)[:, None]
+        p += self.beta.to(dtype)[:, None] * self.shared.to(dtype)
+        return p.scatter_add_(1, self.ids, self.weight.to(dtype))
+
+    def dense(self) -> torch.Tensor:
+        """float64 (N, V) probabilities: for tests and references only (the point of the type is not to make it)."""
+        return self._dense(torch.float64)
+
+    def dense_log_probs(self) -> torch.Tensor:
+        """float32 (N, V) log-probabilities (floored at the smallest normal float: a leave-one-out correction can
+        leave a rounding error's worth below 0 where p is ~0)."""
+        return self._dense(torch.float32).clamp_min_(torch.finfo(torch.float32).tiny).log_()
+
+    def loss_inputs(self, shape):
+        """The fallback until the sparse count-teacher loss exists: dense log-probabilities as teacher_logits
+        (normalised, so the Logits path's full-vocabulary KL is exact): today's N x V cost."""
+        return {"teacher_logits": self.dense_log_probs().view(*shape, -1)}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The interface
 
@@ -358,7 +395,17 @@ class NgramTeacher(Teacher):
         if self.model.counts is None:
             self.model.build(warm_up=self.clock is not None and self.clock.t0 is None)
         with torch.no_grad():
-            return Logits(self.model.log_probs(batch))
+            return self.model.signal(batch)
+
+    def resume_state(self):
+        return {"teacher": self.name, **self.model.resume_state()}
+
+    def load_resume_state(self, saved):
+        if saved is None or saved["teacher"] != self.name:
+            raise GolfError("the resumable checkpoint carries no n-gram teacher state (its run had another "
+                            "DISTILL_TEACHER, or an older version): its counts cannot continue exactly; resume with "
+                            "the run's own settings")
+        self.model.resumed = {"counted": saved["counted"], "read_upto": saved["read_upto"]}
 
     @property
     def source(self):

@@ -22,7 +22,7 @@ from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx
 from golf.errors import GolfError
-from golf.ngram import StreamNgram, TrainStream, context_rows, table_rows
+from golf.ngram import CountModel, StreamNgram, TrainStream
 from golf.objectives import build_objective
 from golf.shards import list_shards, load_shard, write_shard
 from golf.train import train
@@ -56,7 +56,7 @@ def write_split(folder, tokens: np.ndarray, sizes, val_tokens=None) -> list[str]
 
 def ngram_config(**kw) -> Config:
     base = dict(vocab_size=SMALL_V, train_batch_tokens=4 * 32, train_seq_len=32, micro_batches=1, ngram_order=3,
-                ngram_table_bits=12, ngram_prepass_tokens=0, ngram_online=False, ngram_leave_one_out=True)
+                ngram_prepass_tokens=0, ngram_online=False, ngram_leave_one_out=True)
     return Config(**{**base, **kw})
 
 
@@ -65,13 +65,28 @@ def open_model(cfg: Config, files, ctx: Ctx | None = None) -> StreamNgram:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The float64 reference: counts in dicts keyed by the exact context, the Witten-Bell recursion written out
+# The float64 reference: raw counts in dicts keyed by the exact n-gram; continuation counts, counts-of-counts,
+# discounts and the interpolation recomputed from them, written out plainly
+
+
+def reference_discounts(a: dict, smoothing: str) -> list[float]:
+    """[0, D1, D2, D3+] from the counts-of-counts of one order's model counts `a` (Chen & Goodman; x/0 read as 0,
+    clamped to [0.1, i])."""
+    n = [sum(1 for c in a.values() if c == i) for i in range(5)]
+    y = n[1] / (n[1] + 2 * n[2]) if n[1] + 2 * n[2] else 0.0
+    if smoothing == "kn":
+        return [0.0] + [min(max(y, 0.1), 1.0)] * 3
+    out = [0.0]
+    for i in (1, 2, 3):
+        ratio = n[i + 1] / n[i] if n[i] else 0.0
+        out.append(min(max(i - (i + 1) * y * ratio, 0.1), float(i)))
+    return out
 
 
 class BruteForce:
-    def __init__(self, stream: np.ndarray, order: int, v: int):
-        self.stream, self.order, self.v = stream, order, v
-        self.counts = [defaultdict(Counter) for _ in range(order)]  # [k-1][context of k-1 tokens][next token]
+    def __init__(self, stream: np.ndarray, order: int, v: int, smoothing: str = "mkn"):
+        self.stream, self.order, self.v, self.smoothing = stream, order, v, smoothing
+        self.raw = [Counter() for _ in range(order)]  # [k-1][k-gram tuple]
 
     def event(self, g: int):
         """(the n-1 tokens up to cyclic stream position g, the token after it)."""
@@ -81,96 +96,166 @@ class BruteForce:
     def add(self, g: int, sign: int = 1):
         ctx, w = self.event(g)
         for k in range(1, self.order + 1):
-            self.counts[k - 1][ctx[len(ctx) - (k - 1):] if k > 1 else ()][w] += sign
+            gram = (ctx[len(ctx) - (k - 1):] if k > 1 else ()) + (w,)
+            self.raw[k - 1][gram] += sign
+            if self.raw[k - 1][gram] == 0:
+                del self.raw[k - 1][gram]
 
-    def probs(self, ctx: tuple) -> np.ndarray:
-        """P(. | ctx), ctx holding the tokens available (a row's first positions have fewer than n-1)."""
+    def model_counts(self, k: int) -> dict:
+        """Order k's counts: raw at the top order (and for wb), else the number of distinct (k+1)-grams ending in it."""
+        if self.smoothing == "wb" or k == self.order:
+            return dict(self.raw[k - 1])
+        return dict(Counter(gram[1:] for gram in self.raw[k]))
+
+    def discounts(self) -> list:
+        return [None if self.smoothing == "wb" else reference_discounts(self.model_counts(k), self.smoothing)
+                for k in range(1, self.order + 1)]
+
+    def probs(self, ctx: tuple, discounts: list | None = None) -> np.ndarray:
+        """P(. | ctx), ctx holding the tokens available (a row's first positions have fewer than n-1); discounts
+        those of the full counts (leave-one-out keeps them, golf/ngram.py)."""
+        discounts = discounts or self.discounts()
         p = np.full(self.v, 1.0 / self.v)
         for k in range(1, min(self.order, len(ctx) + 1) + 1):
-            row = self.counts[k - 1].get(ctx[len(ctx) - (k - 1):] if k > 1 else ())
-            c = np.zeros(self.v)
-            for w, m in (row or {}).items():
-                c[w] = m
-            total, distinct = c.sum(), (c > 0).sum()
-            if total > 0:
-                p = (c + distinct * p) / (total + distinct)
+            h = ctx[len(ctx) - (k - 1):] if k > 1 else ()
+            followers = {g[-1]: c for g, c in self.model_counts(k).items() if g[:-1] == h}
+            if not followers:
+                continue
+            if self.smoothing == "wb":
+                den, gnum = sum(followers.values()) + len(followers), len(followers)
+                num = dict(followers)
+            else:
+                d = discounts[k - 1]
+                den = sum(followers.values())
+                gnum = sum(d[min(c, 3)] for c in followers.values())
+                num = {w: c - d[min(c, 3)] for w, c in followers.items()}
+            p = gnum / den * p
+            for w, c in num.items():
+                p[w] += c / den
         return p
 
 
+def check_signal(signal, want: np.ndarray, y: np.ndarray, where: str):
+    """A CountDist against reference distributions `want` (N, V): dense equal, sums to 1 both ways, the target's
+    log-prob, distinct non-padding ids."""
+    got = signal.dense().numpy()
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-7, err_msg=where)
+    total = (signal.weight.double().sum(1) + signal.rho.double() + signal.beta.double()).numpy()
+    np.testing.assert_allclose(total, 1.0, atol=2e-6, err_msg=where)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=2e-6, err_msg=where)
+    np.testing.assert_allclose(signal.target_logprob.double().numpy(), np.log(want[np.arange(len(y)), y]), rtol=2e-5,
+                               atol=2e-6, err_msg=where)
+    np.testing.assert_allclose(signal.shared.double().sum().item(), 1.0, atol=1e-6)
+    assert (signal.shared > 0).all()
+    np.testing.assert_allclose(signal.rows.double().sum(1).numpy(), 1.0, atol=2e-6)
+    for ids, w in zip(signal.ids.tolist(), signal.weight.tolist()):
+        used = [i for i, x in zip(ids, w) if x != 0]
+        assert len(used) == len(set(used)), where
+
+
 def check_batch(model: StreamNgram, brute: BruteForce, batch, counted: int):
-    """model.log_probs(batch) against the reference, each counted position with its own event taken out (LOO)."""
-    got = model.log_probs(batch).double().exp().reshape(-1, model.vocab_size).numpy()
+    """model.signal(batch) against the reference, each counted position with its own event taken out (LOO) from
+    every order, the contexts the tokens of its row."""
+    signal = model.signal(batch)
     g = model.positions(batch).numpy()
     x = batch.x.numpy()
     seq = x.shape[1]
+    discounts = brute.discounts()
+    want = []
     for i in range(len(g)):
         r, j = divmod(i, seq)
         ctx = tuple(int(t) for t in x[r, max(0, j - (brute.order - 2)):j + 1])
         out = model.leave_one_out and g[i] < counted
         if out:
             brute.add(int(g[i]), -1)
-        want = brute.probs(ctx)
+        want.append(brute.probs(ctx, discounts))
         if out:
             brute.add(int(g[i]), +1)
-        np.testing.assert_allclose(got[i], want, rtol=2e-6, atol=0, err_msg=f"position {g[i]}")
-        assert abs(got[i].sum() - 1) < 1e-5
+    check_signal(signal, np.array(want), batch.y.reshape(-1).numpy(), f"positions {g[0]}..")
+    return signal
 
 
-@pytest.mark.parametrize("order", [2, 3, 4, 5])
+def check_stream_signal(model: StreamNgram, brute: BruteForce, a: int, b: int):
+    """stream_signal at [a, b) (the cache's rows: whole cyclic contexts) against the reference."""
+    discounts = brute.discounts()
+    want = []
+    for g in range(a, b):
+        out = model.leave_one_out and g < model.counted
+        if out:
+            brute.add(g, -1)
+        want.append(brute.probs(brute.event(g)[0], discounts))
+        if out:
+            brute.add(g, +1)
+    y = np.array([brute.event(g)[1] for g in range(a, b)])
+    check_signal(model.stream_signal(a, b), np.array(want), y, f"stream [{a}, {b})")
+
+
+@pytest.mark.parametrize("order", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("smoothing", ["mkn", "kn", "wb"])
 @pytest.mark.parametrize("leave_one_out", [True, False])
-@pytest.mark.parametrize("online", [False, True])
-def test_probabilities_equal_a_brute_force_witten_bell_model(tmp_path, order, leave_one_out, online):
-    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=order)
+def test_probabilities_equal_a_brute_force_model(tmp_path, order, smoothing, leave_one_out):
+    """Every order and smoothing, leave-one-out on and off, online counting (odd orders) and not: each batch's
+    distribution equals the float64 dict model's, across the shard boundaries and the wrap-around (the loader
+    reads 14 x 129 tokens of a 1641-token stream), and the stream's first and last positions with their
+    cyclic contexts. Two rare tokens (3 occurrences, 1) make the leave-one-out rows that mix a bigram row with
+    uniform (golf/ngram.py) appear."""
+    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V - 2, seed=order)
+    tokens[[150, 420, 1300]], tokens[700] = SMALL_V - 2, SMALL_V - 1
     files = write_split(tmp_path, tokens, SHARD_SIZES)
-    prepass = 900
+    prepass, online = 900, order % 2 == 1
     cfg = ngram_config(ngram_order=order, ngram_prepass_tokens=prepass, ngram_online=online,
-                       ngram_leave_one_out=leave_one_out)
+                       ngram_leave_one_out=leave_one_out, ngram_smoothing=smoothing)
     model = open_model(cfg, files)
     model.build()
-    assert model.counts.rows == [SMALL_V ** k for k in range(order)]  # every context exact: no hashing here
-    brute = BruteForce(tokens, order, SMALL_V)
+    brute = BruteForce(tokens, order, SMALL_V, smoothing)
     for g in range(prepass):
         brute.add(g)
+    assert model.counts.distinct() == [len(r) for r in brute.raw]  # exact: one key per distinct n-gram
     loader = DistributedTokenLoader(files, 0, 1)
-    for _ in range(14):  # 14 x 129 tokens: past the end of the 1641-token stream, so it wraps
+    mixed = 0
+    for _ in range(14):
         batch = loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1)
         before = model.counted
-        check_batch(model, brute, batch, before)
+        mixed += int((check_batch(model, brute, batch, before).row_of > SMALL_V).sum())
         for g in range(before, model.counted):
             brute.add(g)
         if online:  # counted up to the last position whose target the loader has read
             assert model.counted == max(prepass, min(model.read_upto - 1, len(tokens)))
         else:
             assert model.counted == prepass
-    assert model.counts.tables[0].sum() == model.counted
+    assert (mixed > 0) == leave_one_out
+    check_stream_signal(model, brute, 0, 30)
+    check_stream_signal(model, brute, len(tokens) - 30, len(tokens))
+    assert int(model.counts.orders[0].raw.sum()) == model.counted
 
 
-def test_hashed_contexts_without_collisions_equal_the_brute_force_model(tiny_dataset, tmp_path):
-    """V = 1024, order 5: orders 3 to 5 are hashed at 16 bits. On a corpus where no two contexts share a bucket
-    the hashed tables are exact, so they equal the dict model: the first 300-token slice of real text without
-    a collision (~250 distinct contexts per order share a bucket with probability ~0.4, the birthday rate)."""
-    shard = np.asarray(load_shard(tiny_dataset.train_files[0]), dtype=np.int64)
-    for start in range(0, len(shard) - 300, 300):
-        tokens = shard[start:start + 300]
-        brute = BruteForce(tokens, 5, 1024)
-        windows = torch.from_numpy(np.stack([brute.event(g)[0] for g in range(300)]))
-        if all(len(set(rows.tolist())) == len({c[5 - k:] for c in map(tuple, windows.tolist())})
-               for k, rows in enumerate(context_rows(windows, 5, 1024, 16)[2:], start=3)):
-            break
-    assert [table_rows(k, 1024, 16) for k in (3, 4, 5)] == [1 << 16] * 3
-    files = write_split(tmp_path, tokens, (200, 100))
-    cfg = ngram_config(vocab_size=1024, ngram_order=5, ngram_table_bits=16, ngram_prepass_tokens=300)
-    model = open_model(cfg, files)
-    model.build()
-    for g in range(300):
-        brute.add(g)
-    batch = DistributedTokenLoader(files, 0, 1).next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1)
-    check_batch(model, brute, batch, 300)
+def test_kneser_ney_counts_and_discounts_by_hand():
+    """The stream a b a b a c (cyclic) at order 2, every position counted: raw bigrams ab 2, ba 2, ac 1, ca 1;
+    continuation unigram a 2 (b, c precede it), b 1, c 1; modified KN's D1..D3 from n1 = 2, n2 = 2 at order 2:
+    Y = 1/3, D1 = 1 - 2/3 * 1 = 1/3, D2 = 2 - 0 (n3 = 0) = 2 (clamped to [0.1, 2])."""
+    tokens = np.array([0, 1, 0, 1, 0, 2])
+    model = CountModel(2, 3, "mkn", torch.device("cpu"))
+    windows = torch.from_numpy(np.roll(tokens, 0)).view(-1, 1)
+    model.add(windows, torch.from_numpy(np.roll(tokens, -1)))
+    model.derive()
+    o1, o2 = model.orders
+    assert o2.keys[:-1].tolist() == [0 * 3 + 1, 0 * 3 + 2, 1 * 3 + 0, 2 * 3 + 0] and o2.raw[:-1].tolist() == [2, 1, 2, 1]
+    assert o1.a[:-1].tolist() == [2, 1, 1]
+    assert o2.discounts[1:3] == pytest.approx((1 / 3, 2.0))
+    # P(b | a) = (2 - D2) / 3 + gamma(a) P1(b), gamma(a) = (D2 + D1) / 3; P1 from continuation counts 2, 1, 1
+    d1_1, d1_2 = o1.discounts[1], o1.discounts[2]
+    p1 = np.array([2 - d1_2, 1 - d1_1, 1 - d1_1]) / 4 + (d1_2 + 2 * d1_1) / 4 / 3
+    want = (2 - 2.0) / 3 + (2.0 + 1 / 3) / 3 * p1[1]
+    signal = model.query(torch.tensor([[0]]), torch.ones(1, 2, dtype=torch.bool), torch.tensor([1]),
+                         torch.zeros(1, dtype=torch.bool))
+    assert signal.dense()[0, 1].item() == pytest.approx(want, rel=1e-6)
+    assert signal.target_logprob.item() == pytest.approx(math.log(want), rel=1e-6)
 
 
 def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
     """With every position counted, a position's LOO distribution is that of the model counted on the stream
-    minus that one event, and differs from the memorised one; without LOO it is the memorised one."""
+    minus that one event (continuation counts and counts-of-counts per context included, the discounts of the
+    full counts), and differs from the memorised one; without LOO it is the memorised one."""
     tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=11)
     files = write_split(tmp_path, tokens, SHARD_SIZES)
     batch = DistributedTokenLoader(files, 0, 1).next_batch(4 * 32, 32, 1)
@@ -178,10 +263,11 @@ def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
     for loo in (True, False):
         model = open_model(ngram_config(ngram_order=4, ngram_prepass_tokens=len(tokens), ngram_leave_one_out=loo), files)
         model.build()
-        probs[loo] = model.log_probs(batch).double().exp().reshape(-1, SMALL_V).numpy()
+        probs[loo] = model.signal(batch).dense().numpy()
     full = BruteForce(tokens, 4, SMALL_V)
     for g in range(len(tokens)):
         full.add(g)
+    discounts = full.discounts()
     y = batch.y.reshape(-1).numpy()
     for i in (5, 40, 77, 127):  # positions whose full order-4 context lies in their row
         ctx = full.event(i)[0]
@@ -189,14 +275,17 @@ def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
         for g in range(len(tokens)):
             if g != i:
                 minus_one.add(g)
-        np.testing.assert_allclose(probs[True][i], minus_one.probs(ctx), rtol=2e-6)
-        np.testing.assert_allclose(probs[False][i], full.probs(ctx), rtol=2e-6)
-        assert probs[True][i][y[i]] < probs[False][i][y[i]]  # its own occurrence no longer supports its target
+        np.testing.assert_allclose(probs[True][i], minus_one.probs(ctx, discounts), rtol=2e-5, atol=2e-7)
+        np.testing.assert_allclose(probs[False][i], full.probs(ctx), rtol=2e-5, atol=2e-7)
+    # its own occurrence no longer supports its target (on average: with modified KN one position's can rise, a
+    # count moving from the D3+ to the D2 discount)
+    at_y = {loo: np.log(p[np.arange(len(y)), y]).mean() for loo, p in probs.items()}
+    assert at_y[True] < at_y[False] - 0.05, at_y
     # NGRAM_PREPASS_TOKENS=-1 is the whole stream: the same model as its length spelt out
     model = open_model(ngram_config(ngram_order=4, ngram_prepass_tokens=-1), files)
     model.build()
     assert model.counted == len(tokens)
-    np.testing.assert_array_equal(model.log_probs(batch).double().exp().reshape(-1, SMALL_V).numpy(), probs[True])
+    np.testing.assert_array_equal(model.signal(batch).dense().numpy(), probs[True])
 
 
 def test_no_validation_token_is_ever_counted(tmp_path):
