@@ -445,8 +445,8 @@ class StreamNgram:
         need = min(model.max_bytes, bound_bytes([model.countable] * cfg.ngram_order, cfg.vocab_size))
         have = _available_bytes(run.ctx.device)
         if need > have:
-            raise GolfError(f"NGRAM_MAX_MB={cfg.ngram_max_mb:g}: the n-gram counts may need {need / 2**20:.0f} MiB but "
-                            f"{run.ctx.device} has {have / 2**20:.0f} MiB free; lower NGRAM_MAX_MB (counting stops "
+            raise GolfError(f"NGRAM_MAX_MB={cfg.ngram_max_mb:g}: the n-gram counts may need {need / 2**20:.1f} MiB but "
+                            f"{run.ctx.device} has {have / 2**20:.1f} MiB free; lower NGRAM_MAX_MB (counting stops "
                             "at a prefix of the stream once it is reached)")
         return model
 

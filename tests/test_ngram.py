@@ -7,6 +7,7 @@ eval_bpb.py scores it and cache_logits.py caches it.
 
 Run: python -m pytest tests/test_ngram.py -q
 """
+import dataclasses
 import json
 import math
 import re
@@ -22,7 +23,8 @@ from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx
 from golf.errors import GolfError
-from golf.ngram import CountModel, StreamNgram, TrainStream
+from golf.ngram import CountModel, StreamNgram, TrainStream, bound_bytes
+from golf.teachers import NgramTeacher
 from golf.objectives import build_objective
 from golf.shards import list_shards, load_shard, write_shard
 from golf.train import train
@@ -288,9 +290,72 @@ def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
     np.testing.assert_array_equal(model.signal(batch).dense().numpy(), probs[True])
 
 
+def test_the_memory_cap_counts_a_prefix_and_says_so(tmp_path, capsys, monkeypatch):
+    """NGRAM_MAX_MB between the bound of the first 600 positions and that of 800: counted 200 at a time, the
+    counts stop at 600 (the last chunk that fits), the stop is printed once, online counting adds nothing more,
+    and the model is exactly the brute-force model of that prefix. A cap the device cannot hold is refused."""
+    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=4)
+    files = write_split(tmp_path, tokens, SHARD_SIZES)
+    brute = BruteForce(tokens, 4, SMALL_V)
+    bounds = {}
+    for g in range(800):
+        brute.add(g)
+        if g + 1 in (600, 800):
+            bounds[g + 1] = bound_bytes([len(r) for r in brute.raw], SMALL_V)
+    assert bounds[600] < bounds[800]
+    cap_mb = (bounds[600] + bounds[800]) / 2 / 2**20
+    monkeypatch.setattr("golf.ngram._COUNT_CHUNK", 200)
+    cfg = ngram_config(ngram_order=4, ngram_prepass_tokens=1000, ngram_online=True, ngram_max_mb=cap_mb)
+    model = open_model(cfg, files)
+    model.build()
+    assert model.counted == 600 and model.capped
+    assert model.counts.bound_bytes() <= cap_mb * 2**20 and model.counts.nbytes() <= model.counts.bound_bytes()
+    printed = capsys.readouterr().out
+    assert f"ngram:max_mb_reached NGRAM_MAX_MB={cap_mb:g} counted:[0,600) of [0,1000)" in printed
+    reference = BruteForce(tokens, 4, SMALL_V)
+    for g in range(600):
+        reference.add(g)
+    loader = DistributedTokenLoader(files, 0, 1)
+    for _ in range(10):
+        check_batch(model, reference, loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1), 600)
+    assert model.counted == 600 and "max_mb_reached" not in capsys.readouterr().out
+    monkeypatch.setattr("golf.ngram._available_bytes", lambda device: 1000)
+    # 1000 positions, 4 orders: at most 4000 n-grams x 64 bytes + the rows' 4 x 29 x 7 bytes = 0.24 MiB
+    with pytest.raises(GolfError, match=r"NGRAM_MAX_MB=1: the n-gram counts may need 0.2 MiB but cpu has 0.0 MiB free"):
+        open_model(ngram_config(ngram_order=4, ngram_prepass_tokens=1000, ngram_max_mb=1.0), files)
+
+
+def test_a_resumed_run_queries_its_first_batch_with_the_counts_the_run_had(tmp_path):
+    """Online counting: a teacher resumed from the resumable state after 5 micro-batches (reset, then its first
+    fetch builds, as the timed run does) gives the 6th micro-batch the signal the uninterrupted teacher gave it,
+    and both go on counting the same positions."""
+    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=8)
+    files = write_split(tmp_path, tokens, SHARD_SIZES)
+    cfg = ngram_config(ngram_order=4, ngram_prepass_tokens=200, ngram_online=True, distill_teacher="ngram")
+    run = types.SimpleNamespace(train_files=files, ctx=cpu_ctx())
+    first = NgramTeacher.from_config(cfg, run)
+    loader = DistributedTokenLoader(files, 0, 1)
+    batches = [loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1) for _ in range(8)]
+    first.reset()
+    for batch in batches[:5]:
+        first.fetch(batch)
+    saved = first.resume_state()
+    assert saved["counted"] == 5 * 129 - 1
+    resumed = NgramTeacher.from_config(cfg, run)
+    resumed.load_resume_state(saved)
+    resumed.reset()
+    for batch in batches[5:]:
+        want, got = first.fetch(batch), resumed.fetch(batch)
+        assert resumed.model.counted == first.model.counted
+        for field in dataclasses.fields(want):
+            assert torch.equal(getattr(got, field.name), getattr(want, field.name)), field.name
+    with pytest.raises(GolfError, match="carries no n-gram teacher state"):
+        resumed.load_resume_state(None)
+
+
 def test_no_validation_token_is_ever_counted(tmp_path):
     """Token V-1 occurs only in the val shard: after counting the whole train stream (prepass and online, past
-    the wrap-around) no table holds it."""
+    the wrap-around) no n-gram holds it."""
     tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V - 1, seed=3)
     files = write_split(tmp_path, tokens, SHARD_SIZES, val_tokens=np.full(500, SMALL_V - 1))
     cfg = ngram_config(ngram_order=3, ngram_prepass_tokens=600, ngram_online=True)
@@ -298,11 +363,11 @@ def test_no_validation_token_is_ever_counted(tmp_path):
     model.build()
     loader = DistributedTokenLoader(files, 0, 1)
     for _ in range(20):
-        model.log_probs(loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1))
+        model.signal(loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1))
     assert model.counted == len(tokens)
-    for table in model.counts.tables:
-        assert table[:, SMALL_V - 1].sum() == 0
-    assert model.counts.tables[0].sum() == len(tokens)
+    for k, o in enumerate(model.counts.orders, start=1):  # no n-gram of any order holds it
+        assert all(((o.keys[:-1] // SMALL_V ** i) % SMALL_V != SMALL_V - 1).all() for i in range(k))
+    assert int(model.counts.orders[0].raw.sum()) == len(tokens)
     assert all("_val_" not in p for p in model.stream.paths)
 
 
@@ -321,42 +386,16 @@ def test_every_rank_holds_the_same_counts(tmp_path):
     brute = BruteForce(tokens, 4, SMALL_V)
     for step in range(15):
         for m, loader in zip(models, loaders):
-            m.log_probs(loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1))
+            m.signal(loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, 1))
         a, b = models
         assert a.counted == b.counted == min((step + 1) * 2 * 65 - 1, len(tokens))
-        assert all(torch.equal(s, t) for s, t in zip(a.counts.tables, b.counts.tables))
+        assert all(torch.equal(s.keys, t.keys) and torch.equal(s.raw, t.raw) for s, t in zip(a.counts.orders, b.counts.orders))
     for g in range(len(tokens)):
         brute.add(g)
-    for k, table in enumerate(models[0].counts.tables):  # the exact tables hold the stream's counts
-        want = torch.zeros_like(table)
-        for ctx, row in brute.counts[k].items():
-            r = sum(t * SMALL_V ** i for i, t in enumerate(reversed(ctx)))
-            for w, m in row.items():
-                want[r, w] = m
-        assert torch.equal(table, want), k
-
-
-@pytest.mark.parametrize("bits", [20, 16])
-def test_hash_collisions_stay_at_the_random_hash_rate(tiny_dataset, bits):
-    """V = 1024, orders 3 to 5. At the default NGRAM_TABLE_BITS=20 order 3 is exact (V^2 = 2^20 rows) and orders
-    4 and 5 are hashed; at 16 all three are. The fraction of distinct contexts that share their bucket with
-    another is 0 for an exact order and otherwise within 10% (+0.2 points) of a uniformly random hash's,
-    1 - (1 - 1/M)^(D-1) for D contexts in M buckets (the birthday bound; below D/M). The tiny dataset's ~60k
-    tokens give D = 17k to 46k: ~2-4% collide at 2^20, 21-51% at 2^16 (measured on the 737k-token demo
-    corpus at 2^16: 59%, 98%, 99.8% for orders 3 to 5)."""
-    stream = TrainStream(tiny_dataset.train_files)
-    windows = torch.from_numpy(stream.read(-3, stream.total)).unfold(0, 4, 1)
-    report = []
-    for k, rows in enumerate(context_rows(windows, 5, 1024, bits)[2:], start=3):
-        exact = sum(windows[:, 4 - i].long() * 1024 ** (i - 1) for i in range(1, k))
-        ctx, first = np.unique(exact.numpy(), return_index=True)
-        _, per_bucket = np.unique(rows.numpy()[first], return_counts=True)
-        colliding = per_bucket[per_bucket > 1].sum() / len(ctx)
-        m = table_rows(k, 1024, bits)
-        expected = 0.0 if m == 1024 ** (k - 1) else 1 - (1 - 1 / m) ** (len(ctx) - 1)
-        report.append((k, len(ctx), round(float(colliding), 4), round(expected, 4)))
-        assert colliding <= 1.1 * expected + 0.002, report
-    print(report)
+    for k, (o, want) in enumerate(zip(models[0].counts.orders, brute.raw), start=1):  # the exact counts are the stream's
+        got = {tuple(key // SMALL_V ** i % SMALL_V for i in range(k - 1, -1, -1)): c
+               for key, c in zip(o.keys[:-1].tolist(), o.raw[:-1].tolist())}
+        assert got == dict(want), k
 
 
 def test_the_build_is_counted_in_train_time(tiny_dataset, tmp_path):
@@ -365,7 +404,7 @@ def test_the_build_is_counted_in_train_time(tiny_dataset, tmp_path):
     built only a micro-batch's worth."""
     total = TrainStream(tiny_dataset.train_files).total
     cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="ngram", ngram_prepass_tokens=total,
-                      ngram_order=4, ngram_table_bits=14, max_wallclock_seconds=1e-3, iterations=50, warmup_steps=2)
+                      ngram_order=4, max_wallclock_seconds=1e-3, iterations=50, warmup_steps=2)
     files, val, luts = run_inputs(cfg)
     objective = build_objective(cfg, types.SimpleNamespace(train_files=files, ctx=cpu_ctx(), tokenizer_sha256=None))
     model = objective.teacher.model
@@ -380,10 +419,10 @@ def test_the_build_is_counted_in_train_time(tiny_dataset, tmp_path):
 
 def test_distill_script_trains_with_the_ngram_teacher(tiny_dataset, tmp_path):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "ITERATIONS": 3,
-           "TRAIN_LOG_EVERY": 1, "NGRAM_PREPASS_TOKENS": 30000, "NGRAM_TABLE_BITS": 14}
+           "TRAIN_LOG_EVERY": 1, "NGRAM_PREPASS_TOKENS": 30000}
     out = run_script(["distill.py"], env, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "distill:ngram order:3 table_bits:14 tables:68MiB prepass_tokens:30000 online:1" in out.stdout
+    assert "distill:ngram order:3 smoothing:mkn max_mb:4096 prepass_tokens:30000 online:1" in out.stdout
     assert "distill:arm teacher:ngram target:soft" in out.stdout and "track:record" in out.stdout
     kl = [float(v) for v in re.findall(r"^step:\d+/3 .* kl:(\S+)", out.stdout, re.M)]
     assert len(kl) == 3 and all(math.isfinite(v) and v > 0 for v in kl), out.stdout[-2000:]
@@ -392,7 +431,10 @@ def test_distill_script_trains_with_the_ngram_teacher(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("env, expect", [
     ({"NGRAM_ORDER": 1}, "NGRAM_ORDER=1: use 2"),
     ({"NGRAM_PREPASS_TOKENS": 10**9}, "NGRAM_PREPASS_TOKENS=1000000000 is more than the"),
-    ({"NGRAM_TABLE_BITS": 40, "NGRAM_ORDER": 4}, "need more than the"),
+    ({"NGRAM_TABLE_BITS": 18}, "NGRAM_TABLE_BITS is gone"),
+    ({"NGRAM_SMOOTHING": "katz"}, "NGRAM_SMOOTHING='katz': use mkn"),
+    ({"NGRAM_ORDER": 7}, "NGRAM_ORDER=7 with VOCAB_SIZE=1024: an exact n-gram key needs"),
+    ({"NGRAM_MAX_MB": 0}, "NGRAM_MAX_MB=0.0: use a positive number"),
     ({"NGRAM_ONLINE": 0}, "NGRAM_PREPASS_TOKENS=0 with NGRAM_ONLINE=0 counts nothing"),
 ])
 def test_distill_refuses_bad_ngram_settings_before_any_step(tiny_dataset, tmp_path, env, expect):
@@ -410,7 +452,7 @@ def test_two_ranks_train_with_the_ngram_teacher(tiny_dataset, tmp_path):
     """torchrun, 2 processes (gloo, DDP): the n-gram teacher needs no communication (each rank counts the same
     stream, tests above), and the run trains and stops on the same step on both ranks."""
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "ITERATIONS": 4,
-           "NGRAM_PREPASS_TOKENS": 5000, "NGRAM_TABLE_BITS": 12, "NGRAM_ORDER": 4}
+           "NGRAM_PREPASS_TOKENS": 5000, "NGRAM_ORDER": 4}
     out = run_script(["distill.py"], env, cwd=str(tmp_path), nproc=2)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank:0 stopped_at_step:4" in out.stdout and "rank:1 stopped_at_step:4" in out.stdout, out.stdout[-2000:]
@@ -439,15 +481,17 @@ def test_eval_bpb_scores_the_ngram_model_alone(tiny_dataset, tmp_path):
         "error: --teacher ngram:1: use ngram:ORDER with ORDER >= 2, e.g. ngram:3"]
 
 
-def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path):
-    """`cache_logits.py --teacher ngram:2`: row t of a shard holds the top-K of the reference distribution at
-    stream position t, its own occurrence left out (every position counted), in the cache's fp16 encoding."""
+@pytest.mark.parametrize("preset", [None, "demo-student"])
+def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path, preset):
+    """`cache_logits.py --teacher ngram:2 --out DIR` as the README writes it (no --k, no PRESET or the demo's):
+    row t of a shard holds the top-32 of the reference distribution at stream position t, its own occurrence
+    left out (every position counted), in the cache's fp16 encoding."""
     out = tmp_path / "cache"
-    run = run_script(["cache_logits.py", "--teacher", "ngram:2", "--out", str(out), "--k", "4", "--shards", "1"],
-                     {**dataset_env(tiny_dataset), "PRESET": "test"}, cwd=str(tmp_path))
+    run = run_script(["cache_logits.py", "--teacher", "ngram:2", "--out", str(out), "--shards", "1"],
+                     {**dataset_env(tiny_dataset), **({"PRESET": preset} if preset else {})}, cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
     reader = CacheReader(str(out), tiny_dataset.train_files)
-    assert reader.num_shards == 1 and reader.spec.window == reader.spec.stride == 1
+    assert reader.num_shards == 1 and reader.spec.window == reader.spec.stride == 1 and reader.k == 32
     assert cache_manifest_field(str(out), "build_seconds") > 0  # counting and writing, for golf.compute
     idx, vals = reader.gather([(0, 100, 30)])
     stream = TrainStream(tiny_dataset.train_files)
@@ -458,8 +502,8 @@ def test_cache_logits_writes_the_ngram_teachers_rows(tiny_dataset, tmp_path):
         brute.add(g, -1)
         logp = np.log(brute.probs(brute.event(g)[0]))
         brute.add(g, +1)
-        np.testing.assert_allclose(vals[i], np.sort(logp)[::-1][:4].astype(np.float16), rtol=1e-3)
-        np.testing.assert_allclose(logp[idx[i].astype(np.int64)], np.sort(logp)[::-1][:4], rtol=1e-5)
+        np.testing.assert_allclose(vals[i], np.sort(logp)[::-1][:32].astype(np.float16), rtol=1e-3)
+        np.testing.assert_allclose(logp[idx[i].astype(np.int64)], np.sort(logp)[::-1][:32], rtol=1e-5)
 
 
 def test_seed_faithful_refuses_the_ngram_teacher():
