@@ -1,11 +1,12 @@
 """Benchmark: where an n-gram teacher's step time goes, piece by piece, on one micro-batch of the run's data.
 
-    NGRAM_TABLE_BITS=18 python bench/ngram_cost.py [--preset demo-student] [--reps 20] [--threads N]
+    python bench/ngram_cost.py [--preset demo-student] [--reps 20] [--threads N]
 
 The n-gram model of the NGRAM_* settings (golf/ngram.py; the whole train stream counted unless
 NGRAM_PREPASS_TOKENS says otherwise) is built once, then each piece is timed (median of --reps calls, after
 one untimed call) on the first micro-batch of the train stream:
-  query: the teacher's log-probabilities for the micro-batch (NgramTeacher.fetch without online counting);
+  query: the teacher's signal for the micro-batch (NgramTeacher.fetch without online counting: the sparse
+      golf.teachers.CountDist, not yet the dense log-probabilities its fallback loss_inputs makes);
   query_online: the same with NGRAM_ONLINE counting (what a training step runs);
   full_kl: the dense soft loss every Logits teacher pays, golf.losses.distill_terms (CE + KL at DISTILL_TEMP)
       forward and backward w.r.t. student logits of the micro-batch's shape;
@@ -46,13 +47,14 @@ def main():
     accum = grad_accum_steps(cfg, ctx.world_size)
     batch = DistributedTokenLoader(files, 0, 1).next_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum)
     print(machine_line(ctx))
-    print(f"{ngram.log_line()} build_ms:{ngram.build_ms:.0f} micro_batch_tokens:{batch.x.numel()}")
+    print(f"{ngram.log_line()} micro_batch_tokens:{batch.x.numel()}")
+    print(ngram.counts_line())
 
     def median_of(fn) -> float:
         fn()
         return median_ms([timed(fn, ctx) for _ in range(args.reps)])
 
-    logits = ngram.log_probs(batch).view(-1, cfg.vocab_size)
+    logits = ngram.signal(batch).dense_log_probs()
     z = torch.randn(logits.shape, device=ctx.device, requires_grad=True)
     y = batch.y.reshape(-1).to(ctx.device)
 
@@ -61,9 +63,9 @@ def main():
         (ce + kl).backward()
 
     ngram.online = False
-    figures = {"build_ms": ngram.build_ms, "query_ms": median_of(lambda: ngram.log_probs(batch))}
+    figures = {"build_ms": ngram.build_ms, "query_ms": median_of(lambda: ngram.signal(batch))}
     ngram.online = True
-    figures["query_online_ms"] = median_of(lambda: ngram.log_probs(batch))
+    figures["query_online_ms"] = median_of(lambda: ngram.signal(batch))
     figures["full_kl_ms"] = median_of(full_kl)
     figures["ce_ms"] = median_of(lambda: cross_entropy(z, y).backward())
     print("ngram_cost " + " ".join(f"{k}={v:.1f}" for k, v in figures.items()))

@@ -254,6 +254,21 @@ def test_kneser_ney_counts_and_discounts_by_hand():
     assert signal.target_logprob.item() == pytest.approx(math.log(want), rel=1e-6)
 
 
+def test_the_signals_fallback_loss_inputs_are_its_dense_log_probs(tmp_path):
+    """Until the sparse loss lands, CountDist.loss_inputs hands the Logits path the dense log-probabilities, shaped
+    like the batch: their softmax is the distribution itself, so the exact KL is unchanged."""
+    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=2)
+    files = write_split(tmp_path, tokens, SHARD_SIZES)
+    model = open_model(ngram_config(ngram_order=5, ngram_prepass_tokens=-1), files)
+    model.build()
+    batch = DistributedTokenLoader(files, 0, 1).next_batch(4 * 32, 32, 1)
+    signal = model.signal(batch)
+    logits = signal.loss_inputs(batch.y.shape)["teacher_logits"]
+    assert logits.shape == (4, 32, SMALL_V) and logits.dtype == torch.float32
+    np.testing.assert_allclose(torch.softmax(logits.double(), -1).view(-1, SMALL_V).numpy(), signal.dense().numpy(),
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
     """With every position counted, a position's LOO distribution is that of the model counted on the stream
     minus that one event (continuation counts and counts-of-counts per context included, the discounts of the
