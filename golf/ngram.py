@@ -7,7 +7,7 @@ int64 keys (the k tokens in base V, the next token least significant) with their
 torch.unique on the device and looked up with torch.searchsorted; the contexts (k-gram keys // V) are a
 sorted array beside them with their totals. A context never counted is found missing, so its order is skipped
 (the model backs off); nothing is shared between contexts. Keys are exact while V^ORDER < 2^63 (ORDER 6 at
-V = 1024 is 60 bits); a larger V^ORDER is refused (`check_settings`): no fingerprints, no false matches.
+V = 1024 is 60 bits); a larger V^ORDER is refused (`StreamNgram.open`): no fingerprints, no false matches.
 Memory grows with the distinct n-grams: at most `BYTES_PER_NGRAM` bytes each (keys, counts, discounted
 numerators, and the context arrays, a context having at least one n-gram), plus the (V + 1 + B, V) float32
 shared rows. NGRAM_MAX_MB caps that bound: counting stops at the last chunk (2^20 positions in the build, a
@@ -98,17 +98,14 @@ def bound_bytes(distinct: list[int], vocab_size: int) -> int:
 
 
 def check_settings(cfg: Config):
-    """The NGRAM_* settings on their own (config.validate calls this); the data-dependent ones are in
-    StreamNgram.open."""
+    """The NGRAM_* settings on their own (config.validate calls this); those that depend on the run (key width,
+    data, memory) are checked by StreamNgram.open."""
     if "NGRAM_TABLE_BITS" in os.environ:
         raise GolfError("NGRAM_TABLE_BITS is gone: the n-gram counts are keyed by the exact context now; unset it "
                         "(NGRAM_MAX_MB caps their memory)")
     if cfg.ngram_smoothing not in SMOOTHINGS:
         raise GolfError(f"NGRAM_SMOOTHING={cfg.ngram_smoothing!r}: use mkn (modified Kneser-Ney), kn (Kneser-Ney) "
                         "or wb (Witten-Bell)")
-    if cfg.vocab_size ** cfg.ngram_order >= 1 << 63:
-        raise GolfError(f"NGRAM_ORDER={cfg.ngram_order} with VOCAB_SIZE={cfg.vocab_size}: an exact n-gram key needs "
-                        f"VOCAB_SIZE^ORDER < 2^63; lower NGRAM_ORDER")
     if cfg.ngram_max_mb <= 0:
         raise GolfError(f"NGRAM_MAX_MB={cfg.ngram_max_mb}: use a positive number of MiB for the n-gram counts")
 
@@ -431,11 +428,14 @@ class StreamNgram:
 
     @classmethod
     def open(cls, cfg: Config, run) -> "StreamNgram":
-        """The model for the run (golf.runner.Run), refusing a prepass past the train data or a memory cap the
-        device does not have free."""
+        """The model for the run (golf.runner.Run), refusing an order whose keys would not fit int64, a prepass
+        past the train data or a memory cap the device does not have free."""
         if not cfg.ngram_prepass_tokens and not cfg.ngram_online:
             raise GolfError("NGRAM_PREPASS_TOKENS=0 with NGRAM_ONLINE=0 counts nothing (the teacher would be uniform); "
                             "set NGRAM_PREPASS_TOKENS=N or NGRAM_ONLINE=1")
+        if cfg.vocab_size ** cfg.ngram_order >= 1 << 63:
+            raise GolfError(f"NGRAM_ORDER={cfg.ngram_order} with VOCAB_SIZE={cfg.vocab_size}: an exact n-gram key needs "
+                            f"VOCAB_SIZE^ORDER < 2^63; lower NGRAM_ORDER")
         stream = TrainStream(run.train_files)
         if cfg.ngram_prepass_tokens > stream.total:
             raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens} is more than the {stream.total} tokens of "
@@ -459,7 +459,6 @@ class StreamNgram:
             raise GolfError(f"--teacher {spec}: use ngram:ORDER with ORDER >= 2, e.g. ngram:3")
         cfg = dataclasses.replace(cfg, ngram_order=int(order), ngram_online=False,
                                   ngram_prepass_tokens=cfg.ngram_prepass_tokens or -1)  # 0 here: all of them
-        check_settings(cfg)
         model = cls.open(cfg, types.SimpleNamespace(train_files=train_files, ctx=ctx))
         model.build()
         return model
@@ -565,7 +564,9 @@ class StreamNgram:
         # The micro-batch is one contiguous piece of the stream: its whole contexts are the ORDER-2 tokens before
         # it (read from the shards, a few bytes) and its own tokens.
         first = self.stream.position(*batch.segments[0][:2])
-        before = torch.from_numpy(self.stream.read(first - (n - 2), first)).to(self.device, non_blocking=True)
+        before = torch.from_numpy(self.stream.read(first - (n - 2), first))
+        if self.device.type == "cuda":  # pinned: an asynchronous copy, the step does not wait for the device
+            before = before.pin_memory().to(self.device, non_blocking=True)
         windows = torch.cat([before, x.reshape(-1)]).unfold(0, n - 1, 1)
         leave_out = (g < self.counted) & self.leave_one_out
         signal = self.counts.query(windows, self._available(rows, seq), batch.y.to(self.device).reshape(-1), leave_out)
