@@ -292,8 +292,8 @@ class CountModel:
         self.bigram_keys = torch.cat([once, torch.full((1,), _SENTINEL, dtype=torch.int64, device=dev)])
         self.rows = torch.cat([bigram, uniform[None], mixed]).float()
         self.shared = p1.float()
-        o3 = self.orders[2] if self.order >= 3 else None
-        self.width = 1 if o3 is None else int(o3.followers.max()) + 1
+        # Most followers of any context, per order: the sparse part's fixed widths until the counts change.
+        self.widths = [int(o.followers.max()) for o in self.orders]
 
     def query(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor, leave_out: torch.Tensor):
         """The distributions after contexts `windows` (m, order-1, each position's whole stream context when it
@@ -326,31 +326,32 @@ class CountModel:
             t = terms[k - 1]
             p_target = p_target + torch.where(use[k - 1], g[k - 1] * t.num_out / t.den_out.clamp_min(1), 0.0)
 
-        # The sparse part: orders >= 3 over the followers of the order-3 context, and the target's slot.
-        width = self.width
-        if n >= 3:
-            o3, t3 = self.orders[2], terms[2]
-            count = torch.where(use[2], o3.followers[t3.ctx_index], 0)
-            slot = torch.arange(width, device=self.device)
-            real = slot[None, :] < count[:, None]
-            at = (o3.start[t3.ctx_index][:, None] + slot).clamp(max=len(o3.keys) - 1)
-            ids = torch.where(real, o3.keys[at] % v, 0)
-            is_target = real & (ids == y[:, None])
-            weight = torch.zeros(m, width, dtype=torch.float32, device=self.device)
-            for k in range(3, n + 1):
-                o, t = self.orders[k - 1], terms[k - 1]
-                _, _, a = _lookup(o.keys, o.a, keys[k - 1][0][:, None] * v + ids)
-                a = a - is_target.long() * t.delta[:, None]
-                scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0)
-                weight += torch.where(real, self._num(o, a).float() * scale[:, None], 0.0)
-            y_slot = torch.where(is_target.any(1), is_target.float().argmax(1), count)
-        else:
-            ids = torch.zeros(m, 1, dtype=torch.int64, device=self.device)
-            weight = torch.zeros(m, 1, dtype=torch.float32, device=self.device)
-            y_slot = torch.zeros(m, dtype=torch.int64, device=self.device)
+        # The sparse part: orders >= 3 over the followers of the order-3 context (ascending ids, padding V), each
+        # longer order's followers (a contiguous range of its keys) placed at their slots by a search within the
+        # row; then the leave-one-out corrections of every order at the target's slot.
+        weight = torch.zeros(m, self.widths[2] + 1 if n >= 3 else 1, dtype=torch.float32, device=self.device)
+        ids = torch.full(weight.shape, v, dtype=torch.int64, device=self.device)
+        for k in range(3, n + 1):
+            o, t = self.orders[k - 1], terms[k - 1]
+            count = torch.where(use[k - 1], o.followers[t.ctx_index], 0)
+            j = torch.arange(self.widths[k - 1], device=self.device)
+            real = j[None, :] < count[:, None]
+            at = (o.start[t.ctx_index][:, None] + j).clamp(max=len(o.keys) - 1)
+            scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0)
+            part = torch.where(real, o.num[at] * scale[:, None], 0.0)
+            if k == 3:
+                ids[:, :-1] = torch.where(real, o.keys[at] % v, v)
+                weight[:, :-1] = part
+            else:
+                slot = torch.searchsorted(ids, torch.where(real, o.keys[at] % v, v)).clamp(max=weight.shape[1] - 1)
+                weight.scatter_add_(1, slot, part)
+        is_target = ids == y[:, None]
+        free = (ids == v).float().argmax(1)  # the first padding slot (the last slot is always padding)
+        y_slot = torch.where(is_target.any(1), is_target.float().argmax(1), free)
         ids.scatter_(1, y_slot[:, None], y[:, None])
+        ids.masked_fill_(ids == v, 0)
         correction = torch.zeros(m, dtype=torch.float32, device=self.device)
-        for k in (1, 2):
+        for k in range(1, n + 1):
             t = terms[k - 1]
             correction += torch.where(use[k - 1], g[k - 1] * (t.num_out - t.num) / t.den_out.clamp_min(1), 0.0)
         weight.scatter_add_(1, y_slot[:, None], correction[:, None])
@@ -592,7 +593,7 @@ class StreamNgram:
         """What was counted (after a build): distinct n-grams per order, bytes, build time."""
         c = self.counts
         return (f"ngram:counts counted:{self.counted} distinct:{','.join(map(str, c.distinct()))} "
-                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} width:{c.width} build_ms:{self.build_ms:.0f}")
+                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} width:{c.widths[2] + 1 if self.order >= 3 else 1} build_ms:{self.build_ms:.0f}")
 
 
 class NgramLM(torch.nn.Module):
