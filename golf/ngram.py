@@ -9,7 +9,7 @@ sorted array beside them with their totals. A context never counted is found mis
 (the model backs off); nothing is shared between contexts. Keys are exact while V^ORDER < 2^63 (ORDER 6 at
 V = 1024 is 60 bits); a larger V^ORDER is refused (`StreamNgram.open`): no fingerprints, no false matches.
 Memory grows with the distinct n-grams: at most `BYTES_PER_NGRAM` bytes each (keys, counts, discounted
-numerators, and the context arrays, a context having at least one n-gram), plus the (V + 1 + B, V) float32
+numerators, last tokens, and the context arrays, a context having at least one n-gram), plus the (V + 1 + B, V) float32
 shared rows. NGRAM_MAX_MB caps that bound: counting stops at the last chunk (2^20 positions in the build, a
 micro-batch online) whose counts fit, so the model is always that of a prefix [0, counted) of the stream; the
 stop is printed once (`ngram:max_mb_reached`) and no later position is counted.
@@ -84,9 +84,9 @@ from golf.shards import load_shard, read_header
 SMOOTHINGS = ("mkn", "kn", "wb")
 _SENTINEL = torch.iinfo(torch.int64).max  # ends every sorted key array: a lookup never runs past it
 _COUNT_CHUNK = 1 << 20  # positions counted per merge in the build: bounds its temporary memory
-# Bytes per distinct n-gram, an upper bound: key, raw count, model count (int64), numerator (float32) = 28, and
-# at most one context per n-gram: key, total, first follower, follower count (int64), gnum (float32) = 36.
-BYTES_PER_NGRAM = 64
+# Bytes per distinct n-gram, an upper bound: key, raw count, model count, last token (int64), numerator (float32)
+# = 36, and at most one context per n-gram: key, total, first follower, follower count (int64), gnum (float32) = 36.
+BYTES_PER_NGRAM = 72
 _MIN_DISCOUNT = 0.1
 
 
@@ -151,6 +151,7 @@ class _Order:
     raw: torch.Tensor
     a: torch.Tensor = None
     num: torch.Tensor = None
+    last_token: torch.Tensor = None  # each k-gram's last token (keys % V)
     ctx: torch.Tensor = None
     den: torch.Tensor = None
     gnum: torch.Tensor = None
@@ -230,6 +231,7 @@ class CountModel:
             o.discounts = tuple(_discounts(real, self.smoothing)) if self.smoothing != "wb" else ()
             o.dtab = torch.tensor(o.discounts or [0.0] * 4, dtype=torch.float64, device=dev)
             o.num = self._num(o, o.a).float()
+            o.last_token = o.keys % v
             ctx, inverse, followers = torch.unique_consecutive(o.keys[:-1] // v, return_inverse=True,
                                                                return_counts=True)
             total = torch.zeros(len(ctx), dtype=torch.int64, device=dev).index_add_(0, inverse, real)
@@ -329,25 +331,26 @@ class CountModel:
         # The sparse part: orders >= 3 over the followers of the order-3 context (ascending ids, padding V), each
         # longer order's followers (a contiguous range of its keys) placed at their slots by a search within the
         # row; then the leave-one-out corrections of every order at the target's slot.
-        weight = torch.zeros(m, self.widths[2] + 1 if n >= 3 else 1, dtype=torch.float32, device=self.device)
-        ids = torch.full(weight.shape, v, dtype=torch.int64, device=self.device)
+        width = self.widths[2] + 1 if n >= 3 else 1  # one slot more than any order-3 context's followers
+        weight = torch.zeros(m, width, dtype=torch.float32, device=self.device)
+        ids = torch.full((m, width), v, dtype=torch.int64, device=self.device)
+        count3 = torch.zeros(m, dtype=torch.int64, device=self.device)
         for k in range(3, n + 1):
             o, t = self.orders[k - 1], terms[k - 1]
             count = torch.where(use[k - 1], o.followers[t.ctx_index], 0)
-            j = torch.arange(self.widths[k - 1], device=self.device)
+            j = torch.arange(width if k == 3 else self.widths[k - 1], device=self.device)
             real = j[None, :] < count[:, None]
             at = (o.start[t.ctx_index][:, None] + j).clamp(max=len(o.keys) - 1)
             scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0)
             part = torch.where(real, o.num[at] * scale[:, None], 0.0)
+            followers = torch.where(real, o.last_token[at], v)
             if k == 3:
-                ids[:, :-1] = torch.where(real, o.keys[at] % v, v)
-                weight[:, :-1] = part
+                ids, weight, count3 = followers, part, count
             else:
-                slot = torch.searchsorted(ids, torch.where(real, o.keys[at] % v, v)).clamp(max=weight.shape[1] - 1)
-                weight.scatter_add_(1, slot, part)
-        is_target = ids == y[:, None]
-        free = (ids == v).float().argmax(1)  # the first padding slot (the last slot is always padding)
-        y_slot = torch.where(is_target.any(1), is_target.float().argmax(1), free)
+                weight.scatter_add_(1, torch.searchsorted(ids, followers).clamp(max=width - 1), part)
+        # The target's slot: its place among the (ascending) followers, else the first padding slot.
+        at_y = torch.searchsorted(ids, y[:, None]).clamp(max=width - 1)
+        y_slot = torch.where(ids.gather(1, at_y)[:, 0] == y, at_y[:, 0], count3)
         ids.scatter_(1, y_slot[:, None], y[:, None])
         ids.masked_fill_(ids == v, 0)
         correction = torch.zeros(m, dtype=torch.float32, device=self.device)
