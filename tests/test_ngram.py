@@ -269,6 +269,26 @@ def test_the_signals_fallback_loss_inputs_are_its_dense_log_probs(tmp_path):
                                rtol=1e-5, atol=1e-7)
 
 
+def test_sampled_targets_draw_from_the_count_teachers_distribution(tmp_path):
+    """DISTILL_DRAWS with the n-gram teacher: the draws come from the CountDist's dense distribution (a frequency
+    check over many draws at T = 1 against CountDist.dense)."""
+    from golf.objectives import SamplingTeacher
+    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=9)
+    files = write_split(tmp_path, tokens, SHARD_SIZES)
+    cfg = ngram_config(ngram_order=3, ngram_prepass_tokens=-1, distill_teacher="ngram", distill_draws=255,
+                       distill_temp=1.0)
+    inner = NgramTeacher.from_config(cfg, types.SimpleNamespace(train_files=files, ctx=cpu_ctx()))
+    sampler = SamplingTeacher(inner, cfg.distill_draws, cfg.distill_temp, cfg.seed)
+    batch = DistributedTokenLoader(files, 0, 1).next_batch(4 * 32, 32, 1)
+    drawn = sampler.fetch(batch)
+    want = inner.fetch(batch).dense().numpy()
+    freq = np.zeros_like(want)
+    np.add.at(freq, (np.arange(len(want))[:, None].repeat(drawn.ids.shape[1], 1), drawn.ids.numpy()), drawn.counts.numpy())
+    assert (freq.sum(1) == 255).all()
+    # each token's mean frequency over the 128 rows: at most sqrt(0.25 / 255 / 128) = 0.0028 sd from its mean prob
+    assert np.abs(freq.mean(0) / 255 - want.mean(0)).max() < 0.015
+
+
 def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
     """With every position counted, a position's LOO distribution is that of the model counted on the stream
     minus that one event (continuation counts and counts-of-counts per context included, the discounts of the
