@@ -1,5 +1,6 @@
 """A count-based n-gram language model over the training stream, for the n-gram teacher (DISTILL_TEACHER=ngram,
-golf.teachers.NgramTeacher, a thin wrapper: this module does not import golf.teachers, which registers it):
+golf.teachers.NgramTeacher, a thin wrapper; golf.teachers imports this module, so CountModel.query takes the
+CountDist type from it at call time):
 counted inside the timed budget, queried inside the step (record track).
 
 Exact contexts (`CountModel`). Per order k = 1..ORDER, the distinct k-grams that occurred are kept as sorted
@@ -239,7 +240,8 @@ class CountModel:
                 den, gnum = total + followers, followers.double()
             else:
                 den = total
-                gnum = torch.zeros(len(ctx), dtype=torch.float64, device=dev).index_add_(0, inverse, o.dtab[real.clamp(max=3)])
+                gnum = torch.zeros(len(ctx), dtype=torch.float64, device=dev)
+                gnum.index_add_(0, inverse, o.dtab[real.clamp(max=3)])
             zero = torch.zeros(1, dtype=torch.int64, device=dev)
             o.ctx = torch.cat([ctx, o.keys[-1:]])
             o.den = torch.cat([den, zero])
@@ -595,8 +597,9 @@ class StreamNgram:
     def counts_line(self) -> str:
         """What was counted (after a build): distinct n-grams per order, bytes, build time."""
         c = self.counts
+        width = c.widths[2] + 1 if self.order >= 3 else 1
         return (f"ngram:counts counted:{self.counted} distinct:{','.join(map(str, c.distinct()))} "
-                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} width:{c.widths[2] + 1 if self.order >= 3 else 1} build_ms:{self.build_ms:.0f}")
+                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} width:{width} build_ms:{self.build_ms:.0f}")
 
 
 class NgramLM(torch.nn.Module):
