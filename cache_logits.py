@@ -15,7 +15,7 @@ command after a crash recomputes only unfinished shards. Data, tokenizer and voc
 (from its checkpoint's saved config) unless DATA_PATH / TOKENIZER_PATH / VOCAB_SIZE or their flags set them.
 
 `--teacher ngram:ORDER` caches the n-gram teacher instead: counted on the first NGRAM_PREPASS_TOKENS train
-tokens (0: all) with NGRAM_TABLE_BITS, each row from the position's whole context (ORDER-1 tokens, so
+tokens (0: all) with NGRAM_SMOOTHING (NGRAM_MAX_MB), each row from the position's whole context (ORDER-1 tokens, so
 window = stride = ORDER-1 in the manifest) with its own occurrence left out as in training
 (NGRAM_LEAVE_ONE_OUT); data, tokenizer and vocabulary from the settings. Its teacher_sha256 is that of its
 settings and the tokenizer's sha256 (there is no checkpoint file). Built outside the timed run: non-record.
@@ -109,11 +109,11 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     shard_paths = _select_shards(train_files, args.shards, args.tokens)
     ngram = StreamNgram.counted_on_train(cfg, spec_text, train_files, ctx)
     context = ngram.order - 1
-    config = {"ngram_order": ngram.order, "ngram_table_bits": ngram.table_bits, "ngram_prepass_tokens": ngram.prepass,
-              "ngram_leave_one_out": ngram.leave_one_out}
+    config = {"ngram_order": ngram.order, "ngram_smoothing": ngram.smoothing, "ngram_prepass_tokens": ngram.prepass,
+              "ngram_counted": ngram.counted, "ngram_leave_one_out": ngram.leave_one_out}
     sha = hashlib.sha256(json.dumps({**config, "tokenizer_sha256": file_sha256(cfg.tokenizer_path)},
                                     sort_keys=True).encode()).hexdigest()
-    spec = CacheSpec(k=args.k, vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
+    spec = CacheSpec(k=_entries(args), vocab_size=cfg.vocab_size, encoding=args.encoding, teacher_sha256=sha,
                      teacher_config=config, window=context, stride=context)
     _check_new_cache_fits(out, shard_paths, spec)
     built_before = cache_manifest_field(out, "build_seconds") or 0.0  # a resumed build adds to what it spent before
@@ -121,8 +121,9 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
         "mean": float(context), "min": context, "min_after_first_window": context}, "build_seconds": built_before})
     pending = writer.pending()
     if ctx.is_master:
-        print(f"cache:{out} shards:{len(shard_paths)} k:{args.k} encoding:{args.encoding} {ngram.log_line()} "
-              f"counted:{ngram.counted} build_time:{ngram.build_ms:.0f}ms pending_shards:{len(pending)}", flush=True)
+        print(f"cache:{out} shards:{len(shard_paths)} k:{spec.k} encoding:{args.encoding} {ngram.log_line()} "
+              f"pending_shards:{len(pending)}", flush=True)
+        print(ngram.counts_line(), flush=True)
     writer.check_disk_space()
     if ctx.distributed:  # every rank has its pending list before any rank commits a shard
         torch.distributed.barrier()

@@ -12,7 +12,7 @@ no config, so `--config` names the checkpoint it was made from (default: the sam
 .int6.ptz).
 
 `--teacher ngram:ORDER` scores the n-gram model of the n-gram teacher instead, counted on the first
-NGRAM_PREPASS_TOKENS train tokens (0: all of them; validation tokens never) with NGRAM_TABLE_BITS; its window
+NGRAM_PREPASS_TOKENS train tokens (0: all of them; validation tokens never) with NGRAM_SMOOTHING; its window
 is TRAIN_SEQ_LEN (a window's first ORDER-2 positions see shorter contexts in the standard evaluation) and its
 vocabulary VOCAB_SIZE, from the settings since there is no checkpoint.
 """
@@ -34,9 +34,9 @@ from golf.shards import list_shards
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
 
 
-# The configuration fields evaluation reads; --help lists only these (the last four: --teacher only).
+# The configuration fields evaluation reads; --help lists only these (the last five: --teacher only).
 EVAL_FIELDS = ("data_path", "tokenizer_path", "device", "dtype", "val_batch_size", "val_max_tokens", "eval_stride",
-               "eval_batch_seqs", "vocab_size", "train_seq_len", "ngram_table_bits", "ngram_prepass_tokens")
+               "eval_batch_seqs", "vocab_size", "train_seq_len", "ngram_smoothing", "ngram_max_mb", "ngram_prepass_tokens")
 
 
 def _options(p):
@@ -68,7 +68,8 @@ def _load(path: str, config_path: str, device):
 def _ngram(cfg: Config, spec: str, ctx) -> NgramLM:
     ngram = StreamNgram.counted_on_train(cfg, spec, list_shards(cfg.data_path, "train"), ctx)
     if ctx.is_master:
-        print(f"{ngram.log_line()} counted:{ngram.counted} build_time:{ngram.build_ms:.0f}ms")
+        print(ngram.log_line())
+        print(ngram.counts_line())
     return NgramLM(ngram)
 
 

@@ -122,7 +122,7 @@ case "$PRESET" in
     BUDGET=25
     LONG_BUDGET=80
     EXTRA_SEEDS=""  # one seed per arm: the study preset has five
-    NGRAM="NGRAM_TABLE_BITS=18 NGRAM_PREPASS_TOKENS=-1"
+    NGRAM="NGRAM_PREPASS_TOKENS=-1"
     ;;
   full)
     NPROC="${NPROC:-8}"
@@ -133,7 +133,7 @@ case "$PRESET" in
     BUDGET=600
     LONG_BUDGET=7200
     EXTRA_SEEDS="42 2024"
-    NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"
+    NGRAM="NGRAM_PREPASS_TOKENS=500000000"
     ;;
   gpu1)  # one GPU: see the header for each choice
     LAUNCH="$PY"
@@ -143,7 +143,7 @@ case "$PRESET" in
     BUDGET=600
     LONG_BUDGET=7200
     EXTRA_SEEDS="42 2024"
-    NGRAM="NGRAM_TABLE_BITS=20 NGRAM_PREPASS_TOKENS=500000000"
+    NGRAM="NGRAM_PREPASS_TOKENS=500000000"
     ;;
 esac
 if [ "$PRESET" = study ]; then  # the demo's teachers and caches (built once, reused), 5 seeds, two clocks: see the header

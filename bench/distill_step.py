@@ -235,9 +235,9 @@ def main():
     if "ngram" in arms:
         ngram = runs["ngram"].state.teacher.model
         print(f"ngram build: {ngram.prepass} positions in {ngram.build_ms:.0f} ms "
-              f"({ngram.prepass / max(ngram.build_ms, 1e-9) / 1e3:.2f} M tokens/s), tables "
-              f"{ngram.table_bytes / 2**20:.0f} MiB")
-        figures["ngram_build"] = {"positions": ngram.prepass, "ms": ngram.build_ms, "table_bytes": ngram.table_bytes}
+              f"({ngram.prepass / max(ngram.build_ms, 1e-9) / 1e3:.2f} M tokens/s), counts "
+              f"{ngram.counts.nbytes() / 2**20:.0f} MiB")
+        figures["ngram_build"] = {"positions": ngram.prepass, "ms": ngram.build_ms, "count_bytes": ngram.counts.nbytes()}
     load_note(ctx)
     if args.json:
         atomic_write_text(args.json, json.dumps(figures, indent=1) + "\n")

@@ -1,16 +1,17 @@
 """Benchmark: where an n-gram teacher's step time goes, piece by piece, on one micro-batch of the run's data.
 
-    NGRAM_TABLE_BITS=18 python bench/ngram_cost.py [--preset demo-student] [--reps 20] [--threads N]
+    python bench/ngram_cost.py [--preset demo-student] [--reps 20] [--threads N]
 
 The n-gram model of the NGRAM_* settings (golf/ngram.py; the whole train stream counted unless
 NGRAM_PREPASS_TOKENS says otherwise) is built once, then each piece is timed (median of --reps calls, after
 one untimed call) on the first micro-batch of the train stream:
-  query: the teacher's log-probabilities for the micro-batch (NgramTeacher.fetch without online counting);
+  query: the teacher's signal for the micro-batch (NgramTeacher.fetch without online counting: the sparse
+      golf.signals.CountDist, not yet the dense log-probabilities its fallback loss_inputs makes);
   query_online: the same with NGRAM_ONLINE counting (what a training step runs);
   full_kl: the dense soft loss every Logits teacher pays, golf.losses.distill_terms (CE + KL at DISTILL_TEMP)
       forward and backward w.r.t. student logits of the micro-batch's shape;
   ce: cross-entropy alone, forward and backward (what the baseline pays for its loss).
-Last line: `ngram_cost build_ms=B query_ms=Q query_online_ms=O full_kl_ms=K ce_ms=C` (milliseconds).
+Last line: `ngram_cost build_ms=B query_ms=Q query_online_ms=O full_kl_ms=K ce_ms=C` (milliseconds, on --clock).
 """
 import dataclasses
 import os
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
-from _common import bench_config, machine_line, median_ms, set_threads, timed, train_files
+from _common import CLOCKS, bench_config, machine_line, median_ms, set_threads, timed, train_files
 from golf.data import DistributedTokenLoader, grad_accum_steps
 from golf.dist import init_dist
 from golf.errors import cli_main
@@ -32,6 +33,8 @@ from golf.ngram import StreamNgram
 def _options(p):
     p.add_argument("--reps", type=int, default=20, help="timed calls per piece")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="as in bench/distill_step.py (process: CPU "
+                   "seconds of the process, for a loaded machine; the build too)")
 
 
 @cli_main
@@ -42,17 +45,18 @@ def main():
     ctx = init_dist(cfg.device, cfg.dtype)
     files = train_files(cfg)
     ngram = StreamNgram.open(cfg, SimpleNamespace(train_files=files, ctx=ctx))
-    ngram.build()
+    build_s = timed(ngram.build, ctx, args.clock)
     accum = grad_accum_steps(cfg, ctx.world_size)
     batch = DistributedTokenLoader(files, 0, 1).next_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum)
     print(machine_line(ctx))
-    print(f"{ngram.log_line()} build_ms:{ngram.build_ms:.0f} micro_batch_tokens:{batch.x.numel()}")
+    print(f"{ngram.log_line()} micro_batch_tokens:{batch.x.numel()}")
+    print(ngram.counts_line())
 
     def median_of(fn) -> float:
         fn()
-        return median_ms([timed(fn, ctx) for _ in range(args.reps)])
+        return median_ms([timed(fn, ctx, args.clock) for _ in range(args.reps)])
 
-    logits = ngram.log_probs(batch).view(-1, cfg.vocab_size)
+    logits = ngram.signal(batch).dense_log_probs()
     z = torch.randn(logits.shape, device=ctx.device, requires_grad=True)
     y = batch.y.reshape(-1).to(ctx.device)
 
@@ -61,9 +65,9 @@ def main():
         (ce + kl).backward()
 
     ngram.online = False
-    figures = {"build_ms": ngram.build_ms, "query_ms": median_of(lambda: ngram.log_probs(batch))}
+    figures = {"build_ms": 1000 * build_s, "query_ms": median_of(lambda: ngram.signal(batch))}
     ngram.online = True
-    figures["query_online_ms"] = median_of(lambda: ngram.log_probs(batch))
+    figures["query_online_ms"] = median_of(lambda: ngram.signal(batch))
     figures["full_kl_ms"] = median_of(full_kl)
     figures["ce_ms"] = median_of(lambda: cross_entropy(z, y).backward())
     print("ngram_cost " + " ".join(f"{k}={v:.1f}" for k, v in figures.items()))

@@ -117,9 +117,11 @@ class Config:
     seed_faithful_row_len: int = _f(2048, "D2: tokens per row of the study's cache", "distill")
     restrict_to_cache: bool = _f(False, "train only on the cached shards instead of refusing to run past them", "distill")
     ngram_order: int = _f(3, "DISTILL_TEACHER=ngram: the n-gram order (contexts of ORDER-1 tokens), at least 2", "distill")
-    ngram_table_bits: int = _f(20, "DISTILL_TEACHER=ngram: an order's contexts are exact up to 2^N rows, else hashed into "
-                               "2^N buckets; a row is V int32 counts, so 4 GiB per order of 2^20 rows at V=1024 (the "
-                               "default keeps order 3 exact there); 16 for 256 MiB (CPU demos)", "distill")
+    ngram_smoothing: str = _f("mkn", "DISTILL_TEACHER=ngram: mkn (interpolated modified Kneser-Ney), kn (Kneser-Ney, one "
+                              "discount per order) or wb (Witten-Bell) (golf/ngram.py)", "distill")
+    ngram_max_mb: float = _f(4096.0, "DISTILL_TEACHER=ngram: cap on the exact n-gram counts' memory (at most 72 bytes per "
+                             "distinct n-gram of each order); once reached nothing more is counted (a prefix of the "
+                             "stream), logged as ngram:max_mb_reached", "distill")
     ngram_prepass_tokens: int = _f(0, "DISTILL_TEACHER=ngram: count the first N positions of the train stream in the first "
                                    "timed step (inside the budget); 0 = none, -1 = the whole stream", "distill")
     ngram_online: bool = _f(True, "DISTILL_TEACHER=ngram: count each micro-batch's stream after it has been queried", "distill")

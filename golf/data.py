@@ -79,7 +79,7 @@ class Batch:
     x: torch.Tensor  # (rows, seq_len) int64 inputs
     y: torch.Tensor  # (rows, seq_len) int64 targets
     segments: list[Segment]  # where x.flatten() was read from
-    teacher: object = None  # the teacher's golf.teachers.Signal for this batch, when a loader-side teacher gave one
+    teacher: object = None  # the teacher's golf.signals.Signal for this batch, when a loader-side teacher gave one
 
 
 def grad_accum_steps(cfg: Config, world_size: int) -> int:

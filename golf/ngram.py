@@ -1,48 +1,76 @@
 """A count-based n-gram language model over the training stream, for the n-gram teacher (DISTILL_TEACHER=ngram,
-golf.teachers.NgramTeacher, a thin wrapper: this module does not import golf.teachers, which registers it):
+golf.teachers.NgramTeacher, a thin wrapper that imports this module; the signal it returns is a
+golf.signals.CountDist):
 counted inside the timed budget, queried inside the step (record track).
 
-Smoothing: interpolated Witten-Bell, down to a uniform floor,
-    P_0(w) = 1 / V,   P_k(w | h) = (c(h, w) + d(h) P_{k-1}(w | h')) / (c(h) + d(h))   (P_k = P_{k-1} if c(h) = 0)
-with h the last k-1 tokens, h' its last k-2, c(h) = sum_w c(h, w) and d(h) the number of distinct followers of
-h. Chosen over Kneser-Ney because leave-one-out is exact and cheap: removing one occurrence of (h, w) changes
-only c(h, w), c(h) and, if c(h, w) drops to 0, d(h), three scalars per position and order; Kneser-Ney's lower
-orders hold continuation counts (and modified KN counts-of-counts) that one removal changes elsewhere. No
-probability is 0: every order mixes in the one below, and the last one the uniform floor.
+Exact contexts (`CountModel`). Per order k = 1..ORDER, the distinct k-grams that occurred are kept as sorted
+int64 keys (the k tokens in base V, the next token least significant) with their counts, built with
+torch.unique on the device and looked up with torch.searchsorted; the contexts (k-gram keys // V) are a
+sorted array beside them with their totals. A context never counted is found missing, so its order is skipped
+(the model backs off); nothing is shared between contexts. Keys are exact while V^ORDER < 2^63 (ORDER 6 at
+V = 1024 is 60 bits); a larger V^ORDER is refused (`StreamNgram.open`): no fingerprints, no false matches.
+Memory grows with the distinct n-grams: at most `BYTES_PER_NGRAM` bytes each (keys, counts, discounted
+numerators, last tokens, and the context arrays, a context having at least one n-gram), plus the (V + 1 + B, V) float32
+shared rows. NGRAM_MAX_MB caps that bound: counting stops at the last chunk (2^20 positions in the build, a
+micro-batch online) whose counts fit, so the model is always that of a prefix [0, counted) of the stream; the
+stop is printed once (`ngram:max_mb_reached`) and no later position is counted.
 
-Tables (`NgramCounts`): one dense (rows, V) count table per order on the run's device. A context of k-1 tokens
-is its exact mixed-radix id when V^(k-1) <= 2^NGRAM_TABLE_BITS (the unigram's one row, the bigram's V rows at
-the default), else a bucket of a polynomial hash mod 2^31 - 1 (2^NGRAM_TABLE_BITS rows); contexts sharing a
-bucket share its counts. Each row's c(h) and d(h) are kept beside the table; a query gathers each position's
-row per order (n x V int32, a few row gathers per order for a micro-batch) and mixes it into the order below.
-Cells are int32, or int64 when the run could count 2^31 positions. Cost per order and hashed bucket count:
-V x 4 bytes (4 KiB at V = 1024): 256 MiB per hashed order at 2^16 buckets.
+Smoothing (NGRAM_SMOOTHING, Chen & Goodman 1998), interpolated down to the uniform P_0 = 1/V, for a context
+h (k-1 tokens) with counts a(h, w):
+    P_k(w | h) = num(a(h, w)) / den(h) + gamma(h) P_{k-1}(w | h'),   gamma(h) = gnum(h) / den(h),
+and P_k = P_{k-1} where den(h) = 0 (context unseen, or missing from the row, see below).
+  mkn (default): num(a) = a - D(a), D(a) = D1, D2, D3+ for a = 1, 2, >= 3 (0 for a = 0), den = sum_w a,
+       gnum = D1 N1(h) + D2 N2(h) + D3 N3+(h). The discounts of each order from its counts-of-counts n1..n4:
+       Y = n1 / (n1 + 2 n2), D1 = 1 - 2Y n2/n1, D2 = 2 - 3Y n3/n2, D3 = 3 - 4Y n4/n3 (x/0 read as 0), clamped
+       to [0.1, i] (only tiny data leaves the formula's range; 0.1 keeps gamma > 0 so every prob is > 0).
+  kn:  one D = n1 / (n1 + 2 n2) per order (clamped to [0.1, 1]) for every count; gnum = D * followers(h).
+  wb:  Witten-Bell: num(a) = a, den = sum_w a + followers(h), gnum = followers(h).
+mkn and kn use continuation counts below the top order: a_k(x) for k < ORDER is the number of distinct
+(k+1)-grams ending in x (the top order, and every order of wb, uses the raw counts).
+
+Leave-one-out (NGRAM_LEAVE_ONE_OUT=1) is exact: a counted position's own occurrence is removed from every
+quantity its prediction uses. At order k it lowers a(h, y) by delta_k: 1 for a raw count, and for a
+continuation count 1 only if the (k+1)-gram of the position's whole stream context had raw count 1 (the
+position was its only occurrence); den, the followers and N1/N2/N3+ of h follow from a(h, y) and a(h, y) -
+delta_k. The discounts D stay those of the full counts (docs/decisions.md: one occurrence moves n1..n4 by at
+most one in ~10^5, and per-position discounts would change every order's numerators at every position).
+
+The distribution as a golf.signals.CountDist (p = sparse + rho * rows[row_of] + beta * shared), never N x V:
+  sparse: orders >= 3, over the followers of the position's order-3 context (every follower of a longer
+    context follows its order-3 suffix too), padded to W = the most followers of any order-3 context + 1 (one
+    slot for the target when it is not a follower), fixed when the counts are; plus the leave-one-out
+    corrections of orders 1 and 2 at the target's slot. ORDER 2: W = 1, the corrections only.
+  rows[prev]: the bigram's discounted part num_2(a(prev, .)) normalised, shared by every position after the
+    token prev (rho = its weight there); rows[V]: uniform; rows[V + 1 + b]: for a bigram b = (prev, y) counted
+    once whose removal changes the unigram's gamma, that bigram row mixed with uniform in the ratio the
+    removal makes (only there does the uniform need its own weight beside both shared parts).
+  shared: the order-1 model P_1 of the full counts (continuation unigram mixed with uniform), beta its weight.
 
 The stream: the train shards in order, cyclic, exactly as the loader reads them (golf.data.TokenStream).
 Position g is the event (the tokens up to stream position g as context, the token at g + 1 as target); the
 loader's x at g has that target as its y. Counting reads the stream from the shards, with cyclic contexts; a
 query reads its contexts from the batch's rows, so the first k-2 positions of a row have no order-k context
-and are predicted by the orders they have (0.1% of positions at TRAIN_SEQ_LEN=2048, order 3; the cost of
-not fetching tokens from before the row).
+and are predicted by the orders they have (1 position in 2048 at TRAIN_SEQ_LEN=2048, order 3; the cost of
+not fetching tokens from before the row). Leave-one-out uses the whole stream context (a micro-batch is a
+contiguous piece of the stream; the ORDER-2 tokens before it are read from the shards).
 
 What is counted: the stream's positions [0, F). The first fetch of the timed run counts [0,
-NGRAM_PREPASS_TOKENS) (the "prepass"; `reset` drops the tables before the timed run and the first fetch
-after it builds them inside the first timed step, after the Clock started, so the cost is in train_time); with
+NGRAM_PREPASS_TOKENS) (the "prepass"; `reset` drops the counts before the timed run and the first fetch after
+it builds them inside the first timed step, after the Clock started, so the cost is in train_time); with
 NGRAM_ONLINE=1 each fetch, after computing its signal, advances F to the end of the stream the loader has read
 for the micro-batch (every rank's span: a position is counted once its target has been read), so the next
 micro-batch sees them. F never passes the stream's end: after the loader wraps, every position is counted
 once. Every rank reads the same shards and counts the same positions, so all ranks hold the same counts
 without any communication. Validation shards are never opened.
 
-A resumed run (CHECKPOINT_EVERY) rebuilds the same counts: its first fetch counts every position before the
-loader's restored place, as the interrupted run had (unless its loader had wrapped: then all were counted).
+Device work: the build (and each online merge) runs torch.unique and reads sizes on the host, so it waits for
+the device once per chunk; a query is fixed-shape searchsorted/gather work with no host read.
 
-Leave-one-out (NGRAM_LEAVE_ONE_OUT=1): a queried position g < F was counted, so its own (h, w) occurrence is
-taken out of every order (its cell, c(h), and d(h) if the cell drops to 0) before its distribution is
-computed: the teacher predicts the token from the rest of the data, not from its own memorised count. With 0
-it is not (an ablation).
+A resumed run (CHECKPOINT_EVERY) sees exactly the counts the interrupted run had: the teacher's resumable
+state carries (counted, read_upto), and the first build after the resume counts [0, counted).
 """
 import dataclasses
+import os
 import time
 import types
 
@@ -50,103 +78,301 @@ import numpy as np
 import torch
 
 from golf.config import Config
-from golf.data import Batch, grad_accum_steps, local_tokens, tokens_read_per_batch
+from golf.data import Batch, grad_accum_steps, tokens_read_per_batch
 from golf.errors import GolfError
 from golf.shards import load_shard, read_header
+from golf.signals import CountDist
 
-_HASH_PRIME = (1 << 31) - 1  # contexts hash to a polynomial mod this prime: every product stays below 2^62
-_HASH_BASE = 1_000_003
-_COUNT_CHUNK = 1 << 20  # positions counted per pass: bounds the build's temporary memory
-_QUERY_BUFFERS = 3  # (n, V) 4-byte buffers a query holds at once: p, an order's gathered counts, their float copy
-
-
-def table_rows(k: int, vocab_size: int, table_bits: int) -> int:
-    """Rows of the order-k table: every context of k-1 tokens exactly, or the hash buckets when that is more."""
-    exact = vocab_size ** (k - 1)
-    return exact if exact <= 1 << table_bits else 1 << table_bits
+SMOOTHINGS = ("mkn", "kn", "wb")
+_SENTINEL = torch.iinfo(torch.int64).max  # ends every sorted key array: a lookup never runs past it
+_COUNT_CHUNK = 1 << 20  # positions counted per merge in the build: bounds its temporary memory
+# Bytes per distinct n-gram, an upper bound: key, raw count, model count, last token (int64), numerator (float32)
+# = 36, and at most one context per n-gram: key, total, first follower, follower count (int64), gnum (float32) = 36.
+BYTES_PER_NGRAM = 72
+_MIN_DISCOUNT = 0.1
 
 
-def table_bytes(order: int, vocab_size: int, table_bits: int, wide: bool) -> int:
-    return sum(table_rows(k, vocab_size, table_bits) for k in range(1, order + 1)) * vocab_size * (8 if wide else 4)
+def bound_bytes(distinct: list[int], vocab_size: int) -> int:
+    """The memory bound NGRAM_MAX_MB caps: BYTES_PER_NGRAM per distinct n-gram of each order, plus the shared
+    float32 rows (at most 4V + 1: the V bigram rows, uniform, and at most 3 leave-one-out rows per token, as
+    only a token with at most 3 distinct predecessors (mkn; 1 for kn, 1 occurrence for wb) has them)."""
+    return BYTES_PER_NGRAM * sum(distinct) + 4 * (4 * vocab_size + 1) * vocab_size
 
 
-def context_rows(windows: torch.Tensor, order: int, vocab_size: int, table_bits: int) -> list[torch.Tensor]:
-    """Each order's table row for contexts `windows` (..., order-1), int64, the last column the most recent token:
-    row 0 for the unigram, then the exact id or the hash bucket of the last k-1 tokens (see `table_rows`)."""
-    v = vocab_size
-    exact = torch.zeros(windows.shape[:-1], dtype=torch.int64, device=windows.device)
-    hashed = torch.zeros_like(exact)
-    out = [exact.clone()]
-    for k in range(2, order + 1):
-        tok = windows[..., order - k]  # the token k-2 places before the current one
-        exact = exact + tok * v ** (k - 2)
-        hashed = (hashed * _HASH_BASE + tok + 1) % _HASH_PRIME
-        rows = table_rows(k, v, table_bits)
-        out.append(exact if rows == v ** (k - 1) else hashed & (rows - 1))
+def check_settings(cfg: Config):
+    """The NGRAM_* settings on their own (NgramTeacher.check_settings calls this); those that depend on the run (key width,
+    data, memory) are checked by StreamNgram.open."""
+    if "NGRAM_TABLE_BITS" in os.environ:
+        raise GolfError("NGRAM_TABLE_BITS is gone: the n-gram counts are keyed by the exact context now; unset it "
+                        "(NGRAM_MAX_MB caps their memory)")
+    if cfg.ngram_smoothing not in SMOOTHINGS:
+        raise GolfError(f"NGRAM_SMOOTHING={cfg.ngram_smoothing!r}: use mkn (modified Kneser-Ney), kn (Kneser-Ney) "
+                        "or wb (Witten-Bell)")
+    if cfg.ngram_max_mb <= 0:
+        raise GolfError(f"NGRAM_MAX_MB={cfg.ngram_max_mb}: use a positive number of MiB for the n-gram counts")
+
+
+def context_and_gram_keys(windows: torch.Tensor, targets: torch.Tensor, order: int, vocab_size: int):
+    """Per order k = 1..order: (context keys, k-gram keys), int64 (m,), for contexts `windows` (m, order-1), the
+    last column the most recent token: the context is the last k-1 tokens in base V (0 for k = 1), the k-gram
+    that context then the target."""
+    h = torch.zeros_like(targets)
+    out = []
+    for k in range(1, order + 1):
+        if k > 1:
+            h = h + windows[:, order - k] * vocab_size ** (k - 2)
+        out.append((h, h * vocab_size + targets))
     return out
 
 
-class NgramCounts:
-    """Count tables of orders 1..`order` over `vocab_size` tokens on `device`, and the Witten-Bell query.
+def _lookup(sorted_keys: torch.Tensor, values: torch.Tensor, keys: torch.Tensor):
+    """(found, index) of `keys` in a sentinel-ended sorted array; values[index] where found, else 0."""
+    i = torch.searchsorted(sorted_keys, keys)
+    found = sorted_keys[i] == keys
+    return found, i, torch.where(found, values[i], torch.zeros((), dtype=values.dtype, device=values.device))
 
-    Besides each (rows, V) table, every row's total c(h) and distinct-follower count d(h) are kept up to date
-    by `add`, so a query reads them as scalars instead of reducing each gathered (n, V) row: per order it makes
-    two passes over (n, V) (the gather, a fused scale and multiply-add); the unigram, whose row is shared, one."""
 
-    def __init__(self, order: int, vocab_size: int, table_bits: int, device, wide: bool = False):
-        self.order, self.vocab_size, self.table_bits, self.device = order, vocab_size, table_bits, device
-        dtype = torch.int64 if wide else torch.int32
-        self.rows = [table_rows(k, vocab_size, table_bits) for k in range(1, order + 1)]
-        self.tables = [torch.zeros(r, vocab_size, dtype=dtype, device=device) for r in self.rows]
-        self.totals = [torch.zeros(r, dtype=torch.int64, device=device) for r in self.rows]
-        self.distinct = [torch.zeros(r, dtype=torch.int64, device=device) for r in self.rows]
+def _discounts(a: torch.Tensor, smoothing: str) -> list[float]:
+    """[0, D1, D2, D3+] of one order from its counts-of-counts (module docstring)."""
+    n1, n2, n3, n4 = (float((a == i).sum()) for i in (1, 2, 3, 4))
 
-    def context_rows(self, windows: torch.Tensor) -> list[torch.Tensor]:
-        return context_rows(windows, self.order, self.vocab_size, self.table_bits)
+    def div(x, y):
+        return x / y if y else 0.0
+    y = div(n1, n1 + 2 * n2)
+    if smoothing == "kn":
+        return [0.0] + [min(max(y, _MIN_DISCOUNT), 1.0)] * 3
+    d = [1 - 2 * y * div(n2, n1), 2 - 3 * y * div(n3, n2), 3 - 4 * y * div(n4, n3)]
+    return [0.0] + [min(max(x, _MIN_DISCOUNT), i + 1.0) for i, x in enumerate(d)]
+
+
+@dataclasses.dataclass
+class _Order:
+    """One order's counts: sorted distinct k-gram keys with their raw and model counts and numerators, and the
+    sorted distinct contexts with den, gnum, first follower and follower count (all ended by a sentinel)."""
+    keys: torch.Tensor
+    raw: torch.Tensor
+    a: torch.Tensor = None
+    num: torch.Tensor = None
+    last_token: torch.Tensor = None  # each k-gram's last token (keys % V)
+    ctx: torch.Tensor = None
+    den: torch.Tensor = None
+    gnum: torch.Tensor = None
+    start: torch.Tensor = None
+    followers: torch.Tensor = None
+    dtab: torch.Tensor = None  # [0, D1, D2, D3+] (mkn, kn)
+    discounts: tuple = ()
+
+
+@dataclasses.dataclass
+class _Terms:
+    """One order's quantities at a batch of positions (see CountModel._terms)."""
+    ctx_index: torch.Tensor
+    den: torch.Tensor
+    gnum: torch.Tensor
+    den_out: torch.Tensor  # after leaving the occurrence out
+    gnum_change: torch.Tensor  # gnum after minus gnum before
+    num: torch.Tensor  # num(a(h, y))
+    num_out: torch.Tensor  # num(a(h, y) - delta)
+    delta: torch.Tensor
+
+    def select(self, mask: torch.Tensor) -> "_Terms":
+        return _Terms(*(getattr(self, f.name)[mask] for f in dataclasses.fields(self)))
+
+
+class CountModel:
+    """Exact n-gram counts of orders 1..`order` over `vocab_size` tokens on `device`, smoothed by `smoothing`
+    (module docstring). `add` merges events; `derive` (after the adds) makes what a query reads; `query` gives a
+    batch's distributions as a golf.signals.CountDist."""
+
+    def __init__(self, order: int, vocab_size: int, smoothing: str, device):
+        self.order, self.vocab_size, self.smoothing, self.device = order, vocab_size, smoothing, device
+        empty = torch.full((1,), _SENTINEL, dtype=torch.int64, device=device)
+        self.orders = [_Order(empty, torch.zeros(1, dtype=torch.int64, device=device)) for _ in range(order)]
+        self.derive()
+
+    def distinct(self) -> list[int]:
+        """Distinct k-grams per order k = 1..order."""
+        return [len(o.keys) - 1 for o in self.orders]
+
+    def bound_bytes(self) -> int:
+        return bound_bytes(self.distinct(), self.vocab_size)
+
+    def nbytes(self) -> int:
+        """Bytes the tensors hold now (each storage once)."""
+        seen = {}
+        for t in [self.rows, self.shared, self.bigram_keys] + [
+                x for o in self.orders for x in dataclasses.astuple(o) if isinstance(x, torch.Tensor)]:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(seen.values())
 
     def add(self, windows: torch.Tensor, targets: torch.Tensor):
-        """Count the events (context `windows` (m, order-1), next token `targets` (m,)) in every order."""
-        v = self.vocab_size
-        for table, totals, distinct, rows in zip(self.tables, self.totals, self.distinct, self.context_rows(windows)):
-            # Sorted rather than torch.unique, whose data-dependent size would make a CUDA step wait for the
-            # device: a cell gains a follower if it was 0 before and this is its first event here.
-            cells = (rows * v + targets).sort().values
-            flat = table.view(-1)
-            new = (flat[cells] == 0) & torch.cat([cells.new_ones(1, dtype=torch.bool), cells[1:] != cells[:-1]])
-            flat.index_put_((cells,), torch.ones_like(cells, dtype=flat.dtype), accumulate=True)
-            totals.index_add_(0, rows, torch.ones_like(rows))
-            distinct.index_add_(0, cells // v, new.long())
+        """Merge the events (contexts `windows` (m, order-1), next tokens `targets` (m,)) into every order's raw
+        counts (derive afterwards)."""
+        for o, (_, keys) in zip(self.orders, context_and_gram_keys(windows, targets, self.order, self.vocab_size)):
+            merged, inverse = torch.unique(torch.cat([o.keys[:-1], keys]), return_inverse=True)
+            raw = torch.zeros(len(merged) + 1, dtype=torch.int64, device=self.device)
+            raw.index_add_(0, inverse, torch.cat([o.raw[:-1], torch.ones_like(keys)]))
+            o.keys, o.raw = torch.cat([merged, o.keys[-1:]]), raw
 
-    def log_probs(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor,
-                  leave_out: torch.Tensor) -> torch.Tensor:
-        """float32 (m, V) log-probabilities of the next token after contexts `windows` (m, order-1).
+    def _num(self, o: _Order, a: torch.Tensor) -> torch.Tensor:
+        if self.smoothing == "wb":
+            return a.double()
+        return a.double() - o.dtab[a.clamp(max=3)]
 
-        available (m, order) bool: whether position i has an order-k context (column k-1; a row's first
-        positions lack the longer ones). leave_out (m,) bool: the event (context, targets[i]) is taken out of
-        every order's counts first (position i was counted): its cell, the row's total, and the row's distinct
-        count if that cell drops to 0.
+    def derive(self):
+        """Model counts, discounts, numerators, context arrays and the shared parts from the raw counts."""
+        v, dev = self.vocab_size, self.device
+        for k, o in enumerate(self.orders, start=1):
+            if self.smoothing == "wb" or k == self.order:
+                o.a = o.raw
+            else:  # continuation counts: distinct (k+1)-grams ending in each k-gram
+                longer = self.orders[k].keys[:-1]
+                o.a = torch.zeros_like(o.raw).index_add_(0, torch.searchsorted(o.keys, longer % v ** k),
+                                                         torch.ones_like(longer))
+            real = o.a[:-1]
+            o.discounts = tuple(_discounts(real, self.smoothing)) if self.smoothing != "wb" else ()
+            o.dtab = torch.tensor(o.discounts or [0.0] * 4, dtype=torch.float64, device=dev)
+            o.num = self._num(o, o.a).float()
+            o.last_token = o.keys % v
+            ctx, inverse, followers = torch.unique_consecutive(o.keys[:-1] // v, return_inverse=True,
+                                                               return_counts=True)
+            total = torch.zeros(len(ctx), dtype=torch.int64, device=dev).index_add_(0, inverse, real)
+            if self.smoothing == "wb":
+                den, gnum = total + followers, followers.double()
+            else:
+                den = total
+                gnum = torch.zeros(len(ctx), dtype=torch.float64, device=dev)
+                gnum.index_add_(0, inverse, o.dtab[real.clamp(max=3)])
+            zero = torch.zeros(1, dtype=torch.int64, device=dev)
+            o.ctx = torch.cat([ctx, o.keys[-1:]])
+            o.den = torch.cat([den, zero])
+            o.gnum = torch.cat([gnum.float(), zero.float()])
+            o.start = torch.cat([torch.cumsum(followers, 0) - followers, zero + len(real)])
+            o.followers = torch.cat([followers, zero])
+        self._derive_shared()
 
-        Per order, with a = 1 / (c(h) + d(h)) and b = d(h) a where the context has counts (else a = 0, b = 1):
-        p <- b p + a c(h, .), c(h, .) the gathered row, with a left-out position's own cell one less."""
-        m, v = windows.shape[0], self.vocab_size
-        p = torch.full((m, v), 1.0 / v, dtype=torch.float32, device=self.device)
-        out = leave_out.long()
-        at_targets = torch.arange(m, device=self.device) * v + targets
-        for k, (table, totals, distinct, rows) in enumerate(zip(self.tables, self.totals, self.distinct,
-                                                                 self.context_rows(windows))):
-            own = table.view(-1)[rows * v + targets].long() - out  # the cell after leaving out
-            total = totals[rows] - out
-            kinds = distinct[rows] - (out * (own == 0))
-            use = (total > 0) & available[:, k]
-            a = torch.where(use, 1.0 / (total + kinds).clamp_min(1), 0.0).float()
-            b = torch.where(use, kinds * a, 1.0).float()
-            p_target = p.view(-1)[at_targets]
-            # The unigram's one row is broadcast, not gathered: every position has the same context.
-            p.mul_(b[:, None]).addcmul_(table if k == 0 else table[rows], a[:, None])
-            # A left-out position's target cell is recomputed from its own count (subtracting a afterwards would
-            # cancel catastrophically in float32 where b p is much smaller than a).
-            p.view(-1)[at_targets] = torch.where(leave_out, b * p_target + a * own, p.view(-1)[at_targets])
-        return p.log_()
+    def _terms(self, k: int, h: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> _Terms:
+        """Order k's quantities for contexts `h` and targets `y` (m,), `delta` (m,) occurrences of (h, y) left
+        out (module docstring); den = 0 where the context is unseen."""
+        o = self.orders[k - 1]
+        found, ci, den = _lookup(o.ctx, o.den, h)
+        gnum = torch.where(found, o.gnum[ci], 0.0)
+        _, _, a = _lookup(o.keys, o.a, h * self.vocab_size + y)
+        a_out = a - delta
+        if self.smoothing == "wb":
+            lost = ((a > 0) & (a_out == 0)).long()
+            den_out, change = den - delta - lost, -lost.float()
+        else:
+            den_out = den - delta
+            change = (o.dtab[a_out.clamp(max=3)] - o.dtab[a.clamp(max=3)]).float()
+        return _Terms(ci, den, gnum, den_out, change, self._num(o, a).float(), self._num(o, a_out).float(), delta)
+
+    def _derive_shared(self):
+        """shared = P_1 of the full counts; rows = [bigram numerators by previous token (uniform where unseen),
+        uniform, the leave-one-out rows of singleton bigrams that change the unigram's gamma]."""
+        v, dev = self.vocab_size, self.device
+        uniform = torch.full((v,), 1.0 / v, dtype=torch.float64, device=dev)
+        o1, o2 = self.orders[0], self.orders[1]
+        p1 = uniform.clone()
+        if o1.den[0] > 0:
+            p1 = (o1.gnum[0].double() / o1.den[0]) * uniform
+            p1[o1.keys[:-1]] += o1.num[:-1].double() / o1.den[0]
+        bigram = uniform.repeat(v, 1)
+        prev, w = o2.keys[:-1] // v, o2.keys[:-1] % v
+        kept = o2.den - o2.gnum.double()  # the numerators' sum per context
+        ci = torch.searchsorted(o2.ctx, prev)
+        bigram[o2.ctx[:-1][kept[:-1] > 0]] = 0.0
+        ok = kept[ci] > 0
+        bigram[prev[ok], w[ok]] = o2.num[:-1][ok].double() / kept[ci[ok]]
+        # Leave-one-out rows: bigrams counted once (delta 1 at orders 1 and 2, see `query`).
+        once = o2.keys[:-1][o2.raw[:-1] == 1]
+        ones = torch.ones_like(once)
+        t1 = self._terms(1, torch.zeros_like(once), once % v, ones)
+        t2 = self._terms(2, once // v, once % v, ones)
+        need = (t1.gnum_change != 0) & (t1.den_out > 0) & (t2.den_out > 0)
+        t1, t2, once = t1.select(need), t2.select(need), once[need]
+        a_part = (t2.den - t2.gnum.double()) / t2.den_out
+        u_part = ((t2.gnum.double() + t2.gnum_change.double()) / t2.den_out) * t1.gnum_change.double() / t1.den_out
+        mixed = (a_part[:, None] * bigram[once // v] + u_part[:, None] * uniform) / (a_part + u_part)[:, None]
+        self.bigram_keys = torch.cat([once, torch.full((1,), _SENTINEL, dtype=torch.int64, device=dev)])
+        self.rows = torch.cat([bigram, uniform[None], mixed]).float()
+        self.shared = p1.float()
+        # Most followers of any context, per order: the sparse part's fixed widths until the counts change.
+        self.widths = [int(o.followers.max()) for o in self.orders]
+
+    def query(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor, leave_out: torch.Tensor):
+        """The distributions after contexts `windows` (m, order-1, each position's whole stream context when it
+        is left out), as a golf.signals.CountDist. available (m, order) bool: whether position i has an order-k
+        context (column k-1; a row's first positions lack the longer ones). leave_out (m,) bool: position i was
+        counted and its own occurrence is taken out (module docstring). Fixed shapes, no host read."""
+        n, v, m = self.order, self.vocab_size, len(targets)
+        y, out = targets, leave_out.long()
+        keys = context_and_gram_keys(windows, y, n, v)
+        terms, use, weight_of = [], [], []
+        for k in range(1, n + 1):
+            if self.smoothing == "wb" or k == n:
+                delta = out
+            else:  # a continuation count drops only if the whole-context (k+1)-gram was counted once
+                _, _, raw = _lookup(self.orders[k].keys, self.orders[k].raw, keys[k][1])
+                delta = out * (raw == 1)
+            t = self._terms(k, keys[k - 1][0], y, delta)
+            terms.append(t)
+            use.append(available[:, k - 1] & (t.den_out > 0))
+        # g[k-1]: the weight of order k's own part, the product of the gammas of the orders above it
+        g, above = [None] * n, torch.ones(m, dtype=torch.float32, device=self.device)
+        for k in range(n, 0, -1):
+            t = terms[k - 1]
+            g[k - 1] = above
+            gamma = (t.gnum + t.gnum_change) / t.den_out.clamp_min(1)
+            above = above * torch.where(use[k - 1], gamma, 1.0)
+        p_target = above / v
+        for k in range(1, n + 1):
+            t = terms[k - 1]
+            p_target = p_target + torch.where(use[k - 1], g[k - 1] * t.num_out / t.den_out.clamp_min(1), 0.0)
+
+        # The sparse part: orders >= 3 over the followers of the order-3 context (ascending ids, padding V), each
+        # longer order's followers (a contiguous range of its keys) placed at their slots by a search within the
+        # row; then the leave-one-out corrections of every order at the target's slot.
+        width = self.widths[2] + 1 if n >= 3 else 1  # one slot more than any order-3 context's followers
+        weight = torch.zeros(m, width, dtype=torch.float32, device=self.device)
+        ids = torch.full((m, width), v, dtype=torch.int64, device=self.device)
+        count3 = torch.zeros(m, dtype=torch.int64, device=self.device)
+        for k in range(3, n + 1):
+            o, t = self.orders[k - 1], terms[k - 1]
+            count = torch.where(use[k - 1], o.followers[t.ctx_index], 0)
+            j = torch.arange(width if k == 3 else self.widths[k - 1], device=self.device)
+            real = j[None, :] < count[:, None]
+            at = (o.start[t.ctx_index][:, None] + j).clamp(max=len(o.keys) - 1)
+            scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0)
+            part = torch.where(real, o.num[at] * scale[:, None], 0.0)
+            followers = torch.where(real, o.last_token[at], v)
+            if k == 3:
+                ids, weight, count3 = followers, part, count
+            else:
+                weight.scatter_add_(1, torch.searchsorted(ids, followers).clamp(max=width - 1), part)
+        # The target's slot: its place among the (ascending) followers, else the first padding slot.
+        at_y = torch.searchsorted(ids, y[:, None]).clamp(max=width - 1)
+        y_slot = torch.where(ids.gather(1, at_y)[:, 0] == y, at_y[:, 0], count3)
+        ids.scatter_(1, y_slot[:, None], y[:, None])
+        ids.masked_fill_(ids == v, 0)
+        correction = torch.zeros(m, dtype=torch.float32, device=self.device)
+        for k in range(1, n + 1):
+            t = terms[k - 1]
+            correction += torch.where(use[k - 1], g[k - 1] * (t.num_out - t.num) / t.den_out.clamp_min(1), 0.0)
+        weight.scatter_add_(1, y_slot[:, None], correction[:, None])
+
+        # The shared parts: the bigram row (or its leave-one-out mix with uniform), P_1, and uniform.
+        t1, t2 = terms[0], terms[1]
+        rho2 = torch.where(use[1], g[1] * (t2.den - t2.gnum) / t2.den_out.clamp_min(1), 0.0)
+        beta = torch.where(use[0], g[0] * t1.den / t1.den_out.clamp_min(1), 0.0)
+        rest = torch.where(use[0], g[0] * t1.gnum_change / t1.den_out.clamp_min(1), g[0])  # uniform's own weight
+        prev = windows[:, -1]
+        mixed = (rho2 != 0) & (rest != 0)
+        b = torch.searchsorted(self.bigram_keys, prev * v + y)
+        row_of = torch.where(mixed, v + 1 + b, torch.where(rho2 != 0, prev, v))
+        rho = torch.where(rho2 != 0, rho2 + torch.where(mixed, rest, 0.0), rest)
+        return CountDist(ids=ids, weight=weight, rows=self.rows, row_of=row_of, rho=rho, shared=self.shared,
+                         beta=beta, target_logprob=p_target.log())
 
 
 class TrainStream:
@@ -186,47 +412,48 @@ def _available_bytes(device: torch.device) -> int:
 
 
 class StreamNgram:
-    """The n-gram model of the training stream as a run uses it: built (tables, prepass) by `build`, queried for
-    a batch by `log_probs` (which then counts what the loader has read, with NGRAM_ONLINE), dropped by `reset`.
+    """The n-gram model of the training stream as a run uses it: built (prepass) by `build`, queried for a batch
+    by `signal` (which then counts what the loader has read, with NGRAM_ONLINE), dropped by `reset`.
     golf.teachers.NgramTeacher is the teacher around it."""
 
     def __init__(self, cfg: Config, stream: TrainStream, device: torch.device, rank: int, world_size: int):
-        self.order, self.vocab_size, self.table_bits = cfg.ngram_order, cfg.vocab_size, cfg.ngram_table_bits
+        self.order, self.vocab_size, self.smoothing = cfg.ngram_order, cfg.vocab_size, cfg.ngram_smoothing
+        self.max_bytes = int(cfg.ngram_max_mb * 2**20)
         self.online, self.leave_one_out = cfg.ngram_online, cfg.ngram_leave_one_out
         self.prepass = stream.total if cfg.ngram_prepass_tokens < 0 else cfg.ngram_prepass_tokens  # -1: all of it
         self.stream, self.device, self.rank = stream, device, rank
         accum = grad_accum_steps(cfg, world_size)
         self.chunk = tokens_read_per_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum, world_size)
         self.span = self.chunk // world_size  # a rank's inputs plus its last target
-        # Past 2^31 countable positions one cell could overflow int32 (the unigram's most frequent token first).
-        self.wide = (stream.total if self.online else self.prepass) >= 1 << 31
-        self.counts: NgramCounts | None = None
+        self.counts: CountModel | None = None
         self.counted = 0  # positions [0, counted) of the stream are in the counts
         self.read_upto = 0  # unwrapped stream position the loader has read up to (all ranks' spans)
-        self.build_ms = 0.0  # the last build's time (tables allocated, prepass counted)
+        self.capped = False  # NGRAM_MAX_MB was reached: nothing more is counted
+        self.resumed: dict | None = None  # (counted, read_upto) of an interrupted run, for the next build
+        self.build_ms = 0.0  # the last build's time (prepass counted)
 
     @classmethod
     def open(cls, cfg: Config, run) -> "StreamNgram":
-        """The model for the run (golf.runner.Run), refusing a prepass past the train data or tables that do
-        not fit the device's free memory."""
+        """The model for the run (golf.runner.Run), refusing an order whose keys would not fit int64, a prepass
+        past the train data or a memory cap the device does not have free."""
         if not cfg.ngram_prepass_tokens and not cfg.ngram_online:
             raise GolfError("NGRAM_PREPASS_TOKENS=0 with NGRAM_ONLINE=0 counts nothing (the teacher would be uniform); "
                             "set NGRAM_PREPASS_TOKENS=N or NGRAM_ONLINE=1")
+        if cfg.vocab_size ** cfg.ngram_order >= 1 << 63:
+            raise GolfError(f"NGRAM_ORDER={cfg.ngram_order} with VOCAB_SIZE={cfg.vocab_size}: an exact n-gram key needs "
+                            f"VOCAB_SIZE^ORDER < 2^63; lower NGRAM_ORDER")
         stream = TrainStream(run.train_files)
         if cfg.ngram_prepass_tokens > stream.total:
             raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens} is more than the {stream.total} tokens of "
                             f"the {len(stream.paths)} train shards; set NGRAM_PREPASS_TOKENS<={stream.total}")
         model = cls(cfg, stream, run.ctx.device, run.ctx.rank, run.ctx.world_size)
-        local = local_tokens(cfg.train_batch_tokens, cfg.train_seq_len, grad_accum_steps(cfg, run.ctx.world_size),
-                             run.ctx.world_size)
-        tables = model.table_bytes
-        need = tables + _QUERY_BUFFERS * 4 * local * cfg.vocab_size
+        # The counts never exceed the bound of every countable position being a new n-gram of every order.
+        need = min(model.max_bytes, bound_bytes([model.countable] * cfg.ngram_order, cfg.vocab_size))
         have = _available_bytes(run.ctx.device)
         if need > have:
-            raise GolfError(f"NGRAM_ORDER={cfg.ngram_order} NGRAM_TABLE_BITS={cfg.ngram_table_bits}: the n-gram tables "
-                            f"({tables / 2**20:.0f} MiB) and a micro-batch's query ({(need - tables) / 2**20:.0f} MiB) "
-                            f"need more than the {have / 2**20:.0f} MiB free on {run.ctx.device}; lower "
-                            "NGRAM_TABLE_BITS or NGRAM_ORDER")
+            raise GolfError(f"NGRAM_MAX_MB={cfg.ngram_max_mb:g}: the n-gram counts may need {need / 2**20:.1f} MiB but "
+                            f"{run.ctx.device} has {have / 2**20:.1f} MiB free; lower NGRAM_MAX_MB (counting stops "
+                            "at a prefix of the stream once it is reached)")
         return model
 
     @classmethod
@@ -243,12 +470,15 @@ class StreamNgram:
         return model
 
     @property
-    def table_bytes(self) -> int:
-        return table_bytes(self.order, self.vocab_size, self.table_bits, self.wide)
+    def countable(self) -> int:
+        return self.stream.total if self.online else self.prepass
 
     def reset(self):
-        """Drop the tables: the next `build` starts from the stream's start."""
-        self.counts, self.counted, self.read_upto = None, 0, 0
+        """Drop the counts: the next `build` starts from the stream's start (or a resumed run's place)."""
+        self.counts, self.counted, self.read_upto, self.capped = None, 0, 0, False
+
+    def resume_state(self) -> dict:
+        return {"counted": self.counted, "read_upto": self.read_upto}
 
     def _events(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(contexts (b-a, order-1), targets (b-a,)) of the stream positions [a, b), cyclic, on the device."""
@@ -258,26 +488,39 @@ class StreamNgram:
             tokens = tokens.pin_memory().to(self.device, non_blocking=True)
         return tokens[:-1].unfold(0, n - 1, 1), tokens[n - 1:]
 
-    def _count(self, upto: int):
-        """Count the positions [self.counted, upto) of the stream."""
-        for a in range(self.counted, upto, _COUNT_CHUNK):
-            self.counts.add(*self._events(a, min(a + _COUNT_CHUNK, upto)))
-        self.counted = max(self.counted, upto)
-
-    def stream_log_probs(self, a: int, b: int) -> torch.Tensor:
-        """float32 (b-a, V) log-probabilities at the stream positions [a, b) with their whole (cyclic) contexts,
-        each counted position's own event left out as in training (the logit cache of the n-gram teacher)."""
-        windows, targets = self._events(a, b)
-        leave_out = (torch.arange(a, b, device=self.device) < self.counted) & self.leave_one_out
-        available = torch.ones(b - a, self.order, dtype=torch.bool, device=self.device)
-        return self.counts.log_probs(windows, available, targets, leave_out)
+    def _count(self, upto: int, step: int | None = None):
+        """Count the positions [self.counted, upto) of the stream, `step` at a time, stopping for good at the
+        last step whose counts fit NGRAM_MAX_MB."""
+        if self.capped or upto <= self.counted:
+            return
+        step = step or _COUNT_CHUNK
+        for a in range(self.counted, upto, step):
+            b = min(a + step, upto)
+            before = [(o.keys, o.raw) for o in self.counts.orders]
+            self.counts.add(*self._events(a, b))
+            if self.counts.bound_bytes() > self.max_bytes:
+                for o, (keys, raw) in zip(self.counts.orders, before):
+                    o.keys, o.raw = keys, raw
+                self.capped = True
+                if self.rank == 0:
+                    print(f"ngram:max_mb_reached NGRAM_MAX_MB={self.max_bytes / 2**20:g} counted:[0,{self.counted}) "
+                          f"of [0,{upto}) distinct:{','.join(map(str, self.counts.distinct()))}: no later position "
+                          "is counted", flush=True)
+                break
+            self.counted = b
+        self.counts.derive()
 
     def build(self, warm_up: bool = False):
-        """Allocate the tables and count the prepass. warm_up: count only one micro-batch's worth (the compile
-        warm-up runs the query on the same code; the timed run builds the real tables)."""
+        """Count the prepass (a resumed run: what the interrupted run had counted). warm_up: count only one
+        micro-batch's worth (the compile warm-up runs the query on the same code; the timed run builds the
+        real counts)."""
         t0 = time.perf_counter()
-        self.counts = NgramCounts(self.order, self.vocab_size, self.table_bits, self.device, self.wide)
-        self._count(min(self.prepass, self.chunk) if warm_up else self.prepass)
+        self.counts = CountModel(self.order, self.vocab_size, self.smoothing, self.device)
+        upto = min(self.prepass, self.chunk) if warm_up else self.prepass
+        if self.resumed is not None and not warm_up:
+            upto, self.read_upto = max(upto, self.resumed["counted"]), self.resumed["read_upto"]
+            self.resumed = None
+        self._count(upto)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.build_ms = 1000 * (time.perf_counter() - t0)
@@ -287,32 +530,55 @@ class StreamNgram:
         return torch.cat([torch.arange(n, device=self.device) + self.stream.position(s, off)
                           for s, off, n in batch.segments])
 
-    def _query(self, x: torch.Tensor, y: torch.Tensor, leave_out: torch.Tensor) -> torch.Tensor:
-        """float32 (rows, seq, V) log-probabilities after each position of the rows `x`, with contexts from the row
-        (truncated at its start); `leave_out` (rows * seq,) bool: positions whose event (context, y) is taken out."""
+    def _available(self, rows: int, seq: int) -> torch.Tensor:
+        """(rows * seq, order) bool: order k needs k-1 tokens of the row, which position j has from j = k-2 on."""
+        j = torch.arange(seq, device=self.device)
+        n = self.order
+        return (j[:, None] >= torch.arange(n, device=self.device)[None, :] - 1).expand(rows, seq, n).reshape(-1, n)
+
+    def stream_signal(self, a: int, b: int):
+        """The CountDist at the stream positions [a, b) with their whole (cyclic) contexts, each counted
+        position's own event left out as in training (the logit cache of the n-gram teacher)."""
+        windows, targets = self._events(a, b)
+        leave_out = (torch.arange(a, b, device=self.device) < self.counted) & self.leave_one_out
+        available = torch.ones(b - a, self.order, dtype=torch.bool, device=self.device)
+        return self.counts.query(windows, available, targets, leave_out)
+
+    def stream_log_probs(self, a: int, b: int) -> torch.Tensor:
+        """float32 (b-a, V) log-probabilities of `stream_signal` (dense: for the logit cache's top-K)."""
+        return self.stream_signal(a, b).dense_log_probs()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (rows, seq, V) log-probabilities after every position of the rows `x` (any tokens: nothing is
+        left out; contexts from the row), e.g. to score the validation set."""
+        x = x.to(self.device)
         rows, seq = x.shape
         n = self.order
         windows = torch.nn.functional.pad(x, (n - 2, 0)).unfold(1, n - 1, 1).reshape(-1, n - 1)
-        # Order k needs k-1 tokens of the row: position j of a row has them from j = k-2 on.
-        j = torch.arange(seq, device=self.device)
-        available = (j[:, None] >= torch.arange(n, device=self.device)[None, :] - 1).expand(rows, seq, n).reshape(-1, n)
-        return self.counts.log_probs(windows, available, y.reshape(-1), leave_out).view(rows, seq, self.vocab_size)
+        nothing = torch.zeros(x.numel(), dtype=torch.bool, device=self.device)
+        signal = self.counts.query(windows, self._available(rows, seq), torch.zeros_like(x).reshape(-1), nothing)
+        return signal.dense_log_probs().view(rows, seq, self.vocab_size)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities after every position of the rows `x` (any tokens: nothing is left out), e.g. to score
-        the validation set."""
-        x = x.to(self.device)
-        return self._query(x, torch.zeros_like(x), torch.zeros(x.numel(), dtype=torch.bool, device=self.device))
-
-    def log_probs(self, batch: Batch) -> torch.Tensor:
-        """float32 (rows, seq, V) log-probabilities of every position of `batch` (built tables required), each
-        counted position's own event left out (NGRAM_LEAVE_ONE_OUT); then, with NGRAM_ONLINE, the micro-batch's
+    def signal(self, batch: Batch):
+        """The CountDist of every position of `batch` (built counts required), each counted position's own event
+        left out (NGRAM_LEAVE_ONE_OUT) with its whole stream context; then, with NGRAM_ONLINE, the micro-batch's
         stream is counted."""
-        leave_out = (self.positions(batch) < self.counted) & self.leave_one_out
-        logp = self._query(batch.x.to(self.device), batch.y.to(self.device), leave_out)
+        g = self.positions(batch)
+        x = batch.x.to(self.device)
+        rows, seq = x.shape
+        n = self.order
+        # The micro-batch is one contiguous piece of the stream: its whole contexts are the ORDER-2 tokens before
+        # it (read from the shards, a few bytes) and its own tokens.
+        first = self.stream.position(*batch.segments[0][:2])
+        before = torch.from_numpy(self.stream.read(first - (n - 2), first))
+        if self.device.type == "cuda":  # pinned: an asynchronous copy, the step does not wait for the device
+            before = before.pin_memory().to(self.device, non_blocking=True)
+        windows = torch.cat([before, x.reshape(-1)]).unfold(0, n - 1, 1)
+        leave_out = (g < self.counted) & self.leave_one_out
+        signal = self.counts.query(windows, self._available(rows, seq), batch.y.to(self.device).reshape(-1), leave_out)
         if self.online:
-            self._advance(self.stream.position(*batch.segments[0][:2]))
-        return logp
+            self._advance(first)
+        return signal
 
     def _advance(self, first: int):
         """Count what the loader has read for this micro-batch (every rank's span), given where this rank's
@@ -321,12 +587,19 @@ class StreamNgram:
         start = (first - self.rank * self.span) % total
         start = self.read_upto + (start - self.read_upto) % total
         self.read_upto = start + self.chunk
-        self._count(min(self.read_upto - 1, total))
+        self._count(min(self.read_upto - 1, total), step=self.chunk)
 
     def log_line(self) -> str:
-        return (f"distill:ngram order:{self.order} table_bits:{self.table_bits} tables:{self.table_bytes / 2**20:.0f}MiB "
+        return (f"distill:ngram order:{self.order} smoothing:{self.smoothing} max_mb:{self.max_bytes / 2**20:g} "
                 f"prepass_tokens:{self.prepass} online:{int(self.online)} leave_one_out:{int(self.leave_one_out)} "
-                f"smoothing:witten-bell train_tokens:{self.stream.total}")
+                f"train_tokens:{self.stream.total}")
+
+    def counts_line(self) -> str:
+        """What was counted (after a build): distinct n-grams per order, bytes, build time."""
+        c = self.counts
+        width = c.widths[2] + 1 if self.order >= 3 else 1
+        return (f"ngram:counts counted:{self.counted} distinct:{','.join(map(str, c.distinct()))} "
+                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} width:{width} build_ms:{self.build_ms:.0f}")
 
 
 class NgramLM(torch.nn.Module):

@@ -20,7 +20,8 @@ from golf.data import Batch
 from golf.dist import compile_enabled
 from golf.errors import GolfError
 from golf.losses import cross_entropy, distill_terms, mix, sample_targets
-from golf.teachers import Logits, Sampled, Teacher, TeacherWrapper, build_teacher
+from golf.signals import CountDist, Logits, Sampled
+from golf.teachers import Teacher, TeacherWrapper, build_teacher
 
 
 class CrossEntropyObjective:
@@ -97,7 +98,7 @@ class DistillObjective:
 
 
 class SamplingTeacher(TeacherWrapper):
-    """Any teacher that gives a distribution (a Logits signal), its signal replaced by DISTILL_DRAWS draws from
+    """Any teacher that gives a distribution (a Logits or CountDist signal), its signal replaced by DISTILL_DRAWS draws from
     softmax(logits / DISTILL_TEMP) per position: a Sampled signal (golf.losses.sample_targets), drawn where the
     teacher runs (in the step for the online teacher, in the prefetch thread for a loader-side one).
 
@@ -126,6 +127,8 @@ class SamplingTeacher(TeacherWrapper):
 
     def fetch(self, batch):
         signal = self.inner.fetch(batch)
+        if isinstance(signal, CountDist):  # a count teacher's distribution, made dense to draw from (N x V, as before)
+            signal = Logits(signal.dense_log_probs())
         if not isinstance(signal, Logits):
             raise GolfError(f"DISTILL_DRAWS samples a teacher's distribution, but teacher {self.name} gives "
                             f"{type(signal).__name__}, not Logits; set DISTILL_DRAWS=0")

@@ -30,7 +30,8 @@ import torch
 from golf.arms import defects
 from golf.config import Config
 from golf.data import Batch, Segment
-from golf.teachers import CachedTeacher, Signal, Teacher, TeacherWrapper
+from golf.signals import Signal
+from golf.teachers import CachedTeacher, Teacher, TeacherWrapper
 
 # The study's step 1 of the soft alpha 0.1 run (compile inside the budget), as a share of its 600 s budget.
 STUDY_FIRST_STEP_SHARE = 9.579 / 600

@@ -15,9 +15,7 @@ A new teacher is one class here (or in its own module) plus its line in `TEACHER
 The objective (golf/objectives.py) consumes the signal without knowing where it came from.
 """
 import copy
-import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,83 +26,9 @@ from golf.config import Config, check_choice, owner_check
 from golf.data import Batch, Segment, grad_accum_steps, tokens_read_per_batch
 from golf.dist import maybe_compile
 from golf.errors import GolfError
-from golf.ngram import StreamNgram
+from golf.ngram import StreamNgram, check_settings as check_ngram_settings
+from golf.signals import Logits, Sampled, Signal, Top1, TopK
 from golf.optim import warmup_plan
-
-# ----------------------------------------------------------------------------------------------------------
-# Signals: what a teacher says about the positions of one batch (rows in the order of batch.x.flatten())
-
-
-@dataclass
-class Signal(ABC):
-    """Base of the signals; every field is a tensor whose first dimension runs over the batch's positions."""
-
-    def apply(self, fn) -> "Signal":
-        """The same signal with `fn` applied to every tensor (pinning, moving to the device)."""
-        return dataclasses.replace(self, **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
-                                            for f in dataclasses.fields(self)})
-
-    @abstractmethod
-    def loss_inputs(self, shape: torch.Size) -> dict:
-        """The teacher keywords of golf.losses.distill_terms, widened and shaped like the targets `shape`."""
-
-
-def _valid_input(valid, shape) -> dict:
-    return {} if valid is None else {"teacher_valid": valid.view(shape)}
-
-
-@dataclass
-class TopK(Signal):
-    """The teacher's top-K ids and log-probabilities at T = 1, sorted descending (compact dtypes: int16 /
-    float16 from a cache, widened on the device)."""
-
-    ids: torch.Tensor  # (n, K)
-    logprobs: torch.Tensor  # (n, K)
-    valid: torch.Tensor | None = None  # bool (n,): False where the row is not about the student's target
-
-    def loss_inputs(self, shape):
-        k = self.ids.shape[-1]
-        return {"idx": self.ids.long().view(*shape, k), "vals": self.logprobs.float().view(*shape, k),
-                **_valid_input(self.valid, shape)}
-
-
-@dataclass
-class Top1(Signal):
-    """The teacher's most likely next token (a hard label)."""
-
-    ids: torch.Tensor  # (n,)
-    valid: torch.Tensor | None = None  # as TopK's
-
-    def loss_inputs(self, shape):
-        return {"teacher_top1": self.ids.long().view(shape), **_valid_input(self.valid, shape)}
-
-
-@dataclass
-class Sampled(Signal):
-    """N draws with replacement from the teacher's distribution at the distillation temperature, as each row's
-    distinct ids and how many of the N draws each got (Anshumann et al. 2025): counts / N is an unbiased
-    estimate of the tempered distribution. Rows are ragged, so they come padded to the batch's widest row;
-    a padding entry has count 0 (its id is arbitrary and contributes nothing)."""
-
-    ids: torch.Tensor  # (n, M) distinct sampled ids
-    counts: torch.Tensor  # (n, M) draws per id, summing to N over a row (0 on padding)
-    valid: torch.Tensor | None = None  # as TopK's
-
-    def loss_inputs(self, shape):
-        m = self.ids.shape[-1]
-        return {"sample_ids": self.ids.long().view(*shape, m), "sample_counts": self.counts.float().view(*shape, m),
-                **_valid_input(self.valid, shape)}
-
-
-@dataclass
-class Logits(Signal):
-    """The teacher's full-vocabulary logits (an online teacher)."""
-
-    logits: torch.Tensor  # (..., V) shaped like the batch
-
-    def loss_inputs(self, shape):
-        return {"teacher_logits": self.logits}
-
 
 # ----------------------------------------------------------------------------------------------------------
 # The interface
@@ -355,9 +279,7 @@ class NgramTeacher(Teacher):
     def check_settings(cls, cfg):
         if cfg.ngram_order < 2:
             raise GolfError(f"NGRAM_ORDER={cfg.ngram_order}: use 2 (bigram) or more")
-        if not 1 <= cfg.ngram_table_bits <= 40:
-            raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per "
-                            "order)")
+        check_ngram_settings(cfg)
         if cfg.ngram_prepass_tokens < -1:
             raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none), a number of train tokens "
                             "or -1 (all of them)")
@@ -376,7 +298,17 @@ class NgramTeacher(Teacher):
         if self.model.counts is None:
             self.model.build(warm_up=self.clock is not None and self.clock.t0 is None)
         with torch.no_grad():
-            return Logits(self.model.log_probs(batch))
+            return self.model.signal(batch)
+
+    def resume_state(self):
+        return {"teacher": self.name, **self.model.resume_state()}
+
+    def load_resume_state(self, saved):
+        if saved is None or saved["teacher"] != self.name:
+            raise GolfError("the resumable checkpoint carries no n-gram teacher state (its run had another "
+                            "DISTILL_TEACHER, or an older version): its counts cannot continue exactly; resume with "
+                            "the run's own settings")
+        self.model.resumed = {"counted": saved["counted"], "read_upto": saved["read_upto"]}
 
     @property
     def source(self):

@@ -59,7 +59,7 @@ def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
     arms = ["baseline", "soft", "hard", "online", "sampled", "ngram", "ema"]
     out = _ok(run_script(["bench/distill_step.py", "--quick", "--preset", "test", "--teacher-preset", "test",
                           "--arms", ",".join(arms), "--draws", "8", "--json", str(js)],
-                         {**dataset_env(tiny_dataset), "NGRAM_TABLE_BITS": 12}, str(tmp_path)))
+                         dataset_env(tiny_dataset), str(tmp_path)))
     ratios = _summary(out, "distill_step_ratio")
     assert set(ratios) == set(arms[1:])
     _positive(ratios)
@@ -225,7 +225,7 @@ def test_kd_fidelity_bench_prints_every_target(tiny_dataset, tmp_path):
 
 def test_ngram_cost_bench_times_every_piece(tiny_dataset, tmp_path):
     out = _ok(run_script(["bench/ngram_cost.py", "--preset", "test", "--reps", "2"],
-                         {**dataset_env(tiny_dataset), "NGRAM_TABLE_BITS": 12}, str(tmp_path)))
+                         dataset_env(tiny_dataset), str(tmp_path)))
     figures = _summary(out, "ngram_cost")
     assert set(figures) == {"build_ms", "query_ms", "query_online_ms", "full_kl_ms", "ce_ms"}
     _positive(figures)

@@ -30,7 +30,8 @@ from golf.codecs import CODECS
 from golf.config import PRESETS, Config
 from golf.errors import GolfError
 from golf.model import GPT
-from golf.teachers import CachedTeacher, Sampled, Top1, TopK
+from golf.signals import Sampled, Top1, TopK
+from golf.teachers import CachedTeacher
 from golf.shards import load_shard, write_shard
 from helpers import REPO, cpu_ctx, edge_rows, run_script
 

@@ -123,7 +123,7 @@ def test_in_budget_teachers_and_baseline_cost_the_student_only(tmp_path):
 def test_ngram_cache_has_no_matmuls_and_no_teacher(tmp_path):
     root = str(tmp_path)
     # as cache_logits.py --teacher ngram:3 writes it: the counting is inside build_seconds
-    folder = _cache(root, "cache-ngram3", teacher_config={"ngram_order": 3, "ngram_table_bits": 16}, build_seconds=4.5)
+    folder = _cache(root, "cache-ngram3", teacher_config={"ngram_order": 3, "ngram_smoothing": "mkn"}, build_seconds=4.5)
     c = compute.run_cost(_student(root, "ng", distill_teacher="cache", logit_cache=folder))
     assert (c.teacher_train_s, c.teacher_flops, c.cache_s, c.total_s) == (0, 0, 4.5, 14.5) and c.known
 

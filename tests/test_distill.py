@@ -23,7 +23,8 @@ from golf.dist import Ctx, cleanup, init_dist
 from golf.objectives import CrossEntropyObjective, DistillObjective, build_objective, distill_objective
 from golf.log import Logger
 from golf.shards import load_shard, write_shard
-from golf.teachers import OnlineTeacher, Top1, TopK
+from golf.signals import Top1, TopK
+from golf.teachers import OnlineTeacher
 from golf.train import train
 from helpers import (cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, synthetic_cache,
                      write_teacher_checkpoint)

@@ -28,7 +28,7 @@ def test_eval_bpb_help_lists_only_what_evaluation_uses():
         "--help", "--preset", "--config", "--json", "--out", "--teacher",  # the script's own
         "--data-path", "--tokenizer-path", "--device", "--dtype",  # where and how it runs
         "--val-batch-size", "--val-max-tokens", "--eval-stride", "--eval-batch-seqs",  # the evaluation
-        "--vocab-size", "--train-seq-len", "--ngram-table-bits", "--ngram-prepass-tokens",  # --teacher ngram:ORDER
+        "--vocab-size", "--train-seq-len", "--ngram-smoothing", "--ngram-max-mb", "--ngram-prepass-tokens",  # --teacher ngram:ORDER
     }
     assert {"--num-layers", "--matrix-lr", "--dry-run"} <= _flags("train_gpt.py")  # the training scripts keep all
 

@@ -18,7 +18,8 @@ from golf.log import Logger
 from golf.losses import MAX_DRAWS, distill_loss, distill_terms, full_kl, sample_targets
 from golf.model import GPT
 from golf.objectives import SamplingTeacher, build_objective
-from golf.teachers import OnlineTeacher, Sampled
+from golf.signals import Sampled
+from golf.teachers import OnlineTeacher
 from golf.train import train
 from helpers import cpu_ctx, dataset_env, make_config, run_inputs, run_script, write_teacher_checkpoint
 from test_losses import DEVICES, assert_close_rel, value_and_grad

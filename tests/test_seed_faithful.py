@@ -15,7 +15,8 @@ from golf.config import Config
 from golf.data import Batch
 from golf.errors import GolfError
 from golf.objectives import CrossEntropyObjective, distill_objective
-from golf.teachers import Logits, Teacher, TopK
+from golf.signals import Logits, TopK
+from golf.teachers import Teacher
 from golf.train import train
 from helpers import cpu_ctx, logger, make_config, run_inputs
 

@@ -13,7 +13,8 @@ from golf import teachers
 from golf.config import resolve_config
 from golf.data import DistributedTokenLoader
 from golf.objectives import build_objective
-from golf.teachers import Logits, Teacher, TopK
+from golf.signals import Logits, TopK
+from golf.teachers import Teacher
 from golf.train import TrainState, train
 from helpers import cpu_ctx, logger, make_config, run_inputs
 
