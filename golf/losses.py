@@ -28,6 +28,8 @@ _TINY = torch.finfo(torch.float32).tiny
 _LOGP_FLOOR = -1e4
 # Row blocks of the T = 2 backward on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
 _BLOCK_FLOATS = 1 << 20
+# Row blocks of the count teacher's loss on CUDA: its block-sized p buffer stays at ~256 MB however large N is.
+_CUDA_BLOCK_FLOATS = 1 << 26
 # Most draws per position of sampled targets: a row's counts must fit the sampled cache format's one count byte.
 MAX_DRAWS = 255
 
@@ -176,6 +178,83 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
         return out, None, None, None
 
 
+class _CountSoftCE(torch.autograd.Function):
+    """The CE at y and the soft cross-entropy to a count teacher, -sum_v p_v log q_v, from one node at T = 1, with
+    p never built beyond a row block (golf.teachers.CountDist):
+        p[n] = sum_j weight[n, j] e(ids[n, j]) + rho[n] rows[row_of[n]] + beta[n] shared,   sum_v p[n, v] = 1.
+
+    Since log q = z - lse(z), the soft cross-entropy of a row is lse - p . z: the sparse part's gathered
+    logits, one dot product with its row of `rows` and one with `shared`; the log-sum-exp comes from the
+    softmax the CE computes anyway (lse = max z - log q at the argmax, where q >= 1/V never underflows). z is
+    the logits the loss sees (after the model's softcap). The teacher's entropy H(p) is computed in the same
+    row block (p built in a block-sized buffer, then sum p log p), so the KL's value, cross - H(p), is exact
+    on every step; it is a constant of the student and takes no gradient.
+
+    z (N, V) any float dtype, y (N,), ids / weight (N, W), rows (R, V) (R may be 0: no row part), row_of /
+    rho / beta (N,), shared (V,), kl_w (N,): each row's weight in the cross-entropy's mean (1/N, or
+    valid / #valid). Returns float32 scalars (mean CE, weighted mean soft cross-entropy, weighted mean H(p)).
+    With g, h the incoming gradients of the first two, q = softmax(z) and k = h kl_w:
+        dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_j weight_j e(ids_j) + rho rows[row_of] + beta shared),
+    formed in the forward's softmax buffer in place, row block by row block (one pass over N x V in all, as
+    in _GatherLogSoftmax; a second backward is refused the same way): the CE's gradient and the KL's share it.
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, ids, weight, rows, row_of, rho, shared, beta, kl_w):
+        n, v = z.shape
+        q = torch.empty((n, v), dtype=torch.float32, device=z.device)
+        ce, cross, entropy = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(3))
+        blocks = _row_blocks(q, cuda_floats=_CUDA_BLOCK_FLOATS)
+        tmp = torch.empty((blocks[0][1], v), dtype=torch.float32, device=z.device)
+        for a, b in blocks:
+            zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
+            qb = torch.softmax(zb, -1, out=q[a:b])
+            top, arg = zb.max(-1)
+            lse = top - qb.gather(-1, arg[:, None])[:, 0].log()
+            torch.sub(lse, zb.gather(-1, y[a:b, None])[:, 0], out=ce[a:b])
+            pb = _count_probs(tmp[: b - a], ids[a:b], weight[a:b], rows, row_of[a:b], rho[a:b], shared, beta[a:b])
+            torch.sub(lse, torch.linalg.vecdot(pb, zb), out=cross[a:b])
+            # p >= 0 up to float32 rounding of the negative sparse weights: clamp before p log p
+            torch.sum(torch.special.xlogy(pb.clamp_min_(0.0), pb, out=pb), -1, out=entropy[a:b]).neg_()
+        ctx.save_for_backward(q, y, ids, weight, rows, row_of, rho, shared, beta, kl_w)
+        ctx.z_dtype = z.dtype
+        # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
+        means = (ce.double().mean(), cross.double().dot(kl_w.double()), entropy.double().dot(kl_w.double()))
+        ctx.mark_non_differentiable(means[2])
+        return tuple(m.float() for m in means)
+
+    @staticmethod
+    def backward(ctx, g_ce, g_cross, g_entropy):
+        grad, y, ids, weight, rows, row_of, rho, shared, beta, kl_w = ctx.saved_tensors  # grad holds q
+        n = grad.shape[0]
+        g = g_ce / n
+        k = kl_w * g_cross
+        coef = k + g
+        src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # the sparse part's columns, then y
+        cols = torch.cat([ids, y[:, None]], -1)
+        out = _grad_out(grad, ctx.z_dtype)
+        blocks = _row_blocks(grad, cuda_floats=_CUDA_BLOCK_FLOATS)
+        tmp = torch.empty((blocks[0][1], grad.shape[1]), dtype=grad.dtype, device=grad.device) if rows.shape[0] else None
+        for a, b in blocks:
+            gb = grad[a:b].mul_(coef[a:b, None])
+            if tmp is not None:
+                gb.addcmul_(torch.index_select(rows, 0, row_of[a:b], out=tmp[: b - a]), (rho[a:b] * -k[a:b])[:, None])
+            gb.addr_(beta[a:b] * k[a:b], shared, alpha=-1.0)
+            gb.scatter_add_(-1, cols[a:b], src[a:b])
+            if out is not grad:
+                out[a:b].copy_(gb)
+        return out, None, None, None, None, None, None, None, None, None
+
+
+def _count_probs(out, ids, weight, rows, row_of, rho, shared, beta):
+    """out (B, V) = a count teacher's p for B rows (see _CountSoftCE) -> out."""
+    if rows.shape[0]:
+        torch.index_select(rows, 0, row_of, out=out).mul_(rho[:, None]).addr_(beta, shared)
+    else:
+        torch.outer(beta, shared, out=out)
+    return out.scatter_add_(-1, ids, weight)
+
+
 def _softmax_into(out, z, inv_t: float):
     """out (float32) = softmax(z * inv_t) along the last dim, with as few passes over z as torch allows; -> out."""
     if inv_t == 1.0:
@@ -185,14 +264,16 @@ def _softmax_into(out, z, inv_t: float):
     return torch.softmax(out.copy_(z).mul_(inv_t), -1, out=out)
 
 
-def _row_blocks(x):
-    """(start, end) row ranges of x (N, V): ~4 MB of float32 per block on CPU, the whole tensor on CUDA.
+def _row_blocks(x, cuda_floats: int = 0):
+    """(start, end) row ranges of x (N, V): ~4 MB of float32 per block on CPU, the whole tensor on CUDA (or blocks
+    of about `cuda_floats` there, to bound a block-sized buffer).
 
     On CPU the N x V passes of the losses run block by block, so each block's later passes find it in cache
     (with it the soft loss got ~15% cheaper: docs/performance.md). Smaller blocks cost more in
     per-kernel thread wake-ups than they gain; on CUDA every kernel launch costs and one block is best."""
     n = x.shape[0]
-    step = n if x.is_cuda else max(1, _BLOCK_FLOATS // x.shape[1])
+    floats = (cuda_floats or n * x.shape[1]) if x.is_cuda else _BLOCK_FLOATS
+    step = max(1, floats // x.shape[1])
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
@@ -380,14 +461,53 @@ def full_kl(z, teacher_logits, temperature: float):
     return _full_mean(z, teacher_logits, temperature)
 
 
+def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature: float, kl_w):
+    """(mean CE at y, mean exact KL(p || q)) for a count teacher, flat z (N, V); kl_w (N,) each row's weight in the
+    KL's mean; see `count_kl`."""
+    if temperature != 1.0:
+        raise ValueError(f"temperature={temperature}: a count teacher's exact KL is at T = 1 only (p^(1/T) "
+                         "renormalised has no sparse + shared form)")
+    n = z.shape[0]
+    ce, cross, entropy = _CountSoftCE.apply(
+        z, y.long(), ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float(),
+        rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(), shared.detach().float(),
+        beta.reshape(n).detach().float(), kl_w)
+    return ce, cross - entropy
+
+
+def _row_weights(n: int, valid, device) -> torch.Tensor:
+    """Each row's weight in a mean over the rows of `valid` (bool (N,), None: all)."""
+    if valid is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float32, device=device)
+    return valid.float() / valid.sum().clamp_min(1)
+
+
+def count_kl(z, ids, weight, rows, row_of, rho, shared, beta):
+    """Per-token mean exact KL(p || softmax(z)) over the full vocabulary for a count teacher's p at T = 1:
+        p[n, v] = sum_j weight[n, j] [ids[n, j] = v] + rho[n] rows[row_of[n], v] + beta[n] shared[v]
+    (golf.teachers.CountDist: ids, weight (..., W), padding slots weight 0; rows (R, V); row_of, rho, beta (...);
+    shared (V,)), without an N x V teacher tensor: per row the value is lse(z) - p . z - H(p) and the gradient
+    q - p is formed in the softmax's buffer (_CountSoftCE). z is what the loss sees (after any softcap)."""
+    (z,) = _flat(z)
+    n = z.shape[0]
+    # the node computes a CE too (distill_terms shares it with the KL); any target will do for the KL alone
+    y = torch.zeros(n, dtype=torch.long, device=z.device)
+    return _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, 1.0, _row_weights(n, None, z.device))[1]
+
+
 def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "renorm", idx=None, vals=None,
-                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, teacher_valid=None):
+                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, count_ids=None,
+                  count_weight=None, count_rows=None, count_row_of=None, count_rho=None, count_shared=None,
+                  count_beta=None, count_target_logprob=None, teacher_valid=None):
     """The two terms of a distillation objective, unmixed -> (ce, teacher_term, parts).
 
     mode="soft": teacher_term = KL(p_T || q_T), a per-token mean, parts {"ce", "kl"}. The teacher is the cache
         (idx, vals; see `topk_kl` for `tail`), or sampled targets (sample_ids, sample_counts (..., M): distinct
         ids and their draw counts from p_T, 0 on padding; see below), or, given teacher_logits (..., V), an
-        online teacher with the exact full-vocabulary KL.
+        online teacher with the exact full-vocabulary KL, or a count teacher's distribution (count_*: the fields of
+        golf.teachers.CountDist, the per-position ones shaped like y; see `count_kl`), its exact full-vocabulary KL
+        at T = 1 only, parts then also {"teacher_ce"}: the teacher's mean cross-entropy on the targets
+        (-count_target_logprob), over the positions of teacher_valid.
     mode="hard": teacher_term = CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1, else
         idx[..., 0] of the cache, else the argmax of teacher_logits. Sampled targets are refused: a draw count
         is no label (their most drawn id would be a noisy argmax).
@@ -409,6 +529,14 @@ def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "ren
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
     z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, valid = _flat(
         z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, teacher_valid)
+    if count_ids is not None:
+        if mode != "soft":
+            raise ValueError("a count teacher (count_*) gives a distribution, no label: use mode='soft'")
+        kl_w = _row_weights(z.shape[0], valid, z.device)
+        ce, kl = _count_means(z, y, count_ids, count_weight, count_rows, count_row_of, count_rho, count_shared,
+                              count_beta, temperature, kl_w)
+        teacher_ce = -count_target_logprob.detach().reshape(-1).double().dot(kl_w.double()).float()
+        return ce, kl, {"ce": ce.detach(), "kl": kl.detach(), "teacher_ce": teacher_ce}
 
     if mode == "hard":
         if sample_ids is not None:
