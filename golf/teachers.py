@@ -36,7 +36,8 @@ from golf.optim import warmup_plan
 
 @dataclass
 class Signal(ABC):
-    """Base of the signals; every field is a tensor whose first dimension runs over the batch's positions."""
+    """Base of the signals; every field is a tensor whose first dimension runs over the batch's positions, except
+    parts shared by all of them (CountDist's rows and shared)."""
 
     def apply(self, fn) -> "Signal":
         """The same signal with `fn` applied to every tensor (pinning, moving to the device)."""
@@ -105,6 +106,27 @@ class Logits(Signal):
         return {"teacher_logits": self.logits}
 
 
+@dataclass
+class CountDist(Signal):
+    """A count teacher's distribution at T = 1, never as an N x V tensor:
+    p[n, v] = sum of weight[n, j] over j with ids[n, j] == v  +  rho[n] * rows[row_of[n], v]  +  beta[n] * shared[v]."""
+    ids: torch.Tensor          # (N, W) int64, padded: a padding slot has weight 0 (any id); within a row, non-padding ids are distinct
+    weight: torch.Tensor       # (N, W) float32; may be negative (a leave-one-out correction of a shared part), p >= 0 overall
+    rows: torch.Tensor         # (R, V) float32 shared row distributions (e.g. the bigram row by previous token), each sums to 1; may be (0, V) with rho == 0
+    row_of: torch.Tensor       # (N,) int64
+    rho: torch.Tensor          # (N,) float32
+    shared: torch.Tensor       # (V,) float32, every entry > 0, sums to 1 (the continuation unigram mixed with uniform)
+    beta: torch.Tensor         # (N,) float32
+    target_logprob: torch.Tensor  # (N,) float32: log p[n, y_n], the teacher's log-prob of the target
+
+    def loss_inputs(self, shape):
+        w = self.ids.shape[-1]
+        return {"count_ids": self.ids.view(*shape, w), "count_weight": self.weight.view(*shape, w),
+                "count_rows": self.rows, "count_row_of": self.row_of.view(shape), "count_rho": self.rho.view(shape),
+                "count_shared": self.shared, "count_beta": self.beta.view(shape),
+                "count_target_logprob": self.target_logprob.view(shape)}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The interface
 
@@ -113,6 +135,9 @@ class Teacher(ABC):
     name: str  # its DISTILL_TEACHER value
     where: str  # "loader" | "step": where fetch runs
     track: str  # "record" (whole cost inside the budget) | "non-record"
+    # A count teacher: its signal is CountDist (exact KL at T = 1 only, golf.objectives.check_teacher), whose
+    # target log-probs the objective logs as teacher_ce and DISTILL_UNTIL_OVERTAKEN reads.
+    gives_counts: bool = False
 
     @classmethod
     @abstractmethod
@@ -166,7 +191,7 @@ class TeacherWrapper(Teacher):
 
     def __init__(self, inner: Teacher):
         self.inner = inner
-        self.name, self.where, self.track = inner.name, inner.where, inner.track
+        self.name, self.where, self.track, self.gives_counts = inner.name, inner.where, inner.track, inner.gives_counts
 
     def bind(self, state):
         self.inner.bind(state)
