@@ -13,6 +13,8 @@ N x V work lives in `_GatherLogSoftmax` and `_TwoTemperatureLogSoftmax`, whose b
 log_softmax -> gather -> scatter.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -178,81 +180,79 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
         return out, None, None, None
 
 
-class _CountSoftCE(torch.autograd.Function):
-    """The CE at y and the soft cross-entropy to a count teacher, -sum_v p_v log q_v, from one node at T = 1, with
-    p never built beyond a row block (golf.teachers.CountDist):
+class _CountKL(torch.autograd.Function):
+    """The CE at y and the exact KL(p || q) to a count teacher from one node at T = 1, with p never built beyond a
+    row block (golf.teachers.CountDist):
         p[n] = sum_j weight[n, j] e(ids[n, j]) + rho[n] rows[row_of[n]] + beta[n] shared,   sum_v p[n, v] = 1.
 
-    Since log q = z - lse(z), the soft cross-entropy of a row is lse - p . z: the sparse part's gathered
-    logits, one dot product with its row of `rows` and one with `shared`; the log-sum-exp comes from the
-    softmax the CE computes anyway (lse = max z - log q at the argmax, where q >= 1/V never underflows). z is
-    the logits the loss sees (after the model's softcap). The teacher's entropy H(p) is computed in the same
-    row block (p built in a block-sized buffer, then sum p log p), so the KL's value, cross - H(p), is exact
-    on every step; it is a constant of the student and takes no gradient.
+    Per row, with q = softmax(z) and log q = z - lse(z): KL = lse + sum_v p_v (log p_v - z_v). z is the logits the
+    loss sees (after the model's softcap). lse comes from the softmax the CE computes anyway (max z - log max q:
+    max q >= 1/V never underflows). p is built block by block in a block-sized buffer: beta (x) shared, the row
+    part as one sparse (one entry per row) x dense product with `rows` (the gather of a row per position would be
+    a pass more), the sparse part scattered in; its log gives the teacher's entropy exactly, so the logged KL is
+    exact on every step.
 
-    z (N, V) any float dtype, y (N,), ids / weight (N, W), rows (R, V) (R may be 0: no row part), row_of /
-    rho / beta (N,), shared (V,), kl_w (N,): each row's weight in the cross-entropy's mean (1/N, or
-    valid / #valid). Returns float32 scalars (mean CE, weighted mean soft cross-entropy, weighted mean H(p)).
-    With g, h the incoming gradients of the first two, q = softmax(z) and k = h kl_w:
+    z (N, V) any float dtype, y (N,), ids / weight (N, W), rows (R, V) (R may be 0: no row part), row_of / rho /
+    beta (N,), shared (V,), kl_w (N,): each row's weight in the KL's mean (1/N, or valid / #valid). Returns
+    float32 (mean CE, weighted mean KL). With g, h their incoming gradients and k = h kl_w:
         dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_j weight_j e(ids_j) + rho rows[row_of] + beta shared),
-    formed in the forward's softmax buffer in place, row block by row block (one pass over N x V in all, as
-    in _GatherLogSoftmax; a second backward is refused the same way): the CE's gradient and the KL's share it.
+    formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in
+    one pass over N x V, p's parts added into it without building p (a second backward is refused as in
+    _GatherLogSoftmax).
     """
 
     @staticmethod
     def forward(ctx, z, y, ids, weight, rows, row_of, rho, shared, beta, kl_w):
         n, v = z.shape
         q = torch.empty((n, v), dtype=torch.float32, device=z.device)
-        ce, cross, entropy = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(3))
+        ce, kl = torch.empty(n, dtype=torch.float32, device=z.device), torch.empty(n, dtype=torch.float32, device=z.device)
         blocks = _row_blocks(q, cuda_floats=_CUDA_BLOCK_FLOATS)
-        tmp = torch.empty((blocks[0][1], v), dtype=torch.float32, device=z.device)
+        p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=z.device) for _ in range(2))
         for a, b in blocks:
             zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
             qb = torch.softmax(zb, -1, out=q[a:b])
-            top, arg = zb.max(-1)
-            lse = top - qb.gather(-1, arg[:, None])[:, 0].log()
+            lse = zb.amax(-1).sub_(qb.amax(-1).log_())
             torch.sub(lse, zb.gather(-1, y[a:b, None])[:, 0], out=ce[a:b])
-            pb = _count_probs(tmp[: b - a], ids[a:b], weight[a:b], rows, row_of[a:b], rho[a:b], shared, beta[a:b])
-            torch.sub(lse, torch.linalg.vecdot(pb, zb), out=cross[a:b])
-            # p >= 0 up to float32 rounding of the negative sparse weights: clamp before p log p
-            torch.sum(torch.special.xlogy(pb.clamp_min_(0.0), pb, out=pb), -1, out=entropy[a:b]).neg_()
+            pb = torch.outer(beta[a:b], shared, out=p[: b - a])
+            if rows.shape[0]:
+                pb.addmm_(_one_per_row(row_of[a:b], rho[a:b], rows.shape[0]), rows)
+            pb.scatter_add_(-1, ids[a:b], weight[a:b])
+            # p log p with 0 log 0 = 0 (a p below _TINY, or a float32 rounding of p = 0 below 0, adds ~0)
+            terms = torch.clamp_min(pb, _TINY, out=log_p[: b - a]).log_().sub_(zb).mul_(pb)
+            torch.sum(terms, -1, out=kl[a:b]).add_(lse)
         ctx.save_for_backward(q, y, ids, weight, rows, row_of, rho, shared, beta, kl_w)
         ctx.z_dtype = z.dtype
         # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
-        means = (ce.double().mean(), cross.double().dot(kl_w.double()), entropy.double().dot(kl_w.double()))
-        ctx.mark_non_differentiable(means[2])
-        return tuple(m.float() for m in means)
+        return ce.double().mean().float(), kl.double().dot(kl_w.double()).float()
 
     @staticmethod
-    def backward(ctx, g_ce, g_cross, g_entropy):
+    def backward(ctx, g_ce, g_kl):
         grad, y, ids, weight, rows, row_of, rho, shared, beta, kl_w = ctx.saved_tensors  # grad holds q
         n = grad.shape[0]
         g = g_ce / n
-        k = kl_w * g_cross
-        coef = k + g
+        k = kl_w * g_kl
+        coef, k_beta, k_rho = (k + g)[:, None], beta * k, rho * -k
         src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # the sparse part's columns, then y
         cols = torch.cat([ids, y[:, None]], -1)
         out = _grad_out(grad, ctx.z_dtype)
-        blocks = _row_blocks(grad, cuda_floats=_CUDA_BLOCK_FLOATS)
-        tmp = torch.empty((blocks[0][1], grad.shape[1]), dtype=grad.dtype, device=grad.device) if rows.shape[0] else None
-        for a, b in blocks:
-            gb = grad[a:b].mul_(coef[a:b, None])
-            if tmp is not None:
-                gb.addcmul_(torch.index_select(rows, 0, row_of[a:b], out=tmp[: b - a]), (rho[a:b] * -k[a:b])[:, None])
-            gb.addr_(beta[a:b] * k[a:b], shared, alpha=-1.0)
+        for a, b in _row_blocks(grad, cuda_floats=_CUDA_BLOCK_FLOATS):
+            gb = grad[a:b].mul_(coef[a:b])
+            if rows.shape[0]:
+                gb.addmm_(_one_per_row(row_of[a:b], k_rho[a:b], rows.shape[0]), rows)
+            gb.addr_(k_beta[a:b], shared, alpha=-1.0)
             gb.scatter_add_(-1, cols[a:b], src[a:b])
             if out is not grad:
                 out[a:b].copy_(gb)
         return out, None, None, None, None, None, None, None, None, None
 
 
-def _count_probs(out, ids, weight, rows, row_of, rho, shared, beta):
-    """out (B, V) = a count teacher's p for B rows (see _CountSoftCE) -> out."""
-    if rows.shape[0]:
-        torch.index_select(rows, 0, row_of, out=out).mul_(rho[:, None]).addr_(beta, shared)
-    else:
-        torch.outer(beta, shared, out=out)
-    return out.scatter_add_(-1, ids, weight)
+def _one_per_row(cols, values, width: int) -> torch.Tensor:
+    """A sparse CSR (B, width) matrix with values[i] at (i, cols[i]): `it @ rows` is values[:, None] * rows[cols]
+    in one pass (torch marks CSR as beta and says so once; the layout used here is the plainest one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.arange(cols.shape[0] + 1, device=cols.device), cols, values,
+                                       size=(cols.shape[0], width))
 
 
 def _softmax_into(out, z, inv_t: float):
@@ -468,11 +468,10 @@ def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature
         raise ValueError(f"temperature={temperature}: a count teacher's exact KL is at T = 1 only (p^(1/T) "
                          "renormalised has no sparse + shared form)")
     n = z.shape[0]
-    ce, cross, entropy = _CountSoftCE.apply(
+    return _CountKL.apply(
         z, y.long(), ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float(),
         rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(), shared.detach().float(),
         beta.reshape(n).detach().float(), kl_w)
-    return ce, cross - entropy
 
 
 def _row_weights(n: int, valid, device) -> torch.Tensor:
@@ -487,7 +486,7 @@ def count_kl(z, ids, weight, rows, row_of, rho, shared, beta):
         p[n, v] = sum_j weight[n, j] [ids[n, j] = v] + rho[n] rows[row_of[n], v] + beta[n] shared[v]
     (golf.teachers.CountDist: ids, weight (..., W), padding slots weight 0; rows (R, V); row_of, rho, beta (...);
     shared (V,)), without an N x V teacher tensor: per row the value is lse(z) - p . z - H(p) and the gradient
-    q - p is formed in the softmax's buffer (_CountSoftCE). z is what the loss sees (after any softcap)."""
+    q - p is formed in the softmax's buffer (_CountKL). z is what the loss sees (after any softcap)."""
     (z,) = _flat(z)
     n = z.shape[0]
     # the node computes a CE too (distill_terms shares it with the KL); any target will do for the KL alone
