@@ -30,7 +30,7 @@ _TINY = torch.finfo(torch.float32).tiny
 _LOGP_FLOOR = -1e4
 # Row blocks of the T = 2 backward on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
 _BLOCK_FLOATS = 1 << 20
-# Row blocks of the count teacher's loss on CUDA: its block-sized p buffer stays at ~256 MB however large N is.
+# Row blocks of a count teacher's entropy on CUDA: its block-sized p buffers stay at ~512 MB however large N is.
 _CUDA_BLOCK_FLOATS = 1 << 26
 # Most draws per position of sampled targets: a row's counts must fit the sampled cache format's one count byte.
 MAX_DRAWS = 255
@@ -180,62 +180,60 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
         return out, None, None, None
 
 
-class _CountKL(torch.autograd.Function):
-    """The CE at y and the exact KL(p || q) to a count teacher from one node at T = 1, with p never built beyond a
-    row block (golf.teachers.CountDist):
+class _CountSoftCE(torch.autograd.Function):
+    """The CE at y and the soft cross-entropy H(p, q) = -sum_v p_v log q_v to a count teacher, from one node at
+    T = 1, with no N x V teacher tensor (golf.teachers.CountDist):
         p[n] = sum_j weight[n, j] e(ids[n, j]) + rho[n] rows[row_of[n]] + beta[n] shared,   sum_v p[n, v] = 1.
 
-    Per row, with q = softmax(z) and log q = z - lse(z): KL = lse + sum_v p_v (log p_v - z_v). z is the logits the
-    loss sees (after the model's softcap). lse comes from the softmax the CE computes anyway (max z - log max q:
-    max q >= 1/V never underflows). p is built block by block in a block-sized buffer: beta (x) shared, the row
-    part as one sparse (one entry per row) x dense product with `rows` (the gather of a row per position would be
-    a pass more), the sparse part scattered in; its log gives the teacher's entropy exactly, so the logged KL is
-    exact on every step.
+    With log q = z - lse(z), a row's H(p, q) = lse - p . z and p . z = sum_j weight_j z[ids_j] + rho rows[row_of] . z
+    + beta shared . z: a gather, one dot product per row with its row of `rows` (a sampled dense x dense product
+    that reads each position's row once, without gathering rows into a buffer) and one matrix-vector product. z is
+    the logits the loss sees (after the model's softcap); lse comes from the softmax the CE computes anyway
+    (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is no function
+    of the student (see `count_entropy`).
 
     z (N, V) any float dtype, y (N,), ids / weight (N, W), rows (R, V) (R may be 0: no row part), row_of / rho /
-    beta (N,), shared (V,), kl_w (N,): each row's weight in the KL's mean (1/N, or valid / #valid). Returns
-    float32 (mean CE, weighted mean KL). With g, h their incoming gradients and k = h kl_w:
+    beta (N,), shared (V,), kl_w (N,): each row's weight in the soft term's mean (1/N, or valid / #valid). Returns
+    float32 (mean CE, weighted mean H(p, q)). With g, h their incoming gradients and k = h kl_w:
         dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_j weight_j e(ids_j) + rho rows[row_of] + beta shared),
-    formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in
-    one pass over N x V, p's parts added into it without building p (a second backward is refused as in
-    _GatherLogSoftmax).
+    formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in one
+    pass over N x V, p's parts added into it without building p (the row part as a one-entry-per-row sparse x
+    dense product); a second backward is refused as in _GatherLogSoftmax.
     """
 
     @staticmethod
     def forward(ctx, z, y, ids, weight, rows, row_of, rho, shared, beta, kl_w):
         n, v = z.shape
         q = torch.empty((n, v), dtype=torch.float32, device=z.device)
-        ce, kl = torch.empty(n, dtype=torch.float32, device=z.device), torch.empty(n, dtype=torch.float32, device=z.device)
-        blocks = _row_blocks(q, cuda_floats=_CUDA_BLOCK_FLOATS)
-        p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=z.device) for _ in range(2))
-        for a, b in blocks:
+        ce, soft_ce = torch.empty(n, dtype=torch.float32, device=z.device), torch.empty(n, dtype=torch.float32, device=z.device)
+        cols = torch.cat([ids, y[:, None]], -1)  # the sparse part's columns, then y
+        for a, b in _row_blocks(q):
             zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
             qb = torch.softmax(zb, -1, out=q[a:b])
-            lse = zb.amax(-1).sub_(qb.amax(-1).log_())
-            torch.sub(lse, zb.gather(-1, y[a:b, None])[:, 0], out=ce[a:b])
-            pb = torch.outer(beta[a:b], shared, out=p[: b - a])
+            z_cols = zb.gather(-1, cols[a:b])
+            lse = _log_normaliser(zb, qb, z_cols, cols[a:b])
+            torch.sub(lse, z_cols[:, -1], out=ce[a:b])
+            p_dot_z = torch.mv(zb, shared).mul_(beta[a:b])
+            p_dot_z += (weight[a:b] * z_cols[:, :-1]).sum(-1)
             if rows.shape[0]:
-                pb.addmm_(_one_per_row(row_of[a:b], rho[a:b], rows.shape[0]), rows)
-            pb.scatter_add_(-1, ids[a:b], weight[a:b])
-            # p log p with 0 log 0 = 0 (a p below _TINY, or a float32 rounding of p = 0 below 0, adds ~0)
-            terms = torch.clamp_min(pb, _TINY, out=log_p[: b - a]).log_().sub_(zb).mul_(pb)
-            torch.sum(terms, -1, out=kl[a:b]).add_(lse)
-        ctx.save_for_backward(q, y, ids, weight, rows, row_of, rho, shared, beta, kl_w)
+                pattern = _one_per_row(row_of[a:b], torch.zeros_like(rho[a:b]), rows.shape[0])
+                p_dot_z += torch.sparse.sampled_addmm(pattern, zb, rows.T).values().mul_(rho[a:b])
+            torch.sub(lse, p_dot_z, out=soft_ce[a:b])
+        ctx.save_for_backward(q, cols, weight, rows, row_of, rho, shared, beta, kl_w)
         ctx.z_dtype = z.dtype
         # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
-        return ce.double().mean().float(), kl.double().dot(kl_w.double()).float()
+        return ce.double().mean().float(), soft_ce.double().dot(kl_w.double()).float()
 
     @staticmethod
-    def backward(ctx, g_ce, g_kl):
-        grad, y, ids, weight, rows, row_of, rho, shared, beta, kl_w = ctx.saved_tensors  # grad holds q
+    def backward(ctx, g_ce, g_soft):
+        grad, cols, weight, rows, row_of, rho, shared, beta, kl_w = ctx.saved_tensors  # grad holds q
         n = grad.shape[0]
         g = g_ce / n
-        k = kl_w * g_kl
+        k = kl_w * g_soft
         coef, k_beta, k_rho = (k + g)[:, None], beta * k, rho * -k
-        src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # the sparse part's columns, then y
-        cols = torch.cat([ids, y[:, None]], -1)
+        src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # at cols: the sparse part's, then y
         out = _grad_out(grad, ctx.z_dtype)
-        for a, b in _row_blocks(grad, cuda_floats=_CUDA_BLOCK_FLOATS):
+        for a, b in _row_blocks(grad):
             gb = grad[a:b].mul_(coef[a:b])
             if rows.shape[0]:
                 gb.addmm_(_one_per_row(row_of[a:b], k_rho[a:b], rows.shape[0]), rows)
@@ -244,6 +242,44 @@ class _CountKL(torch.autograd.Function):
             if out is not grad:
                 out[a:b].copy_(gb)
         return out, None, None, None, None, None, None, None, None, None
+
+
+def _log_normaliser(z, q, z_cols, cols):
+    """lse(z) per row from its softmax q: z_c - log q_c at the gathered column c with the largest logit (so the
+    largest q among them: a count teacher's columns hold its likely tokens, and the target), exact to float32
+    rounding while that q_c is a normal float32; rows where it is not (a logit gap near 87, beyond any softcap)
+    take max z - log max q (max q >= 1/V). On CUDA every row takes the test's both sides (two more passes there
+    cost less than a sync for the test would)."""
+    top, at = z_cols.max(-1)
+    best = q.gather(-1, cols.gather(-1, at[:, None]))[:, 0]
+    lse = top.sub_(best.log())
+    if z.is_cuda:
+        return torch.where(best > _TINY * 1e8, lse, z.amax(-1).sub_(q.amax(-1).log_()))
+    small = (best <= _TINY * 1e8).nonzero()[:, 0]
+    if small.numel():
+        lse[small] = z[small].amax(-1).sub_(q[small].amax(-1).log_())
+    return lse
+
+
+def count_entropy(ids, weight, rows, row_of, rho, shared, beta, kl_w) -> torch.Tensor:
+    """The weighted mean entropy H(p) of a count teacher's rows (flat inputs as _CountSoftCE's), float32, exact:
+    p is built row block by row block in a block-sized buffer (beta (x) shared, the row part as a sparse x dense
+    product, the sparse part scattered in), then sum p log p with 0 log 0 = 0. It costs about what the soft
+    cross-entropy does (V logarithms per row), for a constant of the student: golf.objectives computes it only
+    for the steps whose values are logged."""
+    n, v = ids.shape[0], shared.shape[0]
+    entropy = torch.empty(n, dtype=torch.float32, device=shared.device)
+    blocks = _blocks(n, v, shared.is_cuda, _CUDA_BLOCK_FLOATS)
+    p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=shared.device) for _ in range(2))
+    for a, b in blocks:
+        pb = torch.outer(beta[a:b], shared, out=p[: b - a])
+        if rows.shape[0]:
+            pb.addmm_(_one_per_row(row_of[a:b], rho[a:b], rows.shape[0]), rows)
+        pb.scatter_add_(-1, ids[a:b], weight[a:b])
+        # a p below _TINY (0, or a float32 rounding of 0 below it) adds ~0
+        terms = torch.clamp_min(pb, _TINY, out=log_p[: b - a]).log_().mul_(pb)
+        torch.sum(terms, -1, out=entropy[a:b]).neg_()
+    return entropy.double().dot(kl_w.double()).float()
 
 
 def _one_per_row(cols, values, width: int) -> torch.Tensor:
@@ -264,16 +300,20 @@ def _softmax_into(out, z, inv_t: float):
     return torch.softmax(out.copy_(z).mul_(inv_t), -1, out=out)
 
 
-def _row_blocks(x, cuda_floats: int = 0):
-    """(start, end) row ranges of x (N, V): ~4 MB of float32 per block on CPU, the whole tensor on CUDA (or blocks
-    of about `cuda_floats` there, to bound a block-sized buffer).
+def _row_blocks(x):
+    """(start, end) row ranges of x (N, V): ~4 MB of float32 per block on CPU, the whole tensor on CUDA.
 
     On CPU the N x V passes of the losses run block by block, so each block's later passes find it in cache
     (with it the soft loss got ~15% cheaper: docs/performance.md). Smaller blocks cost more in
     per-kernel thread wake-ups than they gain; on CUDA every kernel launch costs and one block is best."""
-    n = x.shape[0]
-    floats = (cuda_floats or n * x.shape[1]) if x.is_cuda else _BLOCK_FLOATS
-    step = max(1, floats // x.shape[1])
+    return _blocks(x.shape[0], x.shape[1], x.is_cuda)
+
+
+def _blocks(n: int, v: int, cuda: bool, cuda_floats: int = 0):
+    """_row_blocks for N x V on the device kind `cuda`; there blocks of about `cuda_floats` if > 0 (to bound a
+    block-sized buffer)."""
+    floats = (cuda_floats or n * v) if cuda else _BLOCK_FLOATS
+    step = max(1, floats // v)
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
@@ -461,17 +501,22 @@ def full_kl(z, teacher_logits, temperature: float):
     return _full_mean(z, teacher_logits, temperature)
 
 
-def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature: float, kl_w):
-    """(mean CE at y, mean exact KL(p || q)) for a count teacher, flat z (N, V); kl_w (N,) each row's weight in the
-    KL's mean; see `count_kl`."""
+def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature: float, kl_w, entropy: bool = True):
+    """(mean CE at y, the count teacher's term, its value for the logs) for flat z (N, V); kl_w (N,) each row's
+    weight in the term's mean. The term is KL(p || q) = H(p, q) - H(p) with entropy=True; with entropy=False it is
+    H(p, q) alone (the same gradient: H(p) is a constant of the student) and its logged value NaN (not computed)."""
     if temperature != 1.0:
         raise ValueError(f"temperature={temperature}: a count teacher's exact KL is at T = 1 only (p^(1/T) "
                          "renormalised has no sparse + shared form)")
     n = z.shape[0]
-    return _CountKL.apply(
-        z, y.long(), ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float(),
-        rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(), shared.detach().float(),
-        beta.reshape(n).detach().float(), kl_w)
+    flat = (ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float(),
+            rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(), shared.detach().float(),
+            beta.reshape(n).detach().float())
+    ce, soft_ce = _CountSoftCE.apply(z, y.long(), *flat, kl_w)
+    if not entropy:
+        return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
+    kl = soft_ce - count_entropy(*flat, kl_w)
+    return ce, kl, kl.detach()
 
 
 def _row_weights(n: int, valid, device) -> torch.Tensor:
@@ -486,7 +531,7 @@ def count_kl(z, ids, weight, rows, row_of, rho, shared, beta):
         p[n, v] = sum_j weight[n, j] [ids[n, j] = v] + rho[n] rows[row_of[n], v] + beta[n] shared[v]
     (golf.teachers.CountDist: ids, weight (..., W), padding slots weight 0; rows (R, V); row_of, rho, beta (...);
     shared (V,)), without an N x V teacher tensor: per row the value is lse(z) - p . z - H(p) and the gradient
-    q - p is formed in the softmax's buffer (_CountKL). z is what the loss sees (after any softcap)."""
+    q - p is formed in the softmax's buffer (_CountSoftCE). z is what the loss sees (after any softcap)."""
     (z,) = _flat(z)
     n = z.shape[0]
     # the node computes a CE too (distill_terms shares it with the KL); any target will do for the KL alone
@@ -497,7 +542,7 @@ def count_kl(z, ids, weight, rows, row_of, rho, shared, beta):
 def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "renorm", idx=None, vals=None,
                   teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, count_ids=None,
                   count_weight=None, count_rows=None, count_row_of=None, count_rho=None, count_shared=None,
-                  count_beta=None, count_target_logprob=None, teacher_valid=None):
+                  count_beta=None, count_target_logprob=None, count_entropy: bool = True, teacher_valid=None):
     """The two terms of a distillation objective, unmixed -> (ce, teacher_term, parts).
 
     mode="soft": teacher_term = KL(p_T || q_T), a per-token mean, parts {"ce", "kl"}. The teacher is the cache
@@ -506,7 +551,9 @@ def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "ren
         online teacher with the exact full-vocabulary KL, or a count teacher's distribution (count_*: the fields of
         golf.teachers.CountDist, the per-position ones shaped like y; see `count_kl`), its exact full-vocabulary KL
         at T = 1 only, parts then also {"teacher_ce"}: the teacher's mean cross-entropy on the targets
-        (-count_target_logprob), over the positions of teacher_valid.
+        (-count_target_logprob), over the positions of teacher_valid. With count_entropy=False the teacher's
+        entropy H(p) is not computed: the term is the soft cross-entropy H(p, q) = KL + H(p) (the KL's gradient
+        exactly; its value a constant of the student higher) and parts["kl"] is NaN.
     mode="hard": teacher_term = CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1, else
         idx[..., 0] of the cache, else the argmax of teacher_logits. Sampled targets are refused: a draw count
         is no label (their most drawn id would be a noisy argmax).
@@ -532,10 +579,10 @@ def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "ren
         if mode != "soft":
             raise ValueError("a count teacher (count_*) gives a distribution, no label: use mode='soft'")
         kl_w = _row_weights(z.shape[0], valid, z.device)
-        ce, kl = _count_means(z, y, count_ids, count_weight, count_rows, count_row_of, count_rho, count_shared,
-                              count_beta, temperature, kl_w)
+        ce, term, kl = _count_means(z, y, count_ids, count_weight, count_rows, count_row_of, count_rho, count_shared,
+                                    count_beta, temperature, kl_w, count_entropy)
         teacher_ce = -count_target_logprob.detach().reshape(-1).double().dot(kl_w.double()).float()
-        return ce, kl, {"ce": ce.detach(), "kl": kl.detach(), "teacher_ce": teacher_ce}
+        return ce, term, {"ce": ce.detach(), "kl": kl, "teacher_ce": teacher_ce}
 
     if mode == "hard":
         if sample_ids is not None:

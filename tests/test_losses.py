@@ -458,3 +458,45 @@ def test_count_teacher_refuses_a_temperature_and_a_hard_target():
         distill_terms(z, y, mode="soft", temperature=2.0, **inputs)
     with pytest.raises(ValueError, match="no label"):
         distill_terms(z, y, mode="hard", **inputs)
+
+
+def test_count_term_without_the_entropy_is_the_soft_ce_with_the_same_gradient(row_blocks):
+    """count_entropy=False (a step whose values are not logged): the term is H(p, q) = KL + H(p) against float64, its
+    gradient the KL's, and the logged KL is NaN (not computed), never a wrong number."""
+    n, v = 24, 80
+    case = make_count_case(n, v, 5, 3, seed=12)
+    p = dense_count_p(**case)
+    z = torch.randn(n, v, generator=torch.Generator().manual_seed(13)) * 2
+    y = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(14))
+    inputs = {f"count_{k}": t for k, t in count_float32(case).items()} | {"count_target_logprob": torch.zeros(n)}
+    terms = {}
+    for entropy in (True, False):
+        x = z.clone().requires_grad_(True)
+        _, term, parts = distill_terms(x, y, mode="soft", count_entropy=entropy, **inputs)
+        terms[entropy] = (term.detach(), torch.autograd.grad(term, x)[0], parts["kl"])
+    soft_ce = -(p * torch.log_softmax(z.double(), -1)).sum(-1).mean()
+    entropy_p = -torch.where(p > 0, p * p.log(), 0.0).sum(-1).mean()
+    assert terms[False][0].item() == pytest.approx(soft_ce.item(), rel=1e-6)
+    assert terms[True][0].item() == pytest.approx((soft_ce - entropy_p).item(), rel=1e-5)
+    assert terms[True][2].item() == terms[True][0].item() and terms[False][2].isnan()
+    torch.testing.assert_close(terms[False][1], terms[True][1], rtol=0, atol=0)
+
+
+def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student():
+    """Logits without a softcap: the student puts its mass 120 nats away from every column the teacher names, so
+    their q underflow float32 and the log-normaliser falls back to max z - log max q (golf.losses._log_normaliser)."""
+    n, v, w = 16, 64, 4
+    g = torch.Generator().manual_seed(21)
+    ids = torch.stack([torch.randperm(v, generator=g)[:w] for _ in range(n)])
+    weight = torch.rand(n, w, generator=g, dtype=torch.float64) + 0.1
+    case = dict(ids=ids, weight=weight / weight.sum(-1, keepdim=True), rows=torch.zeros(0, v, dtype=torch.float64),
+                row_of=torch.zeros(n, dtype=torch.long), rho=torch.zeros(n, dtype=torch.float64),
+                shared=torch.full((v,), 1.0 / v, dtype=torch.float64), beta=torch.zeros(n, dtype=torch.float64))
+    p = dense_count_p(**case)
+    z = torch.where(p > 0, -60.0, 60.0) + torch.randn(n, v, generator=g)
+    assert torch.softmax(z, -1)[p > 0].max() == 0  # underflowed in float32
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
+    assert ref.item() > 100
+    assert val.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert_close_rel(grad, ref_grad, 1e-5)
