@@ -122,7 +122,14 @@ class DistillObjective:
     teacher's signal comes with the batch (teachers that run in the loader) or is fetched here, inside the step.
     While the schedule has the term off, the loss is the baseline's cross-entropy, computed as
     CrossEntropyObjective does, the teacher not asked, and the term's part is logged as 0 (a loader-side
-    teacher's rows are still read by the prefetch thread, which runs ahead of the step's progress)."""
+    teacher's rows are still read by the prefetch thread, which runs ahead of the step's progress).
+
+    `log_values`: whether the values of the coming step will be logged (the training loop says so before each
+    step; True outside it). A count teacher's KL value needs its entropy H(p), as costly as the soft term itself
+    and a constant of the student, so on the other steps it is not computed (golf.losses count_entropy): the term
+    is then the soft cross-entropy H(p, q) = KL + H(p), with the KL's gradient, and its "kl" part NaN."""
+
+    log_values = True
 
     def __init__(self, teacher: Teacher, target: str, temperature: float, tail: str, schedule: DistillSchedule):
         self.teacher, self.target, self.temperature, self.tail = teacher, target, temperature, tail
@@ -137,7 +144,7 @@ class DistillObjective:
         logits = model(batch.x)
         signal = batch.teacher if batch.teacher is not None else self.teacher.fetch(batch)
         return distill_terms(logits, batch.y, mode=self.target, temperature=self.temperature, tail=self.tail,
-                             **signal.loss_inputs(batch.y.shape))
+                             count_entropy=self.log_values, **signal.loss_inputs(batch.y.shape))
 
     def mix(self, ce, term, progress: float):
         return mix(ce, term, alpha=self.schedule.weight(progress), mode=self.target, temperature=self.temperature)

@@ -329,6 +329,11 @@ def _timed_step(state: TrainState, pipeline: BatchPipeline, scale: float, progre
     return losses
 
 
+def _logs_step(cfg: Config, step: int) -> bool:
+    """Whether the train line of `step` is logged (the wall-clock cap's step is logged too)."""
+    return step <= 10 or step % cfg.train_log_every == 0 or step == cfg.iterations
+
+
 def _log_train(state: TrainState, losses: torch.Tensor, elapsed_ms: float, scale: float, log: Logger):
     cfg, parts_names, step = state.cfg, state.objective.parts, state.step
     all_reduce(losses)
@@ -375,6 +380,10 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
         scale, progress = lr_scale(cfg, state.step, schedule_ms), run_progress(cfg, state.step, schedule_ms)
         state.maybe_enable_qat(scale, log)
         state.note_distill_switch(progress, log)
+        # Which steps' values the objective must compute exactly (a count teacher's KL value, golf.objectives): the
+        # logged ones, and any that could reach the wall-clock cap (within three of the last step's time of it).
+        near_cap = bool(step_times) and schedule_ms + 3 * step_times[-1] >= cap_ms
+        state.objective.log_values = _logs_step(cfg, state.step + 1) or near_cap
         t_step = time.perf_counter()
         losses = _timed_step(state, pipeline, scale, progress, log)
         approx_ms = state.clock.now_ms()
@@ -388,7 +397,7 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
             raise GolfError(f"non-finite training loss at step {state.step}: stopped instead of training on, no final "
                             f"checkpoint written; {_last_good(resume_path, state.saved_step, state.step)}; lower the "
                             "learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data")
-        if state.step <= 10 or state.step % cfg.train_log_every == 0 or reached_cap or state.step == cfg.iterations:
+        if _logs_step(cfg, state.step) or reached_cap:
             _log_train(state, losses, approx_ms, scale, log)
         if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
             state.save_resumable(resume_path, approx_ms, pipeline, meta)

@@ -226,3 +226,21 @@ def test_overtaking_needs_a_teacher_that_gives_its_ce(tiny_dataset, tmp_path, mo
     run = types.SimpleNamespace(train_files=tiny_dataset.train_files, ctx=cpu_ctx(), tokenizer_sha256=None)
     with pytest.raises(GolfError, match="DISTILL_UNTIL_OVERTAKEN=5 needs the teacher's cross-entropy"):
         build_objective(cfg, run)
+
+
+def test_a_count_teachers_entropy_is_computed_for_the_logged_steps_only(tiny_dataset, tmp_path, monkeypatch):
+    """The loop tells the objective which steps it logs: the teacher's entropy (the KL's value) is computed for those
+    (steps 1-10 and the last here, not 11), and every logged KL is a number."""
+    monkeypatch.setitem(teachers.TEACHERS, "bigram-counts", BigramCountTeacher)
+    calls = []
+    entropy = golf_losses.count_entropy
+    monkeypatch.setattr(golf_losses, "count_entropy", lambda *a: calls.append(1) or entropy(*a))
+    cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="bigram-counts", distill_temp=1.0, iterations=12,
+                      warmup_steps=0, train_log_every=5)
+    files, val, luts = run_inputs(cfg)
+    objective = build_objective(cfg, types.SimpleNamespace(train_files=files, ctx=cpu_ctx(), tokenizer_sha256=None))
+    train(cfg, cpu_ctx(), logger(cfg), files, val, luts, objective=objective)
+    assert len(calls) == 11
+    records = [json.loads(r) for r in open(f"{cfg.log_dir}/{cfg.run_id}.jsonl") if '"train"' in r]
+    assert [r["step"] for r in records] == list(range(1, 11)) + [12]
+    assert all(math.isfinite(r["kl"]) and r["kl"] > 0 for r in records)
