@@ -24,8 +24,9 @@ distillation term is on; the final-weights EMA and logging, the same in every ar
 - ema: golf.teachers.EmaTeacher, the student's own EMA (DISTILL_EMA_DECAY) run in the step and updated after it;
 - count: a count teacher's signal (golf.teachers.CountDist) of realistic widths made in the step from the batch
   (`SyntheticCountTeacher`: --count-width sparse entries, the bigram row of the previous token, a shared
-  vector; its numbers are random, so the arm times the loss and the signal's transfer, not a count model's
-  query) and the objective's exact count KL at T = 1 (golf.losses, no N x V teacher tensor);
+  vector; its numbers are random, so the arm times the loss and making the signal, not a count model's query)
+  and the objective's exact count KL at T = 1 (golf.losses, no N x V teacher tensor), as on the steps whose
+  values are not logged (the teacher's entropy not computed; golf.objectives.DistillObjective.log_values);
 - count_dense: the same distribution handed over as full log-probabilities (built N x V in the step, as a count
   teacher giving Logits must) and the dense KL at T = 1: what `count` replaces.
 After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds have passed) runs one step of
@@ -93,6 +94,8 @@ class Arm:
     is the training loop's optimizer step (schedule, forward/backward over the micro-batches, clip, optimizers)."""
 
     def __init__(self, cfg: Config, ctx, files: list[str], objective):
+        # as on the steps the training loop does not log (nearly all): a count teacher's KL value is not computed
+        objective.log_values = False
         self.state = TrainState(cfg, ctx, files, objective)
         self.pipeline = self.state.pipeline()
         self.state.clock.start()  # as in the timed run: a teacher built on its first fetch builds in full
