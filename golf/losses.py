@@ -190,7 +190,7 @@ class _CountSoftCE(torch.autograd.Function):
     that reads each position's row once, without gathering rows into a buffer) and one matrix-vector product. z is
     the logits the loss sees (after the model's softcap); lse comes from the softmax the CE computes anyway
     (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is no function
-    of the student (see `count_entropy`).
+    of the student (see `_count_entropy`).
 
     z (N, V) any float dtype, y (N,), ids / weight (N, W), rows (R, V) (R may be 0: no row part), row_of / rho /
     beta (N,), shared (V,), kl_w (N,): each row's weight in the soft term's mean (1/N, or valid / #valid). Returns
@@ -205,7 +205,7 @@ class _CountSoftCE(torch.autograd.Function):
     def forward(ctx, z, y, ids, weight, rows, row_of, rho, shared, beta, kl_w):
         n, v = z.shape
         q = torch.empty((n, v), dtype=torch.float32, device=z.device)
-        ce, soft_ce = torch.empty(n, dtype=torch.float32, device=z.device), torch.empty(n, dtype=torch.float32, device=z.device)
+        ce, soft_ce = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(2))
         cols = torch.cat([ids, y[:, None]], -1)  # the sparse part's columns, then y
         for a, b in _row_blocks(q):
             zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
@@ -248,20 +248,20 @@ def _log_normaliser(z, q, z_cols, cols):
     """lse(z) per row from its softmax q: z_c - log q_c at the gathered column c with the largest logit (so the
     largest q among them: a count teacher's columns hold its likely tokens, and the target), exact to float32
     rounding while that q_c is a normal float32; rows where it is not (a logit gap near 87, beyond any softcap)
-    take max z - log max q (max q >= 1/V). On CUDA every row takes the test's both sides (two more passes there
-    cost less than a sync for the test would)."""
+    take max z - log max q (max q >= 1/V). On CUDA every row computes both (two passes there cost less than the
+    device sync a test for such rows would)."""
     top, at = z_cols.max(-1)
     best = q.gather(-1, cols.gather(-1, at[:, None]))[:, 0]
     lse = top.sub_(best.log())
     if z.is_cuda:
-        return torch.where(best > _TINY * 1e8, lse, z.amax(-1).sub_(q.amax(-1).log_()))
-    small = (best <= _TINY * 1e8).nonzero()[:, 0]
+        return torch.where(best >= _TINY, lse, z.amax(-1).sub_(q.amax(-1).log_()))
+    small = (best < _TINY).nonzero()[:, 0]
     if small.numel():
         lse[small] = z[small].amax(-1).sub_(q[small].amax(-1).log_())
     return lse
 
 
-def count_entropy(ids, weight, rows, row_of, rho, shared, beta, kl_w) -> torch.Tensor:
+def _count_entropy(ids, weight, rows, row_of, rho, shared, beta, kl_w) -> torch.Tensor:
     """The weighted mean entropy H(p) of a count teacher's rows (flat inputs as _CountSoftCE's), float32, exact:
     p is built row block by row block in a block-sized buffer (beta (x) shared, the row part as a sparse x dense
     product, the sparse part scattered in), then sum p log p with 0 log 0 = 0. It costs about what the soft
@@ -515,7 +515,7 @@ def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature
     ce, soft_ce = _CountSoftCE.apply(z, y.long(), *flat, kl_w)
     if not entropy:
         return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
-    kl = soft_ce - count_entropy(*flat, kl_w)
+    kl = soft_ce - _count_entropy(*flat, kl_w)
     return ce, kl, kl.detach()
 
 

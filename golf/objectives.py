@@ -126,7 +126,7 @@ class DistillObjective:
 
     `log_values`: whether the values of the coming step will be logged (the training loop says so before each
     step; True outside it). A count teacher's KL value needs its entropy H(p), as costly as the soft term itself
-    and a constant of the student, so on the other steps it is not computed (golf.losses count_entropy): the term
+    and a constant of the student, so on the other steps it is not computed (golf.losses, count_entropy=False): the term
     is then the soft cross-entropy H(p, q) = KL + H(p), with the KL's gradient, and its "kl" part NaN."""
 
     log_values = True
@@ -211,14 +211,15 @@ def check_teacher(cfg: Config, teacher: Teacher):
     N x V one again), and a defined variant would be a different target under the same name."""
     name = f"DISTILL_TEACHER={teacher.name}"
     if teacher.gives_counts:
-        for bad, what in ((cfg.distill_target != "soft", f"DISTILL_TARGET={cfg.distill_target}; set DISTILL_TARGET=soft"),
+        target = f"DISTILL_TARGET={cfg.distill_target}; set DISTILL_TARGET=soft"
+        for bad, what in ((cfg.distill_target != "soft", target),
                           (cfg.distill_temp != 1.0, f"DISTILL_TEMP={cfg.distill_temp:g}; set DISTILL_TEMP=1"),
                           (cfg.distill_draws > 0, f"DISTILL_DRAWS={cfg.distill_draws}; set DISTILL_DRAWS=0")):
             if bad:
                 raise GolfError(f"{name} is a count teacher, distilled by its exact soft KL at T = 1, not with {what}")
     elif cfg.distill_until_overtaken:
-        raise GolfError(f"DISTILL_UNTIL_OVERTAKEN={cfg.distill_until_overtaken} needs the teacher's cross-entropy on the "
-                        f"targets, which a count teacher's signal carries and {name}'s does not; set "
+        raise GolfError(f"DISTILL_UNTIL_OVERTAKEN={cfg.distill_until_overtaken} needs the teacher's cross-entropy on "
+                        f"the targets, which a count teacher's signal carries and {name}'s does not; set "
                         "DISTILL_UNTIL_OVERTAKEN=0")
 
 

@@ -233,8 +233,8 @@ def test_a_count_teachers_entropy_is_computed_for_the_logged_steps_only(tiny_dat
     (steps 1-10 and the last here, not 11), and every logged KL is a number."""
     monkeypatch.setitem(teachers.TEACHERS, "bigram-counts", BigramCountTeacher)
     calls = []
-    entropy = golf_losses.count_entropy
-    monkeypatch.setattr(golf_losses, "count_entropy", lambda *a: calls.append(1) or entropy(*a))
+    entropy = golf_losses._count_entropy
+    monkeypatch.setattr(golf_losses, "_count_entropy", lambda *a: calls.append(1) or entropy(*a))
     cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="bigram-counts", distill_temp=1.0, iterations=12,
                       warmup_steps=0, train_log_every=5)
     files, val, luts = run_inputs(cfg)
