@@ -250,4 +250,4 @@ def arm_line(cfg: Config, teacher: Teacher) -> str:
             f"tail:{d['tail'] or '-'} draws:{cfg.distill_draws or '-'} track:{teacher.track} "
             f"teacher_sha256:{teacher.sha256[:16] or '-'} source:{d['source']} seed_faithful:{d['seed_faithful'] or '-'} "
             f"start:{d['start']:g} ramp:{d['ramp']:g} stop:{d['stop']:g}"
-            + (f" until_overtaken:{cfg.distill_until_overtaken}" if cfg.distill_until_overtaken else ""))
+            + (f" until_overtaken:{d['until_overtaken']}" if d["until_overtaken"] else ""))
