@@ -278,3 +278,36 @@ def test_two_ranks_switch_off_at_the_same_step(tiny_dataset, tmp_path):
     assert rank0_alone is not None and rank0_alone < off
     text = open(tmp_path / "logs" / "two.txt").read()
     assert re.search(rf"^distill:overtaken step:{off} ", text, re.M) and re.search(rf"^distill:off step:{off + 1} ", text, re.M)
+
+
+def test_a_resumed_run_keeps_the_overtaking_rule_s_state(tiny_dataset, tmp_path, monkeypatch):
+    """The running gap and the count ride in the resumable checkpoint: resumed from step 2 (gap started, term still
+    on), the run switches off at the uninterrupted run's step, its train lines equal from the resume on."""
+    import copy
+
+    import golf.train
+    from golf.checkpoint import save_checkpoint
+
+    torch.set_num_threads(1)
+    saved = {}
+
+    def keep_step_2(path, payload):
+        if payload.get("kind") == "resume" and payload["step"] == 2:
+            saved.update(copy.deepcopy(payload))
+        save_checkpoint(path, payload)
+
+    monkeypatch.setattr(golf.train, "save_checkpoint", keep_step_2)
+    runs = {}
+    for name in ("full", "again"):
+        cfg = make_config(tiny_dataset, str(tmp_path / name), iterations=16, warmup_steps=0, train_log_every=1,
+                          distill_alpha=0.2, distill_temp=1.0, distill_until_overtaken=2, checkpoint_every=1)
+        files, val, luts = run_inputs(cfg)
+        train(cfg, cpu_ctx(), logger(cfg), files, val, luts, objective=distill_objective(cfg, TargetTeacher(1024, 0.0)),
+              resume=dict(saved) if name == "again" else None)
+        text = open(f"{cfg.log_dir}/{cfg.run_id}.txt").read()
+        runs[name] = (int(re.search(r"^distill:overtaken step:(\d+) ", text, re.M).group(1)),
+                      re.findall(r"^(step:\d+/16 train_loss:.*) train_time", text, re.M))
+    assert saved["overtaking"]["gap"] is not None and saved["overtaking"]["off_step"] is None
+    (off, full_lines), (off_again, lines) = runs["full"], runs["again"]
+    assert off_again == off > 2
+    assert lines == full_lines[2:]  # losses, the teacher's CE and the running gap (the train times differ)
