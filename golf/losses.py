@@ -512,10 +512,12 @@ def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature
     flat = (ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float(),
             rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(), shared.detach().float(),
             beta.reshape(n).detach().float())
-    ce, soft_ce = _CountSoftCE.apply(z, y.long(), *flat, kl_w)
-    if not entropy:
-        return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
-    kl = soft_ce - _count_entropy(*flat, kl_w)
+    # float32 throughout: under CUDA autocast the matrix-vector and matrix products here would run in bf16
+    with torch.autocast(z.device.type, enabled=False):
+        ce, soft_ce = _CountSoftCE.apply(z, y.long(), *flat, kl_w)
+        if not entropy:
+            return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
+        kl = soft_ce - _count_entropy(*flat, kl_w)
     return ce, kl, kl.detach()
 
 

@@ -500,3 +500,20 @@ def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student()
     assert ref.item() > 100
     assert val.item() == pytest.approx(ref.item(), rel=1e-6)
     assert_close_rel(grad, ref_grad, 1e-5)
+
+
+def test_count_kl_under_bf16_autocast_computes_in_float32():
+    """The objective runs under the run's autocast: the count loss's products (matrix-vector, sparse x dense) must not
+    drop to bf16 there, and its gradient keeps z's dtype."""
+    case = make_count_case(64, 256, 6, 4, seed=31)
+    p = dense_count_p(**case)
+    z = torch.randn(64, 256, generator=torch.Generator().manual_seed(32)) * 3
+
+    def under_autocast(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return golf.losses.count_kl(x, **count_float32(case))
+
+    val, grad = value_and_grad(under_autocast, z)
+    ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
+    assert val.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
