@@ -185,24 +185,25 @@ class _CountSoftCE(torch.autograd.Function):
     T = 1, with no N x V teacher tensor (golf.teachers.CountDist):
         p[n] = sum_j weight[n, j] e(ids[n, j]) + rho[n] rows[row_of[n]] + beta[n] shared,   sum_v p[n, v] = 1.
 
-    With log q = z - lse(z), a row's H(p, q) = lse - p . z and p . z = sum_j weight_j z[ids_j] + rho rows[row_of] . z
-    + beta shared . z: a gather, one dot product per row with its row of `rows` (a sampled dense x dense product
-    that reads each position's row once, without gathering rows into a buffer) and one matrix-vector product. z is
-    the logits the loss sees (after the model's softcap); lse comes from the softmax the CE computes anyway
-    (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is no function
-    of the student (see `_count_entropy`).
+    With log q = z - lse(z), a row's H(p, q) = lse - p . z, and p . z = sum_j weight_j z[ids_j] + rho rows[row_of] . z
+    + beta shared . z: a gather, and the dense parts' dot products as one sampled dense x dense product with the
+    table of shared rows (`rows` and `shared` under it, `_dense_parts`), which reads each position's rows once
+    without gathering them into a buffer. z is the logits the loss sees (after the model's softcap); lse comes from
+    the softmax the CE computes anyway (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is
+    no function of the student (see `_count_entropy`).
 
-    z (N, V) any float dtype, y (N,), ids / weight (N, W), rows (R, V) (R may be 0: no row part), row_of / rho /
-    beta (N,), shared (V,), kl_w (N,): each row's weight in the soft term's mean (1/N, or valid / #valid). Returns
-    float32 (mean CE, weighted mean H(p, q)). With g, h their incoming gradients and k = h kl_w:
+    z (N, V) any float dtype, y (N,), ids / weight (N, W), table (R', V), table_cols / table_coef (N, c): each
+    position's dense parts (`_dense_parts`), kl_w (N,): each row's weight in the soft term's mean (1/N, or
+    valid / #valid). Returns float32 (mean CE, weighted mean H(p, q)). With g, h their incoming gradients and
+    k = h kl_w:
         dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_j weight_j e(ids_j) + rho rows[row_of] + beta shared),
     formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in one
-    pass over N x V, p's parts added into it without building p (the row part as a one-entry-per-row sparse x
-    dense product); a second backward is refused as in _GatherLogSoftmax.
+    pass over N x V, p's dense parts added into it as one sparse x dense product, without building p; a second
+    backward is refused as in _GatherLogSoftmax.
     """
 
     @staticmethod
-    def forward(ctx, z, y, ids, weight, rows, row_of, rho, shared, beta, kl_w):
+    def forward(ctx, z, y, ids, weight, table, table_cols, table_coef, kl_w):
         n, v = z.shape
         q = torch.empty((n, v), dtype=torch.float32, device=z.device)
         ce, soft_ce = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(2))
@@ -213,35 +214,53 @@ class _CountSoftCE(torch.autograd.Function):
             z_cols = zb.gather(-1, cols[a:b])
             lse = _log_normaliser(zb, qb, z_cols, cols[a:b])
             torch.sub(lse, z_cols[:, -1], out=ce[a:b])
-            p_dot_z = torch.mv(zb, shared).mul_(beta[a:b])
-            p_dot_z += (weight[a:b] * z_cols[:, :-1]).sum(-1)
-            if rows.shape[0]:
-                pattern = _one_per_row(row_of[a:b], torch.zeros_like(rho[a:b]), rows.shape[0])
-                p_dot_z += torch.sparse.sampled_addmm(pattern, zb, rows.T).values().mul_(rho[a:b])
+            pattern = _table_rows(table_cols[a:b], torch.zeros_like(table_coef[a:b]), table.shape[0])
+            dots = torch.sparse.sampled_addmm(pattern, zb, table.T).values().view(b - a, -1)
+            p_dot_z = (dots.mul_(table_coef[a:b])).sum(-1).add_((weight[a:b] * z_cols[:, :-1]).sum(-1))
             torch.sub(lse, p_dot_z, out=soft_ce[a:b])
-        ctx.save_for_backward(q, cols, weight, rows, row_of, rho, shared, beta, kl_w)
+        ctx.save_for_backward(q, cols, weight, table, table_cols, table_coef, kl_w)
         ctx.z_dtype = z.dtype
         # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
         return ce.double().mean().float(), soft_ce.double().dot(kl_w.double()).float()
 
     @staticmethod
     def backward(ctx, g_ce, g_soft):
-        grad, cols, weight, rows, row_of, rho, shared, beta, kl_w = ctx.saved_tensors  # grad holds q
+        grad, cols, weight, table, table_cols, table_coef, kl_w = ctx.saved_tensors  # grad holds q
         n = grad.shape[0]
         g = g_ce / n
         k = kl_w * g_soft
-        coef, k_beta, k_rho = (k + g)[:, None], beta * k, rho * -k
+        coef, dense_coef = (k + g)[:, None], table_coef * -k[:, None]
         src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # at cols: the sparse part's, then y
         out = _grad_out(grad, ctx.z_dtype)
         for a, b in _row_blocks(grad):
             gb = grad[a:b].mul_(coef[a:b])
-            if rows.shape[0]:
-                gb.addmm_(_one_per_row(row_of[a:b], k_rho[a:b], rows.shape[0]), rows)
-            gb.addr_(k_beta[a:b], shared, alpha=-1.0)
+            gb.addmm_(_table_rows(table_cols[a:b], dense_coef[a:b], table.shape[0]), table)
             gb.scatter_add_(-1, cols[a:b], src[a:b])
             if out is not grad:
                 out[a:b].copy_(gb)
-        return out, None, None, None, None, None, None, None, None, None
+        return out, None, None, None, None, None, None, None
+
+
+def _dense_parts(rows, row_of, rho, shared, beta):
+    """A count teacher's dense parts as one table: (table (R', V), cols (N, c), coef (N, c)) with
+    rho rows[row_of] + beta shared = sum over c of coef[:, c] table[cols[:, c]]: the table is `rows` with
+    `shared` as its last row (one copy of rows per micro-batch, so that one sparse x dense product covers both
+    parts), or `shared` alone without rows."""
+    if not rows.shape[0]:
+        return shared[None], torch.zeros_like(row_of)[:, None], beta[:, None]
+    table = torch.cat([rows, shared[None]])
+    return table, torch.stack([row_of, torch.full_like(row_of, rows.shape[0])], -1), torch.stack([rho, beta], -1)
+
+
+def _table_rows(cols, values, width: int) -> torch.Tensor:
+    """A sparse CSR (B, width) matrix with values[i, c] at (i, cols[i, c]): `it @ table` is the sum over c of
+    values[:, c] * table[cols[:, c]] in one pass (torch marks CSR as beta and says so once; the layout here is
+    the plainest one)."""
+    b, c = cols.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.arange(0, b * c + 1, c, device=cols.device), cols.reshape(-1),
+                                       values.reshape(-1), size=(b, width))
 
 
 def _log_normaliser(z, q, z_cols, cols):
@@ -261,34 +280,23 @@ def _log_normaliser(z, q, z_cols, cols):
     return lse
 
 
-def _count_entropy(ids, weight, rows, row_of, rho, shared, beta, kl_w) -> torch.Tensor:
+def _count_entropy(ids, weight, table, table_cols, table_coef, kl_w) -> torch.Tensor:
     """The weighted mean entropy H(p) of a count teacher's rows (flat inputs as _CountSoftCE's), float32, exact:
-    p is built row block by row block in a block-sized buffer (beta (x) shared, the row part as a sparse x dense
-    product, the sparse part scattered in), then sum p log p with 0 log 0 = 0. It costs about what the soft
-    cross-entropy does (V logarithms per row), for a constant of the student: golf.objectives computes it only
-    for the steps whose values are logged."""
-    n, v = ids.shape[0], shared.shape[0]
-    entropy = torch.empty(n, dtype=torch.float32, device=shared.device)
-    blocks = _blocks(n, v, shared.is_cuda, _CUDA_BLOCK_FLOATS)
-    p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=shared.device) for _ in range(2))
+    p is built row block by row block in a block-sized buffer (the dense parts as one sparse x dense product, the
+    sparse part scattered in), then sum p log p with 0 log 0 = 0. It costs about what the soft cross-entropy does
+    (V logarithms per row), for a constant of the student: golf.objectives computes it only for the steps whose
+    values are logged."""
+    n, v = ids.shape[0], table.shape[1]
+    entropy = torch.empty(n, dtype=torch.float32, device=table.device)
+    blocks = _blocks(n, v, table.is_cuda, _CUDA_BLOCK_FLOATS)
+    p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=table.device) for _ in range(2))
     for a, b in blocks:
-        pb = torch.outer(beta[a:b], shared, out=p[: b - a])
-        if rows.shape[0]:
-            pb.addmm_(_one_per_row(row_of[a:b], rho[a:b], rows.shape[0]), rows)
+        pb = p[: b - a].zero_().addmm_(_table_rows(table_cols[a:b], table_coef[a:b], table.shape[0]), table)
         pb.scatter_add_(-1, ids[a:b], weight[a:b])
         # a p below _TINY (0, or a float32 rounding of 0 below it) adds ~0
         terms = torch.clamp_min(pb, _TINY, out=log_p[: b - a]).log_().mul_(pb)
         torch.sum(terms, -1, out=entropy[a:b]).neg_()
     return entropy.double().dot(kl_w.double()).float()
-
-
-def _one_per_row(cols, values, width: int) -> torch.Tensor:
-    """A sparse CSR (B, width) matrix with values[i] at (i, cols[i]): `it @ rows` is values[:, None] * rows[cols]
-    in one pass (torch marks CSR as beta and says so once; the layout used here is the plainest one)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.arange(cols.shape[0] + 1, device=cols.device), cols, values,
-                                       size=(cols.shape[0], width))
 
 
 def _softmax_into(out, z, inv_t: float):
@@ -509,15 +517,15 @@ def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature
         raise ValueError(f"temperature={temperature}: a count teacher's exact KL is at T = 1 only (p^(1/T) "
                          "renormalised has no sparse + shared form)")
     n = z.shape[0]
-    flat = (ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float(),
-            rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(), shared.detach().float(),
-            beta.reshape(n).detach().float())
-    # float32 throughout: under CUDA autocast the matrix-vector and matrix products here would run in bf16
+    ids, weight = ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float()
+    dense = _dense_parts(rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(),
+                         shared.detach().float(), beta.reshape(n).detach().float())
+    # float32 throughout: under CUDA autocast the matrix products here would run in bf16
     with torch.autocast(z.device.type, enabled=False):
-        ce, soft_ce = _CountSoftCE.apply(z, y.long(), *flat, kl_w)
+        ce, soft_ce = _CountSoftCE.apply(z, y.long(), ids, weight, *dense, kl_w)
         if not entropy:
             return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
-        kl = soft_ce - _count_entropy(*flat, kl_w)
+        kl = soft_ce - _count_entropy(ids, weight, *dense, kl_w)
     return ce, kl, kl.detach()
 
 
