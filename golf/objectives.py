@@ -58,7 +58,7 @@ class Overtaking:
         self.gap: torch.Tensor | None = None  # this rank's running gap (a device scalar, not synced)
         self.below = 0  # steps in a row with every rank's gap below 0
         self.off_step: int | None = None  # the last step with the term on, once overtaken
-        self.worst_gap: float | None = None  # the last step's largest running gap over the ranks (logged)
+        self.worst_gap: float | None = None  # the last step's largest running gap over the ranks (logged), if on
 
     def observe(self, ce: torch.Tensor, teacher_ce: torch.Tensor) -> torch.Tensor:
         """Update this rank's running gap with one step's mean CEs; returns it (no device sync)."""
@@ -66,9 +66,12 @@ class Overtaking:
         self.gap = d if self.gap is None else self.gap + (d - self.gap) / self.patience
         return self.gap
 
-    def decide(self, worst_gap: float, step: int) -> bool:
-        """Count the step whose largest gap over the ranks is `worst_gap`; True when the term goes off now."""
+    def decide(self, worst_gap: float | None, step: int) -> bool:
+        """Count the step whose largest gap over the ranks is `worst_gap` (None: the term was off, nothing
+        observed); True when the term goes off now."""
         self.worst_gap = worst_gap
+        if worst_gap is None:
+            return False
         self.below = self.below + 1 if worst_gap < 0 else 0
         if self.below >= self.patience and self.off_step is None:
             self.off_step = step

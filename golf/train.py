@@ -389,7 +389,7 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
         approx_ms = state.clock.now_ms()
         reached_cap, nonfinite, schedule_ms, worst_gap = _stop_flags(state, losses, approx_ms, cap_ms,
                                                                      state.running_gap(losses, progress))
-        if worst_gap is not None and state.overtaking.decide(worst_gap, state.step):
+        if state.overtaking is not None and state.overtaking.decide(worst_gap, state.step):
             log(f"distill:overtaken step:{state.step} running_gap:{worst_gap:.4f} (the student's running CE below the "
                 f"teacher's for {state.overtaking.below} steps on every rank)")
         step_times.append(1000 * (time.perf_counter() - t_step))
