@@ -2,8 +2,9 @@
 
 `build_objective(cfg, run)` is what distill.py trains with: the teacher DISTILL_TEACHER names (golf/teachers.py)
 and the target DISTILL_TARGET (soft: KL to the teacher's distribution at DISTILL_TEMP; hard: the teacher's
-top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA, weighted over the run by its `DistillSchedule`.
-With DISTILL_DRAWS = N, `SamplingTeacher` turns the teacher's distribution into N draws per position (sampled
+top-1 as a label), mixed with cross-entropy by DISTILL_ALPHA, weighted over the run by its `DistillSchedule`
+(with a count teacher, also switched off for good once the student has overtaken it: `Overtaking`, the settings
+a count teacher cannot serve refused by `check_teacher`). With DISTILL_DRAWS = N, `SamplingTeacher` turns the teacher's distribution into N draws per position (sampled
 targets). The seed-faithful arm wraps both in the study's defects (golf/seed_faithful.py); nothing else here
 knows of them.
 
