@@ -231,6 +231,7 @@ M="MAX_WALLCLOCK_SECONDS=$BUDGET"
 L="MAX_WALLCLOCK_SECONDS=$LONG_BUDGET"
 HARD="DISTILL_TARGET=hard"
 SOFT="DISTILL_TARGET=soft DISTILL_TEMP=2"
+COUNT="DISTILL_TARGET=soft DISTILL_TEMP=1"  # a count teacher's exact KL is at T = 1 (golf.objectives.check_teacher)
 if [ "$PRESET" = study ]; then
   # Every arm at every seed, at equal wall clock ($BUDGET s) and at equal steps ($STEPS, no clock), the main setting
   # (T 2, alpha 0.5) throughout but the seed-faithful arm's; seeds outermost, so a study cut short stays balanced.
@@ -245,7 +246,7 @@ if [ "$PRESET" = study ]; then
       arm renorm-$x       distill.py    cache:big      "$c $SOFT DISTILL_ALPHA=0.5"
       arm sampled-$x      distill.py    cache:big-n16  "$c $SOFT DISTILL_ALPHA=0.5"
       arm hard-$x         distill.py    cache:big      "$c $HARD DISTILL_ALPHA=0.5"
-      arm ngram3-$x       distill.py    ngram:3        "$c $SOFT DISTILL_ALPHA=0.5"
+      arm ngram3-$x       distill.py    ngram:3        "$c $COUNT DISTILL_ALPHA=0.5"
       arm ema-$x          distill.py    ema            "$c $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
       arm online-$x       distill.py    online:big     "$c $SOFT DISTILL_ALPHA=0.5"
       arm faithful-$x     distill.py    cache:big      "$c DISTILL_SEED_FAITHFUL=D1,D2,D4 $SOFT DISTILL_ALPHA=0.1"
@@ -272,9 +273,9 @@ arm faithful-online-self-a0.5 distill.py   online:self  "$M DISTILL_SEED_FAITHFU
 arm soft-bucket-a0.5         distill.py    cache:big    "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
 # Teachers whose whole cost is inside the budget (record track): the n-gram model of the train stream, and the
 # student's own EMA switched on for the run's last part.
-arm ngram3-a0.5              distill.py    ngram:3      "$M $SOFT DISTILL_ALPHA=0.5"
-arm ngram4-a0.5              distill.py    ngram:4      "$M $SOFT DISTILL_ALPHA=0.5"
-arm ngram3-memorised-a0.5    distill.py    ngram:3      "$M $SOFT DISTILL_ALPHA=0.5 NGRAM_LEAVE_ONE_OUT=0"
+arm ngram3-a0.5              distill.py    ngram:3      "$M $COUNT DISTILL_ALPHA=0.5"
+arm ngram4-a0.5              distill.py    ngram:4      "$M $COUNT DISTILL_ALPHA=0.5"
+arm ngram3-memorised-a0.5    distill.py    ngram:3      "$M $COUNT DISTILL_ALPHA=0.5 NGRAM_LEAVE_ONE_OUT=0"
 arm ema-f0.5-a0.5            distill.py    ema          "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.5"
 arm ema-f0.7-a0.5            distill.py    ema          "$M $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
 # Sampled targets against top-K at equal bytes (20 B/token each)
@@ -285,7 +286,7 @@ for seed in $EXTRA_SEEDS; do
   arm baseline-s$seed          train_gpt.py  ""           "$M SEED=$seed"
   arm soft-a0.5-s$seed         distill.py    cache:big    "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5"
   arm soft-bucket-a0.5-s$seed  distill.py    cache:big    "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5 DISTILL_TAIL=bucket"
-  arm ngram3-a0.5-s$seed       distill.py    ngram:3      "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5"
+  arm ngram3-a0.5-s$seed       distill.py    ngram:3      "$M SEED=$seed $COUNT DISTILL_ALPHA=0.5"
   arm ema-f0.7-a0.5-s$seed     distill.py    ema          "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
   arm sampled-n16-a0.5-s$seed  distill.py    cache:big-n16 "$M SEED=$seed $SOFT DISTILL_ALPHA=0.5"
 done

@@ -199,3 +199,37 @@ def bootstrap_ci(stat, num: list[float], den: list[float], reps: int = 2000, see
         values.append(stat([num[i] for i in pick], [den[i] for i in pick]))
     values.sort()
     return values[int(0.025 * reps)], values[int(0.975 * reps) - 1]
+
+
+def synthetic_count_dist(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, width: int = 64, seed: int = 0):
+    """A count teacher's signal of realistic widths for timing (golf.signals.CountDist): per position `width`
+    sparse entries (distinct ids that depend on the previous token, half of them carrying 0.5 of the mass, the
+    other half padding), the bigram row of the previous token (`rows` (V, V), rho 0.3) and a shared vector (beta
+    0.2). Its numbers are random; what it costs is a real count teacher's at these widths. On x's device."""
+    from golf.signals import CountDist
+
+    v, dev = rows.shape[1], x.device
+    a, y = x.reshape(-1), y.reshape(-1)
+    n = a.shape[0]
+    g = torch.Generator(dev).manual_seed(seed)
+    ids = (a[:, None] * 7 + 13 * torch.arange(width, device=dev)) % v  # 13 j mod 2^k: distinct in a row
+    weight = torch.rand(n, width, generator=g, device=dev) * (torch.arange(width, device=dev) < width // 2)
+    weight *= 0.5 / weight.sum(-1, keepdim=True)
+    shared = torch.rand(v, generator=g, device=dev) + 0.1
+    shared /= shared.sum()
+    rho, beta = torch.full((n,), 0.3, device=dev), torch.full((n,), 0.2, device=dev)
+    at_y = (weight * (ids == y[:, None])).sum(-1) + rho * rows[a, y] + beta * shared[y]
+    return CountDist(ids, weight, rows, a, rho, shared, beta, at_y.log())
+
+
+def synthetic_count_rows(v: int, device, seed: int = 0) -> torch.Tensor:
+    """(V, V) float32 rows that each sum to 1: stand-ins for the bigram rows of a count teacher."""
+    g = torch.Generator(device).manual_seed(seed)
+    rows = torch.rand(v, v, generator=g, device=device) ** 4
+    return rows / rows.sum(-1, keepdim=True)
+
+
+def dense_count_logprobs(signal) -> torch.Tensor:
+    """The CountDist's p as (N, V) log-probabilities: what a count teacher that gives Logits hands the dense KL."""
+    p = signal.rows[signal.row_of] * signal.rho[:, None] + signal.beta[:, None] * signal.shared
+    return p.scatter_add_(-1, signal.ids, signal.weight).log_()

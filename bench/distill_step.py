@@ -1,7 +1,8 @@
 """Benchmark: the cost of a distillation training step over a baseline step, side by side in one process.
 
     python bench/distill_step.py [--preset demo-student] [--teacher CKPT | --teacher-preset demo-teacher]
-                                 [--arms baseline,soft,hard,online,sampled,ngram,ema] [--draws 16]
+                                 [--arms baseline,soft,hard,online,sampled,ngram,ema,count,count_dense]
+                                 [--draws 16] [--count-width 64]
                                  [--reps 100] [--warmup 5] [--seconds 0]
                                  [--threads N] [--clock wall|process] [--cache-dir DIR] [--json FILE]
 
@@ -20,15 +21,22 @@ distillation term is on; the final-weights EMA and logging, the same in every ar
 - ngram: golf.teachers.NgramTeacher (NGRAM_* settings; NGRAM_PREPASS_TOKENS=0 here means the whole stream): its
   tables built in the first warm-up round with the clock running, as in a timed run, then queried and counted
   online each step; the build's seconds are printed;
-- ema: golf.teachers.EmaTeacher, the student's own EMA (DISTILL_EMA_DECAY) run in the step and updated after it.
+- ema: golf.teachers.EmaTeacher, the student's own EMA (DISTILL_EMA_DECAY) run in the step and updated after it;
+- count: a count teacher's signal (golf.signals.CountDist) of realistic widths made in the step from the batch
+  (`SyntheticCountTeacher`: --count-width sparse entries, the bigram row of the previous token, a shared
+  vector; its numbers are random, so the arm times the loss and making the signal, not a count model's query)
+  and the objective's exact count KL at T = 1 (golf.losses, no N x V teacher tensor), as on the steps whose
+  values are not logged (the teacher's entropy not computed; golf.objectives.DistillObjective.log_values);
+- count_dense: the same distribution handed over as full log-probabilities (built N x V in the step, as a count
+  teacher giving Logits must) and the dense KL at T = 1: what `count` replaces.
 After --warmup untimed rounds, each of --reps rounds (or rounds until --seconds have passed) runs one step of
 every arm in rotated order, so load drifts hit every arm alike. An arm's ratio is the median over rounds of
 its step time over the baseline's in the same round (paired: the arms of a round run within about a second,
 so the host's slow drifts cancel; on the shared 2-core VM its bootstrap 95% interval over 100 rounds is about
 a third as wide as that of the ratio of the two medians, which is printed too). The JSON also holds the
 warm-up's seconds (compiles included) and, on CUDA, each arm's peak memory over its timed steps. The last line
-is `distill_step_ratio soft=X hard=Y online=Z sampled=S ngram=N ema=E` (the paired ratios over `baseline`, for
-the arms run).
+is `distill_step_ratio soft=X hard=Y online=Z sampled=S ngram=N ema=E count=C count_dense=D` (the paired ratios
+over `baseline`, for the arms run).
 """
 import dataclasses
 import json
@@ -43,9 +51,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from tqdm import tqdm
 
-from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, load_note, machine_line, make_teacher,
-                     max_rss_mib, median_ms, paired_ratio, rotations, set_threads, spread, teacher_config, timed,
-                     train_files)
+from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, dense_count_logprobs, load_note,
+                     machine_line, make_teacher, max_rss_mib, median_ms, paired_ratio, rotations, set_threads, spread,
+                     synthetic_count_dist, synthetic_count_rows, teacher_config, timed, train_files)
 from golf.atomic import atomic_write_text
 from golf.cache import CacheReader
 from golf.codecs import ENCODINGS
@@ -54,11 +62,31 @@ from golf.data import grad_accum_steps
 from golf.dist import compile_enabled, init_dist, maybe_compile
 from golf.errors import GolfError, cli_main
 from golf.objectives import CrossEntropyObjective, distill_objective
-from golf.teachers import CachedTeacher, EmaTeacher, NgramTeacher, OnlineTeacher
+from golf.teachers import CachedTeacher, EmaTeacher, Logits, NgramTeacher, OnlineTeacher, Teacher
 from golf.train import TrainState
 
-ARMS = ("baseline", "soft", "hard", "online", "sampled", "ngram", "ema")
+ARMS = ("baseline", "soft", "hard", "online", "sampled", "ngram", "ema", "count", "count_dense")
 TEACHER_ARMS = ARMS[1:]
+
+
+class SyntheticCountTeacher(Teacher):
+    """A count teacher's signal, made in the step from the batch (bench/_common.synthetic_count_dist) over fixed
+    stand-in bigram rows on the device; dense=True hands the same p over as Logits (N x V log-probs)."""
+
+    name, where, track, gives_counts = "count", "step", "record", True
+
+    def __init__(self, vocab_size: int, width: int, device, dense: bool = False):
+        self.rows, self.width, self.dense = synthetic_count_rows(vocab_size, device), width, dense
+        self.gives_counts = not dense
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        return cls(cfg.vocab_size, 64, run.ctx.device)
+
+    def fetch(self, batch):
+        x, y = batch.x.to(self.rows.device), batch.y.to(self.rows.device)
+        signal = synthetic_count_dist(x, y, self.rows, self.width)
+        return Logits(dense_count_logprobs(signal).view(*x.shape, -1)) if self.dense else signal
 
 
 class Arm:
@@ -66,6 +94,8 @@ class Arm:
     is the training loop's optimizer step (schedule, forward/backward over the micro-batches, clip, optimizers)."""
 
     def __init__(self, cfg: Config, ctx, files: list[str], objective):
+        # as on the steps the training loop does not log (nearly all): a count teacher's KL value is not computed
+        objective.log_values = False
         self.state = TrainState(cfg, ctx, files, objective)
         self.pipeline = self.state.pipeline()
         self.state.clock.start()  # as in the timed run: a teacher built on its first fetch builds in full
@@ -80,6 +110,7 @@ class Arm:
 def _options(p):
     p.add_argument("--arms", default="baseline,soft,hard,online", help=f"comma list from {', '.join(ARMS)}")
     p.add_argument("--draws", type=int, default=16, help="draws per position of the sampled arm's cache")
+    p.add_argument("--count-width", type=int, default=64, help="sparse entries per position of the count arms")
     p.add_argument("--teacher", default="", help="teacher checkpoint (default: a random model of --teacher-preset)")
     p.add_argument("--teacher-preset", default="demo-teacher", help="shape of the random teacher")
     p.add_argument("--k", type=int, default=32, help="cached top-K")
@@ -175,6 +206,7 @@ def make_arms(cfg: Config, ctx, files: list[str], arms: list[str], args, tmp: st
             print(f"{kind} cache built: {stats['positions']} positions in {stats['seconds']:.1f}s "
                   f"({stats['tokens_per_s']:.0f} tokens/s)")
         readers[kind] = CacheReader(cache_dir, files, vocab_size=cfg.vocab_size)
+    at_t1 = dataclasses.replace(cfg, distill_temp=1.0)
     makers = {
         "baseline": lambda: Arm(cfg, ctx, files, CrossEntropyObjective()),
         "soft": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(readers["topk"], "soft"), "soft")),
@@ -182,9 +214,14 @@ def make_arms(cfg: Config, ctx, files: list[str], arms: list[str], args, tmp: st
         "online": lambda: Arm(cfg, ctx, files, arm_objective(
             cfg, OnlineTeacher(teacher, args.teacher or "random", sha, cfg.compile, ctx.device), "soft")),
         "sampled": lambda: Arm(cfg, ctx, files, arm_objective(cfg, CachedTeacher(readers["sampled"], "soft"), "soft")),
-        "ngram": lambda: Arm(cfg, ctx, files, arm_objective(cfg, ngram_teacher(cfg, ctx, files), "soft")),
+        "ngram": lambda: Arm(at_t1, ctx, files, arm_objective(at_t1, ngram_teacher(at_t1, ctx, files), "soft")),
         "ema": lambda: Arm(cfg, ctx, files, arm_objective(
             cfg, EmaTeacher(cfg.distill_ema_decay, cfg.compile, ctx.device), "soft")),
+        # a count teacher's exact KL is at T = 1 (golf.objectives.check_teacher); its dense twin at T = 1 too
+        "count": lambda: Arm(cfg, ctx, files, arm_objective(
+            at_t1, SyntheticCountTeacher(cfg.vocab_size, args.count_width, ctx.device), "soft")),
+        "count_dense": lambda: Arm(cfg, ctx, files, arm_objective(
+            at_t1, SyntheticCountTeacher(cfg.vocab_size, args.count_width, ctx.device, dense=True), "soft")),
     }
     return {name: makers[name]() for name in arms}
 

@@ -55,4 +55,5 @@ def describe_arm(cfg: Config) -> dict:
             "alpha": cfg.distill_alpha, "temp": cfg.distill_temp if soft else None,
             "tail": cfg.distill_tail if soft and teacher == "cache" else None, "draws": cfg.distill_draws,
             "seed_faithful": ",".join(sorted(defects(cfg))),
-            "start": cfg.distill_start_frac, "ramp": cfg.distill_ramp_frac, "stop": cfg.distill_stop_frac}
+            "start": cfg.distill_start_frac, "ramp": cfg.distill_ramp_frac, "stop": cfg.distill_stop_frac,
+            "until_overtaken": cfg.distill_until_overtaken}

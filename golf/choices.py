@@ -1,12 +1,13 @@
 """A configuration checked in full: golf.config's own checks, then those of each choice's owner, which the
 registry listing the choice reaches (golf/teachers.py: DISTILL_TEACHER and every teacher's own settings;
-golf/losses.py: DISTILL_TARGET, DISTILL_TAIL, DISTILL_DRAWS; golf/arms.py: DISTILL_SEED_FAITHFUL).
+golf/losses.py: DISTILL_TARGET, DISTILL_TAIL, DISTILL_DRAWS; golf/arms.py: DISTILL_SEED_FAITHFUL;
+golf/objectives.py: DISTILL_UNTIL_OVERTAKEN).
 
 golf.config imports none of them (they import it): each owner registers its check with `golf.config.owner_check`
 when it is imported. This module imports them all, so a script that resolves its configuration here runs every
 check, in the same order, before it reads data or opens a log, whatever else it imports.
 """
-from golf import arms, losses, teachers  # noqa: F401  imported for the checks they register
+from golf import arms, losses, objectives, teachers  # noqa: F401  imported for the checks they register
 from golf.config import build_parser, resolve_config
 
 __all__ = ["config_from_cli", "resolve_config"]

@@ -104,6 +104,9 @@ class Config:
                                   "fraction of the run from DISTILL_START_FRAC (0: at once)", "distill")
     distill_stop_frac: float = _f(1.0, "fraction of the run from which the teacher term is off again (1: on to the end)",
                                   "distill")
+    distill_until_overtaken: int = _f(0, "N >= 1: the teacher term goes off for good once the student's running CE (an "
+                                      "EMA over ~N steps) has stayed below a count teacher's for N steps in a row on "
+                                      "every rank (golf.objectives.Overtaking); 0: off", "distill")
     distill_ema_decay: float = _f(0.997, "DISTILL_TEACHER=ema: the teacher's EMA decay per step, accumulated from step 0 "
                                   "(its own setting: EMA_DECAY is the final weights'; the default is the study's "
                                   "EMA_DECAY, not yet tuned for a teacher)", "distill")

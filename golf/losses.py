@@ -13,6 +13,8 @@ N x V work lives in `_GatherLogSoftmax` and `_TwoTemperatureLogSoftmax`, whose b
 log_softmax -> gather -> scatter.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,8 @@ _TINY = torch.finfo(torch.float32).tiny
 _LOGP_FLOOR = -1e4
 # Row blocks of the T = 2 backward on CPU hold about this many float32 (see _TwoTemperatureLogSoftmax).
 _BLOCK_FLOATS = 1 << 20
+# Row blocks of a count teacher's entropy on CUDA: its block-sized p buffers stay at ~512 MB however large N is.
+_CUDA_BLOCK_FLOATS = 1 << 26
 # Most draws per position of sampled targets: a row's counts must fit the sampled cache format's one count byte.
 MAX_DRAWS = 255
 
@@ -180,6 +184,125 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
         return out, None, None, None
 
 
+class _CountSoftCE(torch.autograd.Function):
+    """The CE at y and the soft cross-entropy H(p, q) = -sum_v p_v log q_v to a count teacher, from one node at
+    T = 1, with no N x V teacher tensor (golf.signals.CountDist):
+        p[n] = sum_j weight[n, j] e(ids[n, j]) + rho[n] rows[row_of[n]] + beta[n] shared,   sum_v p[n, v] = 1.
+
+    With log q = z - lse(z), a row's H(p, q) = lse - p . z, and p . z = sum_j weight_j z[ids_j] + rho rows[row_of] . z
+    + beta shared . z: a gather, and the dense parts' dot products as one sampled dense x dense product with the
+    table of shared rows (`rows` and `shared` under it, `_dense_parts`), which reads each position's rows once
+    without gathering them into a buffer. z is the logits the loss sees (after the model's softcap); lse comes from
+    the softmax the CE computes anyway (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is
+    no function of the student (see `_count_entropy`).
+
+    z (N, V) any float dtype, y (N,), ids / weight (N, W), table (R', V), table_cols / table_coef (N, c): each
+    position's dense parts (`_dense_parts`), kl_w (N,): each row's weight in the soft term's mean (1/N, or
+    valid / #valid). Returns float32 (mean CE, weighted mean H(p, q)). With g, h their incoming gradients and
+    k = h kl_w:
+        dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_j weight_j e(ids_j) + rho rows[row_of] + beta shared),
+    formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in one
+    pass over N x V, p's dense parts added into it as one sparse x dense product, without building p; a second
+    backward is refused as in _GatherLogSoftmax.
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, ids, weight, table, table_cols, table_coef, kl_w):
+        n, v = z.shape
+        q = torch.empty((n, v), dtype=torch.float32, device=z.device)
+        ce, soft_ce = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(2))
+        cols = torch.cat([ids, y[:, None]], -1)  # the sparse part's columns, then y
+        for a, b in _row_blocks(q):
+            zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
+            qb = torch.softmax(zb, -1, out=q[a:b])
+            z_cols = zb.gather(-1, cols[a:b])
+            lse = _log_normaliser(zb, qb, z_cols, cols[a:b])
+            torch.sub(lse, z_cols[:, -1], out=ce[a:b])
+            pattern = _table_rows(table_cols[a:b], torch.zeros_like(table_coef[a:b]), table.shape[0])
+            dots = torch.sparse.sampled_addmm(pattern, zb, table.T).values().view(b - a, -1)
+            p_dot_z = (dots.mul_(table_coef[a:b])).sum(-1).add_((weight[a:b] * z_cols[:, :-1]).sum(-1))
+            torch.sub(lse, p_dot_z, out=soft_ce[a:b])
+        ctx.save_for_backward(q, cols, weight, table, table_cols, table_coef, kl_w)
+        ctx.z_dtype = z.dtype
+        # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
+        return ce.double().mean().float(), soft_ce.double().dot(kl_w.double()).float()
+
+    @staticmethod
+    def backward(ctx, g_ce, g_soft):
+        grad, cols, weight, table, table_cols, table_coef, kl_w = ctx.saved_tensors  # grad holds q
+        n = grad.shape[0]
+        g = g_ce / n
+        k = kl_w * g_soft
+        coef, dense_coef = (k + g)[:, None], table_coef * -k[:, None]
+        src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # at cols: the sparse part's, then y
+        out = _grad_out(grad, ctx.z_dtype)
+        for a, b in _row_blocks(grad):
+            gb = grad[a:b].mul_(coef[a:b])
+            gb.addmm_(_table_rows(table_cols[a:b], dense_coef[a:b], table.shape[0]), table)
+            gb.scatter_add_(-1, cols[a:b], src[a:b])
+            if out is not grad:
+                out[a:b].copy_(gb)
+        return out, None, None, None, None, None, None, None
+
+
+def _dense_parts(rows, row_of, rho, shared, beta):
+    """A count teacher's dense parts as one table: (table (R', V), cols (N, c), coef (N, c)) with
+    rho rows[row_of] + beta shared = sum over c of coef[:, c] table[cols[:, c]]: the table is `rows` with
+    `shared` as its last row (one copy of rows per micro-batch, so that one sparse x dense product covers both
+    parts), or `shared` alone without rows."""
+    if not rows.shape[0]:
+        return shared[None], torch.zeros_like(row_of)[:, None], beta[:, None]
+    table = torch.cat([rows, shared[None]])
+    return table, torch.stack([row_of, torch.full_like(row_of, rows.shape[0])], -1), torch.stack([rho, beta], -1)
+
+
+def _table_rows(cols, values, width: int) -> torch.Tensor:
+    """A sparse CSR (B, width) matrix with values[i, c] at (i, cols[i, c]): `it @ table` is the sum over c of
+    values[:, c] * table[cols[:, c]] in one pass (torch marks CSR as beta and says so once; the layout here is
+    the plainest one)."""
+    b, c = cols.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.arange(0, b * c + 1, c, device=cols.device), cols.reshape(-1),
+                                       values.reshape(-1), size=(b, width))
+
+
+def _log_normaliser(z, q, z_cols, cols):
+    """lse(z) per row from its softmax q: z_c - log q_c at the gathered column c with the largest logit (so the
+    largest q among them: a count teacher's columns hold its likely tokens, and the target), exact to float32
+    rounding while that q_c is a normal float32; rows where it is not (a logit gap near 87, beyond any softcap)
+    take max z - log max q (max q >= 1/V). On CUDA every row computes both (two passes there cost less than the
+    device sync a test for such rows would)."""
+    top, at = z_cols.max(-1)
+    best = q.gather(-1, cols.gather(-1, at[:, None]))[:, 0]
+    lse = top.sub_(best.log())
+    if z.is_cuda:
+        return torch.where(best >= _TINY, lse, z.amax(-1).sub_(q.amax(-1).log_()))
+    small = (best < _TINY).nonzero()[:, 0]
+    if small.numel():
+        lse[small] = z[small].amax(-1).sub_(q[small].amax(-1).log_())
+    return lse
+
+
+def _count_entropy(ids, weight, table, table_cols, table_coef, kl_w) -> torch.Tensor:
+    """The weighted mean entropy H(p) of a count teacher's rows (flat inputs as _CountSoftCE's), float32, exact:
+    p is built row block by row block in a block-sized buffer (the dense parts as one sparse x dense product, the
+    sparse part scattered in), then sum p log p with 0 log 0 = 0. It costs about what the soft cross-entropy does
+    (V logarithms per row), for a constant of the student: golf.objectives computes it only for the steps whose
+    values are logged."""
+    n, v = ids.shape[0], table.shape[1]
+    entropy = torch.empty(n, dtype=torch.float32, device=table.device)
+    blocks = _blocks(n, v, table.is_cuda, _CUDA_BLOCK_FLOATS)
+    p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=table.device) for _ in range(2))
+    for a, b in blocks:
+        pb = p[: b - a].zero_().addmm_(_table_rows(table_cols[a:b], table_coef[a:b], table.shape[0]), table)
+        pb.scatter_add_(-1, ids[a:b], weight[a:b])
+        # a p below _TINY (0, or a float32 rounding of 0 below it) adds ~0
+        terms = torch.clamp_min(pb, _TINY, out=log_p[: b - a]).log_().mul_(pb)
+        torch.sum(terms, -1, out=entropy[a:b]).neg_()
+    return entropy.double().dot(kl_w.double()).float()
+
+
 def _softmax_into(out, z, inv_t: float):
     """out (float32) = softmax(z * inv_t) along the last dim, with as few passes over z as torch allows; -> out."""
     if inv_t == 1.0:
@@ -195,8 +318,14 @@ def _row_blocks(x):
     On CPU the N x V passes of the losses run block by block, so each block's later passes find it in cache
     (with it the soft loss got ~15% cheaper: docs/performance.md). Smaller blocks cost more in
     per-kernel thread wake-ups than they gain; on CUDA every kernel launch costs and one block is best."""
-    n = x.shape[0]
-    step = n if x.is_cuda else max(1, _BLOCK_FLOATS // x.shape[1])
+    return _blocks(x.shape[0], x.shape[1], x.is_cuda)
+
+
+def _blocks(n: int, v: int, cuda: bool, cuda_floats: int = 0):
+    """_row_blocks for N x V on the device kind `cuda`; there blocks of about `cuda_floats` if > 0 (to bound a
+    block-sized buffer)."""
+    floats = (cuda_floats or n * v) if cuda else _BLOCK_FLOATS
+    step = max(1, floats // v)
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
@@ -384,14 +513,61 @@ def full_kl(z, teacher_logits, temperature: float):
     return _full_mean(z, teacher_logits, temperature)
 
 
+def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature: float, kl_w, entropy: bool = True):
+    """(mean CE at y, the count teacher's term, its value for the logs) for flat z (N, V); kl_w (N,) each row's
+    weight in the term's mean. The term is KL(p || q) = H(p, q) - H(p) with entropy=True; with entropy=False it is
+    H(p, q) alone (the same gradient: H(p) is a constant of the student) and its logged value NaN (not computed)."""
+    if temperature != 1.0:
+        raise ValueError(f"temperature={temperature}: a count teacher's exact KL is at T = 1 only (p^(1/T) "
+                         "renormalised has no sparse + shared form)")
+    n = z.shape[0]
+    ids, weight = ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float()
+    dense = _dense_parts(rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(),
+                         shared.detach().float(), beta.reshape(n).detach().float())
+    # float32 throughout: under CUDA autocast the matrix products here would run in bf16
+    with torch.autocast(z.device.type, enabled=False):
+        ce, soft_ce = _CountSoftCE.apply(z, y.long(), ids, weight, *dense, kl_w)
+        if not entropy:
+            return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
+        kl = soft_ce - _count_entropy(ids, weight, *dense, kl_w)
+    return ce, kl, kl.detach()
+
+
+def _row_weights(n: int, valid, device) -> torch.Tensor:
+    """Each row's weight in a mean over the rows of `valid` (bool (N,), None: all)."""
+    if valid is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float32, device=device)
+    return valid.float() / valid.sum().clamp_min(1)
+
+
+def count_kl(z, ids, weight, rows, row_of, rho, shared, beta):
+    """Per-token mean exact KL(p || softmax(z)) over the full vocabulary for a count teacher's p at T = 1:
+        p[n, v] = sum_j weight[n, j] [ids[n, j] = v] + rho[n] rows[row_of[n], v] + beta[n] shared[v]
+    (golf.signals.CountDist: ids, weight (..., W), padding slots weight 0; rows (R, V); row_of, rho, beta (...);
+    shared (V,)), without an N x V teacher tensor: per row the value is lse(z) - p . z - H(p) and the gradient
+    q - p is formed in the softmax's buffer (_CountSoftCE). z is what the loss sees (after any softcap)."""
+    (z,) = _flat(z)
+    n = z.shape[0]
+    # the node computes a CE too (distill_terms shares it with the KL); any target will do for the KL alone
+    y = torch.zeros(n, dtype=torch.long, device=z.device)
+    return _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, 1.0, _row_weights(n, None, z.device))[1]
+
+
 def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "renorm", idx=None, vals=None,
-                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, teacher_valid=None):
+                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, count_ids=None,
+                  count_weight=None, count_rows=None, count_row_of=None, count_rho=None, count_shared=None,
+                  count_beta=None, count_target_logprob=None, count_entropy: bool = True, teacher_valid=None):
     """The two terms of a distillation objective, unmixed -> (ce, teacher_term, parts).
 
     mode="soft": teacher_term = KL(p_T || q_T), a per-token mean, parts {"ce", "kl"}. The teacher is the cache
         (idx, vals; see `topk_kl` for `tail`), or sampled targets (sample_ids, sample_counts (..., M): distinct
         ids and their draw counts from p_T, 0 on padding; see below), or, given teacher_logits (..., V), an
-        online teacher with the exact full-vocabulary KL.
+        online teacher with the exact full-vocabulary KL, or a count teacher's distribution (count_*: the fields of
+        golf.signals.CountDist, the per-position ones shaped like y; see `count_kl`), its exact full-vocabulary KL
+        at T = 1 only, parts then also {"teacher_ce"}: the teacher's mean cross-entropy on the targets
+        (-count_target_logprob), over the positions of teacher_valid. With count_entropy=False the teacher's
+        entropy H(p) is not computed: the term is the soft cross-entropy H(p, q) = KL + H(p) (the KL's gradient
+        exactly; its value a constant of the student higher) and parts["kl"] is NaN.
     mode="hard": teacher_term = CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1, else
         idx[..., 0] of the cache, else the argmax of teacher_logits. Sampled targets are refused: a draw count
         is no label (their most drawn id would be a noisy argmax).
@@ -413,6 +589,14 @@ def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "ren
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
     z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, valid = _flat(
         z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, teacher_valid)
+    if count_ids is not None:
+        if mode != "soft":
+            raise ValueError("a count teacher (count_*) gives a distribution, no label: use mode='soft'")
+        kl_w = _row_weights(z.shape[0], valid, z.device)
+        ce, term, kl = _count_means(z, y, count_ids, count_weight, count_rows, count_row_of, count_rho, count_shared,
+                                    count_beta, temperature, kl_w, count_entropy)
+        teacher_ce = -count_target_logprob.detach().reshape(-1).double().dot(kl_w.double()).float()
+        return ce, term, {"ce": ce.detach(), "kl": kl, "teacher_ce": teacher_ce}
 
     if mode == "hard":
         if sample_ids is not None:

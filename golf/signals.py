@@ -12,7 +12,8 @@ import torch
 
 @dataclass
 class Signal(ABC):
-    """Base of the signals; every field is a tensor whose first dimension runs over the batch's positions."""
+    """Base of the signals; every field is a tensor whose first dimension runs over the batch's positions, except
+    parts shared by all of them (CountDist's rows and shared)."""
 
     def apply(self, fn) -> "Signal":
         """The same signal with `fn` applied to every tensor (pinning, moving to the device)."""
@@ -113,6 +114,8 @@ class CountDist(Signal):
         return self._dense(torch.float32).clamp_min_(torch.finfo(torch.float32).tiny).log_()
 
     def loss_inputs(self, shape):
-        """The fallback until the sparse count-teacher loss exists: dense log-probabilities as teacher_logits
-        (normalised, so the Logits path's full-vocabulary KL is exact): today's N x V cost."""
-        return {"teacher_logits": self.dense_log_probs().view(*shape, -1)}
+        w = self.ids.shape[-1]
+        return {"count_ids": self.ids.view(*shape, w), "count_weight": self.weight.view(*shape, w),
+                "count_rows": self.rows, "count_row_of": self.row_of.view(shape), "count_rho": self.rho.view(shape),
+                "count_shared": self.shared, "count_beta": self.beta.view(shape),
+                "count_target_logprob": self.target_logprob.view(shape)}

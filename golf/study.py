@@ -60,6 +60,8 @@ def describe(run: RunRecord) -> dict:
     mode = d["target"] if d["teacher"] == "cache" else d["teacher"] + ("" if d["target"] == "soft" else " hard")
     if (d["start"], d["ramp"], d["stop"]) != (0.0, 0.0, 1.0):
         mode += f" {d['start']:g}-{d['stop']:g}" + (f" ramp {d['ramp']:g}" if d["ramp"] else "")
+    if d["until_overtaken"]:
+        mode += f" until overtaken {d['until_overtaken']}"
     tail = d["tail"]
     draws = d["draws"] or (cache_draws(d["source"]) if d["teacher"] == "cache" else None)
     if draws and d["target"] == "soft":

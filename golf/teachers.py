@@ -38,6 +38,9 @@ class Teacher(ABC):
     name: str  # its DISTILL_TEACHER value
     where: str  # "loader" | "step": where fetch runs
     track: str  # "record" (whole cost inside the budget) | "non-record"
+    # A count teacher: its signal is CountDist (exact KL at T = 1 only, golf.objectives.check_teacher), whose
+    # target log-probs the objective logs as teacher_ce and DISTILL_UNTIL_OVERTAKEN reads.
+    gives_counts: bool = False
 
     @classmethod
     def check_settings(cls, cfg: Config) -> None:
@@ -97,7 +100,7 @@ class TeacherWrapper(Teacher):
 
     def __init__(self, inner: Teacher):
         self.inner = inner
-        self.name, self.where, self.track = inner.name, inner.where, inner.track
+        self.name, self.where, self.track, self.gives_counts = inner.name, inner.where, inner.track, inner.gives_counts
 
     def bind(self, state):
         self.inner.bind(state)
@@ -271,6 +274,7 @@ class NgramTeacher(Teacher):
     is in train_time; in the warm-up (the clock not started) a one-micro-batch table exercises the query."""
 
     name, where, track = "ngram", "step", "record"
+    gives_counts = True
 
     def __init__(self, model: StreamNgram):
         self.model, self.clock = model, None

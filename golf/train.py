@@ -186,6 +186,21 @@ class TrainState:
             self.model.set_qat(True)
             log(f"late_qat:enabled step:{self.step + 1} scale:{scale:.4f}")
 
+    @property
+    def overtaking(self):
+        """The objective's DISTILL_UNTIL_OVERTAKEN rule (golf.objectives.Overtaking), or None."""
+        schedule = self.objective.schedule
+        return schedule.overtaking if schedule is not None else None
+
+    def running_gap(self, losses: torch.Tensor, progress: float) -> torch.Tensor | None:
+        """This rank's running gap student CE - teacher CE (Overtaking.observe) after a step with the teacher term
+        on at `progress`, from the step's mean parts `losses` (optimizer_step's); None without the rule or with the
+        term off. The same on every rank (progress and the rule's state are)."""
+        if self.overtaking is None or not self.objective.schedule.on(progress):
+            return None
+        parts = self.objective.parts
+        return self.overtaking.observe(losses[1 + parts.index("ce")], losses[1 + parts.index("teacher_ce")])
+
     def note_distill_switch(self, progress: float, log: Logger):
         """Log `distill:on` / `distill:off` when the objective's teacher term switches for the coming step."""
         schedule = self.objective.schedule
@@ -234,6 +249,8 @@ class TrainState:
             self.teacher.load_resume_state(resume.get("teacher"))
         for opt, s in zip(self.opts, resume["optimizers"]):
             opt.load_state_dict(s)
+        if self.overtaking is not None and resume.get("overtaking") is not None:
+            self.overtaking.load_state_dict(resume["overtaking"], self.ctx.device)
         self.step, self.qat_on, self.loader_state = resume["step"], resume["qat"], resume["loader"]
         self.clock.train_ms = resume["train_ms"]
         self.saved_step = self.step
@@ -254,6 +271,7 @@ class TrainState:
         save_checkpoint(path, {
             **meta, "kind": "resume", "model": self.model.state_dict(), "ema": self.ema,
             "teacher": self.teacher.resume_state() if self.teacher is not None else None,
+            "overtaking": self.overtaking.state_dict() if self.overtaking is not None else None,
             "optimizers": [opt.state_dict() for opt in self.opts], "step": self.step, "train_ms": elapsed_ms,
             "qat": self.qat_on, "loader": pipeline.loader_state(), "rng": _rng_state(),
         })
@@ -283,14 +301,19 @@ def _evaluate(state: TrainState, val_tokens, luts, log: Logger):
     state.clock.start()
 
 
-def _stop_flags(state: TrainState, losses: torch.Tensor, elapsed_ms: float, cap_ms: float) -> tuple[bool, bool, float]:
-    """(wall-clock cap reached, non-finite loss, the slowest rank's training time), the same on every rank: one
-    small all-reduce per step, so all ranks stop on the same step and schedule the next one from the same time."""
+def _stop_flags(state: TrainState, losses: torch.Tensor, elapsed_ms: float, cap_ms: float,
+                gap: torch.Tensor | None = None) -> tuple[bool, bool, float, float | None]:
+    """(wall-clock cap reached, non-finite loss, the slowest rank's training time, the largest running CE gap over
+    the ranks or None), the same on every rank: one small all-reduce per step, so all ranks stop on the same step,
+    schedule the next one from the same time and switch the teacher term off together (`gap`: this rank's
+    TrainState.running_gap, None on every rank alike)."""
     flags = torch.tensor([float(elapsed_ms >= cap_ms), float(not torch.isfinite(losses[0])), elapsed_ms],
                          dtype=torch.float64, device=state.ctx.device)
+    if gap is not None:
+        flags = torch.cat([flags, gap.reshape(1).to(flags)])
     all_reduce(flags, torch.distributed.ReduceOp.MAX)
-    reached_cap, nonfinite, slowest_ms = flags.tolist()
-    return bool(reached_cap), bool(nonfinite), slowest_ms
+    reached_cap, nonfinite, slowest_ms, *worst_gap = flags.tolist()
+    return bool(reached_cap), bool(nonfinite), slowest_ms, worst_gap[0] if worst_gap else None
 
 
 def _timed_step(state: TrainState, pipeline: BatchPipeline, scale: float, progress: float, log: Logger) -> torch.Tensor:
@@ -306,15 +329,23 @@ def _timed_step(state: TrainState, pipeline: BatchPipeline, scale: float, progre
     return losses
 
 
+def _logs_step(cfg: Config, step: int) -> bool:
+    """Whether the train line of `step` is logged (the wall-clock cap's step is logged too)."""
+    return step <= 10 or step % cfg.train_log_every == 0 or step == cfg.iterations
+
+
 def _log_train(state: TrainState, losses: torch.Tensor, elapsed_ms: float, scale: float, log: Logger):
     cfg, parts_names, step = state.cfg, state.objective.parts, state.step
     all_reduce(losses)
     losses = (losses / state.ctx.world_size).tolist()
-    parts = " ".join(f"{k}:{v:.4f}" for k, v in zip(parts_names, losses[1:]))
+    named = dict(zip(parts_names, losses[1:]))
+    if state.overtaking is not None and state.overtaking.worst_gap is not None:  # DISTILL_UNTIL_OVERTAKEN's reading
+        named["running_gap"] = state.overtaking.worst_gap
+    parts = " ".join(f"{k}:{v:.4f}" for k, v in named.items())
     log(f"step:{step}/{cfg.iterations} train_loss:{losses[0]:.4f} {parts} train_time:{elapsed_ms:.0f}ms "
         f"step_avg:{elapsed_ms / step:.2f}ms")
     log.metrics(event="train", step=step, train_loss=losses[0], train_ms=elapsed_ms, lr_scale=scale,
-                **dict(zip(parts_names, losses[1:])))
+                **named)
 
 
 def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens, luts, objective=None,
@@ -349,16 +380,24 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
         scale, progress = lr_scale(cfg, state.step, schedule_ms), run_progress(cfg, state.step, schedule_ms)
         state.maybe_enable_qat(scale, log)
         state.note_distill_switch(progress, log)
+        # Which steps' values the objective must compute exactly (a count teacher's KL value, golf.objectives): the
+        # logged ones, and any that could reach the wall-clock cap (within three of the last step's time of it).
+        near_cap = bool(step_times) and schedule_ms + 3 * step_times[-1] >= cap_ms
+        state.objective.log_values = _logs_step(cfg, state.step + 1) or near_cap
         t_step = time.perf_counter()
         losses = _timed_step(state, pipeline, scale, progress, log)
         approx_ms = state.clock.now_ms()
-        reached_cap, nonfinite, schedule_ms = _stop_flags(state, losses, approx_ms, cap_ms)
+        reached_cap, nonfinite, schedule_ms, worst_gap = _stop_flags(state, losses, approx_ms, cap_ms,
+                                                                     state.running_gap(losses, progress))
+        if state.overtaking is not None and state.overtaking.decide(worst_gap, state.step):
+            log(f"distill:overtaken step:{state.step} running_gap:{worst_gap:.4f} (the student's running CE below the "
+                f"teacher's for {state.overtaking.below} steps on every rank)")
         step_times.append(1000 * (time.perf_counter() - t_step))
         if nonfinite:
             raise GolfError(f"non-finite training loss at step {state.step}: stopped instead of training on, no final "
                             f"checkpoint written; {_last_good(resume_path, state.saved_step, state.step)}; lower the "
                             "learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or check the data")
-        if state.step <= 10 or state.step % cfg.train_log_every == 0 or reached_cap or state.step == cfg.iterations:
+        if _logs_step(cfg, state.step) or reached_cap:
             _log_train(state, losses, approx_ms, scale, log)
         if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
             state.save_resumable(resume_path, approx_ms, pipeline, meta)

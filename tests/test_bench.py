@@ -54,9 +54,19 @@ def test_loss_cost_bench_times_every_loss(tmp_path):
     assert set(_summary(out, "loss_cost_ms")) == {"ce", "hard", "soft", "ce_old", "hard_old", "soft_old"}
 
 
+def test_count_kl_bench_agrees_and_prints_its_ratios(tmp_path):
+    js = tmp_path / "count.json"
+    out = _ok(run_script(["bench/count_kl.py", "--n", "256", "--v", "128", "--width", "8", "--reps", "2", "--warmup",
+                          "1", "--json", str(js)], {}, str(tmp_path)))
+    ratios = _summary(out, "count_kl_ratio")
+    assert set(ratios) == {"count", "count_logged", "dense"}
+    _positive(ratios)
+    assert json.loads(js.read_text())["ratio_to_ce"]["dense"] == pytest.approx(ratios["dense"], abs=1e-3)
+
+
 def test_distill_step_bench_runs_every_arm(tiny_dataset, tmp_path):
     js = tmp_path / "step.json"
-    arms = ["baseline", "soft", "hard", "online", "sampled", "ngram", "ema"]
+    arms = ["baseline", "soft", "hard", "online", "sampled", "ngram", "ema", "count", "count_dense"]
     out = _ok(run_script(["bench/distill_step.py", "--quick", "--preset", "test", "--teacher-preset", "test",
                           "--arms", ",".join(arms), "--draws", "8", "--json", str(js)],
                          dataset_env(tiny_dataset), str(tmp_path)))

@@ -45,7 +45,7 @@ def teachers(tiny_dataset, tmp_path_factory):
     cache = synthetic_cache(str(root / "cache"), tiny_dataset.train_files)
     return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": cache},
             "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}, "ema": {"DISTILL_TEACHER": "ema"},
-            "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_PREPASS_TOKENS": -1}}
+            "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_PREPASS_TOKENS": -1, "DISTILL_TEMP": 1}}
 
 
 def test_every_teacher_has_an_arm_here():

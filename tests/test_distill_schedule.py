@@ -1,11 +1,15 @@
 """The distillation schedule (DISTILL_START_FRAC, DISTILL_RAMP_FRAC, DISTILL_STOP_FRAC): the teacher term's weight
 at hand-checked fractions of the run, counted on the LR warm-down's clocks (golf.optim.run_clocks); off, the
 objective is the baseline's cross-entropy bitwise and the teacher is not asked; the training loop logs the
-switches and its warm-up runs the term both on and off; bad settings are refused.
+switches and its warm-up runs the term both on and off; bad settings are refused. DISTILL_UNTIL_OVERTAKEN: the rule
+by hand, in the loop (logged, the teacher no longer asked, resumable), and under torchrun with 2 ranks whose
+teachers differ (both switch off at the same step, the one the all-reduced rule gives).
 
 Run: python -m pytest tests/test_distill_schedule.py -q
 """
+import json
 import math
+import os
 import re
 
 import pytest
@@ -14,10 +18,12 @@ import torch
 from golf.config import Config, resolve_config
 from golf.data import DistributedTokenLoader
 from golf.errors import GolfError
-from golf.objectives import CrossEntropyObjective, DistillObjective, DistillSchedule, distill_objective
+from golf.objectives import CrossEntropyObjective, DistillObjective, DistillSchedule, Overtaking, distill_objective
 from golf.optim import run_progress
+from golf.signals import CountDist
+from golf.teachers import Teacher
 from golf.train import train
-from helpers import cpu_ctx, logger, make_config, random_teacher, run_inputs
+from helpers import REPO, cpu_ctx, dataset_env, logger, make_config, random_teacher, run_inputs, run_script
 from test_teachers import PeakedTeacher
 
 
@@ -131,3 +137,178 @@ def test_the_loop_switches_logs_and_warms_up_both_ways(tiny_dataset, tmp_path, s
     text = open(f"{cfg.log_dir}/{cfg.run_id}.txt").read()
     assert re.findall(r"^distill:\S+ step:\d+ frac:\S+$", text, re.M) == lines
     assert math.isclose(float(re.search(r"^step:1/4 .* kl:(\S+)", text, re.M).group(1)), 0.0) == (start > 0)
+
+
+# ---- DISTILL_UNTIL_OVERTAKEN ----------------------------------------------------------------------------------------
+
+
+class TargetTeacher(Teacher):
+    """A count teacher that puts `mass` on the true next token and spreads the rest uniformly: its CE is known,
+    -log(mass + (1 - mass) / V), the same on every batch (mass 0: the uniform teacher, log V)."""
+
+    name, where, track, gives_counts = "target", "step", "record", True
+
+    def __init__(self, vocab_size: int, mass: float):
+        self.vocab_size, self.mass, self.fetch_steps, self.state = vocab_size, mass, [], None
+
+    @classmethod
+    def from_config(cls, cfg, run):
+        return cls(cfg.vocab_size, 0.0)
+
+    def bind(self, state):
+        self.state = state
+
+    @property
+    def ce(self) -> float:
+        return -math.log(self.mass + (1 - self.mass) / self.vocab_size)
+
+    def fetch(self, batch):
+        self.fetch_steps.append(self.state.step + 1)
+        y = batch.y.reshape(-1)
+        n, v = y.shape[0], self.vocab_size
+        full = torch.full((n,), 1.0)
+        return CountDist(y[:, None], full[:, None] * self.mass, torch.zeros(0, v), torch.zeros(n, dtype=torch.long),
+                         torch.zeros(n), torch.full((v,), 1.0 / v), full * (1 - self.mass), full * -self.ce)
+
+
+def test_overtaking_rule_by_hand():
+    """EMA with time constant N = 3 from the first gap; N steps in a row below 0 (the worst rank's) switch off."""
+    rule = Overtaking(3)
+    gaps = [float(rule.observe(torch.tensor(ce), torch.tensor(5.0))) for ce in (6.0, 5.0, 2.0, 6.5)]
+    assert gaps == pytest.approx([1.0, 1.0 - 1 / 3, (2 / 3) + (-3.0 - 2 / 3) / 3, -0.5556 + (1.5 + 0.5556) / 3],
+                                 abs=1e-4)
+    decisions = [rule.decide(w, step) for step, w in enumerate([-0.1, -0.2, 0.05, -0.1, -0.1, -0.3, -0.4], start=1)]
+    assert decisions == [False, False, False, False, False, True, False]  # the count restarts after step 3
+    assert rule.off_step == 6
+    schedule = DistillSchedule(0.5, 0.0, 0.0, 1.0, rule)
+    assert not schedule.on(0.1) and schedule.weight(0.1) == 0.0
+    saved = rule.state_dict()
+    again = Overtaking(3)
+    again.load_state_dict(saved, torch.device("cpu"))
+    assert again.state_dict() == saved
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"DISTILL_UNTIL_OVERTAKEN": "-1"}, "DISTILL_UNTIL_OVERTAKEN=-1: use 0"),
+    ({"DISTILL_UNTIL_OVERTAKEN": "4", "DISTILL_TARGET": "hard"}, "DISTILL_UNTIL_OVERTAKEN=4 compares"),
+])
+def test_bad_overtaking_settings_are_refused(env, needle):
+    with pytest.raises(GolfError, match=re.escape(needle)):
+        resolve_config(None, env)
+
+
+def test_the_loop_switches_off_once_overtaken_and_asks_the_teacher_no_more(tiny_dataset, tmp_path):
+    """A uniform count teacher (CE log V = 6.93, where the student starts): the student overtakes it within a few
+    steps; the switch is logged at the step the rule gives from the logged gaps, the teacher is not asked after it,
+    the term is logged as 0, and the running gap and teacher_ce are in the train lines and metrics."""
+    torch.set_num_threads(1)
+    cfg = make_config(tiny_dataset, str(tmp_path), iterations=16, warmup_steps=0, train_log_every=1,
+                      distill_alpha=0.2, distill_temp=1.0, distill_until_overtaken=2)
+    teacher = TargetTeacher(cfg.vocab_size, 0.0)
+    files, val, luts = run_inputs(cfg)
+    train(cfg, cpu_ctx(), logger(cfg), files, val, luts, objective=distill_objective(cfg, teacher))
+    text = open(f"{cfg.log_dir}/{cfg.run_id}.txt").read()
+    off = int(re.search(r"^distill:overtaken step:(\d+) running_gap:(\S+) ", text, re.M).group(1))
+    assert re.search(rf"^distill:off step:{off + 1} frac:", text, re.M)
+    assert teacher.fetch_steps == list(range(1, off + 1))
+    records = [json.loads(r) for r in open(f"{cfg.log_dir}/{cfg.run_id}.jsonl") if '"train"' in r]
+    assert len(records) == 16 and all(r["teacher_ce"] == pytest.approx(teacher.ce, abs=1e-4) for r in records[:off])
+    assert all(r["kl"] == 0 and r["teacher_ce"] == 0 and "running_gap" not in r for r in records[off:])
+    # The rule recomputed from the logged per-step CEs (one rank: its gap is the worst).
+    rule, gaps = Overtaking(2), []
+    for r in records[:off]:
+        gaps.append(float(rule.observe(torch.tensor(r["ce"]), torch.tensor(teacher.ce))))
+        if rule.decide(gaps[-1], r["step"]):
+            break
+    assert rule.off_step == off and 1 < off < 16
+    assert [r["running_gap"] for r in records[:off]] == pytest.approx(gaps, abs=1e-4)
+    assert re.search(rf"^step:{off}/16 train_loss:\S+ ce:\S+ kl:\S+ teacher_ce:\S+ running_gap:-", text, re.M)
+
+
+_TWO_RANKS = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from golf.config import Config, PRESETS
+from golf.dist import init_dist
+from golf.log import Logger
+from golf.objectives import distill_objective
+from golf.train import train
+from helpers import run_inputs
+from test_distill_schedule import TargetTeacher
+
+torch.set_num_threads(1)
+cfg = Config(**{{**PRESETS["test"], **json.loads(os.environ["CFG"])}})
+ctx = init_dist("cpu", "fp32")
+teacher = TargetTeacher(cfg.vocab_size, [0.0, {mass}][ctx.rank])  # rank 1's teacher is better: it is overtaken later
+objective = distill_objective(cfg, teacher)
+rule, gaps = objective.schedule.overtaking, []
+observe = rule.observe
+rule.observe = lambda ce, t: gaps.append(float(observe(ce, t))) or rule.gap
+files, val, luts = run_inputs(cfg)
+train(cfg, ctx, Logger(cfg.log_dir, cfg.run_id, enabled=ctx.is_master), files, val, luts, objective=objective)
+print("RESULT " + json.dumps({{"rank": ctx.rank, "off_step": rule.off_step, "gaps": gaps, "fetch_steps": teacher.fetch_steps}}), flush=True)
+"""
+
+
+def test_two_ranks_switch_off_at_the_same_step(tiny_dataset, tmp_path):
+    """torchrun --nproc_per_node=2 on CPU (gloo): rank 0's teacher is uniform, rank 1's is better, so rank 1's own
+    gap stays above 0 longer. Both ranks switch off at the step the rule gives from the largest of their gaps, which
+    is later than rank 0 alone would have switched: the decision is the all-reduced one, on both."""
+    mass = 0.0005  # rank 1's teacher CE: 6.52 nats, against 6.93 for rank 0's (log V)
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS.format(tests=os.path.join(REPO, "tests"), mass=mass))
+    cfg = {**{k: str(v) for k, v in dataset_env(tiny_dataset).items()}, "micro_batches": 2, "iterations": 40,
+           "warmup_steps": 0, "train_log_every": 1, "distill_alpha": 0.2, "distill_temp": 1.0,
+           "distill_until_overtaken": 2, "log_dir": str(tmp_path / "logs"), "run_id": "two",
+           "checkpoint_path": str(tmp_path / "two.pt")}
+    cfg = {k.lower(): v for k, v in cfg.items()}
+    out = run_script([str(script)], {"CFG": json.dumps(cfg)}, cwd=str(tmp_path), timeout=600, nproc=2)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    results = {r["rank"]: r for r in (json.loads(x) for x in re.findall(r"RESULT (.*)", out.stdout))}
+    assert set(results) == {0, 1}
+    off = results[0]["off_step"]
+    assert off is not None and results[1]["off_step"] == off
+    assert results[0]["fetch_steps"] == results[1]["fetch_steps"] == list(range(1, off + 1))
+    # The rule from both ranks' gaps: off at the first step ending 2 in a row with the larger gap below 0.
+    worst = [max(a, b) for a, b in zip(results[0]["gaps"], results[1]["gaps"])]
+    rule = Overtaking(2)
+    assert next(step for step, w in enumerate(worst, start=1) if rule.decide(w, step)) == off
+    alone = Overtaking(2)
+    rank0_alone = next((step for step, w in enumerate(results[0]["gaps"], start=1) if alone.decide(w, step)), None)
+    assert rank0_alone is not None and rank0_alone < off
+    text = open(tmp_path / "logs" / "two.txt").read()
+    assert re.search(rf"^distill:overtaken step:{off} ", text, re.M) and re.search(rf"^distill:off step:{off + 1} ", text, re.M)
+
+
+def test_a_resumed_run_keeps_the_overtaking_rule_s_state(tiny_dataset, tmp_path, monkeypatch):
+    """The running gap and the count ride in the resumable checkpoint: resumed from step 2 (gap started, term still
+    on), the run switches off at the uninterrupted run's step, its train lines equal from the resume on."""
+    import copy
+
+    import golf.train
+    from golf.checkpoint import save_checkpoint
+
+    torch.set_num_threads(1)
+    saved = {}
+
+    def keep_step_2(path, payload):
+        if payload.get("kind") == "resume" and payload["step"] == 2:
+            saved.update(copy.deepcopy(payload))
+        save_checkpoint(path, payload)
+
+    monkeypatch.setattr(golf.train, "save_checkpoint", keep_step_2)
+    runs = {}
+    for name in ("full", "again"):
+        cfg = make_config(tiny_dataset, str(tmp_path / name), iterations=16, warmup_steps=0, train_log_every=1,
+                          distill_alpha=0.2, distill_temp=1.0, distill_until_overtaken=2, checkpoint_every=1)
+        files, val, luts = run_inputs(cfg)
+        train(cfg, cpu_ctx(), logger(cfg), files, val, luts, objective=distill_objective(cfg, TargetTeacher(1024, 0.0)),
+              resume=dict(saved) if name == "again" else None)
+        text = open(f"{cfg.log_dir}/{cfg.run_id}.txt").read()
+        runs[name] = (int(re.search(r"^distill:overtaken step:(\d+) ", text, re.M).group(1)),
+                      re.findall(r"^(step:\d+/16 train_loss:.*) train_time", text, re.M))
+    assert saved["overtaking"]["gap"] is not None and saved["overtaking"]["off_step"] is None
+    (off, full_lines), (off_again, lines) = runs["full"], runs["again"]
+    assert off_again == off > 2
+    assert lines == full_lines[2:]  # losses, the teacher's CE and the running gap (the train times differ)

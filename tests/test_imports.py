@@ -107,7 +107,7 @@ def test_scripts_resolve_their_config_with_every_owners_check():
     code = "import json, golf.choices, golf.config; print(json.dumps(sorted(golf.config.OWNER_CHECKS)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == ["distill_draws", "distill_seed_faithful", "distill_tail", "distill_target",
-                                      "distill_teacher"]
+                                      "distill_teacher", "distill_until_overtaken"]
 
 
 def test_reading_results_loads_no_torch():

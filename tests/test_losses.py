@@ -329,3 +329,191 @@ def test_full_kl_value_is_accurate_for_a_large_batch():
                                                           - torch.log_softmax(z.double(), -1))).sum(-1).mean()
         got = full_kl(z, t, 1.0)
         assert abs(got.double().item() - ref.item()) < 2e-6, (got.item(), ref.item())
+
+
+# ---- count teachers: sparse + shared rows + shared vector, exact KL at T = 1 ----------------------------------------
+
+
+def make_count_case(n, v, w, r, seed=0, negative=True, rows_part=True, shared_part=True):
+    """A random count teacher's p (golf.signals.CountDist fields, float64) with distinct ids per row, padding slots
+    (weight 0, ids that may repeat the row's own), negative sparse weights (taking back part of a shared part's
+    mass at a token: p >= 0 stays), rows with zeros, and some rows without a row part (rho = 0)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.rand(r, v, generator=g, dtype=torch.float64) ** 3
+    rows *= torch.rand(r, v, generator=g, dtype=torch.float64) < 0.6  # zero entries
+    rows /= rows.sum(-1, keepdim=True)
+    shared = torch.rand(v, generator=g, dtype=torch.float64) + 0.05
+    shared /= shared.sum()
+    row_of = torch.randint(0, r, (n,), generator=g)
+    rho = torch.rand(n, generator=g, dtype=torch.float64) * (torch.rand(n, generator=g) < 0.8) * rows_part
+    beta = (torch.rand(n, generator=g, dtype=torch.float64) + 0.1) * shared_part
+    real = torch.randint(0, w + 1, (n,), generator=g)  # non-padding slots per row
+    ids = torch.empty(n, w, dtype=torch.long)
+    weight = torch.zeros(n, w, dtype=torch.float64)
+    for i in range(n):
+        perm = torch.randperm(v, generator=g)
+        ids[i, : real[i]] = perm[: real[i]]
+        weight[i, : real[i]] = torch.rand(int(real[i]), generator=g, dtype=torch.float64) * 0.5
+        ids[i, real[i]:] = torch.randint(0, v, (w - int(real[i]),), generator=g)  # padding: any id, repeats allowed
+        if negative and real[i] > 0 and torch.rand(1, generator=g) < 0.5:  # a leave-one-out correction at one id
+            j = ids[i, 0]
+            shared_mass = rho[i] * rows[row_of[i], j] + beta[i] * shared[j]
+            weight[i, 0] = -0.7 * shared_mass
+    total = weight.sum(-1) + rho + beta
+    weight, rho, beta = weight / total[:, None], rho / total, beta / total
+    return dict(ids=ids, weight=weight, rows=rows, row_of=row_of, rho=rho, shared=shared, beta=beta)
+
+
+def dense_count_p(ids, weight, rows, row_of, rho, shared, beta):
+    """The count teacher's p as an N x V float64 tensor, slot by slot (the reference the loss never builds)."""
+    n, v = ids.shape[0], shared.shape[0]
+    p = torch.zeros(n, v, dtype=torch.float64)
+    for i in range(n):
+        for j in range(ids.shape[1]):
+            p[i, ids[i, j]] += weight[i, j]
+        p[i] += beta[i] * shared
+        if rows.shape[0]:
+            p[i] += rho[i] * rows[row_of[i]]
+    return p
+
+
+def count_float32(case):
+    return {k: t.float() if t.is_floating_point() else t for k, t in case.items()}
+
+
+@pytest.mark.parametrize("parts", ["all", "no rows", "no shared", "positive only"])
+def test_count_kl_value_and_grad_match_dense_reference(parts, row_blocks):
+    n, v, w, r = 40, 96, 7, 5
+    kw = dict(negative=parts != "positive only", rows_part=parts != "no rows", shared_part=parts != "no shared")
+    case = make_count_case(n, v, w, r, seed=3, **kw)
+    if parts == "no rows":
+        case["rows"] = case["rows"][:0]  # (0, V): no row part at all
+    p = dense_count_p(**case)
+    assert p.min() >= 0 and torch.allclose(p.sum(-1), torch.ones(n, dtype=torch.float64))
+    assert (case["weight"] < 0).any() == kw["negative"]
+    z = torch.randn(n, v, generator=torch.Generator().manual_seed(4)) * 3.0
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
+    assert val.dtype == torch.float32 and ref.item() > 0.1
+    assert val.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
+
+
+def test_count_terms_are_ce_and_kl_from_one_node_with_the_teachers_ce():
+    """distill_terms with count_* inputs shaped like the batch: CE, KL and their mixed gradient against float64, the
+    teacher's CE from its target log-probs, and teacher_valid masking the KL (and teacher CE) only."""
+    b, s, v, w, r = 3, 16, 64, 5, 4
+    n = b * s
+    case = make_count_case(n, v, w, r, seed=5)
+    p = dense_count_p(**case)
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(b, s, v, generator=g) * 2.0
+    y = torch.randint(0, v, (b, s), generator=g)
+    valid = torch.rand(b, s, generator=g) > 0.2
+    target_logprob = p.gather(-1, y.reshape(n, 1))[:, 0].log()
+    f32 = count_float32(case)
+    inputs = {f"count_{k}": (t if k in ("rows", "shared") else t.view(b, s, *t.shape[1:])) for k, t in f32.items()}
+    inputs["count_target_logprob"] = target_logprob.float().view(b, s)
+    alpha = 0.3
+
+    def ours(x):
+        ce, kl, parts = distill_terms(x, y, mode="soft", temperature=1.0, teacher_valid=valid, **inputs)
+        return (1 - alpha) * ce + alpha * kl, ce, kl, parts
+
+    def ref(x):
+        x = x.reshape(n, v)
+        logq = torch.log_softmax(x, -1)
+        ce = -logq.gather(-1, y.reshape(n, 1)).mean()
+        m = valid.reshape(n)
+        kl = _kl(p[m], logq[m].exp())
+        return (1 - alpha) * ce + alpha * kl, ce, kl
+
+    (loss, ce, kl, parts), grad = ours(z.requires_grad_(True)), None
+    (grad,) = torch.autograd.grad(loss, z)
+    zd = z.detach().double().requires_grad_(True)
+    ref_loss, ref_ce, ref_kl = ref(zd)
+    (ref_grad,) = torch.autograd.grad(ref_loss, zd)
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-6) and kl.item() == pytest.approx(ref_kl.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)
+    m = valid.reshape(n)
+    assert parts["teacher_ce"].item() == pytest.approx(-target_logprob[m].mean().item(), rel=1e-6)
+    assert set(parts) == {"ce", "kl", "teacher_ce"}
+
+
+def test_count_teacher_equal_to_the_student_has_zero_kl():
+    """KL(p || p) = 0: a student whose softmax is the teacher's p (log p as logits, softcap-sized) gets no KL and no
+    KL gradient (the exact entropy cancels the soft cross-entropy)."""
+    case = make_count_case(32, 128, 6, 3, seed=8)
+    p = dense_count_p(**case)
+    z = p.clamp_min(1e-12).log().float()
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    assert abs(val.item()) < 1e-5 and grad.abs().max().item() < 1e-6
+
+
+def test_count_teacher_refuses_a_temperature_and_a_hard_target():
+    case = count_float32(make_count_case(4, 16, 3, 2, seed=1))
+    inputs = {f"count_{k}": t for k, t in case.items()} | {"count_target_logprob": torch.zeros(4)}
+    z, y = torch.randn(4, 16), torch.randint(0, 16, (4,))
+    with pytest.raises(ValueError, match="T = 1 only"):
+        distill_terms(z, y, mode="soft", temperature=2.0, **inputs)
+    with pytest.raises(ValueError, match="no label"):
+        distill_terms(z, y, mode="hard", **inputs)
+
+
+def test_count_term_without_the_entropy_is_the_soft_ce_with_the_same_gradient(row_blocks):
+    """count_entropy=False (a step whose values are not logged): the term is H(p, q) = KL + H(p) against float64, its
+    gradient the KL's, and the logged KL is NaN (not computed), never a wrong number."""
+    n, v = 24, 80
+    case = make_count_case(n, v, 5, 3, seed=12)
+    p = dense_count_p(**case)
+    z = torch.randn(n, v, generator=torch.Generator().manual_seed(13)) * 2
+    y = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(14))
+    inputs = {f"count_{k}": t for k, t in count_float32(case).items()} | {"count_target_logprob": torch.zeros(n)}
+    terms = {}
+    for entropy in (True, False):
+        x = z.clone().requires_grad_(True)
+        _, term, parts = distill_terms(x, y, mode="soft", count_entropy=entropy, **inputs)
+        terms[entropy] = (term.detach(), torch.autograd.grad(term, x)[0], parts["kl"])
+    soft_ce = -(p * torch.log_softmax(z.double(), -1)).sum(-1).mean()
+    entropy_p = -torch.where(p > 0, p * p.log(), 0.0).sum(-1).mean()
+    assert terms[False][0].item() == pytest.approx(soft_ce.item(), rel=1e-6)
+    assert terms[True][0].item() == pytest.approx((soft_ce - entropy_p).item(), rel=1e-5)
+    assert terms[True][2].item() == terms[True][0].item() and terms[False][2].isnan()
+    torch.testing.assert_close(terms[False][1], terms[True][1], rtol=0, atol=0)
+
+
+def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student():
+    """Logits without a softcap: the student puts its mass 120 nats away from every column the teacher names, so
+    their q underflow float32 and the log-normaliser falls back to max z - log max q (golf.losses._log_normaliser)."""
+    n, v, w = 16, 64, 4
+    g = torch.Generator().manual_seed(21)
+    ids = torch.stack([torch.randperm(v, generator=g)[:w] for _ in range(n)])
+    weight = torch.rand(n, w, generator=g, dtype=torch.float64) + 0.1
+    case = dict(ids=ids, weight=weight / weight.sum(-1, keepdim=True), rows=torch.zeros(0, v, dtype=torch.float64),
+                row_of=torch.zeros(n, dtype=torch.long), rho=torch.zeros(n, dtype=torch.float64),
+                shared=torch.full((v,), 1.0 / v, dtype=torch.float64), beta=torch.zeros(n, dtype=torch.float64))
+    p = dense_count_p(**case)
+    z = torch.where(p > 0, -60.0, 60.0) + torch.randn(n, v, generator=g)
+    assert torch.softmax(z, -1)[p > 0].max() == 0  # underflowed in float32
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
+    assert ref.item() > 100
+    assert val.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert_close_rel(grad, ref_grad, 1e-5)
+
+
+def test_count_kl_under_bf16_autocast_computes_in_float32():
+    """The objective runs under the run's autocast: the count loss's products (matrix-vector, sparse x dense) must not
+    drop to bf16 there, and its gradient keeps z's dtype."""
+    case = make_count_case(64, 256, 6, 4, seed=31)
+    p = dense_count_p(**case)
+    z = torch.randn(64, 256, generator=torch.Generator().manual_seed(32)) * 3
+
+    def under_autocast(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return golf.losses.count_kl(x, **count_float32(case))
+
+    val, grad = value_and_grad(under_autocast, z)
+    ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
+    assert val.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert_close_rel(grad, ref_grad, 1e-5)

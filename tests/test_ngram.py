@@ -23,6 +23,7 @@ from golf.config import Config
 from golf.data import DistributedTokenLoader
 from golf.dist import Ctx
 from golf.errors import GolfError
+from golf.losses import distill_terms
 from golf.ngram import CountModel, StreamNgram, TrainStream, bound_bytes
 from golf.teachers import NgramTeacher
 from golf.objectives import build_objective
@@ -254,39 +255,30 @@ def test_kneser_ney_counts_and_discounts_by_hand():
     assert signal.target_logprob.item() == pytest.approx(math.log(want), rel=1e-6)
 
 
-def test_the_signals_fallback_loss_inputs_are_its_dense_log_probs(tmp_path):
-    """Until the sparse loss lands, CountDist.loss_inputs hands the Logits path the dense log-probabilities, shaped
-    like the batch: their softmax is the distribution itself, so the exact KL is unchanged."""
+@pytest.mark.parametrize("smoothing", ["mkn", "kn", "wb"])
+def test_the_exact_count_loss_on_the_real_model_equals_the_dense_kl(tmp_path, smoothing):
+    """The count model's CountDist (negative rho on the uniform row, mixed rows with small negative entries,
+    leave-one-out corrections at the target's slot) through distill_terms' count path: the KL's value and its
+    gradient equal the dense float64 KL to CountDist.dense(), and teacher_ce is the mean of -log p[n, y_n]."""
     tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=2)
     files = write_split(tmp_path, tokens, SHARD_SIZES)
-    model = open_model(ngram_config(ngram_order=5, ngram_prepass_tokens=-1), files)
+    model = open_model(ngram_config(ngram_order=5, ngram_prepass_tokens=-1, ngram_smoothing=smoothing), files)
     model.build()
     batch = DistributedTokenLoader(files, 0, 1).next_batch(4 * 32, 32, 1)
     signal = model.signal(batch)
-    logits = signal.loss_inputs(batch.y.shape)["teacher_logits"]
-    assert logits.shape == (4, 32, SMALL_V) and logits.dtype == torch.float32
-    np.testing.assert_allclose(torch.softmax(logits.double(), -1).view(-1, SMALL_V).numpy(), signal.dense().numpy(),
-                               rtol=1e-5, atol=1e-7)
-
-
-def test_sampled_targets_draw_from_the_count_teachers_distribution(tmp_path):
-    """DISTILL_DRAWS with the n-gram teacher: the draws come from the CountDist's dense distribution (a frequency
-    check over many draws at T = 1 against CountDist.dense)."""
-    from golf.objectives import SamplingTeacher
-    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V, seed=9)
-    files = write_split(tmp_path, tokens, SHARD_SIZES)
-    cfg = ngram_config(ngram_order=3, ngram_prepass_tokens=-1, distill_teacher="ngram", distill_draws=255,
-                       distill_temp=1.0)
-    inner = NgramTeacher.from_config(cfg, types.SimpleNamespace(train_files=files, ctx=cpu_ctx()))
-    sampler = SamplingTeacher(inner, cfg.distill_draws, cfg.distill_temp, cfg.seed)
-    batch = DistributedTokenLoader(files, 0, 1).next_batch(4 * 32, 32, 1)
-    drawn = sampler.fetch(batch)
-    want = inner.fetch(batch).dense().numpy()
-    freq = np.zeros_like(want)
-    np.add.at(freq, (np.arange(len(want))[:, None].repeat(drawn.ids.shape[1], 1), drawn.ids.numpy()), drawn.counts.numpy())
-    assert (freq.sum(1) == 255).all()
-    # each token's mean frequency over the 128 rows: at most sqrt(0.25 / 255 / 128) = 0.0028 sd from its mean prob
-    assert np.abs(freq.mean(0) / 255 - want.mean(0)).max() < 0.015
+    p = signal.dense()
+    z = torch.randn(4, 32, SMALL_V, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    z32 = z.float().requires_grad_()
+    _, kl, parts = distill_terms(z32, batch.y, mode="soft", temperature=1.0, **signal.loss_inputs(batch.y.shape))
+    kl.backward()
+    zd = z.view(-1, SMALL_V).requires_grad_()
+    logq = torch.log_softmax(zd, -1)
+    want = (p * (p.clamp_min(1e-300).log() - logq)).sum(-1).mean()
+    want.backward()
+    assert kl.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(z32.grad.view(-1, SMALL_V).double().numpy(), zd.grad.numpy(), atol=2e-7)
+    teacher_ce = -p.gather(1, batch.y.view(-1, 1)).log().mean().item()
+    assert parts["teacher_ce"] == pytest.approx(teacher_ce, rel=1e-5)
 
 
 def test_leave_one_out_removes_exactly_the_positions_own_occurrence(tmp_path):
@@ -438,7 +430,7 @@ def test_the_build_is_counted_in_train_time(tiny_dataset, tmp_path):
     (the prepass of the whole stream), which the first timed fetch does after the clock started; the warm-up
     built only a micro-batch's worth."""
     total = TrainStream(tiny_dataset.train_files).total
-    cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="ngram", ngram_prepass_tokens=total,
+    cfg = make_config(tiny_dataset, str(tmp_path), distill_teacher="ngram", distill_temp=1.0, ngram_prepass_tokens=total,
                       ngram_order=4, max_wallclock_seconds=1e-3, iterations=50, warmup_steps=2)
     files, val, luts = run_inputs(cfg)
     objective = build_objective(cfg, types.SimpleNamespace(train_files=files, ctx=cpu_ctx(), tokenizer_sha256=None))
@@ -453,7 +445,7 @@ def test_the_build_is_counted_in_train_time(tiny_dataset, tmp_path):
 
 
 def test_distill_script_trains_with_the_ngram_teacher(tiny_dataset, tmp_path):
-    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "ITERATIONS": 3,
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "DISTILL_TEMP": 1, "ITERATIONS": 3,
            "TRAIN_LOG_EVERY": 1, "NGRAM_PREPASS_TOKENS": 30000}
     out = run_script(["distill.py"], env, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -474,7 +466,7 @@ def test_distill_script_trains_with_the_ngram_teacher(tiny_dataset, tmp_path):
 ])
 def test_distill_refuses_bad_ngram_settings_before_any_step(tiny_dataset, tmp_path, env, expect):
     out = run_script(["distill.py"], {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r",
-                                      "DISTILL_TEACHER": "ngram", **env}, cwd=str(tmp_path))
+                                      "DISTILL_TEACHER": "ngram", "DISTILL_TEMP": 1, **env}, cwd=str(tmp_path))
     assert out.returncode == 2, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and expect in errors[0], out.stderr
@@ -486,7 +478,7 @@ def test_distill_refuses_bad_ngram_settings_before_any_step(tiny_dataset, tmp_pa
 def test_two_ranks_train_with_the_ngram_teacher(tiny_dataset, tmp_path):
     """torchrun, 2 processes (gloo, DDP): the n-gram teacher needs no communication (each rank counts the same
     stream, tests above), and the run trains and stops on the same step on both ranks."""
-    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "ITERATIONS": 4,
+    env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "r", "DISTILL_TEACHER": "ngram", "DISTILL_TEMP": 1, "ITERATIONS": 4,
            "NGRAM_PREPASS_TOKENS": 5000, "NGRAM_ORDER": 4}
     out = run_script(["distill.py"], env, cwd=str(tmp_path), nproc=2)
     assert out.returncode == 0, out.stderr[-3000:]

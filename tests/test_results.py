@@ -179,7 +179,7 @@ def test_track_of_each_run(tmp_path):
 
 
 def test_in_budget_and_sampled_arms_are_described(tmp_path):
-    """The n-gram and EMA teachers, their schedule, and sampled targets (drawn in the step, or a cache of draws
+    """The n-gram and EMA teachers, their schedule (DISTILL_UNTIL_OVERTAKEN too), and sampled targets (drawn in the step, or a cache of draws
     by its manifest) read as such in the results table."""
     root = str(tmp_path / "demo")
     cache = tmp_path / "cache-big-n16"
@@ -189,6 +189,7 @@ def test_in_budget_and_sampled_arms_are_described(tmp_path):
     write_run(root, "ngram3", "distill.py", distill_teacher="ngram", ngram_order=3, track="record")
     write_run(root, "ngram3-memo", "distill.py", distill_teacher="ngram", ngram_order=3, ngram_leave_one_out=False)
     write_run(root, "ema", "distill.py", distill_teacher="ema", distill_start_frac=0.7, distill_ema_decay=0.9)
+    write_run(root, "ngram3-over", "distill.py", distill_teacher="ngram", ngram_order=3, distill_until_overtaken=50)
     write_run(root, "online-n8", "distill.py", distill_teacher="online", distill_draws=8,
               teacher_path="runs/x/teacher-big/teacher-big.pt")
     write_run(root, "sampled", "distill.py", distill_teacher="cache", logit_cache=str(cache),
@@ -198,6 +199,7 @@ def test_in_budget_and_sampled_arms_are_described(tmp_path):
                                                           got["online-n8"], got["sampled"])] == [
         ("ngram3", "ngram", "full"), ("ngram3-memorised", "ngram", "full"), ("student-ema:0.9", "ema 0.7-1", "full"),
         ("big", "online", "sampled n8"), ("big-n16", "soft", "sampled n16")]
+    assert got["ngram3-over"]["mode"] == "ngram until overtaken 50"  # DISTILL_UNTIL_OVERTAKEN tells arms apart
 
 
 def test_scores_join_the_teachers_table(study):
