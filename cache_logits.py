@@ -33,7 +33,7 @@ from golf.checkpoint import load_checkpoint, load_teacher
 from golf.codecs import CODECS, ENCODINGS
 from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
-from golf.errors import GolfError, cli_main
+from golf.errors import GolfError, cli_main, rerun_command, stopped_at
 from golf.ngram import StreamNgram
 from golf.shards import list_shards, read_header
 from golf.tokenizer import file_sha256, load_tokenizer
@@ -98,6 +98,12 @@ def _select_shards(paths: list[str], shards: int, tokens: int) -> list[str]:
     return keep
 
 
+def _note_cache(out: str, shards: int, pending: int):
+    """What an interruption says: the shards completed so far are kept, and the same command continues."""
+    stopped_at(f"while writing the cache {out} ({pending} of {shards} shards were pending)",
+               f"every shard of {out} completed so far", rerun_command())
+
+
 def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     """--teacher ngram:ORDER (see the module docstring)."""
     if args.window or args.stride or args.batch_windows or args.verify:
@@ -123,6 +129,7 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
         print(f"cache:{out} shards:{len(shard_paths)} k:{args.k} encoding:{args.encoding} {ngram.log_line()} "
               f"counted:{ngram.counted} build_time:{ngram.build_ms:.0f}ms pending_shards:{len(pending)}", flush=True)
     writer.check_disk_space()
+    _note_cache(out, len(shard_paths), len(pending))
     if ctx.distributed:  # every rank has its pending list before any rank commits a shard
         torch.distributed.barrier()
     stats = build_ngram_cache(ngram, writer, pending, ctx)
@@ -175,6 +182,7 @@ def main():
             print(f"teacher_context mean:{context['mean']:.1f} min:{context['min']} "
                   f"min_after_first_window:{context['min_after_first_window']}", flush=True)
         writer.check_disk_space()
+        _note_cache(out, len(shard_paths), len(pending))
         if ctx.distributed:  # every rank has its pending list before any rank commits a shard
             torch.distributed.barrier()
         compiled = compile_enabled(cfg.compile, ctx.device)

@@ -16,7 +16,8 @@
 # checkpoint and the artifact. Rerunning resumes the study: a run whose metrics file holds its final score
 # is skipped and an unfinished one is redone (a teacher continues from its last CHECKPOINT_EVERY checkpoint,
 # a cache from its last complete shard). A failed step is reported, the others go on, and the exit status is
-# 1 if anything failed. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
+# 1 if anything failed. Ctrl-C or SIGTERM stops the running step (it prints where it stopped and what is kept),
+# then the summary so far and the command that resumes; exit 130 / 143. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
 # the plots; the best arm (lowest int6 sliding val_bpb at the main budget, under the cap) is dumped with
 # `quantize.py --submission` into runs/<preset>/submission/.
 #
@@ -91,6 +92,7 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 ACTION=run
 PRESET=""
 SELECTED=()
+ARGS=("$@")  # as given: what resumes the study
 while [ $# -gt 0 ]; do
   case "$1" in
     --list) ACTION=list ;;
@@ -391,8 +393,14 @@ run_cmd() {  # NAME DIR COMMAND: run the command line; with a DIR, save it as DI
   fi
   echo
   echo "=== $name: $cmd"
-  bash -c "$cmd" 2>&1 | tee -a "$log"
-  rc=${PIPESTATUS[0]}
+  # In the background and waited for, so that a trapped signal is handled at once (bash runs no trap while a
+  # foreground command runs); tee -i survives the terminal's Ctrl-C to print the script's last line.
+  CURRENT=$name
+  bash -c "$cmd" > >(tee -i -a "$log") 2>&1 &
+  CHILD=$!
+  wait "$CHILD"
+  rc=$?
+  CHILD=""
   if [ "$rc" -eq 0 ]; then
     SUMMARY+=("$(printf '%6ss  ok      %s' $((SECONDS - t0)) "$name")")
   else
@@ -418,6 +426,26 @@ step() {  # NAME DIR COMMAND [NEED]: skip when done, fail when NEED failed, else
   fi
   run_cmd "$name" "$dir" "$cmd" && OK[$name]=1
 }
+
+# Ctrl-C or SIGTERM: the running step gets the signal (a terminal's Ctrl-C reaches it directly; golf.errors
+# ignores the copy forwarded here) and prints where it stopped; then the summary, how to resume, exit 130 / 143.
+CHILD=""
+CURRENT=""
+interrupted() {  # SIGNAL EXIT_STATUS
+  trap '' INT TERM
+  if [ -n "$CHILD" ]; then
+    kill -"$1" "$CHILD" 2>/dev/null
+    wait "$CHILD"
+    SUMMARY+=("$(printf '%6s   INTERRUPTED %s (SIG%s)' - "$CURRENT" "$1")")
+  fi
+  echo
+  echo "=== study $PRESET: interrupted (SIG$1) after $((SECONDS - START)) s"
+  printf '%s\n' "${SUMMARY[@]}"
+  echo "=== interrupted${CURRENT:+ in $CURRENT}${FAILED[*]:+; failed: ${FAILED[*]}}; resume with: ./run.sh ${ARGS[*]} (finished runs are skipped, an interrupted teacher continues from its last checkpoint)"
+  exit "$2"
+}
+trap 'interrupted INT 130' INT
+trap 'interrupted TERM 143' TERM
 
 echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH)"
 if [ "$TP" = demo ]; then  # the demo data is built here

@@ -24,7 +24,9 @@ import io
 import os
 import re
 import runpy
+import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -70,6 +72,13 @@ if os.environ.get("GOLF_TEST_FSYNC_ENOSPC"):
     def _fsync(fd):
         raise OSError(28, os.strerror(28))
     os.fsync = _fsync
+if os.environ.get("GOLF_TEST_STALL"):  # module.function: says STALLED and waits there (to be interrupted)
+    import importlib, time
+    _mod, _fn = os.environ["GOLF_TEST_STALL"].rsplit(".", 1)
+    def _stall(*a, **k):
+        print("STALLED", flush=True)
+        time.sleep(300)
+    setattr(importlib.import_module(_mod), _fn, _stall)
 '''
 
 
@@ -520,6 +529,90 @@ def test_nonfinite_loss_names_the_checkpoint_whose_loss_was_finite(tiny_dataset,
         assert f"last good checkpoint: {resume} (step {saved})" in msg
         logged = re.search(rf"^step:{saved + 1}/\d+ train_loss:(\S+)", Path(cfg.log_dir, "t.txt").read_text(), re.M)
         assert abs(loss - float(logged[1])) < 1e-3, (loss, logged[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Interruptions: Ctrl-C (SIGINT) or SIGTERM ends every script with one line (where it stopped, and the command
+# that continues or, nothing kept, starts again), exit 130 / 143, no traceback
+
+
+def interrupt(ws: Path, shim: str, args: list, env: dict, wait_for: str, signum: int):
+    """Run `args` in `ws` until a stdout line matches `wait_for`, then send `signum`; the CompletedProcess."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PRESET"}, **{k: str(v) for k, v in {**COMMON_ENV, **env}.items()},
+           "PYTHONPATH": os.pathsep.join([shim, REPO]), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, *args], env=env, cwd=str(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if re.search(wait_for, line):
+            p.send_signal(signum)
+            break
+    out, err = p.communicate(timeout=240)
+    return subprocess.CompletedProcess(args, p.returncode, "".join(seen) + out, err)
+
+
+def one_line(p, rc: int) -> str:
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == rc and "Traceback" not in p.stderr, f"rc {p.returncode}\n{p.stderr[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("interrupted ("), p.stderr[-3000:]
+    return lines[0]
+
+
+INTERRUPTS = {  # script args, env, the stdout line to interrupt at, signal, what the line must say
+    "train_gpt": (["train_gpt.py"], {"RUN_ID": "i", "ITERATIONS": 1000}, r"^step:3/", signal.SIGTERM,
+                  ("interrupted (SIGTERM) at step ", "/1000 of training; nothing was kept: start again with: ",
+                   "RUN_ID=i", "python train_gpt.py")),
+    "distill": (["distill.py"], {"RUN_ID": "i", "ITERATIONS": 1000, "LOGIT_CACHE": "cache"}, r"^step:2/",
+                signal.SIGINT, ("interrupted (Ctrl-C) at step ", "LOGIT_CACHE=cache", "python distill.py")),
+    "cache_logits": (["cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache"],
+                     {"GOLF_TEST_STALL": "golf.cache_build.build_cache"}, "^STALLED", signal.SIGINT,
+                     ("interrupted (Ctrl-C) while writing the cache newcache (4 of 4 shards were pending); every shard "
+                      "of newcache completed so far is kept: continue with: ",
+                      "python cache_logits.py --teacher teacher.pt --out newcache")),
+    "eval_bpb": (["eval_bpb.py", "checkpoints/r.pt"], {"GOLF_TEST_STALL": "golf.eval.eval_sliding"}, "^STALLED",
+                 signal.SIGTERM, ("nothing was kept: start again with: ", "python eval_bpb.py checkpoints/r.pt")),
+    "quantize": (["quantize.py", "checkpoints/r.pt", "--out", "q.ptz"], {"GOLF_TEST_STALL": "golf.quant.quantize_state_dict"},
+                 "^STALLED", signal.SIGINT, ("nothing was kept", "python quantize.py checkpoints/r.pt --out q.ptz")),
+    "prepare_data": (["prepare_data.py", "--demo", "--out-dir", "newdata"], {"GOLF_TEST_STALL": "golf.corpus.build_dataset"},
+                     "^STALLED", signal.SIGTERM, ("nothing was kept", "python prepare_data.py --demo --out-dir newdata")),
+}
+
+
+@pytest.mark.parametrize("cid", list(INTERRUPTS))
+def test_an_interrupted_script_says_where_it_stopped_in_one_line(cid, base, shim, tmp_path_factory):
+    args, env, wait_for, signum, says = INTERRUPTS[cid]
+    ws, before = workspace(case(args[0]), base, tmp_path_factory, f"int_{cid}")
+    p = interrupt(ws, shim, [os.path.join(REPO, args[0]), *args[1:]], env, wait_for, signum)
+    line = one_line(p, 128 + signum)
+    for text in says:  # the script as it was started: by its full path here
+        text = text.replace("python ", f"python {shlex.quote(REPO)}/")
+        assert text in line, (text, line)
+    after = snapshot(ws)
+    assert not [f for f, h in before.items() if after.get(f) != h], "an interruption changed an earlier file"
+
+
+def test_an_interrupted_teacher_continues_with_the_command_it_prints(base, shim, tmp_path_factory):
+    """Ctrl-C after a resumable checkpoint: the line names it and the command with --resume; that command, run
+    as printed, resumes from that step (and SIGTERM stops it the same way)."""
+    ws, _ = workspace(case("train_teacher.py"), base, tmp_path_factory, "int_teacher")
+    env = {"RUN_ID": "i", "ITERATIONS": 1000, "CHECKPOINT_EVERY": 2}
+    p = interrupt(ws, shim, [os.path.join(REPO, "train_teacher.py")], env, r"^step:5/", signal.SIGINT)
+    line = one_line(p, 130)
+    m = re.fullmatch(r"interrupted \(Ctrl-C\) at step (\d+)/1000 of training; the resumable checkpoint "
+                     r"checkpoints/i.resume.pt \(step (\d+)\) is kept: continue with: (.*)", line)
+    assert m, line
+    step, saved, command = int(m[1]), int(m[2]), m[3]
+    assert step >= 5 and saved == step // 2 * 2 == load_checkpoint(str(ws / "checkpoints/i.resume.pt"))["step"]
+    assert "CHECKPOINT_EVERY=2" in command and "ITERATIONS=1000" in command and "RUN_ID=i" in command
+    assert command.endswith("train_teacher.py --resume"), command
+    # the printed command, as the user would paste it (its `python` is this interpreter)
+    words = shlex.split(command)
+    settings = dict(w.split("=", 1) for w in words[: words.index("python")])
+    script = words[words.index("python") + 1:]
+    p = interrupt(ws, shim, script, settings, rf"^step:{saved + 2}/", signal.SIGTERM)
+    assert f"resume:step:{saved} " in p.stdout, p.stdout[-2000:]
+    assert one_line(p, 143).startswith("interrupted (SIGTERM) at step ")
 
 
 # ----------------------------------------------------------------------------------------------------------
