@@ -35,6 +35,7 @@ from golf.config import Config, config_from_cli, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
 from golf.errors import GolfError, cli_main, rerun_command, stopped_at
 from golf.ngram import StreamNgram
+from golf.runner import check_train_shards
 from golf.shards import list_shards, read_header
 from golf.tokenizer import file_sha256, load_tokenizer
 
@@ -112,6 +113,7 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
     train_files = list_shards(cfg.data_path, "train")
     shard_paths = _select_shards(train_files, args.shards, args.tokens)
+    check_train_shards(train_files, cfg.vocab_size, ctx)  # the counting reads them all
     ngram = StreamNgram.counted_on_train(cfg, spec_text, train_files, ctx)
     context = ngram.order - 1
     config = {"ngram_order": ngram.order, "ngram_table_bits": ngram.table_bits, "ngram_prepass_tokens": ngram.prepass,
@@ -160,6 +162,7 @@ def main():
         fill_unset(cfg, args, saved, ("data_path", "tokenizer_path", "vocab_size"))
         load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
         shard_paths = _select_shards(list_shards(cfg.data_path, "train"), args.shards, args.tokens)
+        check_train_shards(shard_paths, cfg.vocab_size, ctx)
         model, sha, tcfg = load_teacher(teacher_path, ctx, cfg.vocab_size, file_sha256(cfg.tokenizer_path))
         window = args.window or tcfg.train_seq_len
         stride = args.stride or window

@@ -469,7 +469,9 @@ for sc in $(printf '%s\n' "${!WANT[@]}" | grep '^score-' | sort); do
   step "$sc" "$R/$sc" "$(score_cmd "${sc#score-}")"
 done
 for a in "${SELECTED[@]}"; do
-  step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]:-}"
+  cmd="$(arm_cmd "$a")"
+  [ -f "$R/$a/$a.resume.pt" ] && cmd="$cmd --resume"  # an arm run with CHECKPOINT_EVERY continues too
+  step "$a" "$R/$a" "$cmd" "${NEEDS[$a]:-}"
 done
 
 if run_cmd results "" "$(results_cmd)"; then

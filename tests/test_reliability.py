@@ -305,11 +305,20 @@ CASES = {
     "train_token_out_of_vocab_check": case("prepare_data.py", "--check", DATA,
                                            setup=lambda ws: set_token(shard(ws, "train", 1), 5000, 1500),
                                            names=("tiny_train_000001.bin", "token id 1500 at position 5000")),
-    # found by the loader once the run has started (its log is written): RUN_ID=t keeps run r's files apart
-    "train_token_out_of_vocab": case("train_teacher.py", env={"RUN_ID": "t"},
-                                     setup=lambda ws: set_token(shard(ws, "train", 0), 5, 1500),
-                                     names=("tiny_train_000000.bin", "token id 1500 at position 5", "VOCAB_SIZE=1024"),
-                                     allow_new=("logs/t.*",)),
+    # every train shard's ids are checked before the logs open, a shard the run would never reach included
+    "train_token_out_of_vocab": case("train_teacher.py", setup=lambda ws: set_token(shard(ws, "train", 0), 5, 1500),
+                                     names=("tiny_train_000000.bin", "token id 1500 at position 5", "VOCAB_SIZE=1024")),
+    "train_token_out_of_vocab_last_shard": case("train_gpt.py", env={"ITERATIONS": 1},
+                                                setup=lambda ws: set_token(shard(ws, "train", 3), 7, 65535),
+                                                names=("tiny_train_000003.bin", "token id 65535 at position 7",
+                                                       "VOCAB_SIZE=1024")),
+    "bad_magic_last_shard_distill": case("distill.py", env={"LOGIT_CACHE": "cache"},
+                                         setup=lambda ws: set_header(shard(ws, "train", 3), 0, 99),
+                                         names=("tiny_train_000003.bin", "bad magic 99")),
+    "train_token_out_of_vocab_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
+                                           setup=lambda ws: set_token(shard(ws, "train", 2), 0, 4000),
+                                           names=("tiny_train_000002.bin", "token id 4000 at position 0",
+                                                  "VOCAB_SIZE=1024")),
     "empty_train_shards": case("train_teacher.py", setup=lambda ws: [write_shard(p, []) for p in (ws / DATA).glob("*_train_*")],
                                names=("hold no tokens", "DATA_PATH")),
     "val_shorter_than_a_sequence": case("train_gpt.py", env={"TRAIN_SEQ_LEN": "8192"},
@@ -327,6 +336,11 @@ CASES = {
     "resume_other_config": case("train_teacher.py", "--resume", env={"NUM_LAYERS": "3", "CHECKPOINT_EVERY": "10"},
                                 setup=craft_resume, names=("r.resume.pt", "NUM_LAYERS=2 there, 3 here")),
     "resume_missing": case("train_teacher.py", "--resume", names=("r.resume.pt", "CHECKPOINT_EVERY")),
+    # a rerun beside a resumable checkpoint of its RUN_ID neither resumes nor discards it unasked
+    "rerun_beside_resume": case("train_teacher.py", setup=craft_resume,
+                                names=("checkpoints/r.resume.pt", "step 10", "--resume", "--restart")),
+    "rerun_beside_resume_student": case("train_gpt.py", setup=craft_resume,
+                                        names=("checkpoints/r.resume.pt", "--resume", "--restart")),
     "missing_artifact": case("eval_bpb.py", "nope.int6.ptz", names=("artifact nope.int6.ptz not found", "quantize.py"),
                              check=lacks("--config")),
     "weights_other_config": case("eval_bpb.py", "mismatch.pt", names=("mismatch.pt", "10 missing (blocks.2.")),
@@ -490,6 +504,29 @@ def test_bad_input_gives_one_clear_line_and_damages_nothing(cid, launched, base,
     assert all(any(fnmatch.fnmatch(p, pat) for pat in c.allow_new) for p in new), f"unexpected new files: {new}"
     if c.check:
         c.check(ws, out.stdout, lines[-1])
+
+
+def test_restart_starts_over_and_a_rerun_keeps_the_earlier_logs(base, tmp_path_factory, monkeypatch):
+    """--restart beside run r's resumable checkpoint: deleted (said), the run starts over; run r's earlier logs
+    are kept byte for byte as r.earlier-1 (said), a second rerun's as r.earlier-2, and only the new run's lines
+    are in r.txt."""
+    c = case("train_gpt.py", "--restart", setup=craft_resume)
+    ws, _ = workspace(c, base, tmp_path_factory, "restart")
+    out = run_in_process(c, ws, monkeypatch)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("restart: run r starts over; its resumable checkpoint checkpoints/r.resume.pt (step 10) is deleted"
+            in out.stdout.splitlines())
+    assert not (ws / "checkpoints/r.resume.pt").exists() and not (ws / "checkpoints/r.resume.pt.sha256").exists()
+    assert ("logs: the earlier run r's logs/r.txt and logs/r.jsonl kept as logs/r.earlier-1.txt/.jsonl"
+            in out.stdout.splitlines()), out.stdout[:2000]
+    for ext in ("txt", "jsonl"):
+        assert (ws / f"logs/r.earlier-1.{ext}").read_bytes() == (base / f"logs/r.{ext}").read_bytes()
+    first = (ws / "logs/r.txt").read_text()
+    assert "(the earlier run)" not in first and "step:2/2 " in first and "resume:step" not in first
+    out = run_in_process(case("train_gpt.py"), ws, monkeypatch)  # no resumable checkpoint left: no flag needed
+    assert out.returncode == 0 and "kept as logs/r.earlier-2.txt/.jsonl" in out.stdout, out.stderr[-3000:]
+    assert (ws / "logs/r.earlier-2.txt").read_text() == first
+    assert (ws / "logs/r.earlier-1.txt").read_bytes() == (base / "logs/r.txt").read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------------------
