@@ -3,6 +3,7 @@
     PRESET=teacher torchrun --standalone --nproc_per_node=8 train_teacher.py      # the study's 105.5M teacher
     PRESET=demo-teacher python train_teacher.py                                   # CPU demo
     PRESET=demo-teacher python train_teacher.py --resume                          # continue a killed run
+    PRESET=demo-teacher python train_teacher.py --restart                         # or start it over
 
 With CHECKPOINT_EVERY=N a resumable checkpoint (model, optimizer, EMA, step, schedule, loader position, RNG)
 is written atomically every N steps beside CHECKPOINT_PATH as `<name>.resume.pt`; `--resume` continues
