@@ -118,17 +118,6 @@ def shard_problem(path, vocab_size: int | None = None, vocab_name: str = "vocab 
     return None
 
 
-def check_shards(paths, vocab_size: int | None = None, vocab_name: str = "vocab size",
-                 chunk_tokens: int = 1 << 24) -> list[int]:
-    """Validate every shard (`shard_problem`), refusing the first bad one; returns the token count of each."""
-    paths = list(paths)
-    for path in paths:
-        problem = shard_problem(path, vocab_size, vocab_name, chunk_tokens)
-        if problem:
-            raise GolfError(problem)
-    return [read_header(p) for p in paths]
-
-
 def shard_fingerprint(path, edge_bytes: int = 1 << 20) -> str:
     """Hex sha256 of the header, the token count and the first and last `edge_bytes` of the body.
 

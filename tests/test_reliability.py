@@ -289,7 +289,12 @@ CASES = {
     "bad_magic": case("train_gpt.py", setup=lambda ws: set_header(shard(ws, "train", 1), 0, 1234),
                       names=("tiny_train_000001.bin", "bad magic 1234")),
     "bad_version": case("prepare_data.py", "--check", DATA, setup=lambda ws: set_header(shard(ws, "val", 0), 1, 7),
-                        names=("tiny_val_000000.bin", "version 7")),
+                        names=("1 of 5 shards", "is bad (tiny_val_000000.bin: each line above says why)")),
+    "every_bad_shard_check": case("prepare_data.py", "--check", DATA,
+                                  setup=lambda ws: (set_header(shard(ws, "val", 0), 1, 7), truncate(shard(ws, "train", 1), 4),
+                                                    set_token(shard(ws, "train", 3), 9, 1024)),
+                                  names=("3 of 5 shards", "(tiny_train_000001.bin, tiny_train_000003.bin, "
+                                         "tiny_val_000000.bin: each line above says why)")),
     "truncated_train": case("distill.py", env={"LOGIT_CACHE": "cache"},
                             setup=lambda ws: truncate(shard(ws, "train", 2), 10), names=("tiny_train_000002.bin", "truncated")),
     "truncated_val": case("eval_bpb.py", "checkpoints/r.pt", setup=lambda ws: truncate(shard(ws, "val", 0), 1),
@@ -304,7 +309,7 @@ CASES = {
                                         names=("tiny_val_000000.bin", "token id 1024")),
     "train_token_out_of_vocab_check": case("prepare_data.py", "--check", DATA,
                                            setup=lambda ws: set_token(shard(ws, "train", 1), 5000, 1500),
-                                           names=("tiny_train_000001.bin", "token id 1500 at position 5000")),
+                                           names=("1 of 5 shards", "tiny_train_000001.bin")),
     # every train shard's ids are checked before the logs open, a shard the run would never reach included
     "train_token_out_of_vocab": case("train_teacher.py", setup=lambda ws: set_token(shard(ws, "train", 0), 5, 1500),
                                      names=("tiny_train_000000.bin", "token id 1500 at position 5", "VOCAB_SIZE=1024")),
