@@ -213,6 +213,24 @@ def shift_block_offset(ws: Path):
     offsets.flush()
 
 
+class PickledCode:
+    """What a malicious checkpoint carries: unpickling it calls open(name, "w"), creating the file `name`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return (open, (self.name, "w"))
+
+
+def malicious_checkpoint(src: str, dst: str, created: str = "PWNED"):
+    """A copy of checkpoint `src` (a loadable model and config) that also carries pickled code creating `created`."""
+    def setup(ws: Path):
+        ckpt = torch.load(ws / src, weights_only=True)
+        torch.save({**ckpt, "extra": PickledCode(created)}, ws / dst)
+    return setup
+
+
 def write_text(rel: str, text: str):
     return lambda ws: (ws / rel).write_text(text)
 
@@ -351,6 +369,19 @@ CASES = {
     "weights_other_config": case("eval_bpb.py", "mismatch.pt", names=("mismatch.pt", "10 missing (blocks.2.")),
     "artifact_other_config": case("eval_bpb.py", "checkpoints/r.int6.ptz", "--config", "other.pt",
                                   names=("r.int6.ptz", "other.pt", "shape")),
+    # a checkpoint that would run code when unpickled: refused, the code never runs (it would create PWNED)
+    "pickled_code_checkpoint": case("eval_bpb.py", "evil.pt", setup=malicious_checkpoint("checkpoints/r.pt", "evil.pt"),
+                                    names=("checkpoint evil.pt holds pickled code (io.open)", "nothing in it was run")),
+    "pickled_code_teacher_cache": case("cache_logits.py", "--teacher", "evil.pt", "--out", "newcache",
+                                       setup=malicious_checkpoint("teacher.pt", "evil.pt"),
+                                       names=("checkpoint evil.pt holds pickled code",)),
+    "pickled_code_online_teacher": case("distill.py", env={"DISTILL_TEACHER": "online", "TEACHER_PATH": "evil.pt"},
+                                        setup=malicious_checkpoint("teacher.pt", "evil.pt"),
+                                        names=("checkpoint evil.pt holds pickled code",)),
+    "pickled_code_resume": case("train_teacher.py", "--resume", env={"CHECKPOINT_EVERY": "10"},
+                                setup=lambda ws: (craft_resume(ws), malicious_checkpoint(
+                                    "checkpoints/r.resume.pt", "checkpoints/r.resume.pt")(ws)),
+                                names=("checkpoint checkpoints/r.resume.pt holds pickled code",)),
     "truncated_checkpoint": case("quantize.py", "broken.pt", "--out", "checkpoints/r.int6.ptz",
                                  setup=damaged_copy("checkpoints/r.pt", "broken.pt", 5000),
                                  names=("broken.pt", "unreadable")),
@@ -534,6 +565,37 @@ def test_restart_starts_over_and_a_rerun_keeps_the_earlier_logs(base, tmp_path_f
     assert (ws / "logs/r.earlier-1.txt").read_bytes() == (base / "logs/r.txt").read_bytes()
 
 
+def test_the_malicious_checkpoint_would_run_its_code_if_unpickled_unsafely(base, tmp_path):
+    """The matrix's pickled_code cases prove something: unpickled without the safe loader, the same file does
+    create the file (here in tmp_path), which load_checkpoint never lets happen."""
+    made = tmp_path / "PWNED"
+    shutil.copy(base / "teacher.pt", tmp_path / "teacher.pt")
+    malicious_checkpoint("teacher.pt", "evil.pt", str(made))(tmp_path)
+    with pytest.raises(GolfError, match="holds pickled code"):
+        load_checkpoint(str(tmp_path / "evil.pt"))
+    assert not made.exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the unsafe way: runs the pickled call
+    assert made.exists()
+
+
+def test_a_checkpoint_written_before_the_safe_loader_still_loads(tmp_path):
+    """A resumable checkpoint as train.py has always written it (numpy's RNG state as an array beside tensors,
+    numbers and strings), saved with plain torch.save: load_checkpoint reads it back exactly."""
+    from golf.train import _rng_state
+
+    model = GPT(student_config())
+    state = {"config": student_config().to_dict(), "kind": "resume", "model": model.state_dict(), "step": 7,
+             "rng": _rng_state(), "loader": {"shard": 1, "pos": 123}, "qat": False, "train_ms": 1.5,
+             "optimizers": [torch.optim.Adam(model.parameters()).state_dict()], "ema": None, "teacher": None}
+    torch.save(state, tmp_path / "old.resume.pt")
+    back = load_checkpoint(str(tmp_path / "old.resume.pt"))
+    name, keys, pos, *_ = back["rng"]["numpy"]
+    assert name == "MT19937" and keys.dtype == np.uint32 and np.array_equal(keys, state["rng"]["numpy"][1])
+    assert pos == state["rng"]["numpy"][2] and back["rng"]["python"] == state["rng"]["python"]
+    assert torch.equal(back["rng"]["torch"], state["rng"]["torch"]) and back["loader"] == {"shard": 1, "pos": 123}
+    assert all(torch.equal(back["model"][k], v) for k, v in state["model"].items())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Non-finite loss in-process: which checkpoint is named
 
@@ -666,7 +728,7 @@ def _write_checkpoint(path: Path, version: int):
 
 
 def _read_checkpoint(path: Path):
-    return int(torch.load(path, weights_only=False)["v"])
+    return int(torch.load(path, weights_only=True)["v"])
 
 
 def _write_artifact(path: Path, version: int):
