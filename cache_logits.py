@@ -31,7 +31,8 @@ from golf.cache import CacheSpec, CacheWriter, cache_manifest_field
 from golf.cache_build import build_cache, build_ngram_cache, default_batch_windows, teacher_context, verify_cache
 from golf.checkpoint import load_checkpoint, load_teacher
 from golf.codecs import CODECS, ENCODINGS
-from golf.config import Config, config_from_cli, fill_unset
+from golf.choices import config_from_cli
+from golf.config import Config, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
 from golf.errors import GolfError, cli_main, rerun_command, stopped_at
 from golf.ngram import StreamNgram

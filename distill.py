@@ -20,7 +20,7 @@ DISTILL_TARGET=soft|hard. DISTILL_SEED_FAITHFUL=D1,D2,D3,D4 (any of them, or all
 defects on purpose (ablation arms only; golf/seed_faithful.py).
 """
 from golf import seed_faithful
-from golf.config import config_from_cli
+from golf.choices import config_from_cli
 from golf.dist import cleanup
 from golf.errors import cli_main
 from golf.export import finish_student

@@ -22,7 +22,8 @@ import time
 
 from golf.atomic import atomic_write_text
 from golf.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
-from golf.config import Config, config_from_cli, fill_unset
+from golf.choices import config_from_cli
+from golf.config import Config, fill_unset
 from golf.dist import cleanup, init_dist
 from golf.errors import GolfError, cli_main
 from golf.eval import eval_sliding, eval_val, load_val_tokens

@@ -5,7 +5,7 @@ its roundtrip and sliding-window scores.
     PRESET=demo-student python train_gpt.py                       # CPU demo (after prepare_data.py --demo)
     torchrun --standalone --nproc_per_node=8 train_gpt.py         # the study's student on 8xH100 + FineWeb
 """
-from golf.config import config_from_cli
+from golf.choices import config_from_cli
 from golf.dist import cleanup
 from golf.errors import cli_main
 from golf.export import finish_student

@@ -10,7 +10,7 @@ is written atomically every N steps beside CHECKPOINT_PATH as `<name>.resume.pt`
 exactly from it. The final checkpoint holds the EMA weights, the config and the tokenizer fingerprint, with a
 `.sha256` sidecar; it is then quantized and scored like a student (for reference; no size cap applies).
 """
-from golf.config import config_from_cli
+from golf.choices import config_from_cli
 from golf.dist import cleanup
 from golf.errors import cli_main
 from golf.export import finish_student

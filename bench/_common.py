@@ -21,7 +21,8 @@ import torch
 from golf.cache import CacheSpec, CacheWriter
 from golf.cache_build import build_cache, default_batch_windows
 from golf.checkpoint import load_teacher
-from golf.config import PRESETS, Config, config_from_cli
+from golf.choices import config_from_cli
+from golf.config import PRESETS, Config
 from golf.dist import Ctx
 from golf.errors import GolfError
 from golf.model import GPT

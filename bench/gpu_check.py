@@ -27,7 +27,7 @@ import torch
 from _common import max_rss_mib, median_ms, perturbed_model, timed
 from golf.atomic import atomic_write_text
 from golf.cache import CacheSpec, CacheWriter
-from golf.config import resolve_config
+from golf.choices import resolve_config
 from golf.data import grad_accum_steps
 from golf.dist import compile_enabled, init_dist, maybe_compile
 from golf.errors import GolfError, cli_main

@@ -2,12 +2,13 @@
 (DISTILL_SEED_FAITHFUL, golf/seed_faithful.py applies them) and the fields the start line of a distillation run
 and the results table state. Imports no torch, so reading a study's metrics (golf/results.py) stays quick.
 """
-from golf.config import Config
+from golf.config import Config, owner_check
 from golf.errors import GolfError
 
 DEFECTS = ("D1", "D2", "D3", "D4")
 
 
+@owner_check("distill_seed_faithful")
 def defects(cfg: Config) -> frozenset:
     """The defects DISTILL_SEED_FAITHFUL asks for, checked against the arm; refuses one the arm cannot have."""
     raw = str(cfg.distill_seed_faithful).strip()

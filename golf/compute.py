@@ -1,5 +1,5 @@
 """What a run cost in seconds and FLOPs, its teacher's training and its logit cache counted (DESIGN.md: arms are
-compared at equal total compute). `run_cost(run)` takes a run as golf.results reads it (a RunRecord: script,
+compared at equal total compute). `run_cost(run)` takes a run as golf.runs reads it (a RunRecord: script,
 config, world_size, train_end) and returns a `Cost`.
 
 Rules (approximations said as such):
@@ -40,10 +40,11 @@ import json
 import os
 from dataclasses import dataclass
 
-# No torch at import time: golf.results imports this module and stays quick (golf/arms.py); what needs torch
-# (the model, the data split) is imported where it is used.
+# No torch at import time: golf.study imports this module and golf.results stays quick (golf/arms.py); what needs
+# torch (the model, the data split) is imported where it is used.
 from golf.arms import defects
 from golf.config import Config
+from golf.runs import cache_manifest, parse_run, teacher_metrics_path
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,6 @@ def _trained(run) -> tuple[float, float]:
 
 def _teacher_run(path: str) -> tuple[object, str | None]:
     """The finished run that trained checkpoint `path`, or (None, what is missing)."""
-    from golf.results import parse_run, teacher_metrics_path  # golf.results imports this module
-
     metrics = teacher_metrics_path(path)
     if not os.path.isfile(metrics):
         return None, f"teacher training time of {path}: no metrics file {metrics}"
@@ -127,9 +126,7 @@ def _forwarded_tokens(manifest: dict) -> int:
 
 def _cache(folder: str) -> tuple[float, float, bool, list[str]]:
     """(build seconds, build FLOPs, whether its teacher is a trained checkpoint, what is missing) of a cache."""
-    from golf.results import _manifest  # the one manifest reader
-
-    m = _manifest(folder) if folder else {}
+    m = cache_manifest(folder) if folder else {}
     if not m:
         return 0.0, 0.0, True, [f"cache build of {folder!r}: no readable manifest.json there"]
     tcfg = (m.get("teacher") or {}).get("config") or {}
@@ -143,7 +140,7 @@ def _cache(folder: str) -> tuple[float, float, bool, list[str]]:
 
 
 def run_cost(run) -> Cost:
-    """What `run` (a golf.results.RunRecord, or anything with its script, config, world_size, train_end) cost."""
+    """What `run` (a golf.runs.RunRecord, or anything with its script, config, world_size, train_end) cost."""
     if not run.train_end:
         return Cost(missing=("the run has not finished",))
     cfg, kind = run.config, run.config.get("distill_teacher")

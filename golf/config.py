@@ -16,7 +16,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field, fields
 
-from golf.errors import GolfError
+from golf.errors import BOOL_SPELLINGS, GolfError, parse_bool
 
 
 def _f(default, help, group):
@@ -212,21 +212,11 @@ PRESETS["demo-self-teacher"] = {**PRESETS["demo-student"], "iterations": 450, "m
                                 "checkpoint_every": 100}
 
 
-# The one set of boolean spellings, for every boolean setting and for COMPILE besides `auto` (case and
-# surrounding spaces ignored; empty means off). Anything else is refused rather than guessed.
-BOOL_TRUE = ("1", "true", "yes", "on")
-BOOL_FALSE = ("0", "false", "no", "off", "")
-BOOL_SPELLINGS = "1/true/yes/on or 0/false/no/off"
+# Every boolean setting, and COMPILE besides `auto`, takes golf.errors' one set of boolean spellings.
 DEVICES = ("auto", "cpu", "cuda")
 # str fields holding `auto` or a boolean. They are stored as "auto" | "1" | "0", the values the scripts compare
 # with, so `COMPILE=yes` means on everywhere (it used to mean off).
 _AUTO_OR_BOOL = ("compile",)
-
-
-def parse_bool(raw: str) -> bool | None:
-    """True or False for a documented spelling, None for anything else."""
-    low = raw.strip().lower()
-    return True if low in BOOL_TRUE else False if low in BOOL_FALSE else None
 
 
 def _parse_value(typ, raw: str, source: str):
@@ -355,24 +345,41 @@ def _apply_legacy_env(cfg: Config, env):
         setattr(cfg, new, value)
 
 
+# The checks of the settings whose valid values live with their owner, not here: a teacher's module checks
+# DISTILL_TEACHER and the teachers' own settings, golf/losses.py the targets, tails and draws, golf/arms.py the
+# seed-faithful defects. Each owner registers its check under the setting it owns when it is imported (this
+# module cannot import them: they import it); golf/choices.py imports them all, so that every script that
+# resolves its configuration there runs every check, before any log opens.
+OWNER_CHECKS: dict = {}  # setting (field name) -> check(cfg), raising GolfError
+
+
+def owner_check(setting: str):
+    """Decorator: register `check(cfg)` as the check of `setting`, which its owner's registry lists the values of."""
+    if setting not in {f.name for f in fields(Config)}:
+        raise ValueError(f"{setting} is not a Config field")
+
+    def register(check):
+        OWNER_CHECKS[setting] = check
+        return check
+
+    return register
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    """Refuse a value that is not one of a registry's keys (the one message of every such choice)."""
+    if value not in choices:
+        raise GolfError(f"{name}={value!r}: use one of {', '.join(choices)}")
+
+
 def validate(cfg: Config):
-    """Catch inconsistent settings before any work starts."""
+    """Catch inconsistent settings before any work starts: this module's own checks, then the owners' checks
+    (OWNER_CHECKS) in the order of the fields they check."""
     if cfg.model_dim % cfg.num_heads:
         raise GolfError(f"MODEL_DIM={cfg.model_dim} is not divisible by NUM_HEADS={cfg.num_heads}")
     if cfg.num_heads % cfg.num_kv_heads:
         raise GolfError(f"NUM_HEADS={cfg.num_heads} is not divisible by NUM_KV_HEADS={cfg.num_kv_heads}")
     if (cfg.model_dim // cfg.num_heads) % 2:
         raise GolfError("head dim (MODEL_DIM / NUM_HEADS) must be even for RoPE")
-    # The registries are the one list of each choice; imported here because they import this module.
-    from golf.losses import MODES, TAILS
-    from golf.arms import defects
-    from golf.teachers import TEACHERS
-
-    for name, value, choices in (("DISTILL_TEACHER", cfg.distill_teacher, TEACHERS),
-                                 ("DISTILL_TARGET", cfg.distill_target, MODES), ("DISTILL_TAIL", cfg.distill_tail, TAILS)):
-        if value not in choices:
-            raise GolfError(f"{name}={value!r}: use one of {', '.join(choices)}")
-    _check_draws(cfg)
     if cfg.device not in DEVICES:  # `gpu` used to fall through to the CPU
         raise GolfError(f"DEVICE={cfg.device!r}: use auto, cpu or cuda")
     if cfg.compile not in ("auto", "1", "0"):
@@ -381,13 +388,6 @@ def validate(cfg: Config):
         raise GolfError(f"DTYPE={cfg.dtype!r}: use auto, bf16 or fp32")
     if cfg.compressor not in ("auto", "zstd", "lzma"):
         raise GolfError(f"COMPRESSOR={cfg.compressor!r}: use auto, zstd or lzma")
-    if cfg.ngram_order < 2:
-        raise GolfError(f"NGRAM_ORDER={cfg.ngram_order}: use 2 (bigram) or more")
-    if not 1 <= cfg.ngram_table_bits <= 40:
-        raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per order)")
-    if cfg.ngram_prepass_tokens < -1:
-        raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none), a number of train tokens or "
-                        "-1 (all of them)")
     start, ramp, stop = cfg.distill_start_frac, cfg.distill_ramp_frac, cfg.distill_stop_frac
     if not 0 <= start < 1:  # written so that NaN fails too
         raise GolfError(f"DISTILL_START_FRAC={start}: use a fraction of the run in [0, 1) (0: the teacher from the start)")
@@ -397,28 +397,9 @@ def validate(cfg: Config):
     if not 0 <= ramp <= stop - start:
         raise GolfError(f"DISTILL_RAMP_FRAC={ramp}: use 0 (on at once) up to DISTILL_STOP_FRAC - DISTILL_START_FRAC = "
                         f"{stop - start:g}, so the ramp ends by the time the term switches off")
-    if not 0 <= cfg.distill_ema_decay < 1:
-        raise GolfError(f"DISTILL_EMA_DECAY={cfg.distill_ema_decay}: use a decay per step in [0, 1)")
-    defects(cfg)  # refuses an unknown defect or one the arm cannot have
-
-
-def _check_draws(cfg: Config):
-    """DISTILL_DRAWS samples the distribution a teacher computes in the run: soft targets only, no cache teacher."""
-    from golf.arms import defects
-    from golf.losses import MAX_DRAWS
-
-    if not 0 <= cfg.distill_draws <= MAX_DRAWS:
-        raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws}: use 0 (the teacher's exact signal) or 1..{MAX_DRAWS} "
-                        "draws per position (the sampled cache format stores a count in one byte)")
-    if not cfg.distill_draws:
-        return
-    for bad, why in ((cfg.distill_target == "hard", "DISTILL_TARGET=hard (draws are soft targets; the hard label is "
-                                                     "the teacher's top-1)"),
-                     (cfg.distill_teacher == "cache", "DISTILL_TEACHER=cache (a cache carries its own signal, sampled "
-                                                      "targets included)"),
-                     (bool(defects(cfg)), "DISTILL_SEED_FAITHFUL (the study never sampled its targets)")):
-        if bad:
-            raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws} cannot be combined with {why}; set DISTILL_DRAWS=0")
+    for f in fields(Config):
+        if f.name in OWNER_CHECKS:
+            OWNER_CHECKS[f.name](cfg)
 
 
 def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env=None) -> Config:
@@ -429,10 +410,3 @@ def fill_unset(cfg: Config, args: argparse.Namespace, source: Config, names, env
         if name.upper() not in env and getattr(args, name, None) is None:
             setattr(cfg, name, getattr(source, name))
     return cfg
-
-
-def config_from_cli(description: str, argv=None, extra=None, only=None, dry_run: bool = True, defaults=None):
-    """Parse `argv`, resolve the config; returns (cfg, args). `only`, `dry_run`, `defaults`: as build_parser."""
-    parser = build_parser(description, extra, only, dry_run, defaults)
-    args = parser.parse_args(argv)
-    return resolve_config(args), args

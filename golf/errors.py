@@ -1,12 +1,24 @@
-"""User-facing errors: one clear line, a non-zero exit, no traceback unless DEBUG=1. Interruptions (Ctrl-C,
-SIGTERM) likewise: one line saying where the script stopped and the exact command that continues, exit 130 /
-143."""
+"""User-facing errors: one clear line, a non-zero exit, no traceback unless DEBUG=1; and the one set of boolean
+spellings a user may type (DEBUG here, every boolean setting in golf/config.py), at the bottom of the library so
+that both read it. Interruptions (Ctrl-C, SIGTERM) likewise: one line saying where the script stopped and the
+exact command that continues, exit 130 / 143."""
 import os
 import shlex
 import signal
 import sys
 from dataclasses import dataclass
 from functools import wraps
+
+# Case and surrounding spaces ignored; empty means off. Anything else is refused rather than guessed.
+BOOL_TRUE = ("1", "true", "yes", "on")
+BOOL_FALSE = ("0", "false", "no", "off", "")
+BOOL_SPELLINGS = "1/true/yes/on or 0/false/no/off"
+
+
+def parse_bool(raw: str) -> bool | None:
+    """True or False for a documented spelling, None for anything else."""
+    low = raw.strip().lower()
+    return True if low in BOOL_TRUE else False if low in BOOL_FALSE else None
 
 
 class GolfError(Exception):
@@ -37,15 +49,16 @@ def stopped_at(where: str, kept: str | None = None, continue_cmd: str | None = N
     STOP.where, STOP.kept, STOP.continue_cmd = where, kept, continue_cmd
 
 
+# The environment variables a script's configuration reads (PRESET and every setting's): what `rerun_command`
+# repeats. Filled by golf.choices.config_from_cli (this module is the library's floor and imports none of it).
+SETTING_NAMES: set[str] = set()
+
+
 def rerun_command(add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> str:
     """This process's command line as the user would type it again: the settings it read from the environment
-    (PRESET and every setting's variable), the launcher (`torchrun --standalone --nproc_per_node=N` under
-    torchrun), the script and its arguments without `drop`, plus `add`."""
-    from golf.config import LEGACY_SETTINGS, Config  # here, not at the top: golf.config imports this module
-    from dataclasses import fields
-
-    names = {"PRESET"} | {f.name.upper() for f in fields(Config)} | {n.upper() for n in LEGACY_SETTINGS}
-    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k in names]
+    (SETTING_NAMES), the launcher (`torchrun --standalone --nproc_per_node=N` under torchrun), the script and its
+    arguments without `drop`, plus `add`."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k in SETTING_NAMES]
     world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     launcher = [f"torchrun --standalone --nproc_per_node={world}"] if "TORCHELASTIC_RUN_ID" in os.environ else ["python"]
     args = [a for a in sys.argv[1:] if a not in drop] + [a for a in add if a not in sys.argv[1:]]
@@ -82,8 +95,6 @@ def _install_signal_handlers() -> dict:
 
 
 def _debug() -> bool:
-    from golf.config import parse_bool  # here, not at the top: golf.config imports this module
-
     # The settings' boolean spellings; any other non-empty value also shows the traceback, as it always did.
     return parse_bool(os.environ.get("DEBUG", "0")) is not False
 

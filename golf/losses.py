@@ -16,6 +16,10 @@ log_softmax -> gather -> scatter.
 import torch
 import torch.nn.functional as F
 
+from golf.arms import defects
+from golf.config import check_choice, owner_check
+from golf.errors import GolfError
+
 # Floor for a tail mass before its log: far below anything meaningful, so clamping only ever replaces an exact
 # or rounded-to-zero (or slightly negative, from fp16 rounding of the cached values) tail by ~0.
 _TAIL_FLOOR = 1e-30
@@ -450,3 +454,34 @@ def distill_loss(z, y, *, alpha: float, mode: str, temperature: float = 1.0, **t
     (1-a) CE(z, y) + a CE(z, teacher label); parts hold the unscaled per-token means."""
     ce, term, parts = distill_terms(z, y, mode=mode, temperature=temperature, **teacher)
     return mix(ce, term, alpha=alpha, mode=mode, temperature=temperature), parts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The settings that choose a loss, checked here (golf.config.validate runs them before any work starts)
+
+
+@owner_check("distill_target")
+def check_target(cfg) -> None:
+    check_choice("DISTILL_TARGET", cfg.distill_target, MODES)
+
+
+@owner_check("distill_tail")
+def check_tail(cfg) -> None:
+    check_choice("DISTILL_TAIL", cfg.distill_tail, TAILS)
+
+
+@owner_check("distill_draws")
+def check_draws(cfg) -> None:
+    """DISTILL_DRAWS samples the distribution a teacher computes in the run: soft targets only, no cache teacher."""
+    if not 0 <= cfg.distill_draws <= MAX_DRAWS:
+        raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws}: use 0 (the teacher's exact signal) or 1..{MAX_DRAWS} "
+                        "draws per position (the sampled cache format stores a count in one byte)")
+    if not cfg.distill_draws:
+        return
+    for bad, why in ((cfg.distill_target == "hard", "DISTILL_TARGET=hard (draws are soft targets; the hard label is "
+                                                     "the teacher's top-1)"),
+                     (cfg.distill_teacher == "cache", "DISTILL_TEACHER=cache (a cache carries its own signal, sampled "
+                                                      "targets included)"),
+                     (bool(defects(cfg)), "DISTILL_SEED_FAITHFUL (the study never sampled its targets)")):
+        if bad:
+            raise GolfError(f"DISTILL_DRAWS={cfg.distill_draws} cannot be combined with {why}; set DISTILL_DRAWS=0")

@@ -20,7 +20,9 @@ from golf.checkpoint import checkpoint_sha256, load_checkpoint
 from golf.config import Config
 from golf.errors import GolfError
 from golf.export import export_artifact
-from golf.results import RunRecord, describe, group_name, load_study, mean_std, parse_run, seed_groups
+from golf.runs import RunRecord, load_study, parse_run
+from golf.stats import mean_std
+from golf.study import describe, group_name, seed_groups
 
 ARTIFACT_NAME = "final_model.int6.ptz"
 SCRIPT_NAME = "train_gpt.py"

@@ -23,7 +23,7 @@ import torch
 
 from golf.cache import CacheReader
 from golf.checkpoint import checkpoint_sha256, load_teacher
-from golf.config import Config
+from golf.config import Config, check_choice, owner_check
 from golf.data import Batch, Segment, grad_accum_steps, tokens_read_per_batch
 from golf.dist import maybe_compile
 from golf.errors import GolfError
@@ -113,6 +113,12 @@ class Teacher(ABC):
     name: str  # its DISTILL_TEACHER value
     where: str  # "loader" | "step": where fetch runs
     track: str  # "record" (whole cost inside the budget) | "non-record"
+
+    @classmethod
+    def check_settings(cls, cfg: Config) -> None:
+        """Refuse a bad value of the teacher's own settings with a GolfError, from the configuration alone. Run
+        for every registered teacher, whichever the run uses (eval_bpb.py and cache_logits.py read the n-gram's
+        settings too), by golf.config.validate, so before any work starts (default: nothing to check)."""
 
     @classmethod
     @abstractmethod
@@ -345,6 +351,17 @@ class NgramTeacher(Teacher):
         self.model, self.clock = model, None
 
     @classmethod
+    def check_settings(cls, cfg):
+        if cfg.ngram_order < 2:
+            raise GolfError(f"NGRAM_ORDER={cfg.ngram_order}: use 2 (bigram) or more")
+        if not 1 <= cfg.ngram_table_bits <= 40:
+            raise GolfError(f"NGRAM_TABLE_BITS={cfg.ngram_table_bits}: use 1 to 40 (log2 of the hashed contexts per "
+                            "order)")
+        if cfg.ngram_prepass_tokens < -1:
+            raise GolfError(f"NGRAM_PREPASS_TOKENS={cfg.ngram_prepass_tokens}: use 0 (none), a number of train tokens "
+                            "or -1 (all of them)")
+
+    @classmethod
     def from_config(cls, cfg, run):
         return cls(StreamNgram.open(cfg, run))
 
@@ -386,8 +403,13 @@ class EmaTeacher(Teacher):
         self.decay, self.compile_setting, self.device = decay, compile_setting, device
 
     @classmethod
+    def check_settings(cls, cfg):
+        if not 0 <= cfg.distill_ema_decay < 1:
+            raise GolfError(f"DISTILL_EMA_DECAY={cfg.distill_ema_decay}: use a decay per step in [0, 1)")
+
+    @classmethod
     def from_config(cls, cfg, run):
-        return cls(cfg.distill_ema_decay, cfg.compile, run.ctx.device)  # the decay is checked by config.validate
+        return cls(cfg.distill_ema_decay, cfg.compile, run.ctx.device)  # the decay is checked by check_settings
 
     def bind(self, state):
         self.live = list(state.model.parameters())
@@ -429,6 +451,14 @@ class EmaTeacher(Teacher):
 
 
 TEACHERS: dict[str, type[Teacher]] = {t.name: t for t in (CachedTeacher, OnlineTeacher, NgramTeacher, EmaTeacher)}
+
+
+@owner_check("distill_teacher")
+def check_teachers(cfg: Config) -> None:
+    """DISTILL_TEACHER names a registered teacher, and every teacher's own settings are valid."""
+    check_choice("DISTILL_TEACHER", cfg.distill_teacher, TEACHERS)
+    for teacher in TEACHERS.values():
+        teacher.check_settings(cfg)
 
 
 def build_teacher(cfg: Config, run) -> Teacher:

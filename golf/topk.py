@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from golf.atomic import atomic_path
-from golf.config import BOOL_SPELLINGS, parse_bool
-from golf.errors import GolfError
+from golf.errors import BOOL_SPELLINGS, GolfError, parse_bool
 
 SOURCE = Path(__file__).with_name("topk.c")
 MIN_ROWS_PER_THREAD = 256  # below this a thread hand-off costs more than it saves

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from golf import compute, results
+from golf import compute
 from golf.config import PRESETS, Config
 from golf.model import GPT
+from golf.runs import load_run
 from helpers import REPO
 from test_results import write_run
 
@@ -68,7 +69,7 @@ def _cache(root, name="cache-big", teacher_config=None, **fields):
 
 def _student(root, name, script="distill.py", **overrides):
     write_run(root, name, script, steps=STEPS, train_ms=10_000.0, **overrides)
-    return results.load_run(os.path.join(root, name))
+    return load_run(os.path.join(root, name))
 
 
 def test_cache_arm_counts_teacher_training_and_cache_build(tmp_path):
@@ -114,7 +115,7 @@ def test_in_budget_teachers_and_baseline_cost_the_student_only(tmp_path):
         assert c.student_flops == c.total_flops == 6 * N_STUDENT * d
     # a teacher run costs its own training
     _teacher(root)
-    t = compute.run_cost(results.load_run(os.path.join(root, "teacher-big")))
+    t = compute.run_cost(load_run(os.path.join(root, "teacher-big")))
     assert t.known and (t.student_s, t.teacher_train_s, t.total_s) == (200.0, 0, 200.0)
     assert t.total_flops == 6 * N_TEACHER * TEACHER_STEPS * BATCH
 
@@ -151,6 +152,6 @@ def test_missing_pieces_make_the_cost_a_lower_bound(tmp_path):
 
 
 def test_importing_it_loads_no_torch():
-    # golf.results imports golf.compute and reads a study's metrics without torch (golf/arms.py)
+    # golf.study imports golf.compute, and golf.results reads a study's metrics without torch (golf/arms.py)
     code = "import sys, golf.compute; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

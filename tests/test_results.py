@@ -1,5 +1,6 @@
-"""golf/results.py: the statistics against hand-computed values, the table built from metrics files, the
-skip/resume decision (--is-done) and the best-arm choice.
+"""golf/results.py and the modules it runs (golf/runs.py, stats.py, study.py, tables.py, plots.py): the statistics
+against hand-computed values, the table built from metrics files, the skip/resume decision (--is-done) and the
+best-arm choice.
 
     python -m pytest tests/test_results.py -q
 """
@@ -12,8 +13,11 @@ import sys
 
 import pytest
 
-from golf import results
+from golf import results, stats, tables
 from golf.config import PRESETS, Config
+from golf.runs import cache_bytes_per_token, is_done, load_study
+from golf.study import (arm_rows, best_arm, cache_contrasts, describe, group_name, main_budget, paired_comparisons,
+                        seed_groups, study_comparisons)
 from helpers import REPO
 
 
@@ -22,57 +26,57 @@ from helpers import REPO
 
 
 def test_mean_and_sample_std_by_hand():
-    m, s = results.mean_std([1.0, 2.0, 4.0])
+    m, s = stats.mean_std([1.0, 2.0, 4.0])
     assert m == pytest.approx(7 / 3)
     # deviations -4/3, -1/3, 5/3: squares sum to 42/9, divided by n-1 = 2 -> 7/3
     assert s == pytest.approx(math.sqrt(7 / 3))
-    assert math.isnan(results.mean_std([5.0])[1])
+    assert math.isnan(stats.mean_std([5.0])[1])
 
 
 def test_paired_ttest_matches_closed_forms():
     # d = a - b = [1, 2, 3]: mean 2, std 1, t = 2 / (1 / sqrt 3) = 2 sqrt 3; for df = 2 the two-sided
     # p-value is 1 - t / sqrt(t^2 + 2) = 1 - sqrt(6/7).
-    r = results.paired_ttest([1.2, 1.5, 1.9], [0.2, -0.5, -1.1])
+    r = stats.paired_ttest([1.2, 1.5, 1.9], [0.2, -0.5, -1.1])
     assert r["diffs"] == pytest.approx([1.0, 2.0, 3.0])
     assert (r["n"], r["mean"], r["std"]) == (3, pytest.approx(2.0), pytest.approx(1.0))
     assert r["t"] == pytest.approx(2 * math.sqrt(3))
     assert r["p"] == pytest.approx(1 - math.sqrt(6 / 7))
     # df = 1 (Cauchy): p = 1 - (2 / pi) atan(|t|); d = [1, 3] gives t = 2 / (sqrt 2 / sqrt 2) = 2
-    r = results.paired_ttest([1.0, 3.0], [0.0, 0.0])
+    r = stats.paired_ttest([1.0, 3.0], [0.0, 0.0])
     assert r["t"] == pytest.approx(2.0)
     assert r["p"] == pytest.approx(1 - 2 / math.pi * math.atan(2.0))
     # a sign flip of every difference flips t and keeps p
-    r2 = results.paired_ttest([0.0, 0.0], [1.0, 3.0])
+    r2 = stats.paired_ttest([0.0, 0.0], [1.0, 3.0])
     assert (r2["t"], r2["p"]) == (pytest.approx(-2.0), pytest.approx(r["p"]))
-    assert math.isnan(results.paired_ttest([1.0, 2.0], [0.0, 1.0])["p"])  # equal differences: undefined
+    assert math.isnan(stats.paired_ttest([1.0, 2.0], [0.0, 1.0])["p"])  # equal differences: undefined
 
 
 def test_interval_and_minimum_detectable_effect_by_hand():
     # d = [1, 2, 3]: mean 2, std 1, n 3, df 2, where Student's t has the closed-form quantile
     # t_q = (2q - 1) / sqrt(2 q (1 - q)): t_0.975 = 0.95 / sqrt(0.04875), t_0.8 = 0.6 / sqrt(0.32)
-    r = results.paired_ttest([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    r = stats.paired_ttest([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     t975, t80 = 0.95 / math.sqrt(0.04875), 0.6 / math.sqrt(0.32)
     assert r["ci"] == pytest.approx(t975 / math.sqrt(3))
     assert r["mde"] == pytest.approx((t975 + t80) / math.sqrt(3))
-    assert math.isnan(results.paired_ttest([1.0], [0.0])["mde"])
+    assert math.isnan(stats.paired_ttest([1.0], [0.0])["mde"])
     # equal differences: no p, but an interval of width zero
-    assert results.paired_ttest([1.0, 2.0], [0.0, 1.0])["ci"] == 0.0
+    assert stats.paired_ttest([1.0, 2.0], [0.0, 1.0])["ci"] == 0.0
 
 
 def test_verdict_reports_p_or_the_detectable_size():
-    helps = results.paired_ttest([1.40, 1.41, 1.39, 1.40], [1.50, 1.52, 1.49, 1.51])
+    helps = stats.paired_ttest([1.40, 1.41, 1.39, 1.40], [1.50, 1.52, 1.49, 1.51])
     assert helps["p"] < 0.05
-    assert results.verdict(helps) == f"{helps['mean']:+.4f} ± {helps['ci']:.4f} (p {helps['p']:.2g})"
-    noise = results.paired_ttest([1.50, 1.47, 1.52, 1.49], [1.49, 1.50, 1.50, 1.50])
+    assert tables.verdict(helps) == f"{helps['mean']:+.4f} ± {helps['ci']:.4f} (p {helps['p']:.2g})"
+    noise = stats.paired_ttest([1.50, 1.47, 1.52, 1.49], [1.49, 1.50, 1.50, 1.50])
     assert noise["p"] >= 0.05
-    assert results.verdict(noise).endswith(f": not detectable, MDE {noise['mde']:.3f})")
-    assert results.verdict(results.paired_ttest([1.0], [2.0])) == "–"
+    assert tables.verdict(noise).endswith(f": not detectable, MDE {noise['mde']:.3f})")
+    assert tables.verdict(stats.paired_ttest([1.0], [2.0])) == "–"
 
 
 def test_overhead_percent():
-    assert results.overhead_pct(110.0, 100.0) == pytest.approx(10.0)
-    assert results.overhead_pct(148.21 * 1.0732, 148.21) == pytest.approx(7.32)
-    assert results.overhead_pct(95.0, 100.0) == pytest.approx(-5.0)
+    assert stats.overhead_pct(110.0, 100.0) == pytest.approx(10.0)
+    assert stats.overhead_pct(148.21 * 1.0732, 148.21) == pytest.approx(7.32)
+    assert stats.overhead_pct(95.0, 100.0) == pytest.approx(-5.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,8 +134,8 @@ def study(tmp_path):
 
 
 def test_rows_overhead_delta_and_cap(study):
-    runs = results.load_study(study)
-    rows = {w["arm"]: w for w in results.arm_rows(runs)}
+    runs = load_study(study)
+    rows = {w["arm"]: w for w in arm_rows(runs)}
     assert "teacher-big" not in rows and "cache-big" not in rows
     soft = rows["soft-a0.5"]
     assert (soft["teacher"], soft["mode"], soft["alpha"], soft["temp"], soft["tail"]) == ("big", "soft", 0.5, 2.0, "renorm")
@@ -146,7 +150,7 @@ def test_rows_overhead_delta_and_cap(study):
     assert rows["baseline"]["overhead_pct"] is None and rows["baseline"]["delta_sliding_val_bpb"] is None
     assert rows["baseline-long"]["baseline"] == "baseline-long"  # the extended run is its own reference
     assert not rows["soft-a0.1"]["done"] and rows["soft-a0.1"]["sliding_val_bpb"] is None
-    order = [w["arm"] for w in results.arm_rows(runs)]
+    order = [w["arm"] for w in arm_rows(runs)]
     assert order[0] == "baseline" and order[-1] == "baseline-long"
 
 
@@ -159,7 +163,7 @@ def test_track_of_each_run(tmp_path):
     write_run(root, "cached", "distill.py", track="non-record", **BIG)
     write_run(root, "old-cached", "distill.py", **BIG)
     write_run(root, "teacher-big", "train_teacher.py")
-    runs = {r.name: r for r in results.load_study(root)}
+    runs = {r.name: r for r in load_study(root)}
     assert {n: r.track for n, r in runs.items()} == {"baseline": "record", "inbudget": "record", "cached": "non-record",
                                                       "old-cached": "non-record", "teacher-big": None}
     out = subprocess.run([sys.executable, "-m", "golf.results", root], capture_output=True, text=True, cwd=REPO,
@@ -189,7 +193,7 @@ def test_in_budget_and_sampled_arms_are_described(tmp_path):
               teacher_path="runs/x/teacher-big/teacher-big.pt")
     write_run(root, "sampled", "distill.py", distill_teacher="cache", logit_cache=str(cache),
               teacher_path="runs/x/teacher-big/teacher-big.pt")
-    got = {r.name: results.describe(r) for r in results.load_study(root)}
+    got = {r.name: describe(r) for r in load_study(root)}
     assert [(d["teacher"], d["mode"], d["tail"]) for d in (got["ngram3"], got["ngram3-memo"], got["ema"],
                                                           got["online-n8"], got["sampled"])] == [
         ("ngram3", "ngram", "full"), ("ngram3-memorised", "ngram", "full"), ("student-ema:0.9", "ema 0.7-1", "full"),
@@ -202,8 +206,8 @@ def test_scores_join_the_teachers_table(study):
     with open(os.path.join(study, "score-ngram3", "score.json"), "w") as f:
         json.dump({"path": "ngram:3", "weights": "ngram:3", "val_loss": 3.7, "val_bpb": 2.2345, "sliding_val_loss": 3.6,
                    "sliding_val_bpb": 2.2101}, f)
-    assert results.is_done(os.path.join(study, "score-ngram3"))
-    assert not results.is_done(os.path.join(study, "soft-a0.1"))
+    assert is_done(os.path.join(study, "score-ngram3"))
+    assert not is_done(os.path.join(study, "soft-a0.1"))
     out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -224,10 +228,10 @@ def test_cache_bytes_per_token(tmp_path):
         (cache / (stem + ".done")).write_bytes(b"x" * 999)
     (cache / "console.txt").write_text("x" * 5000)
     (cache / "manifest.json").write_text(json.dumps({"format": "golf-logit-cache", "shards": shards}))
-    assert results.cache_bytes_per_token(str(cache)) == pytest.approx((700 + 300 + 420 + 180) / 160)
+    assert cache_bytes_per_token(str(cache)) == pytest.approx((700 + 300 + 420 + 180) / 160)
     shards[1]["complete"] = False
     (cache / "manifest.json").write_text(json.dumps({"format": "golf-logit-cache", "shards": shards}))
-    assert results.cache_bytes_per_token(str(cache)) is None
+    assert cache_bytes_per_token(str(cache)) is None
 
 
 def test_metrics_of_older_versions_read_the_study_variables(tmp_path):
@@ -244,17 +248,17 @@ def test_metrics_of_older_versions_read_the_study_variables(tmp_path):
         c.update(distill_cached=cached, distill_soft=soft)
         with open(path, "w") as f:
             f.write("".join(json.dumps(e) + "\n" for e in events))
-    rows = {w["arm"]: w for w in results.arm_rows(results.load_study(root))}
+    rows = {w["arm"]: w for w in arm_rows(load_study(root))}
     assert (rows["online-a0.5"]["mode"], rows["online-a0.5"]["teacher"], rows["online-a0.5"]["tail"]) == ("online", "big", "–")
     assert (rows["hard-big"]["mode"], rows["hard-big"]["temp"]) == ("hard", None)
     assert (rows["soft-big"]["mode"], rows["soft-big"]["tail"], rows["soft-big"]["temp"]) == ("soft", "renorm", 2.0)
 
 
 def test_seed_groups_and_paired_test(study):
-    runs = results.load_study(study)
-    groups = {results.group_name(g): [r.seed for r in g] for g in results.seed_groups(runs)}
+    runs = load_study(study)
+    groups = {group_name(g): [r.seed for r in g] for g in seed_groups(runs)}
     assert groups == {"baseline": [42, 1337, 2024], "soft-a0.5": [42, 1337, 2024]}
-    (pair,) = results.paired_comparisons(results.seed_groups(runs))
+    (pair,) = paired_comparisons(seed_groups(runs))
     assert (pair["arm"], pair["baseline"], pair["seeds"]) == ("soft-a0.5", "baseline", [42, 1337, 2024])
     # per-seed differences (seed 42, 1337, 2024): -0.02, -0.03, -0.01 -> mean -0.02, std 0.01, t = -2 sqrt 3
     assert pair["diffs"] == pytest.approx([-0.02, -0.03, -0.01])
@@ -302,8 +306,8 @@ def two_clock_study(tmp_path):
 
 
 def test_study_deltas_at_equal_steps_wall_clock_and_total_compute(two_clock_study):
-    runs = results.load_study(two_clock_study)
-    study = {e["arm"]: e for e in results.study_comparisons(runs, results.seed_groups(runs))}
+    runs = load_study(two_clock_study)
+    study = {e["arm"]: e for e in study_comparisons(runs, seed_groups(runs))}
     assert set(study) == {"soft", "ngram3-wall-s1337"}  # one row per arm; the ngram arm has only one clock
     soft = study["soft"]
     assert soft["steps"]["seeds"] == [42, 1337, 2024]
@@ -333,8 +337,8 @@ def test_study_results_file_and_plot(two_clock_study):
 
 
 def test_main_budget_prefers_the_wall_clock_on_a_tie(two_clock_study):
-    runs = results.load_study(two_clock_study)
-    assert results.main_budget([r for r in runs if r.budget in ((20.0, 0), (0.0, 120))]) == (20.0, 0)
+    runs = load_study(two_clock_study)
+    assert main_budget([r for r in runs if r.budget in ((20.0, 0), (0.0, 120))]) == (20.0, 0)
 
 
 def test_arms_differing_only_in_their_cache_are_contrasted(tmp_path):
@@ -343,7 +347,7 @@ def test_arms_differing_only_in_their_cache_are_contrasted(tmp_path):
         write_run(root, f"whole-s{seed}", "distill.py", seed=seed, sliding=a, **BIG)
         write_run(root, f"half-s{seed}", "distill.py", seed=seed, sliding=b, **{**BIG, "logit_cache": "runs/x/cache-half"})
         write_run(root, f"bucket-s{seed}", "distill.py", seed=seed, sliding=b, distill_tail="bucket", **BIG)
-    (c,) = results.cache_contrasts(results.seed_groups(results.load_study(root)))
+    (c,) = cache_contrasts(seed_groups(load_study(root)))
     assert {c["cache_a"], c["cache_b"]} == {"runs/x/cache-big", "runs/x/cache-half"}  # not the bucket arm
     sign = 1 if c["cache_a"] == "runs/x/cache-big" else -1
     assert c["diffs"] == pytest.approx([sign * d for d in (-0.04, -0.05, -0.03)])  # seeds 42, 1337, 2024
@@ -351,7 +355,7 @@ def test_arms_differing_only_in_their_cache_are_contrasted(tmp_path):
 
 def test_best_arm_skips_over_cap_extended_and_unfinished(study):
     # hard-self-a0.1 (1.40) is over the cap, baseline-long (1.30) has another budget, soft-a0.1 is unfinished
-    assert results.best_arm(results.load_study(study)).name == "soft-a0.5"
+    assert best_arm(load_study(study)).name == "soft-a0.5"
     out = subprocess.run([sys.executable, "-m", "golf.results", "--best", study], capture_output=True, text=True,
                          cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "soft-a0.5", out.stderr
@@ -390,15 +394,15 @@ def test_is_done_finished_unfinished_and_missing(tmp_path):
     root = str(tmp_path)
     write_run(root, "done")
     write_run(root, "half", finished=False)
-    assert results.is_done(os.path.join(root, "done")) and _is_done_cli(os.path.join(root, "done")) == 0
-    assert not results.is_done(os.path.join(root, "half")) and _is_done_cli(os.path.join(root, "half")) == 1
-    assert not results.is_done(os.path.join(root, "never-started"))
+    assert is_done(os.path.join(root, "done")) and _is_done_cli(os.path.join(root, "done")) == 0
+    assert not is_done(os.path.join(root, "half")) and _is_done_cli(os.path.join(root, "half")) == 1
+    assert not is_done(os.path.join(root, "never-started"))
     # killed while writing its last line: the final score never made it, so the run is redone
     path = os.path.join(root, "done", "done.jsonl")
     text = open(path).read()
     with open(path, "w") as f:
         f.write(text[: text.rindex('{"event": "artifact"') + 30])
-    assert not results.is_done(os.path.join(root, "done"))
+    assert not is_done(os.path.join(root, "done"))
 
 
 def test_is_done_cache_manifest(tmp_path):
@@ -406,9 +410,9 @@ def test_is_done_cache_manifest(tmp_path):
     cache.mkdir()
     shards = [{"name": "a.bin", "complete": True}, {"name": "b.bin", "complete": False}]
     (cache / "manifest.json").write_text(json.dumps({"shards": shards}))
-    assert not results.is_done(str(cache))
+    assert not is_done(str(cache))
     shards[1]["complete"] = True
     (cache / "manifest.json").write_text(json.dumps({"shards": shards}))
-    assert results.is_done(str(cache))
+    assert is_done(str(cache))
     (cache / "manifest.json").write_text('{"shards": [')  # torn write
-    assert not results.is_done(str(cache))
+    assert not is_done(str(cache))
