@@ -16,7 +16,9 @@
 # checkpoint and the artifact. Rerunning resumes the study: a run whose metrics file holds its final score
 # is skipped and an unfinished one is redone (a teacher continues from its last CHECKPOINT_EVERY checkpoint,
 # a cache from its last complete shard). A failed step is reported, the others go on, and the exit status is
-# 1 if anything failed. Ctrl-C or SIGTERM stops the running step (it prints where it stopped and what is kept),
+# 1 if anything failed. A starved run (golf/starved.py: far fewer steps than its peers under the same wall clock,
+# e.g. a loaded machine) is marked in RESULTS.md, left out of its statistics and of the records folder, named on
+# the last line, and redone by the next run (exit 1). Ctrl-C or SIGTERM stops the running step (it prints where it stopped and what is kept),
 # then the summary so far and the command that resumes; exit 130 / 143. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
 # the plots; the best arm (lowest int6 sliding val_bpb at the main budget, under the cap) is dumped with
 # `quantize.py --submission` into runs/<preset>/submission/.
@@ -482,11 +484,23 @@ if run_cmd results "" "$(results_cmd)"; then
   fi
 fi
 
+# Starved runs (golf/starved.py: far fewer steps than their peers, the machine's load) count as not done: left out
+# of the results and the records folder, and redone by the next ./run.sh.
+STARVED=()
+[ -d "$R" ] && mapfile -t STARVED < <("$PY" -m golf.results --starved "$R")
+for a in "${STARVED[@]}"; do
+  SUMMARY+=("$(printf '%6s   STARVED %s (see %s/RESULTS.md)' - "$a" "$R")")
+done
+
 echo
 echo "=== study $PRESET: $((SECONDS - START)) s"
 printf '%s\n' "${SUMMARY[@]}"
 if [ ${#FAILED[@]} -gt 0 ]; then
-  echo "=== FAILED: ${FAILED[*]}; rerun ./run.sh $PRESET to retry them (finished runs are skipped)"
+  echo "=== FAILED: ${FAILED[*]}${STARVED[*]:+; STARVED: ${STARVED[*]}}; rerun ./run.sh $PRESET to retry them (finished runs are skipped)"
+  exit 1
+fi
+if [ ${#STARVED[@]} -gt 0 ]; then
+  echo "=== STARVED (far fewer steps than their peers; left out of the results and the records folder): ${STARVED[*]}; rerun ./run.sh ${ARGS[*]} to redo them"
   exit 1
 fi
 echo "=== results: $R/RESULTS.md"

@@ -683,10 +683,10 @@ INTERRUPTS = {  # script args, env, the stdout line to interrupt at, signal, wha
 }
 
 
-@pytest.mark.parametrize("cid", list(INTERRUPTS))
-def test_an_interrupted_script_says_where_it_stopped_in_one_line(cid, base, shim, tmp_path_factory):
-    args, env, wait_for, signum, says = INTERRUPTS[cid]
-    ws, before = workspace(case(args[0]), base, tmp_path_factory, f"int_{cid}")
+@pytest.mark.parametrize("script", list(INTERRUPTS))  # not "cid": that names the matrix's cases
+def test_an_interrupted_script_says_where_it_stopped_in_one_line(script, base, shim, tmp_path_factory):
+    args, env, wait_for, signum, says = INTERRUPTS[script]
+    ws, before = workspace(case(args[0]), base, tmp_path_factory, f"int_{script}")
     p = interrupt(ws, shim, [os.path.join(REPO, args[0]), *args[1:]], env, wait_for, signum)
     line = one_line(p, 128 + signum)
     for text in says:  # the script as it was started: by its full path here

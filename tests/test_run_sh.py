@@ -220,3 +220,26 @@ def test_an_interrupted_study_prints_its_summary_and_how_to_resume(tiny_dataset,
                         "hard-self-a0.1 (finished runs are skipped, an interrupted teacher continues from its last "
                         "checkpoint)"), tail[-6:]
     assert any(line.split()[-2:] == ["teacher-big", "(SIGTERM)"] and "INTERRUPTED" in line for line in tail), tail[-6:]
+
+
+def test_a_starved_run_is_named_on_the_last_line_never_dumped_and_fails_the_study(tmp_path):
+    """runs/demo holds a baseline that got 4 steps in its 25 s (the best score) beside arms with 44 and 46: the
+    study's results and records folder leave it out (the dump names soft-a0.5), the summary marks it, and the last
+    line names it to redo, exit 1."""
+    from test_results import BIG
+
+    os.makedirs(tmp_path / "data" / "datasets" / "demo_sp1024")  # present, so run.sh does not build it
+    root = str(tmp_path / "runs" / "demo")
+    write_run(root, "baseline", wall=25.0, steps=4, sliding=2.40)
+    write_run(root, "soft-a0.5", "distill.py", wall=25.0, steps=44, sliding=2.45, distill_alpha=0.5, **BIG)
+    write_run(root, "hard-big-a0.1", "distill.py", wall=25.0, steps=46, sliding=2.50, distill_alpha=0.1,
+              **{**BIG, "distill_target": "hard"})
+    write_run(root, "baseline-long", wall=80.0, steps=150, sliding=2.2)  # alone at its clock: not judged
+    out = _run(["demo", "baseline-long"], tmp_path, timeout=300)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "=== baseline-long: done, skipped" in out.stdout
+    assert f"quantize.py {root.removeprefix(str(tmp_path) + '/')}/soft-a0.5/soft-a0.5.pt --submission" in out.stdout
+    lines = out.stdout.splitlines()
+    assert any(line.split()[1:3] == ["STARVED", "baseline"] for line in lines), lines[-8:]
+    assert lines[-1].startswith("=== FAILED: submission; STARVED: baseline; rerun ./run.sh demo"), lines[-1]
+    assert "- baseline: 4 steps, under 0.25 x the median" in open(os.path.join(root, "RESULTS.md")).read()
