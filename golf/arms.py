@@ -1,6 +1,7 @@
 """What distinguishes an arm, from its configuration alone: which of the study's defects it reproduces
 (DISTILL_SEED_FAITHFUL, golf/seed_faithful.py applies them) and the fields the start line of a distillation run
-and the results table state. Imports no torch, so reading a study's metrics (golf/results.py) stays quick.
+and the results table state. Imports no torch, so reading a study's metrics (golf/runs.py, golf/study.py) stays
+quick.
 """
 from golf.config import Config, owner_check
 from golf.errors import GolfError

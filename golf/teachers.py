@@ -10,7 +10,8 @@ prefetch thread, on host data, moved to the device with the batch) or "step" (in
 the device, under autocast). `track` says whether its whole cost is inside the timed budget ("record") or
 was partly paid before it, e.g. a teacher trained for hours ("non-record").
 
-A new teacher is one class here (or in its own module) plus its line in `TEACHERS`; DISTILL_TEACHER picks it.
+A new teacher is one class here (or in its own module) plus its line in `TEACHERS`; DISTILL_TEACHER picks it
+(`check_teachers` refuses a name not there, and runs each teacher's `check_settings` on its own settings).
 The objective (golf/objectives.py) consumes the signal without knowing where it came from.
 """
 import copy

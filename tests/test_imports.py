@@ -108,3 +108,11 @@ def test_scripts_resolve_their_config_with_every_owners_check():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == ["distill_draws", "distill_seed_faithful", "distill_tail", "distill_target",
                                       "distill_teacher"]
+
+
+def test_reading_results_loads_no_torch():
+    """run.sh asks `python -m golf.results --is-done` before every run: it must not pay for torch (nor for
+    matplotlib or scipy, imported where a plot or a test needs them)."""
+    code = ("import sys, golf.results; heavy = {'torch', 'matplotlib', 'scipy'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
