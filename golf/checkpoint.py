@@ -34,6 +34,12 @@ def save_checkpoint(path: str, payload: dict) -> str:
     return digest
 
 
+def resume_checkpoint_path(cfg: Config) -> str:
+    """Where CHECKPOINT_EVERY writes the resumable state: beside the final checkpoint."""
+    base = cfg.checkpoint_path[:-3] if cfg.checkpoint_path.endswith(".pt") else cfg.checkpoint_path
+    return base + ".resume.pt"
+
+
 def checkpoint_sha256(path: str) -> str:
     """The checkpoint's sha256: from its sidecar when present and fresh, else computed."""
     if not os.path.isfile(path):

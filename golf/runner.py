@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from golf.atomic import require_free_disk
-from golf.checkpoint import load_checkpoint
+from golf.checkpoint import load_checkpoint, resume_checkpoint_path
 from golf.config import Config
 from golf.dist import Ctx, init_dist
 from golf.errors import GolfError
@@ -18,7 +18,6 @@ from golf.model import GPT
 from golf.shards import list_shards, read_header, shard_problem
 from golf.tokenizer import build_byte_luts, file_sha256, load_tokenizer, luts_to_torch
 from golf.data import grad_accum_steps
-from golf.train import resume_checkpoint_path
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from golf.checkpoint import save_checkpoint
+from golf.checkpoint import resume_checkpoint_path, save_checkpoint
 from golf.config import Config
 from golf.data import DistributedTokenLoader, grad_accum_steps
 from golf.dist import CompileWatch, Ctx, all_reduce, compile_enabled, maybe_compile
@@ -42,12 +42,6 @@ def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resume_checkpoint_path(cfg: Config) -> str:
-    """Where CHECKPOINT_EVERY writes the resumable state: beside the final checkpoint."""
-    base = cfg.checkpoint_path[:-3] if cfg.checkpoint_path.endswith(".pt") else cfg.checkpoint_path
-    return base + ".resume.pt"
 
 
 @dataclass
