@@ -79,8 +79,10 @@
 #   read the same tokens; the 600 s arms stop on the clock first, but the -long arms stop at 1,250 steps
 #   (~18 min), not after 2 h (that needs caches of all 80 shards, ~576 GB each).
 # - Threads: on a CPU that other work shares, OpenMP's spin-waiting made a 2-thread student step 13x slower
-#   (5.4 s instead of 0.4 s); `OMP_WAIT_POLICY=PASSIVE ./run.sh demo` avoids that, at +35% per student step
-#   (+8% per teacher step) on idle cores, so it is not the default.
+#   (5.4 s instead of 0.4 s). The CPU presets (demo, study) therefore default to OMP_WAIT_POLICY=PASSIVE: side by
+#   side on the loaded 2-core machine it trained the demo student 6.5x faster than the default (median of 4
+#   alternated rounds, 3.7-8.5x; OMP_NUM_THREADS=1 alike, 6.7x; docs/performance.md), against +35% per student
+#   step (+8% per teacher step) measured earlier on idle cores. Set OMP_WAIT_POLICY=ACTIVE to spin instead.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -116,6 +118,7 @@ R="runs/$PRESET"
 TP=$PRESET  # whose teachers and caches the arms use (declared per preset below), in $TR
 case "$PRESET" in
   demo|study)
+    export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # shared CPUs: see the header's Threads
     LAUNCH="$PY"
     DATA="data/datasets/demo_sp1024"
     DATA_CMD="$PY ${S}prepare_data.py --demo"
@@ -449,7 +452,7 @@ interrupted() {  # SIGNAL EXIT_STATUS
 trap 'interrupted INT 130' INT
 trap 'interrupted TERM 143' TERM
 
-echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH)"
+echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH${OMP_WAIT_POLICY:+, OMP_WAIT_POLICY=$OMP_WAIT_POLICY})"
 if [ "$TP" = demo ]; then  # the demo data is built here
   [ -d "$DATA" ] || run_cmd data "" "$DATA_CMD" || die "could not build the demo data"
 else
