@@ -34,8 +34,9 @@ from golf.codecs import CODECS, ENCODINGS
 from golf.choices import config_from_cli
 from golf.config import Config, fill_unset
 from golf.dist import cleanup, compile_enabled, init_dist
-from golf.errors import GolfError, cli_main
+from golf.errors import GolfError, cli_main, rerun_command, stopped_at
 from golf.ngram import StreamNgram
+from golf.runner import check_train_shards
 from golf.shards import list_shards, read_header
 from golf.tokenizer import file_sha256, load_tokenizer
 
@@ -99,6 +100,12 @@ def _select_shards(paths: list[str], shards: int, tokens: int) -> list[str]:
     return keep
 
 
+def _note_cache(out: str, shards: int, pending: int):
+    """What an interruption says: the shards completed so far are kept, and the same command continues."""
+    stopped_at(f"while writing the cache {out} ({pending} of {shards} shards were pending)",
+               f"every shard of {out} completed so far", rerun_command())
+
+
 def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     """--teacher ngram:ORDER (see the module docstring)."""
     if args.window or args.stride or args.batch_windows or args.verify:
@@ -107,6 +114,7 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
     load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
     train_files = list_shards(cfg.data_path, "train")
     shard_paths = _select_shards(train_files, args.shards, args.tokens)
+    check_train_shards(train_files, cfg.vocab_size, ctx)  # the counting reads them all
     ngram = StreamNgram.counted_on_train(cfg, spec_text, train_files, ctx)
     context = ngram.order - 1
     config = {"ngram_order": ngram.order, "ngram_smoothing": ngram.smoothing, "ngram_prepass_tokens": ngram.prepass,
@@ -125,6 +133,7 @@ def _ngram_cache(cfg: Config, args, spec_text: str, out: str, ctx):
               f"pending_shards:{len(pending)}", flush=True)
         print(ngram.counts_line(), flush=True)
     writer.check_disk_space()
+    _note_cache(out, len(shard_paths), len(pending))
     if ctx.distributed:  # every rank has its pending list before any rank commits a shard
         torch.distributed.barrier()
     stats = build_ngram_cache(ngram, writer, pending, ctx)
@@ -155,6 +164,7 @@ def main():
         fill_unset(cfg, args, saved, ("data_path", "tokenizer_path", "vocab_size"))
         load_tokenizer(cfg.tokenizer_path, cfg.vocab_size)
         shard_paths = _select_shards(list_shards(cfg.data_path, "train"), args.shards, args.tokens)
+        check_train_shards(shard_paths, cfg.vocab_size, ctx)
         model, sha, tcfg = load_teacher(teacher_path, ctx, cfg.vocab_size, file_sha256(cfg.tokenizer_path))
         window = args.window or tcfg.train_seq_len
         stride = args.stride or window
@@ -177,6 +187,7 @@ def main():
             print(f"teacher_context mean:{context['mean']:.1f} min:{context['min']} "
                   f"min_after_first_window:{context['min_after_first_window']}", flush=True)
         writer.check_disk_space()
+        _note_cache(out, len(shard_paths), len(pending))
         if ctx.distributed:  # every rank has its pending list before any rank commits a shard
             torch.distributed.barrier()
         compiled = compile_enabled(cfg.compile, ctx.device)

@@ -25,20 +25,20 @@ from golf.dist import cleanup
 from golf.errors import cli_main
 from golf.export import finish_student
 from golf.objectives import arm_line, build_objective
-from golf.runner import dry_run, open_log, prepare_run
+from golf.runner import dry_run, open_log, prepare_run, rerun_options
 from golf.train import train
 
 
 @cli_main
 def main():
-    cfg, args = config_from_cli(__doc__)
+    cfg, args = config_from_cli(__doc__, extra=rerun_options)
     if args.dry_run:
         return dry_run(cfg)
     try:
-        run = prepare_run(cfg)
+        run = prepare_run(cfg, args.resume, args.restart)
         objective = build_objective(cfg, run)  # every refusal (cache, teacher) before the logs are opened
         teacher = objective.teacher
-        open_log(run, "distill.py")
+        open_log(run, "distill.py", append=run.resume is not None)
         for line in teacher.log_lines():
             run.log(line)
         run.log(arm_line(cfg, teacher))
@@ -46,6 +46,7 @@ def main():
         if seed_faithful.defects(cfg):
             run.log(seed_faithful.describe(cfg))
         result = train(cfg, run.ctx, run.log, run.train_files, run.val_tokens, run.luts, objective=objective,
+                       resume=run.resume,
                        extra_meta={"tokenizer_sha256": run.tokenizer_sha256, "teacher_sha256": teacher.sha256})
         finish_student(result.model, cfg, run.ctx, run.val_tokens, run.luts, run.log, __file__)
     finally:

@@ -19,13 +19,15 @@ line `dedup: ...` reports how many and the overlap before and after; --dedup-tok
 Each document becomes [BOS] + ids, concatenated and cut into --shard-tokens-token shards.
 """
 import argparse
+import os
+import sys
 
 from tqdm import tqdm
 
 from golf.corpus import CHALLENGE_SHARD_TOKENS, build_dataset, demo_documents, read_documents, split_train_val
 from golf.dedup import DEDUP_TOKENS
 from golf.errors import GolfError, cli_main
-from golf.shards import check_shards, list_shards
+from golf.shards import list_shards, read_header, shard_problem
 
 DEMO_SHARD_TOKENS = 100_000  # the demo's ~750k train tokens then span several shards, as real data does
 
@@ -37,11 +39,23 @@ CHECK_HINT = ("give the folder that holds the *_train_*.bin and *_val_*.bin shar
 
 
 def check(data_path: str, vocab_size: int) -> None:
-    """Validate every shard of both splits in `data_path`; print shards and tokens per split."""
+    """Validate every shard of both splits in `data_path`: one `error:` line per bad shard, then one summary
+    line (a GolfError: exit 2) naming them; all good, shards and tokens per split."""
+    bad, total = [], 0
     for split in ("train", "val"):
         paths = list_shards(data_path, split, source="--check DIR", hint=CHECK_HINT)
-        counts = check_shards(tqdm(paths, desc=f"check {split}", unit="shard", disable=None), vocab_size)
-        print(f"{split}: {len(paths)} shards, {sum(counts):,} tokens, all ids < {vocab_size}")
+        total += len(paths)
+        problems = [shard_problem(p, vocab_size) for p in tqdm(paths, desc=f"check {split}", unit="shard", disable=None)]
+        for path, problem in zip(paths, problems):
+            if problem:
+                print(f"error: {problem}", file=sys.stderr, flush=True)
+                bad.append(os.path.basename(path))
+        if not any(problems):
+            print(f"{split}: {len(paths)} shards, {sum(read_header(p) for p in paths):,} tokens, all ids < {vocab_size}")
+    if bad:
+        raise GolfError(f"{len(bad)} of {total} shards in {data_path} {'is' if len(bad) == 1 else 'are'} bad "
+                        f"({', '.join(bad)}: each line above says why); re-create them with prepare_data.py or "
+                        "fetch them again")
 
 
 @cli_main

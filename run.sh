@@ -16,7 +16,10 @@
 # checkpoint and the artifact. Rerunning resumes the study: a run whose metrics file holds its final score
 # is skipped and an unfinished one is redone (a teacher continues from its last CHECKPOINT_EVERY checkpoint,
 # a cache from its last complete shard). A failed step is reported, the others go on, and the exit status is
-# 1 if anything failed. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
+# 1 if anything failed. A starved run (golf/starved.py: far fewer steps than its peers under the same wall clock,
+# e.g. a loaded machine) is marked in RESULTS.md, left out of its statistics and of the records folder, named on
+# the last line, and redone by the next run (exit 1). Ctrl-C or SIGTERM stops the running step (it prints where it stopped and what is kept),
+# then the summary so far and the command that resumes; exit 130 / 143. Results: `python -m golf.results runs/<preset>` writes RESULTS.md, results.csv and
 # the plots; the best arm (lowest int6 sliding val_bpb at the main budget, under the cap) is dumped with
 # `quantize.py --submission` into runs/<preset>/submission/, which `check_submission.py` then judges by the
 # challenge's rules (a failed check fails the step; RESULTS.md's check column shows the verdict). The challenge
@@ -79,8 +82,10 @@
 #   read the same tokens; the 600 s arms stop on the clock first, but the -long arms stop at 1,250 steps
 #   (~18 min), not after 2 h (that needs caches of all 80 shards, ~576 GB each).
 # - Threads: on a CPU that other work shares, OpenMP's spin-waiting made a 2-thread student step 13x slower
-#   (5.4 s instead of 0.4 s); `OMP_WAIT_POLICY=PASSIVE ./run.sh demo` avoids that, at +35% per student step
-#   (+8% per teacher step) on idle cores, so it is not the default.
+#   (5.4 s instead of 0.4 s). The CPU presets (demo, study) therefore default to OMP_WAIT_POLICY=PASSIVE: side by
+#   side on the loaded 2-core machine it trained the demo student 6.5x faster than the default (median of 4
+#   alternated rounds, 3.7-8.5x; OMP_NUM_THREADS=1 alike, 6.7x; docs/performance.md), against +35% per student
+#   step (+8% per teacher step) measured earlier on idle cores. Set OMP_WAIT_POLICY=ACTIVE to spin instead.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -94,6 +99,7 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 ACTION=run
 PRESET=""
 SELECTED=()
+ARGS=("$@")  # as given: what resumes the study
 while [ $# -gt 0 ]; do
   case "$1" in
     --list) ACTION=list ;;
@@ -115,6 +121,7 @@ R="runs/$PRESET"
 TP=$PRESET  # whose teachers and caches the arms use (declared per preset below), in $TR
 case "$PRESET" in
   demo|study)
+    export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # shared CPUs: see the header's Threads
     LAUNCH="$PY"
     DATA="data/datasets/demo_sp1024"
     DATA_CMD="$PY ${S}prepare_data.py --demo"
@@ -399,8 +406,14 @@ run_cmd() {  # NAME DIR COMMAND: run the command line; with a DIR, save it as DI
   fi
   echo
   echo "=== $name: $cmd"
-  bash -c "$cmd" 2>&1 | tee -a "$log"
-  rc=${PIPESTATUS[0]}
+  # In the background and waited for, so that a trapped signal is handled at once (bash runs no trap while a
+  # foreground command runs); tee -i survives the terminal's Ctrl-C to print the script's last line.
+  CURRENT=$name
+  bash -c "$cmd" > >(tee -i -a "$log") 2>&1 &
+  CHILD=$!
+  wait "$CHILD"
+  rc=$?
+  CHILD=""
   if [ "$rc" -eq 0 ]; then
     SUMMARY+=("$(printf '%6ss  ok      %s' $((SECONDS - t0)) "$name")")
   else
@@ -427,7 +440,27 @@ step() {  # NAME DIR COMMAND [NEED]: skip when done, fail when NEED failed, else
   run_cmd "$name" "$dir" "$cmd" && OK[$name]=1
 }
 
-echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH)"
+# Ctrl-C or SIGTERM: the running step gets the signal (a terminal's Ctrl-C reaches it directly; golf.errors
+# ignores the copy forwarded here) and prints where it stopped; then the summary, how to resume, exit 130 / 143.
+CHILD=""
+CURRENT=""
+interrupted() {  # SIGNAL EXIT_STATUS
+  trap '' INT TERM
+  if [ -n "$CHILD" ]; then
+    kill -"$1" "$CHILD" 2>/dev/null
+    wait "$CHILD"
+    SUMMARY+=("$(printf '%6s   INTERRUPTED %s (SIG%s)' - "$CURRENT" "$1")")
+  fi
+  echo
+  echo "=== study $PRESET: interrupted (SIG$1) after $((SECONDS - START)) s"
+  printf '%s\n' "${SUMMARY[@]}"
+  echo "=== interrupted${CURRENT:+ in $CURRENT}${FAILED[*]:+; failed: ${FAILED[*]}}; resume with: ./run.sh ${ARGS[*]} (finished runs are skipped, an interrupted teacher continues from its last checkpoint)"
+  exit "$2"
+}
+trap 'interrupted INT 130' INT
+trap 'interrupted TERM 143' TERM
+
+echo "=== study $PRESET: ${#SELECTED[@]} arm(s) in $R (NPROC=${NPROC:-1}, launcher: $LAUNCH${OMP_WAIT_POLICY:+, OMP_WAIT_POLICY=$OMP_WAIT_POLICY})"
 if [ "$TP" = demo ]; then  # the demo data is built here
   [ -d "$DATA" ] || run_cmd data "" "$DATA_CMD" || die "could not build the demo data"
 else
@@ -449,7 +482,9 @@ for sc in $(printf '%s\n' "${!WANT[@]}" | grep '^score-' | sort); do
   step "$sc" "$R/$sc" "$(score_cmd "${sc#score-}")"
 done
 for a in "${SELECTED[@]}"; do
-  step "$a" "$R/$a" "$(arm_cmd "$a")" "${NEEDS[$a]:-}"
+  cmd="$(arm_cmd "$a")"
+  [ -f "$R/$a/$a.resume.pt" ] && cmd="$cmd --resume"  # an arm run with CHECKPOINT_EVERY continues too
+  step "$a" "$R/$a" "$cmd" "${NEEDS[$a]:-}"
 done
 
 if run_cmd results "" "$(results_cmd)"; then
@@ -463,11 +498,23 @@ if run_cmd results "" "$(results_cmd)"; then
   fi
 fi
 
+# Starved runs (golf/starved.py: far fewer steps than their peers, the machine's load) count as not done: left out
+# of the results and the records folder, and redone by the next ./run.sh.
+STARVED=()
+[ -d "$R" ] && mapfile -t STARVED < <("$PY" -m golf.results --starved "$R")
+for a in "${STARVED[@]}"; do
+  SUMMARY+=("$(printf '%6s   STARVED %s (see %s/RESULTS.md)' - "$a" "$R")")
+done
+
 echo
 echo "=== study $PRESET: $((SECONDS - START)) s"
 printf '%s\n' "${SUMMARY[@]}"
 if [ ${#FAILED[@]} -gt 0 ]; then
-  echo "=== FAILED: ${FAILED[*]}; rerun ./run.sh $PRESET to retry them (finished runs are skipped)"
+  echo "=== FAILED: ${FAILED[*]}${STARVED[*]:+; STARVED: ${STARVED[*]}}; rerun ./run.sh $PRESET to retry them (finished runs are skipped)"
+  exit 1
+fi
+if [ ${#STARVED[@]} -gt 0 ]; then
+  echo "=== STARVED (far fewer steps than their peers; left out of the results and the records folder): ${STARVED[*]}; rerun ./run.sh ${ARGS[*]} to redo them"
   exit 1
 fi
 echo "=== results: $R/RESULTS.md"

@@ -9,18 +9,18 @@ from golf.choices import config_from_cli
 from golf.dist import cleanup
 from golf.errors import cli_main
 from golf.export import finish_student
-from golf.runner import dry_run, start_run
+from golf.runner import dry_run, rerun_options, start_run
 from golf.train import train
 
 
 @cli_main
 def main():
-    cfg, args = config_from_cli(__doc__)
+    cfg, args = config_from_cli(__doc__, extra=rerun_options)
     if args.dry_run:
         return dry_run(cfg)
     try:
-        run = start_run(cfg, "train_gpt.py")
-        result = train(cfg, run.ctx, run.log, run.train_files, run.val_tokens, run.luts,
+        run = start_run(cfg, "train_gpt.py", args)
+        result = train(cfg, run.ctx, run.log, run.train_files, run.val_tokens, run.luts, resume=run.resume,
                        extra_meta={"tokenizer_sha256": run.tokenizer_sha256})
         finish_student(result.model, cfg, run.ctx, run.val_tokens, run.luts, run.log, __file__)
     finally:

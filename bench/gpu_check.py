@@ -282,6 +282,31 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
+# The dry run's limits were set on an idle 2-core CPU where SLOWDOWN_WORK took this long (best of 5: 0.016 s).
+SLOWDOWN_REF_S = 0.016
+
+
+def _slowdown_work(a: torch.Tensor) -> float:
+    t = time.perf_counter()
+    for _ in range(100):
+        a @ a
+    return time.perf_counter() - t
+
+
+def slowdown(reps: int = 15) -> float:
+    """How many times slower than the dry run's reference CPU this machine runs now (at least 1): the median of
+    `reps` timings of a fixed single-thread workload (100 matmuls of 256 x 256) over its reference time. The median,
+    not the best, so that the load of other jobs counts: it is what will slow the stages down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+        times = [_slowdown_work(a) for _ in range(reps)]
+    finally:
+        torch.set_num_threads(threads)
+    return max(1.0, float(np.median(times)) / SLOWDOWN_REF_S)
+
+
 def read_stages(out: str) -> dict:
     """stages.tsv (written by gpu_check.sh: name, status, seconds, exit code, limit, command) -> {name: {...}}."""
     stages, path = {}, os.path.join(out, "stages.tsv")
@@ -358,12 +383,13 @@ def summary(out: str, mode: str) -> int:
               "details": {name: figs[name] for name in STAGE_JSON if name != "env"}}
     write_json(os.path.join(out, "gpu_check.json"), report)
     atomic_write_text(os.path.join(out, "summary.md"), markdown(report))
-    bad = [n for n, s in stages.items() if s["status"] != "ok"]
+    bad = [n for n, s in stages.items() if s["status"] not in ("ok", "slow")]  # slow: past its limit, finished ok
+    slow = [n for n, s in stages.items() if s["status"] == "slow"]
     k = report["figures"]
     print(f"gpu_check mode={mode} device={_fmt(k['device']).replace(' ', '_')} fa3={_fmt(k['fa3_importable'])} "
           f"stages_ok={len(stages) - len(bad)}/{len(stages)}"
           + "".join(f" {a}_ratio={r:.3f}" for a, r in k["step_ratio"].items())
-          + (f" not_ok={','.join(bad)}" if bad else ""))
+          + (f" not_ok={','.join(bad)}" if bad else "") + (f" slow={','.join(slow)}" if slow else ""))
     return 1 if bad or not stages else 0
 
 
@@ -372,6 +398,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("env", help="versions, devices, FA3").add_argument("json")
+    sub.add_parser("slowdown", help="how many times slower than the dry run's reference CPU this one runs now")
     d = sub.add_parser("data", help="write synthetic shards")
     d.add_argument("dir")
     d.add_argument("--tokens", type=int, required=True)
@@ -402,6 +429,8 @@ def main():
         info = env_info()
         write_json(args.json, info)
         print(json.dumps(info, indent=1))
+    elif args.cmd == "slowdown":
+        print(f"{slowdown():.2f}")
     elif args.cmd == "data":
         make_data(args.dir, args.tokens, args.vocab, args.val_tokens)
         if args.text:

@@ -35,7 +35,7 @@ digest_run() {  # NAME: the numeric lines and the hashes of what the run wrote
   [ -f "runs/$name/$name.int6.ptz" ] && echo "$name artifact $(sha256sum < "runs/$name/$name.int6.ptz" | cut -c1-16)"
   echo "$name weights $("$PY" -c '
 import hashlib, sys, torch
-sd = torch.load(sys.argv[1], map_location="cpu", weights_only=False)["model"]
+sd = torch.load(sys.argv[1], map_location="cpu", weights_only=True)["model"]
 h = hashlib.sha256()
 for k, v in sd.items():
     h.update(k.encode()); h.update(v.detach().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -1,9 +1,17 @@
 """Checkpoints: written atomically with a `.sha256` sidecar; read with clear errors; rebuild the model from
-the configuration saved inside (so any script can load any checkpoint without being told its shape)."""
+the configuration saved inside (so any script can load any checkpoint without being told its shape).
+
+A checkpoint is data, never code: it is read with torch's restricted unpickler (`weights_only=True`), which
+builds tensors, numbers, strings and containers and refuses anything else, so a shared teacher checkpoint
+that pickled a callable is refused before it can run. Besides those types a resumable checkpoint holds one
+numpy array (numpy's RNG state), which is allowed explicitly (`SAFE_NUMPY`)."""
 import hashlib
 import io
 import os
+import pickle
+import re
 
+import numpy as np
 import torch
 
 from golf.atomic import atomic_path, atomic_write_text
@@ -26,6 +34,12 @@ def save_checkpoint(path: str, payload: dict) -> str:
     return digest
 
 
+def resume_checkpoint_path(cfg: Config) -> str:
+    """Where CHECKPOINT_EVERY writes the resumable state: beside the final checkpoint."""
+    base = cfg.checkpoint_path[:-3] if cfg.checkpoint_path.endswith(".pt") else cfg.checkpoint_path
+    return base + ".resume.pt"
+
+
 def checkpoint_sha256(path: str) -> str:
     """The checkpoint's sha256: from its sidecar when present and fresh, else computed."""
     if not os.path.isfile(path):
@@ -41,6 +55,14 @@ def checkpoint_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# numpy's array reconstruction, the one non-torch type our checkpoints hold (np.random.get_state()'s keys).
+SAFE_NUMPY = [np.ndarray, np.dtype, np.dtypes.UInt32DType]
+try:
+    SAFE_NUMPY.append(np._core.multiarray._reconstruct)
+except AttributeError:  # numpy < 2
+    SAFE_NUMPY.append(np.core.multiarray._reconstruct)
+
+
 def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
     """The checkpoint's dict, or a GolfError saying what is wrong. `mmap`: tensors are mapped, not read (to look
     at the config of a large checkpoint)."""
@@ -49,7 +71,16 @@ def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
     if not os.path.isfile(path):
         raise GolfError(f"checkpoint {path} not found; check the path or train one first")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(SAFE_NUMPY):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise GolfError(f"checkpoint {path} is unreadable (UnpicklingError): damaged (an interrupted copy?) or not "
+                            "a checkpoint; use an intact copy or train it again") from None
+        found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
+        what = (found[1] or found[2]) if found else "an object that is not data"
+        raise GolfError(f"checkpoint {path} holds pickled code ({what}), which a checkpoint never needs: refused, "
+                        "nothing in it was run; use a checkpoint written by this toolkit, or ask its author for one") from None
     except Exception as e:  # torch raises many types for a damaged file
         raise GolfError(f"checkpoint {path} is unreadable ({type(e).__name__}): damaged (an interrupted copy?) or not a "
                         "checkpoint; use an intact copy or train it again") from None

@@ -3,6 +3,7 @@
     python -m golf.results runs/demo                      # runs/demo/{RESULTS.md,results.csv,*.png}
     python -m golf.results --is-done runs/demo/baseline   # exit 0 if that run (or cache) is complete, else 1
     python -m golf.results --best runs/demo               # print the best arm's name
+    python -m golf.results --starved runs/demo            # print the starved runs' names (golf/starved.py)
 
 By concern: golf/runs.py reads the runs (and caches, scores), golf/stats.py holds the statistics, golf/study.py
 the comparisons (rows, seed groups, Δ at equal steps, wall clock and total compute), golf/tables.py writes
@@ -48,9 +49,15 @@ def main(argv=None):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--is-done", action="store_true", help="exit 0 if the run or cache in FOLDER is complete, else 1")
     g.add_argument("--best", action="store_true", help="print the best arm's name (exit 1 if there is none)")
+    g.add_argument("--starved", action="store_true", help="print the starved runs' names, one a line (golf/starved.py)")
     args = p.parse_args(argv)
     if args.is_done:
         sys.exit(0 if is_done(args.folder) else 1)
+    if args.starved:
+        for r in load_study(args.folder):
+            if r.starved:
+                print(r.name)
+        return
     if args.best:
         best = best_arm(load_study(args.folder))
         if best is None:

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from golf import starved
 from golf.config import Config
 from golf.errors import GolfError
 
@@ -34,6 +35,7 @@ class RunRecord:
     final: dict | None = None  # label int6: val_loss, val_bpb, sliding_val_loss, sliding_val_bpb
     artifact: dict | None = None  # model_bytes, code_bytes, total_bytes, compressor, path
     arm_track: str | None = None  # a distillation run's teacher track, as logged ("record" | "non-record")
+    starved: str | None = None  # why its steps fell far below its peers' (golf/starved.py), set by load_study
 
     @property
     def done(self) -> bool:
@@ -135,11 +137,14 @@ def load_run(folder: str) -> RunRecord | None:
 
 
 def load_study(root: str) -> list[RunRecord]:
-    """Every run directly under `root` that got as far as logging its configuration, by folder name."""
+    """Every run directly under `root` that got as far as logging its configuration, by folder name, each
+    marked starved or not (golf/starved.py)."""
     if not os.path.isdir(root):
         raise GolfError(f"{root} is not a folder; pass the study folder run.sh wrote (e.g. runs/demo)")
     runs = [load_run(os.path.join(root, d)) for d in sorted(os.listdir(root))]
-    return [r for r in runs if r is not None and r.config]
+    runs = [r for r in runs if r is not None and r.config]
+    starved.mark(runs)
+    return runs
 
 
 def teacher_metrics_path(checkpoint: str) -> str:
@@ -209,10 +214,15 @@ def load_scores(root: str) -> list[dict]:
 
 
 def is_done(folder: str) -> bool:
-    """True when the run (or logit cache, or score) in `folder` is complete, so run.sh may skip it."""
+    """True when the run (or logit cache, or score) in `folder` is complete and, a run, not starved among the
+    runs beside it (golf/starved.py), so run.sh may skip it."""
     if os.path.isfile(os.path.join(folder, SCORE_FILE)):
         return True
     if os.path.isfile(os.path.join(folder, "manifest.json")):
         return cache_complete(folder)
     run = load_run(folder)
-    return run is not None and run.done
+    if run is None or not run.done:
+        return False
+    # A starved run is done but measured the machine's load: not done, so run.sh redoes it.
+    parent = os.path.dirname(os.path.normpath(folder)) or "."
+    return not any(r.name == run.name and r.starved for r in load_study(parent))

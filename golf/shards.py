@@ -96,25 +96,26 @@ def list_shards(data_path, split: str, source: str = "DATA_PATH", hint: str | No
     return paths
 
 
-def check_shards(paths, vocab_size: int | None = None, chunk_tokens: int = 1 << 24) -> list[int]:
-    """Validate every shard (header, size and, if `vocab_size` is given, every id < vocab_size).
-
-    Returns the token count of each shard. Reads in chunks so a 10**8-token shard needs little memory.
-    """
-    counts = []
-    for path in paths:
+def shard_problem(path, vocab_size: int | None = None, vocab_name: str = "vocab size",
+                  chunk_tokens: int = 1 << 24) -> str | None:
+    """What is wrong with one shard, as its error message (header, size and, with `vocab_size`, an id >=
+    vocab_size, found by a vectorised max over the memmap read in chunks, so a 10**8-token shard needs little
+    memory), or None. `vocab_name` names the vocabulary's source in the message ("VOCAB_SIZE" reads
+    VOCAB_SIZE=1024)."""
+    try:
         tokens = load_shard(path)
-        if vocab_size is not None:
-            for start in range(0, len(tokens), chunk_tokens):
-                chunk = np.asarray(tokens[start : start + chunk_tokens])
-                if chunk.max() >= vocab_size:
-                    pos = start + int(np.argmax(chunk >= vocab_size))
-                    raise GolfError(
-                        f"{os.fspath(path)}: token id {int(tokens[pos])} at position {pos} is >= vocab size {vocab_size}: "
-                        "the shard was made with another tokenizer; fix VOCAB_SIZE or re-create the shards with prepare_data.py"
-                    )
-        counts.append(len(tokens))
-    return counts
+    except GolfError as e:
+        return str(e)
+    if vocab_size is None:
+        return None
+    for start in range(0, len(tokens), chunk_tokens):
+        chunk = np.asarray(tokens[start : start + chunk_tokens])
+        if chunk.max() >= vocab_size:
+            pos = start + int(np.argmax(chunk >= vocab_size))
+            size = f"{vocab_name}={vocab_size}" if vocab_name.isupper() else f"{vocab_name} {vocab_size}"
+            return (f"{os.fspath(path)}: token id {int(tokens[pos])} at position {pos} is >= {size}: "
+                    "the shard was made with another tokenizer; fix VOCAB_SIZE or re-create the shards with prepare_data.py")
+    return None
 
 
 def shard_fingerprint(path, edge_bytes: int = 1 << 20) -> str:

@@ -30,8 +30,9 @@ MODE_ORDER = {"CE": 0, "hard": 1, "soft": 2, "online": 3, "ngram": 4, "ema": 5}
 
 def in_statistics(run: RunRecord) -> bool:
     """Whether a run counts in the comparisons (seed groups, a Δ's baseline, the best arm): a complete student
-    run. The one place a run is left out of them; the arms table still lists every run."""
-    return run.done and not run.is_teacher
+    run that was not starved (golf/starved.py). The one place a run is left out of them; the arms table still
+    lists every run."""
+    return run.done and not run.is_teacher and not run.starved
 
 
 def _key(config: dict, drop: tuple) -> str:
@@ -220,6 +221,7 @@ def arm_rows(runs: list[RunRecord]) -> list[dict]:
                "budget_s": r.budget[0] or None, "iterations": r.budget[1] or None, "steps": r.steps,
                "train_ms": r.train_end["train_ms"] if r.train_end else None, "step_ms": r.step_ms,
                "baseline": ref.name if ref else None, "overhead_pct": None, "track": r.track, "done": r.done,
+               "starved": r.starved,
                "cache_bytes_per_token": cache_bytes_per_token(r.config["logit_cache"])
                if r.config.get("distill_teacher") == "cache" and r.config.get("logit_cache") else None}
         if ref is not None and ref is not r and r.train_end:

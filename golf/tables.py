@@ -49,7 +49,7 @@ def verdict(test: dict) -> str:
 
 # The arms table: one (header, cell of a golf.study.arm_rows row) per column, in order; a new column is one line.
 ARM_COLUMNS = (
-    ("arm", lambda w: w["arm"]),
+    ("arm", lambda w: w["arm"] + (" (starved)" if w["starved"] else "")),
     ("teacher", lambda w: w["teacher"]),
     ("mode", _mode_label),
     ("α", lambda w: _f(w["alpha"], "g") if w["mode"] != "CE" else "–"),
@@ -125,6 +125,13 @@ def markdown(root: str, runs: list[RunRecord], rows: list[dict], plots: list[str
                 _md_table(["first arm (cache)", "second arm (cache)", "seeds", "Δ ± 95% CI (p)"],
                           [[f"{c['a']} ({teacher_label(c['cache_a'])})", f"{c['b']} ({teacher_label(c['cache_b'])})",
                             str(len(c["seeds"])), verdict(c)] for c in contrasts])]
+    starved = [r for r in runs if r.starved]
+    if starved:
+        out += ["", "## Starved runs", "", "Far fewer steps than their peers (golf/starved.py: under 0.5 x the median "
+                "of the run's seeds at its clock, with 3 or more; else under 0.25 x the median of the other runs at its "
+                "clock): the machine's load, not the arm. Left out of every statistic above and of the records folder; "
+                "rerun run.sh to redo them.", ""]
+        out += [f"- {r.name}: {r.starved}" for r in starved]
     unfinished = [r for r in runs if not r.done]
     if unfinished:
         out += ["", "## Unfinished runs", ""]
@@ -170,7 +177,7 @@ def study_markdown(study: list[dict]) -> list[str]:
 CSV_FIELDS = ["arm", "script", "teacher", "mode", "faithful", "alpha", "temp", "tail", "seed", "budget_s", "iterations",
               "steps", "train_ms", "step_ms", "baseline", "overhead_pct", "val_loss", "val_bpb", "sliding_val_loss",
               "sliding_val_bpb", "delta_sliding_val_bpb", "model_bytes", "code_bytes", "total_bytes", "over_cap", "track",
-              "cache_bytes_per_token", "done"]
+              "cache_bytes_per_token", "done", "starved"]
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from golf.checkpoint import save_checkpoint
+from golf.checkpoint import resume_checkpoint_path, save_checkpoint
 from golf.config import Config
 from golf.data import DistributedTokenLoader, grad_accum_steps
 from golf.dist import CompileWatch, Ctx, all_reduce, compile_enabled, maybe_compile
-from golf.errors import GolfError
+from golf.errors import GolfError, rerun_command, stopped_at
 from golf.eval import eval_val
 from golf.log import Logger
 from golf.model import GPT
@@ -42,12 +42,6 @@ def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resume_checkpoint_path(cfg: Config) -> str:
-    """Where CHECKPOINT_EVERY writes the resumable state: beside the final checkpoint."""
-    base = cfg.checkpoint_path[:-3] if cfg.checkpoint_path.endswith(".pt") else cfg.checkpoint_path
-    return base + ".resume.pt"
 
 
 @dataclass
@@ -334,6 +328,16 @@ def _logs_step(cfg: Config, step: int) -> bool:
     return step <= 10 or step % cfg.train_log_every == 0 or step == cfg.iterations
 
 
+def _note_progress(state: TrainState, resume_path: str, what: str):
+    """Keep the interruption line current (golf.errors.STOP): where the run is, and the resumable checkpoint a
+    `--resume` continues from, if one was written."""
+    if state.saved_step is None:
+        stopped_at(what)
+    else:
+        stopped_at(what, f"the resumable checkpoint {resume_path} (step {state.saved_step})",
+                   rerun_command(add=("--resume",), drop=("--restart",)))
+
+
 def _log_train(state: TrainState, losses: torch.Tensor, elapsed_ms: float, scale: float, log: Logger):
     cfg, parts_names, step = state.cfg, state.objective.parts, state.step
     all_reduce(losses)
@@ -370,6 +374,7 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
     # The time the next step's LR scale and distillation schedule are read at: the slowest rank's at the end of
     # the previous step (all-reduced with the stop flags), so every rank switches on the same step.
     schedule_ms = state.clock.train_ms
+    _note_progress(state, resume_path, f"at step {state.step}/{cfg.iterations} of training")
     state.clock.start()
     while True:
         last = stop or state.step >= cfg.iterations
@@ -386,6 +391,7 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
         state.objective.log_values = _logs_step(cfg, state.step + 1) or near_cap
         t_step = time.perf_counter()
         losses = _timed_step(state, pipeline, scale, progress, log)
+        _note_progress(state, resume_path, f"at step {state.step}/{cfg.iterations} of training")
         approx_ms = state.clock.now_ms()
         reached_cap, nonfinite, schedule_ms, worst_gap = _stop_flags(state, losses, approx_ms, cap_ms,
                                                                      state.running_gap(losses, progress))
@@ -401,6 +407,7 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
             _log_train(state, losses, approx_ms, scale, log)
         if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
             state.save_resumable(resume_path, approx_ms, pipeline, meta)
+            _note_progress(state, resume_path, f"at step {state.step}/{cfg.iterations} of training")
         if reached_cap:
             log(f"stopping_early: wallclock_cap train_time:{approx_ms:.0f}ms step:{state.step}/{cfg.iterations}")
             stop = True
@@ -411,6 +418,9 @@ def train(cfg: Config, ctx: Ctx, log: Logger, train_files: list[str], val_tokens
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
     state.finish(log, meta)
+    stopped_at(f"after training (step {state.step}), in the export", f"the final checkpoint {cfg.checkpoint_path}",
+               f"python quantize.py {cfg.checkpoint_path} && python eval_bpb.py "
+               f"{cfg.checkpoint_path.removesuffix('.pt')}.int6.ptz")
     log.metrics(event="train_end", step=state.step, train_ms=state.clock.train_ms,
                 step_ms_median=float(np.median(step_times)) if step_times else None,
                 timed_compiles=state.timed_compiles if state.compiles is not None else None)

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -173,6 +174,42 @@ def test_gpu_check_goes_on_past_a_failed_stage_and_reports_it(tmp_path):
     assert rep["figures"]["fwd_bwd_ms"]["sdpa"] > 0 and rep["figures"]["step_ratio"] == {}
     assert "| eval | failed |" in (tmp_path / "out" / "summary.md").read_text()
     assert "stages_ok=2/7 not_ok=data,steps,train,eval,cache_read" in p.stdout
+
+
+ALL_BUT_ENV = "data,attention,steps,train,eval,cache_read"  # made to fail at once: only env runs
+
+
+def test_gpu_check_dry_run_needs_no_outdir_and_reports_a_slow_stage_as_slow(tmp_path):
+    """No OUTDIR: the report goes to a new temp folder named on the first line. A machine 1,000x faster than
+    the reference (GPU_CHECK_SLOWDOWN=0.001) shrinks data's limit to 1 s, which writing the shards and training
+    a tokenizer overruns: the stage is reported slow (not failed, not killed) and counted ok."""
+    p = _gpu_check(["--dry-run", "--quick"], tmp_path, GPU_CHECK_SLOWDOWN="0.001",
+                   GPU_CHECK_FAIL=ALL_BUT_ENV.removeprefix("data,"), TMPDIR=str(tmp_path))
+    out = re.search(r", out (\S+), scratch ", p.stdout)[1]
+    assert Path(out).parent == tmp_path and Path(out).name.startswith("gpu_check."), p.stdout[:500]
+    rep = json.loads((Path(out) / "gpu_check.json").read_text())
+    data = rep["stages"]["data"]
+    assert data["status"] == "slow" and data["limit_s"] == 1 and data["seconds"] > 1 and data["exit"] == 0
+    line = p.stdout.splitlines()[-2]  # env (1 s too) may be slow as well
+    assert re.fullmatch(r".* stages_ok=2/7 not_ok=attention,steps,train,eval,cache_read slow=(env,)?data", line), line
+
+
+def test_gpu_check_dry_run_scales_its_limits_by_the_measured_slowdown(tmp_path):
+    p = _gpu_check(["--dry-run", "--quick", str(tmp_path / "out")], tmp_path, GPU_CHECK_SLOWDOWN="2.5",
+                   GPU_CHECK_FAIL=ALL_BUT_ENV)
+    plan = dict(re.findall(r"^  (\w+) +<= *(\d+)s ", p.stdout, re.M))
+    # 60, 120, 150, 1 + 200 (GPU_CHECK_SECONDS=1), 180, 120, 120 s on the reference CPU
+    assert plan == {"env": "150", "data": "300", "attention": "375", "steps": "503", "train": "450", "eval": "300",
+                    "cache_read": "300"}, p.stdout[:3000]
+    assert "slowdown 2.5x" in p.stdout and "budget 375s" in p.stdout
+    assert json.loads((tmp_path / "out" / "gpu_check.json").read_text())["stages"]["env"]["status"] == "ok"
+
+
+def test_gpu_check_slowdown_is_at_least_one():
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import gpu_check
+
+    assert gpu_check.slowdown(reps=3) >= 1.0
 
 
 def test_gpu_check_refuses_bad_usage(tmp_path):

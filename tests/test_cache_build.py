@@ -479,7 +479,7 @@ def test_kill_9_then_rerun_is_byte_identical_and_redoes_only_unfinished_shards(r
 def test_data_paths_default_to_the_teachers_own(cli, tmp_path):
     """Without DATA_PATH / TOKENIZER_PATH, cache_logits.py reads the data and tokenizer saved in the teacher's
     checkpoint (as eval_bpb.py does) and writes the same rows as with them set."""
-    ckpt = torch.load(cli.teacher, weights_only=False)
+    ckpt = torch.load(cli.teacher, weights_only=True)
     ckpt["config"].update(data_path=str(cli.data), tokenizer_path=cli.tokenizer)
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(str(teacher), ckpt)

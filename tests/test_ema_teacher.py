@@ -12,13 +12,13 @@ import types
 import pytest
 import torch
 
-from golf.checkpoint import load_checkpoint
+from golf.checkpoint import load_checkpoint, resume_checkpoint_path
 from golf.config import resolve_config
 from golf.dist import Ctx
 from golf.errors import GolfError
 from golf.objectives import CrossEntropyObjective, build_objective
 from golf.teachers import EmaTeacher
-from golf.train import TrainState, resume_checkpoint_path, train
+from golf.train import TrainState, train
 from helpers import cpu_ctx, logger, make_config, run_inputs
 
 DECAY = 0.8

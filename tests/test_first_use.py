@@ -49,3 +49,29 @@ def test_slow_tests_are_marked_and_ci_runs_them_all():
     with open(os.path.join(REPO, ".ci", "run")) as f:
         runs = [line.split("#")[0].split() for line in f if "pytest" in line.split("#")[0]]
     assert runs == [["python", "-m", "pytest"]], runs
+
+
+INSTALL = "pip install -r requirements.txt"
+
+
+def test_one_install_instruction_everywhere_and_torch_pinned_in_it():
+    """The README's Quick start, .ci/run and requirements.txt's own comment give the same line, and it installs
+    the tested torch by itself (no separate torch line that needs one particular index)."""
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    quick = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    assert [line.split("#")[0].strip() for line in quick.splitlines() if "pip install" in line] == [INSTALL]
+    assert "--index-url" not in readme
+    ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
+    assert [line.split("#")[0].strip() for line in ci.splitlines() if "pip install" in line] == [
+        INSTALL.replace("pip install", "python -m pip install -q")]
+    reqs = open(os.path.join(REPO, "requirements.txt"), encoding="utf-8").read().splitlines()
+    assert f"`{INSTALL}`" in reqs[0]
+    assert "torch==2.13.0" in reqs
+
+
+def test_readme_links_stay_inside_the_repository():
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    targets = re.findall(r"\]\(([^)#]+)", readme) + re.findall(r"`(\.\./[^`]*)`", readme)
+    outside = [t for t in targets if not t.startswith(("http://", "https://"))
+               and not os.path.realpath(os.path.join(REPO, t)).startswith(os.path.realpath(REPO) + os.sep)]
+    assert not outside and "../shared" not in readme, outside

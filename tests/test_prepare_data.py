@@ -18,7 +18,7 @@ from golf.corpus import (
 )
 from golf.dedup import DEDUP_TOKENS, SpanIndex, dedup_val, overlap, span_hashes
 from golf.errors import GolfError
-from golf.shards import load_shard
+from golf.shards import HEADER_BYTES, load_shard
 from golf.tokenizer import file_sha256, load_tokenizer
 from helpers import CHALLENGE_TOKENIZER, REPO, needs_challenge_tokenizer
 
@@ -206,7 +206,30 @@ def test_cli_build_and_check(tmp_path, tiny_dataset):
     r = run_cli("--check", str(data_path))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {shard}: file size") and "truncated" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith(f"error: {shard}: file size") and "truncated" in lines[0]
+    n = len(manifest["splits"]["train"]["shards"]) + len(manifest["splits"]["val"]["shards"])
+    assert lines[1].startswith(f"error: 1 of {n} shards in {data_path} is bad ({shard.name}: each line above says why)")
+
+    # every bad shard is reported, one line each, then the count: a bad magic, a bad id, a truncated val shard
+    first = data_path / manifest["splits"]["train"]["shards"][0]
+    with open(first, "r+b") as f:
+        f.write(np.array([1234], dtype="<i4").tobytes())
+    last = data_path / manifest["splits"]["train"]["shards"][-1]
+    with open(last, "r+b") as f:
+        f.seek(HEADER_BYTES + 2 * 3)
+        f.write(np.array([2000], dtype="<u2").tobytes())
+    val = data_path / manifest["splits"]["val"]["shards"][0]
+    with open(val, "r+b") as f:
+        f.truncate(os.path.getsize(val) - 2)
+    r = run_cli("--check", str(data_path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 5, r.stderr
+    assert lines[0] == f"error: {first}: bad magic 1234 (expected 20240520): not a challenge shard; re-create it with prepare_data.py"
+    assert lines[1].startswith(f"error: {shard}: file size") and lines[3].startswith(f"error: {val}: file size")
+    assert lines[2].startswith(f"error: {last}: token id 2000 at position 3 is >= vocab size 1024")
+    assert lines[4].startswith(f"error: 4 of {n} shards in {data_path} are bad ({first.name}, {shard.name}, "
+                               f"{last.name}, {val.name}: each line above says why)")
+    assert "train:" not in r.stdout and "val:" not in r.stdout  # no split is reported good
 
     r = run_cli("--input", str(corpus), "--out-dir", str(out))
     assert r.returncode == 2 and "--input needs --name" in r.stderr

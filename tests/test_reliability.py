@@ -24,7 +24,9 @@ import io
 import os
 import re
 import runpy
+import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -70,6 +72,13 @@ if os.environ.get("GOLF_TEST_FSYNC_ENOSPC"):
     def _fsync(fd):
         raise OSError(28, os.strerror(28))
     os.fsync = _fsync
+if os.environ.get("GOLF_TEST_STALL"):  # module.function: says STALLED and waits there (to be interrupted)
+    import importlib, time
+    _mod, _fn = os.environ["GOLF_TEST_STALL"].rsplit(".", 1)
+    def _stall(*a, **k):
+        print("STALLED", flush=True)
+        time.sleep(300)
+    setattr(importlib.import_module(_mod), _fn, _stall)
 '''
 
 
@@ -204,6 +213,24 @@ def shift_block_offset(ws: Path):
     offsets.flush()
 
 
+class PickledCode:
+    """What a malicious checkpoint carries: unpickling it calls open(name, "w"), creating the file `name`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return (open, (self.name, "w"))
+
+
+def malicious_checkpoint(src: str, dst: str, created: str = "PWNED"):
+    """A copy of checkpoint `src` (a loadable model and config) that also carries pickled code creating `created`."""
+    def setup(ws: Path):
+        ckpt = torch.load(ws / src, weights_only=True)
+        torch.save({**ckpt, "extra": PickledCode(created)}, ws / dst)
+    return setup
+
+
 def write_text(rel: str, text: str):
     return lambda ws: (ws / rel).write_text(text)
 
@@ -280,7 +307,12 @@ CASES = {
     "bad_magic": case("train_gpt.py", setup=lambda ws: set_header(shard(ws, "train", 1), 0, 1234),
                       names=("tiny_train_000001.bin", "bad magic 1234")),
     "bad_version": case("prepare_data.py", "--check", DATA, setup=lambda ws: set_header(shard(ws, "val", 0), 1, 7),
-                        names=("tiny_val_000000.bin", "version 7")),
+                        names=("1 of 5 shards", "is bad (tiny_val_000000.bin: each line above says why)")),
+    "every_bad_shard_check": case("prepare_data.py", "--check", DATA,
+                                  setup=lambda ws: (set_header(shard(ws, "val", 0), 1, 7), truncate(shard(ws, "train", 1), 4),
+                                                    set_token(shard(ws, "train", 3), 9, 1024)),
+                                  names=("3 of 5 shards", "(tiny_train_000001.bin, tiny_train_000003.bin, "
+                                         "tiny_val_000000.bin: each line above says why)")),
     "truncated_train": case("distill.py", env={"LOGIT_CACHE": "cache"},
                             setup=lambda ws: truncate(shard(ws, "train", 2), 10), names=("tiny_train_000002.bin", "truncated")),
     "truncated_val": case("eval_bpb.py", "checkpoints/r.pt", setup=lambda ws: truncate(shard(ws, "val", 0), 1),
@@ -295,12 +327,21 @@ CASES = {
                                         names=("tiny_val_000000.bin", "token id 1024")),
     "train_token_out_of_vocab_check": case("prepare_data.py", "--check", DATA,
                                            setup=lambda ws: set_token(shard(ws, "train", 1), 5000, 1500),
-                                           names=("tiny_train_000001.bin", "token id 1500 at position 5000")),
-    # found by the loader once the run has started (its log is written): RUN_ID=t keeps run r's files apart
-    "train_token_out_of_vocab": case("train_teacher.py", env={"RUN_ID": "t"},
-                                     setup=lambda ws: set_token(shard(ws, "train", 0), 5, 1500),
-                                     names=("tiny_train_000000.bin", "token id 1500 at position 5", "VOCAB_SIZE=1024"),
-                                     allow_new=("logs/t.*",)),
+                                           names=("1 of 5 shards", "tiny_train_000001.bin")),
+    # every train shard's ids are checked before the logs open, a shard the run would never reach included
+    "train_token_out_of_vocab": case("train_teacher.py", setup=lambda ws: set_token(shard(ws, "train", 0), 5, 1500),
+                                     names=("tiny_train_000000.bin", "token id 1500 at position 5", "VOCAB_SIZE=1024")),
+    "train_token_out_of_vocab_last_shard": case("train_gpt.py", env={"ITERATIONS": 1},
+                                                setup=lambda ws: set_token(shard(ws, "train", 3), 7, 65535),
+                                                names=("tiny_train_000003.bin", "token id 65535 at position 7",
+                                                       "VOCAB_SIZE=1024")),
+    "bad_magic_last_shard_distill": case("distill.py", env={"LOGIT_CACHE": "cache"},
+                                         setup=lambda ws: set_header(shard(ws, "train", 3), 0, 99),
+                                         names=("tiny_train_000003.bin", "bad magic 99")),
+    "train_token_out_of_vocab_cache": case("cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache",
+                                           setup=lambda ws: set_token(shard(ws, "train", 2), 0, 4000),
+                                           names=("tiny_train_000002.bin", "token id 4000 at position 0",
+                                                  "VOCAB_SIZE=1024")),
     "empty_train_shards": case("train_teacher.py", setup=lambda ws: [write_shard(p, []) for p in (ws / DATA).glob("*_train_*")],
                                names=("hold no tokens", "DATA_PATH")),
     "val_shorter_than_a_sequence": case("train_gpt.py", env={"TRAIN_SEQ_LEN": "8192"},
@@ -318,11 +359,29 @@ CASES = {
     "resume_other_config": case("train_teacher.py", "--resume", env={"NUM_LAYERS": "3", "CHECKPOINT_EVERY": "10"},
                                 setup=craft_resume, names=("r.resume.pt", "NUM_LAYERS=2 there, 3 here")),
     "resume_missing": case("train_teacher.py", "--resume", names=("r.resume.pt", "CHECKPOINT_EVERY")),
+    # a rerun beside a resumable checkpoint of its RUN_ID neither resumes nor discards it unasked
+    "rerun_beside_resume": case("train_teacher.py", setup=craft_resume,
+                                names=("checkpoints/r.resume.pt", "step 10", "--resume", "--restart")),
+    "rerun_beside_resume_student": case("train_gpt.py", setup=craft_resume,
+                                        names=("checkpoints/r.resume.pt", "--resume", "--restart")),
     "missing_artifact": case("eval_bpb.py", "nope.int6.ptz", names=("artifact nope.int6.ptz not found", "quantize.py"),
                              check=lacks("--config")),
     "weights_other_config": case("eval_bpb.py", "mismatch.pt", names=("mismatch.pt", "10 missing (blocks.2.")),
     "artifact_other_config": case("eval_bpb.py", "checkpoints/r.int6.ptz", "--config", "other.pt",
                                   names=("r.int6.ptz", "other.pt", "shape")),
+    # a checkpoint that would run code when unpickled: refused, the code never runs (it would create PWNED)
+    "pickled_code_checkpoint": case("eval_bpb.py", "evil.pt", setup=malicious_checkpoint("checkpoints/r.pt", "evil.pt"),
+                                    names=("checkpoint evil.pt holds pickled code (io.open)", "nothing in it was run")),
+    "pickled_code_teacher_cache": case("cache_logits.py", "--teacher", "evil.pt", "--out", "newcache",
+                                       setup=malicious_checkpoint("teacher.pt", "evil.pt"),
+                                       names=("checkpoint evil.pt holds pickled code",)),
+    "pickled_code_online_teacher": case("distill.py", env={"DISTILL_TEACHER": "online", "TEACHER_PATH": "evil.pt"},
+                                        setup=malicious_checkpoint("teacher.pt", "evil.pt"),
+                                        names=("checkpoint evil.pt holds pickled code",)),
+    "pickled_code_resume": case("train_teacher.py", "--resume", env={"CHECKPOINT_EVERY": "10"},
+                                setup=lambda ws: (craft_resume(ws), malicious_checkpoint(
+                                    "checkpoints/r.resume.pt", "checkpoints/r.resume.pt")(ws)),
+                                names=("checkpoint checkpoints/r.resume.pt holds pickled code",)),
     "truncated_checkpoint": case("quantize.py", "broken.pt", "--out", "checkpoints/r.int6.ptz",
                                  setup=damaged_copy("checkpoints/r.pt", "broken.pt", 5000),
                                  names=("broken.pt", "unreadable")),
@@ -483,6 +542,60 @@ def test_bad_input_gives_one_clear_line_and_damages_nothing(cid, launched, base,
         c.check(ws, out.stdout, lines[-1])
 
 
+def test_restart_starts_over_and_a_rerun_keeps_the_earlier_logs(base, tmp_path_factory, monkeypatch):
+    """--restart beside run r's resumable checkpoint: deleted (said), the run starts over; run r's earlier logs
+    are kept byte for byte as r.earlier-1 (said), a second rerun's as r.earlier-2, and only the new run's lines
+    are in r.txt."""
+    c = case("train_gpt.py", "--restart", setup=craft_resume)
+    ws, _ = workspace(c, base, tmp_path_factory, "restart")
+    out = run_in_process(c, ws, monkeypatch)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("restart: run r starts over; its resumable checkpoint checkpoints/r.resume.pt (step 10) is deleted"
+            in out.stdout.splitlines())
+    assert not (ws / "checkpoints/r.resume.pt").exists() and not (ws / "checkpoints/r.resume.pt.sha256").exists()
+    assert ("logs: the earlier run r's logs/r.txt and logs/r.jsonl kept as logs/r.earlier-1.txt/.jsonl"
+            in out.stdout.splitlines()), out.stdout[:2000]
+    for ext in ("txt", "jsonl"):
+        assert (ws / f"logs/r.earlier-1.{ext}").read_bytes() == (base / f"logs/r.{ext}").read_bytes()
+    first = (ws / "logs/r.txt").read_text()
+    assert "(the earlier run)" not in first and "step:2/2 " in first and "resume:step" not in first
+    out = run_in_process(case("train_gpt.py"), ws, monkeypatch)  # no resumable checkpoint left: no flag needed
+    assert out.returncode == 0 and "kept as logs/r.earlier-2.txt/.jsonl" in out.stdout, out.stderr[-3000:]
+    assert (ws / "logs/r.earlier-2.txt").read_text() == first
+    assert (ws / "logs/r.earlier-1.txt").read_bytes() == (base / "logs/r.txt").read_bytes()
+
+
+def test_the_malicious_checkpoint_would_run_its_code_if_unpickled_unsafely(base, tmp_path):
+    """The matrix's pickled_code cases prove something: unpickled without the safe loader, the same file does
+    create the file (here in tmp_path), which load_checkpoint never lets happen."""
+    made = tmp_path / "PWNED"
+    shutil.copy(base / "teacher.pt", tmp_path / "teacher.pt")
+    malicious_checkpoint("teacher.pt", "evil.pt", str(made))(tmp_path)
+    with pytest.raises(GolfError, match="holds pickled code"):
+        load_checkpoint(str(tmp_path / "evil.pt"))
+    assert not made.exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the unsafe way: runs the pickled call
+    assert made.exists()
+
+
+def test_a_checkpoint_written_before_the_safe_loader_still_loads(tmp_path):
+    """A resumable checkpoint as train.py has always written it (numpy's RNG state as an array beside tensors,
+    numbers and strings), saved with plain torch.save: load_checkpoint reads it back exactly."""
+    from golf.train import _rng_state
+
+    model = GPT(student_config())
+    state = {"config": student_config().to_dict(), "kind": "resume", "model": model.state_dict(), "step": 7,
+             "rng": _rng_state(), "loader": {"shard": 1, "pos": 123}, "qat": False, "train_ms": 1.5,
+             "optimizers": [torch.optim.Adam(model.parameters()).state_dict()], "ema": None, "teacher": None}
+    torch.save(state, tmp_path / "old.resume.pt")
+    back = load_checkpoint(str(tmp_path / "old.resume.pt"))
+    name, keys, pos, *_ = back["rng"]["numpy"]
+    assert name == "MT19937" and keys.dtype == np.uint32 and np.array_equal(keys, state["rng"]["numpy"][1])
+    assert pos == state["rng"]["numpy"][2] and back["rng"]["python"] == state["rng"]["python"]
+    assert torch.equal(back["rng"]["torch"], state["rng"]["torch"]) and back["loader"] == {"shard": 1, "pos": 123}
+    assert all(torch.equal(back["model"][k], v) for k, v in state["model"].items())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Non-finite loss in-process: which checkpoint is named
 
@@ -523,6 +636,90 @@ def test_nonfinite_loss_names_the_checkpoint_whose_loss_was_finite(tiny_dataset,
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Interruptions: Ctrl-C (SIGINT) or SIGTERM ends every script with one line (where it stopped, and the command
+# that continues or, nothing kept, starts again), exit 130 / 143, no traceback
+
+
+def interrupt(ws: Path, shim: str, args: list, env: dict, wait_for: str, signum: int):
+    """Run `args` in `ws` until a stdout line matches `wait_for`, then send `signum`; the CompletedProcess."""
+    env = {**{k: v for k, v in os.environ.items() if k != "PRESET"}, **{k: str(v) for k, v in {**COMMON_ENV, **env}.items()},
+           "PYTHONPATH": os.pathsep.join([shim, REPO]), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, *args], env=env, cwd=str(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if re.search(wait_for, line):
+            p.send_signal(signum)
+            break
+    out, err = p.communicate(timeout=240)
+    return subprocess.CompletedProcess(args, p.returncode, "".join(seen) + out, err)
+
+
+def one_line(p, rc: int) -> str:
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == rc and "Traceback" not in p.stderr, f"rc {p.returncode}\n{p.stderr[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("interrupted ("), p.stderr[-3000:]
+    return lines[0]
+
+
+INTERRUPTS = {  # script args, env, the stdout line to interrupt at, signal, what the line must say
+    "train_gpt": (["train_gpt.py"], {"RUN_ID": "i", "ITERATIONS": 1000}, r"^step:3/", signal.SIGTERM,
+                  ("interrupted (SIGTERM) at step ", "/1000 of training; nothing was kept: start again with: ",
+                   "RUN_ID=i", "python train_gpt.py")),
+    "distill": (["distill.py"], {"RUN_ID": "i", "ITERATIONS": 1000, "LOGIT_CACHE": "cache"}, r"^step:2/",
+                signal.SIGINT, ("interrupted (Ctrl-C) at step ", "LOGIT_CACHE=cache", "python distill.py")),
+    "cache_logits": (["cache_logits.py", "--teacher", "teacher.pt", "--out", "newcache"],
+                     {"GOLF_TEST_STALL": "golf.cache_build.build_cache"}, "^STALLED", signal.SIGINT,
+                     ("interrupted (Ctrl-C) while writing the cache newcache (4 of 4 shards were pending); every shard "
+                      "of newcache completed so far is kept: continue with: ",
+                      "python cache_logits.py --teacher teacher.pt --out newcache")),
+    "eval_bpb": (["eval_bpb.py", "checkpoints/r.pt"], {"GOLF_TEST_STALL": "golf.eval.eval_sliding"}, "^STALLED",
+                 signal.SIGTERM, ("nothing was kept: start again with: ", "python eval_bpb.py checkpoints/r.pt")),
+    "quantize": (["quantize.py", "checkpoints/r.pt", "--out", "q.ptz"], {"GOLF_TEST_STALL": "golf.quant.quantize_state_dict"},
+                 "^STALLED", signal.SIGINT, ("nothing was kept", "python quantize.py checkpoints/r.pt --out q.ptz")),
+    "prepare_data": (["prepare_data.py", "--demo", "--out-dir", "newdata"], {"GOLF_TEST_STALL": "golf.corpus.build_dataset"},
+                     "^STALLED", signal.SIGTERM, ("nothing was kept", "python prepare_data.py --demo --out-dir newdata")),
+}
+
+
+@pytest.mark.parametrize("script", list(INTERRUPTS))  # not "cid": that names the matrix's cases
+def test_an_interrupted_script_says_where_it_stopped_in_one_line(script, base, shim, tmp_path_factory):
+    args, env, wait_for, signum, says = INTERRUPTS[script]
+    ws, before = workspace(case(args[0]), base, tmp_path_factory, f"int_{script}")
+    p = interrupt(ws, shim, [os.path.join(REPO, args[0]), *args[1:]], env, wait_for, signum)
+    line = one_line(p, 128 + signum)
+    for text in says:  # the script as it was started: by its full path here
+        text = text.replace("python ", f"python {shlex.quote(REPO)}/")
+        assert text in line, (text, line)
+    after = snapshot(ws)
+    assert not [f for f, h in before.items() if after.get(f) != h], "an interruption changed an earlier file"
+
+
+def test_an_interrupted_teacher_continues_with_the_command_it_prints(base, shim, tmp_path_factory):
+    """Ctrl-C after a resumable checkpoint: the line names it and the command with --resume; that command, run
+    as printed, resumes from that step (and SIGTERM stops it the same way)."""
+    ws, _ = workspace(case("train_teacher.py"), base, tmp_path_factory, "int_teacher")
+    env = {"RUN_ID": "i", "ITERATIONS": 1000, "CHECKPOINT_EVERY": 2}
+    p = interrupt(ws, shim, [os.path.join(REPO, "train_teacher.py")], env, r"^step:5/", signal.SIGINT)
+    line = one_line(p, 130)
+    m = re.fullmatch(r"interrupted \(Ctrl-C\) at step (\d+)/1000 of training; the resumable checkpoint "
+                     r"checkpoints/i.resume.pt \(step (\d+)\) is kept: continue with: (.*)", line)
+    assert m, line
+    step, saved, command = int(m[1]), int(m[2]), m[3]
+    assert step >= 5 and saved == step // 2 * 2 == load_checkpoint(str(ws / "checkpoints/i.resume.pt"))["step"]
+    assert "CHECKPOINT_EVERY=2" in command and "ITERATIONS=1000" in command and "RUN_ID=i" in command
+    assert command.endswith("train_teacher.py --resume"), command
+    # the printed command, as the user would paste it (its `python` is this interpreter)
+    words = shlex.split(command)
+    settings = dict(w.split("=", 1) for w in words[: words.index("python")])
+    script = words[words.index("python") + 1:]
+    p = interrupt(ws, shim, script, settings, rf"^step:{saved + 2}/", signal.SIGTERM)
+    assert f"resume:step:{saved} " in p.stdout, p.stdout[-2000:]
+    assert one_line(p, 143).startswith("interrupted (SIGTERM) at step ")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Atomic writes: a failure between the write and the rename leaves the previous file and no temp file
 
 
@@ -531,7 +728,7 @@ def _write_checkpoint(path: Path, version: int):
 
 
 def _read_checkpoint(path: Path):
-    return int(torch.load(path, weights_only=False)["v"])
+    return int(torch.load(path, weights_only=True)["v"])
 
 
 def _write_artifact(path: Path, version: int):

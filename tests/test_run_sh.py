@@ -187,3 +187,59 @@ def test_skip_finished_redo_unfinished_report_failures(tmp_path):
     failed = out.stdout.split("=== FAILED: ")[1].split(";")[0].split()
     assert failed == ["teacher-big", "cache-big", "baseline-long", "soft-a0.5", "submission"]  # no checkpoint
     assert os.path.isfile(os.path.join(root, "RESULTS.md"))  # baseline's result still made the table
+
+
+def test_an_interrupted_study_prints_its_summary_and_how_to_resume(tiny_dataset, tmp_path):
+    """SIGTERM to run.sh while an arm trains: the arm gets it and prints its one line, then run.sh its summary
+    (here: the teacher, the first step, interrupted), the command that resumes, and exits 143."""
+    import shutil
+    import signal
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset.data_path, data / "datasets" / "demo_sp1024")
+    (data / "tokenizers").mkdir()
+    shutil.copy(tiny_dataset.tokenizer_path, data / "tokenizers" / "demo_1024_bpe.model")
+    env = {k: v for k, v in os.environ.items() if k not in ("PRESET", "NPROC")}
+    # the test preset's model on the tiny data, so the arm reaches its steps quickly
+    env.update(PYTHONPATH=REPO, OMP_NUM_THREADS="1", NUM_LAYERS="1", MODEL_DIM="64", TRAIN_SEQ_LEN="64",
+               TRAIN_BATCH_TOKENS="1024", VAL_MAX_TOKENS="512", WARMUP_STEPS="0")
+    p = subprocess.Popen([RUN_SH, "demo", "baseline", "soft-bucket-a0.5", "hard-self-a0.1"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith("step:2/"):  # the big teacher is training
+            p.send_signal(signal.SIGTERM)
+            break
+    out = "".join(seen) + p.communicate(timeout=120)[0]
+    assert p.returncode == 143, out[-3000:]
+    assert "Traceback" not in out
+    assert "interrupted (SIGTERM) at step " in out and "nothing was kept: start again with: " in out
+    tail = out.splitlines()
+    assert tail[-1] == ("=== interrupted in teacher-big; resume with: ./run.sh demo baseline soft-bucket-a0.5 "
+                        "hard-self-a0.1 (finished runs are skipped, an interrupted teacher continues from its last "
+                        "checkpoint)"), tail[-6:]
+    assert any(line.split()[-2:] == ["teacher-big", "(SIGTERM)"] and "INTERRUPTED" in line for line in tail), tail[-6:]
+
+
+def test_a_starved_run_is_named_on_the_last_line_never_dumped_and_fails_the_study(tmp_path):
+    """runs/demo holds a baseline that got 4 steps in its 25 s (the best score) beside arms with 44 and 46: the
+    study's results and records folder leave it out (the dump names soft-a0.5), the summary marks it, and the last
+    line names it to redo, exit 1."""
+    from test_results import BIG
+
+    os.makedirs(tmp_path / "data" / "datasets" / "demo_sp1024")  # present, so run.sh does not build it
+    root = str(tmp_path / "runs" / "demo")
+    write_run(root, "baseline", wall=25.0, steps=4, sliding=2.40)
+    write_run(root, "soft-a0.5", "distill.py", wall=25.0, steps=44, sliding=2.45, distill_alpha=0.5, **BIG)
+    write_run(root, "hard-big-a0.1", "distill.py", wall=25.0, steps=46, sliding=2.50, distill_alpha=0.1,
+              **{**BIG, "distill_target": "hard"})
+    write_run(root, "baseline-long", wall=80.0, steps=150, sliding=2.2)  # alone at its clock: not judged
+    out = _run(["demo", "baseline-long"], tmp_path, timeout=300)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "=== baseline-long: done, skipped" in out.stdout
+    assert f"quantize.py {root.removeprefix(str(tmp_path) + '/')}/soft-a0.5/soft-a0.5.pt --submission" in out.stdout
+    lines = out.stdout.splitlines()
+    assert any(line.split()[1:3] == ["STARVED", "baseline"] for line in lines), lines[-8:]
+    assert lines[-1].startswith("=== FAILED: submission; STARVED: baseline; rerun ./run.sh demo"), lines[-1]
+    assert "- baseline: 4 steps, under 0.25 x the median" in open(os.path.join(root, "RESULTS.md")).read()

@@ -1,12 +1,11 @@
 """Shard format: python -m pytest tests/test_shards.py -q"""
 import os
-import re
 
 import numpy as np
 import pytest
 
 from golf.errors import GolfError
-from golf.shards import check_shards, list_shards, load_shard, read_header, shard_fingerprint, write_shard
+from golf.shards import list_shards, load_shard, read_header, shard_fingerprint, shard_problem, write_shard
 
 
 def reference_load(path):
@@ -88,10 +87,11 @@ def test_corrupted_shard_is_refused_naming_the_file(tmp_path, kind, message):
     path = tmp_path / "x_val_000000.bin"
     write_shard(path, np.arange(100))
     _corrupt(path, kind)
-    for fn in (read_header, load_shard, shard_fingerprint, lambda p: check_shards([p], 1024)):
+    for fn in (read_header, load_shard, shard_fingerprint):
         with pytest.raises(GolfError, match=message) as e:
             fn(path)
         assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert shard_problem(path, 1024) == str(e.value)
 
 
 def test_missing_shard(tmp_path):
@@ -100,16 +100,18 @@ def test_missing_shard(tmp_path):
 
 
 @pytest.mark.parametrize("bad_pos", [0, 999, 1000, 1999, 2498])
-def test_check_shards_finds_first_id_over_vocab(tmp_path, bad_pos):
+def test_shard_problem_finds_first_id_over_vocab(tmp_path, bad_pos):
     good, bad = tmp_path / "a.bin", tmp_path / "b.bin"
     write_shard(good, np.arange(1500) % 1024)
     tokens = np.arange(2500) % 1024
     tokens[bad_pos] = 1024
     tokens[-1] = 5000  # a later bad id must not be the one reported
     write_shard(bad, tokens)
-    assert check_shards([good], vocab_size=1024, chunk_tokens=1000) == [1500]
-    with pytest.raises(GolfError, match=re.escape(str(bad)) + f": token id 1024 at position {bad_pos} is >= vocab size 1024"):
-        check_shards([good, bad], vocab_size=1024, chunk_tokens=1000)  # chunk size puts bad_pos on/around chunk edges
+    assert shard_problem(good, vocab_size=1024, chunk_tokens=1000) is None
+    # the chunk size puts bad_pos on and around chunk edges
+    assert shard_problem(bad, vocab_size=1024, chunk_tokens=1000).startswith(
+        f"{bad}: token id 1024 at position {bad_pos} is >= vocab size 1024")
+    assert f"token id 1024 at position {bad_pos} is >= VOCAB_SIZE=1024" in shard_problem(bad, 1024, "VOCAB_SIZE", 1000)
 
 
 def test_list_shards(tmp_path):

@@ -34,7 +34,7 @@ def _train(script: str, env: dict, cwd, nproc: int = 0):
     out = run_script([script], env, cwd=str(cwd), timeout=400, nproc=nproc)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"^step:\d+/\d+ train_loss:(\S+)", out.stdout, re.M)]
-    weights = torch.load(cwd / "checkpoints" / "w.pt", weights_only=False)["model"]
+    weights = torch.load(cwd / "checkpoints" / "w.pt", weights_only=True)["model"]
     return out.stdout, losses, weights
 
 
