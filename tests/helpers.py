@@ -49,9 +49,14 @@ def logger(cfg: Config) -> Logger:
     return Logger(cfg.log_dir, cfg.run_id)
 
 
+def repo_env(**overrides) -> dict:
+    """This process's environment with the repository importable (`python -m golf.results` from any folder)."""
+    return {**os.environ, "PYTHONPATH": REPO, **{k: str(v) for k, v in overrides.items()}}
+
+
 def run_script(args, env_overrides: dict, cwd: str, timeout: int = 240, nproc: int = 0):
     """Run a repo script (under torchrun with `nproc` processes if > 0); returns CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env_overrides.items()}}
+    env = repo_env(OMP_NUM_THREADS=1, **env_overrides)
     env.pop("PRESET", None) if "PRESET" not in env_overrides else None
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]

@@ -15,7 +15,7 @@ import re
 import pytest
 
 from golf.teachers import TEACHERS
-from helpers import dataset_env, make_config, run_script, synthetic_cache, write_teacher_checkpoint
+from helpers import dataset_env, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +39,9 @@ ARMS = {  # arm kind -> (script, teacher, settings)
 
 
 @pytest.fixture(scope="module")
-def teachers(tiny_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compile_teachers")
-    ckpt = write_teacher_checkpoint(str(root / "teacher.pt"), make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
-    cache = synthetic_cache(str(root / "cache"), tiny_dataset.train_files)
-    return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": cache},
-            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}, "ema": {"DISTILL_TEACHER": "ema"},
+def teachers(teacher_ckpt, teacher_cache):
+    return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": teacher_cache},
+            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt}, "ema": {"DISTILL_TEACHER": "ema"},
             "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_TABLE_BITS": 12, "NGRAM_PREPASS_TOKENS": -1}}
 
 

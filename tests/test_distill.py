@@ -25,8 +25,7 @@ from golf.log import Logger
 from golf.shards import load_shard, write_shard
 from golf.teachers import OnlineTeacher, Top1, TopK
 from golf.train import train
-from helpers import (cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, synthetic_cache,
-                     write_teacher_checkpoint)
+from helpers import cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, synthetic_cache
 
 # Small train shards of random tokens, so a few steps cross every shard boundary and the wrap-around.
 POS_SIZES = (1000, 613, 1501)
@@ -305,13 +304,6 @@ def test_online_teacher_is_in_the_loss_and_gradient(tiny_dataset, tmp_path, soft
     assert (g1 - g2).norm() > 1e-3 * g_ce.norm()
 
 
-@pytest.fixture(scope="module")
-def teacher_ckpt(tiny_dataset, tmp_path_factory):
-    """A teacher checkpoint (test-preset shape, sharp random weights) as the training scripts write one."""
-    path = str(tmp_path_factory.mktemp("teacher") / "teacher.pt")
-    return write_teacher_checkpoint(path, make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
-
-
 def _step1(stdout: str) -> dict:
     m = re.search(r"^step:1/\d+ (train_loss:\S+.*?) train_time", stdout, re.M)
     assert m, stdout[-2000:]
@@ -343,11 +335,11 @@ def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, 
 
 
 @pytest.fixture(scope="module")
-def caches(tiny_dataset, tmp_path_factory, teacher_ckpt):
+def caches(tiny_dataset, tmp_path_factory, teacher_ckpt, teacher_cache):
     root = tmp_path_factory.mktemp("caches")
     files = tiny_dataset.train_files
     return types.SimpleNamespace(
-        other_teacher=synthetic_cache(str(root / "other_teacher"), files),
+        other_teacher=teacher_cache,  # teacher_sha256 bbbb..., not teacher_ckpt's
         vocab=synthetic_cache(str(root / "vocab"), files, vocab_size=2048),
         first_shard=synthetic_cache(str(root / "first"), files[:1], teacher_sha256=checkpoint_sha256(teacher_ckpt)),
     )

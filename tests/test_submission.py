@@ -137,7 +137,7 @@ def test_teacher_cost_of_a_non_record_arm(tmp_path):
 
 # The in-budget teachers: a record-track dump builds its own teacher, so its single file needs only the data.
 IN_BUDGET_ARMS = {
-    "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_ORDER": 3, "DISTILL_ALPHA": 0.5},
+    "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_ORDER": 3, "DISTILL_ALPHA": 0.5, "NGRAM_TABLE_BITS": 12},
     "ema": {"DISTILL_TEACHER": "ema", "DISTILL_START_FRAC": 0.5, "DISTILL_ALPHA": 0.5},
 }
 
