@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -64,6 +65,13 @@ def run_script(args, env_overrides: dict, cwd: str, timeout: int = 240, nproc: i
         cmd = [sys.executable]
     cmd += [os.path.join(REPO, args[0]), *args[1:]]
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def side_by_side(*calls) -> list:
+    """Run independent zero-argument calls (e.g. `lambda: run_script(...)`) at once, one thread each; their results
+    in order. Each script run is one process on one thread: two of them on a 2-core machine take the time of one."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
 def dataset_env(ds) -> dict:

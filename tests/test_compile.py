@@ -8,14 +8,13 @@ Slow (a cold CPU compile of even the test model takes seconds per graph): `-m "n
 
     python -m pytest tests/test_compile.py -q
 """
-import concurrent.futures
 import json
 import re
 
 import pytest
 
 from golf.teachers import TEACHERS
-from helpers import dataset_env, run_script
+from helpers import dataset_env, run_script, side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +59,8 @@ def test_no_compile_during_timed_steps(arm, tiny_dataset, teachers, tmp_path):
     script, teacher, settings = ARMS[arm]
     env = {**dataset_env(tiny_dataset), **RUN, **settings, **(teachers[teacher] if teacher else {})}
     # WARMUP_STEPS=1 and 2 side by side: one process each, the two cores used at once.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = {w: pool.submit(_run, script, {**env, "WARMUP_STEPS": w}, tmp_path / f"w{w}") for w in (1, 2)}
-        runs = {w: f.result() for w, f in runs.items()}
+    runs = dict(zip((1, 2), side_by_side(*[lambda w=w: _run(script, {**env, "WARMUP_STEPS": w}, tmp_path / f"w{w}")
+                                           for w in (1, 2)])))
     for warmup, out in runs.items():
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         text = out.stdout

@@ -25,7 +25,8 @@ from golf.log import Logger
 from golf.shards import load_shard, write_shard
 from golf.teachers import OnlineTeacher, Top1, TopK
 from golf.train import train
-from helpers import cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, synthetic_cache
+from helpers import (cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, side_by_side,
+                     synthetic_cache)
 
 # Small train shards of random tokens, so a few steps cross every shard boundary and the wrap-around.
 POS_SIZES = (1000, 613, 1501)
@@ -318,10 +319,11 @@ def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, 
            "TRAIN_LOG_EVERY": 1, "RUN_ID": "r"}
     (tmp_path / "base").mkdir()
     (tmp_path / "online").mkdir()
-    base = run_script(["train_gpt.py"], env, cwd=str(tmp_path / "base"))
+    base, online = side_by_side(
+        lambda: run_script(["train_gpt.py"], env, cwd=str(tmp_path / "base")),
+        lambda: run_script(["distill.py"], {**env, "DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt,
+                                            "DISTILL_ALPHA": 0.5}, cwd=str(tmp_path / "online")))
     assert base.returncode == 0, base.stderr[-3000:]
-    online = run_script(["distill.py"], {**env, "DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt,
-                                         "DISTILL_ALPHA": 0.5}, cwd=str(tmp_path / "online"))
     assert online.returncode == 0, online.stderr[-3000:]
     assert "distill:arm teacher:online target:soft" in online.stdout
     b, o = _step1(base.stdout), _step1(online.stdout)
