@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -49,9 +50,14 @@ def logger(cfg: Config) -> Logger:
     return Logger(cfg.log_dir, cfg.run_id)
 
 
+def repo_env(**overrides) -> dict:
+    """This process's environment with the repository importable (`python -m golf.results` from any folder)."""
+    return {**os.environ, "PYTHONPATH": REPO, **{k: str(v) for k, v in overrides.items()}}
+
+
 def run_script(args, env_overrides: dict, cwd: str, timeout: int = 240, nproc: int = 0):
     """Run a repo script (under torchrun with `nproc` processes if > 0); returns CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **{k: str(v) for k, v in env_overrides.items()}}
+    env = repo_env(OMP_NUM_THREADS=1, **env_overrides)
     env.pop("PRESET", None) if "PRESET" not in env_overrides else None
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -59,6 +65,13 @@ def run_script(args, env_overrides: dict, cwd: str, timeout: int = 240, nproc: i
         cmd = [sys.executable]
     cmd += [os.path.join(REPO, args[0]), *args[1:]]
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def side_by_side(*calls) -> list:
+    """Run independent zero-argument calls (e.g. `lambda: run_script(...)`) at once, one thread each; their results
+    in order. Each script run is one process on one thread: two of them on a 2-core machine take the time of one."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
 def dataset_env(ds) -> dict:

@@ -8,14 +8,13 @@ Slow (a cold CPU compile of even the test model takes seconds per graph): `-m "n
 
     python -m pytest tests/test_compile.py -q
 """
-import concurrent.futures
 import json
 import re
 
 import pytest
 
 from golf.teachers import TEACHERS
-from helpers import dataset_env, make_config, run_script, synthetic_cache, write_teacher_checkpoint
+from helpers import dataset_env, run_script, side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +38,9 @@ ARMS = {  # arm kind -> (script, teacher, settings)
 
 
 @pytest.fixture(scope="module")
-def teachers(tiny_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compile_teachers")
-    ckpt = write_teacher_checkpoint(str(root / "teacher.pt"), make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
-    cache = synthetic_cache(str(root / "cache"), tiny_dataset.train_files)
-    return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": cache},
-            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": ckpt}, "ema": {"DISTILL_TEACHER": "ema"},
+def teachers(teacher_ckpt, teacher_cache):
+    return {"cache": {"DISTILL_TEACHER": "cache", "LOGIT_CACHE": teacher_cache},
+            "online": {"DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt}, "ema": {"DISTILL_TEACHER": "ema"},
             "ngram": {"DISTILL_TEACHER": "ngram", "NGRAM_PREPASS_TOKENS": -1, "DISTILL_TEMP": 1}}
 
 
@@ -63,9 +59,8 @@ def test_no_compile_during_timed_steps(arm, tiny_dataset, teachers, tmp_path):
     script, teacher, settings = ARMS[arm]
     env = {**dataset_env(tiny_dataset), **RUN, **settings, **(teachers[teacher] if teacher else {})}
     # WARMUP_STEPS=1 and 2 side by side: one process each, the two cores used at once.
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = {w: pool.submit(_run, script, {**env, "WARMUP_STEPS": w}, tmp_path / f"w{w}") for w in (1, 2)}
-        runs = {w: f.result() for w, f in runs.items()}
+    runs = dict(zip((1, 2), side_by_side(*[lambda w=w: _run(script, {**env, "WARMUP_STEPS": w}, tmp_path / f"w{w}")
+                                           for w in (1, 2)])))
     for warmup, out in runs.items():
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         text = out.stdout

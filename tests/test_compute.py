@@ -13,7 +13,7 @@ from golf import compute
 from golf.config import PRESETS, Config
 from golf.model import GPT
 from golf.runs import load_run
-from helpers import REPO
+from helpers import repo_env
 from test_results import write_run
 
 # By hand from golf/model.py. demo-student (V 1024, d 128, 2 layers, 4 heads, 2 kv heads of 32, MLP 3x, bigram
@@ -154,4 +154,4 @@ def test_missing_pieces_make_the_cost_a_lower_bound(tmp_path):
 def test_importing_it_loads_no_torch():
     # golf.study imports golf.compute, and golf.results reads a study's metrics without torch (golf/arms.py)
     code = "import sys, golf.compute; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-c", code], env=repo_env(), check=True)

@@ -12,7 +12,7 @@ from golf.config import Config, build_parser, resolve_config
 from golf.errors import GolfError
 from golf.losses import TAILS
 from golf.teachers import TEACHERS
-from helpers import run_script
+from helpers import run_script, side_by_side
 
 TRUE_SPELLINGS = ["1", "true", "yes", "on", "TRUE", "Yes", " on "]
 FALSE_SPELLINGS = ["0", "false", "no", "off", "", "FALSE", "Off"]
@@ -103,11 +103,12 @@ def test_unrelated_and_exact_names_never_warn(warnings_once, capsys):
 
 
 def test_scripts_refuse_a_bad_device_and_warn_about_a_misspelt_setting(tmp_path):
-    out = run_script(["train_gpt.py", "--dry-run"], {"PRESET": "test", "DEVICE": "gpu", "DEBUG": "0"}, str(tmp_path))
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.splitlines() == ["error: DEVICE='gpu': use auto, cpu or cuda"]
-    out = run_script(["train_gpt.py", "--dry-run"], {"PRESET": "test", "COMPILE": "yes", "MAX_WALLCLOCK_SECOND": "5"},
-                     str(tmp_path))
+    def dry_run(**env):
+        return run_script(["train_gpt.py", "--dry-run"], {"PRESET": "test", **env}, str(tmp_path))
+    refused, out = side_by_side(lambda: dry_run(DEVICE="gpu", DEBUG="0"),
+                                lambda: dry_run(COMPILE="yes", MAX_WALLCLOCK_SECOND="5"))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines() == ["error: DEVICE='gpu': use auto, cpu or cuda"]
     assert out.returncode == 0, out.stderr
     assert "compile:1" in out.stdout.splitlines()
     assert "did you mean MAX_WALLCLOCK_SECONDS?" in out.stderr

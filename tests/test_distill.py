@@ -26,8 +26,8 @@ from golf.shards import load_shard, write_shard
 from golf.signals import Top1, TopK
 from golf.teachers import OnlineTeacher
 from golf.train import train
-from helpers import (cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, synthetic_cache,
-                     write_teacher_checkpoint)
+from helpers import (cpu_ctx, dataset_env, make_config, random_teacher, run_inputs, run_script, side_by_side,
+                     synthetic_cache)
 
 # Small train shards of random tokens, so a few steps cross every shard boundary and the wrap-around.
 POS_SIZES = (1000, 613, 1501)
@@ -306,13 +306,6 @@ def test_online_teacher_is_in_the_loss_and_gradient(tiny_dataset, tmp_path, soft
     assert (g1 - g2).norm() > 1e-3 * g_ce.norm()
 
 
-@pytest.fixture(scope="module")
-def teacher_ckpt(tiny_dataset, tmp_path_factory):
-    """A teacher checkpoint (test-preset shape, sharp random weights) as the training scripts write one."""
-    path = str(tmp_path_factory.mktemp("teacher") / "teacher.pt")
-    return write_teacher_checkpoint(path, make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
-
-
 def _step1(stdout: str) -> dict:
     m = re.search(r"^step:1/\d+ (train_loss:\S+.*?) train_time", stdout, re.M)
     assert m, stdout[-2000:]
@@ -327,10 +320,11 @@ def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, 
            "TRAIN_LOG_EVERY": 1, "RUN_ID": "r"}
     (tmp_path / "base").mkdir()
     (tmp_path / "online").mkdir()
-    base = run_script(["train_gpt.py"], env, cwd=str(tmp_path / "base"))
+    base, online = side_by_side(
+        lambda: run_script(["train_gpt.py"], env, cwd=str(tmp_path / "base")),
+        lambda: run_script(["distill.py"], {**env, "DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt,
+                                            "DISTILL_ALPHA": 0.5}, cwd=str(tmp_path / "online")))
     assert base.returncode == 0, base.stderr[-3000:]
-    online = run_script(["distill.py"], {**env, "DISTILL_TEACHER": "online", "TEACHER_PATH": teacher_ckpt,
-                                         "DISTILL_ALPHA": 0.5}, cwd=str(tmp_path / "online"))
     assert online.returncode == 0, online.stderr[-3000:]
     assert "distill:arm teacher:online target:soft" in online.stdout
     b, o = _step1(base.stdout), _step1(online.stdout)
@@ -344,11 +338,11 @@ def test_distill_script_online_teacher_changes_step_one(tiny_dataset, tmp_path, 
 
 
 @pytest.fixture(scope="module")
-def caches(tiny_dataset, tmp_path_factory, teacher_ckpt):
+def caches(tiny_dataset, tmp_path_factory, teacher_ckpt, teacher_cache):
     root = tmp_path_factory.mktemp("caches")
     files = tiny_dataset.train_files
     return types.SimpleNamespace(
-        other_teacher=synthetic_cache(str(root / "other_teacher"), files),
+        other_teacher=teacher_cache,  # teacher_sha256 bbbb..., not teacher_ckpt's
         vocab=synthetic_cache(str(root / "vocab"), files, vocab_size=2048),
         first_shard=synthetic_cache(str(root / "first"), files[:1], teacher_sha256=checkpoint_sha256(teacher_ckpt)),
     )

@@ -15,7 +15,8 @@ from helpers import REPO
 
 
 def _flags(script: str) -> set[str]:
-    r = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, os.path.join(REPO, script), "--help"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
     return set(re.findall(r"^  (?:-\w, )?(--[a-z0-9-]+)", r.stdout, re.M))
 

@@ -176,7 +176,8 @@ def test_too_little_text_for_the_vocab(tmp_path):
 
 def run_cli(*args):
     env = {**os.environ, "DEBUG": "0"}  # a user's DEBUG=1 would turn the one-line errors into tracebacks
-    return subprocess.run([sys.executable, "prepare_data.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, os.path.join(REPO, "prepare_data.py"), *args], env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_cli_build_and_check(tmp_path, tiny_dataset):

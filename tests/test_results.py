@@ -18,7 +18,7 @@ from golf.config import PRESETS, Config
 from golf.runs import cache_bytes_per_token, is_done, load_study
 from golf.study import (arm_rows, best_arm, cache_contrasts, describe, group_name, main_budget, paired_comparisons,
                         seed_groups, study_comparisons)
-from helpers import REPO
+from helpers import repo_env
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_track_of_each_run(tmp_path):
     runs = {r.name: r for r in load_study(root)}
     assert {n: r.track for n, r in runs.items()} == {"baseline": "record", "inbudget": "record", "cached": "non-record",
                                                       "old-cached": "non-record", "teacher-big": None}
-    out = subprocess.run([sys.executable, "-m", "golf.results", root], capture_output=True, text=True, cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "golf.results", root], capture_output=True, text=True, env=repo_env(),
                          timeout=120)
     assert out.returncode == 0, out.stderr
     md = open(os.path.join(root, "RESULTS.md")).read()
@@ -210,7 +210,7 @@ def test_scores_join_the_teachers_table(study):
                    "sliding_val_bpb": 2.2101}, f)
     assert is_done(os.path.join(study, "score-ngram3"))
     assert not is_done(os.path.join(study, "soft-a0.1"))
-    out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, env=repo_env(),
                          timeout=120)
     assert out.returncode == 0, out.stderr
     md = open(os.path.join(study, "RESULTS.md")).read()
@@ -359,12 +359,12 @@ def test_best_arm_skips_over_cap_extended_and_unfinished(study):
     # hard-self-a0.1 (1.40) is over the cap, baseline-long (1.30) has another budget, soft-a0.1 is unfinished
     assert best_arm(load_study(study)).name == "soft-a0.5"
     out = subprocess.run([sys.executable, "-m", "golf.results", "--best", study], capture_output=True, text=True,
-                         cwd=REPO)
+                         env=repo_env())
     assert out.returncode == 0 and out.stdout.strip() == "soft-a0.5", out.stderr
 
 
 def test_write_results_files(study):
-    out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "golf.results", study], capture_output=True, text=True, env=repo_env(),
                          timeout=120)
     assert out.returncode == 0, out.stderr
     md = open(os.path.join(study, "RESULTS.md")).read()
@@ -389,7 +389,7 @@ def test_write_results_files(study):
 
 
 def _is_done_cli(folder) -> int:
-    return subprocess.run([sys.executable, "-m", "golf.results", "--is-done", folder], cwd=REPO).returncode
+    return subprocess.run([sys.executable, "-m", "golf.results", "--is-done", folder], env=repo_env()).returncode
 
 
 def test_is_done_finished_unfinished_and_missing(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from golf.checkpoint import load_checkpoint
-from helpers import REPO, dataset_env, run_script
+from helpers import REPO, dataset_env, run_script, side_by_side
 
 ITERATIONS = 60
 
@@ -59,12 +59,12 @@ def test_killed_teacher_resumes_on_the_same_trajectory(tiny_dataset, tmp_path):
     env = _env(tiny_dataset)
     (tmp_path / "full").mkdir()
     (tmp_path / "killed").mkdir()
-    full = run_script(["train_teacher.py"], env, cwd=str(tmp_path / "full"))
+    full, killed = side_by_side(lambda: run_script(["train_teacher.py"], env, cwd=str(tmp_path / "full")),
+                                lambda: _kill_after_checkpoint(env, str(tmp_path / "killed"), 21))
     assert full.returncode == 0, full.stderr[-3000:]
     ref = _train_lines(full.stdout)
     assert len(ref) == ITERATIONS + 1 and ref["qat"] == ["late_qat:enabled step:20"], full.stdout[-2000:]
 
-    killed = _kill_after_checkpoint(env, str(tmp_path / "killed"), 21)
     ckdir = tmp_path / "killed" / "checkpoints"
     assert not (ckdir / "run.pt").exists()  # it really died before the end
     saved = load_checkpoint(str(ckdir / "run.resume.pt"))["step"]
@@ -91,12 +91,13 @@ def test_killed_teacher_resumes_on_the_same_trajectory(tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_same_seed_same_curve_and_artifact(tiny_dataset, tmp_path):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "s", "TRAIN_LOG_EVERY": 1}
-    outs = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        out = run_script(["train_gpt.py"], env, cwd=str(tmp_path / name))
+    runs = side_by_side(*[lambda name=name: run_script(["train_gpt.py"], env, cwd=str(tmp_path / name))
+                          for name in ("a", "b")])
+    for out in runs:
         assert out.returncode == 0, out.stderr[-3000:]
-        outs.append(out.stdout)
+    outs = [out.stdout for out in runs]
     curves = [_train_lines(o) for o in outs]
     assert len(curves[0]) == 21 and curves[0] == curves[1]
     finals = [re.findall(r"^final_int6_\w+_exact .*$", o, re.M) for o in outs]

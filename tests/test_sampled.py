@@ -21,7 +21,7 @@ from golf.objectives import SamplingTeacher, build_objective
 from golf.signals import Sampled
 from golf.teachers import OnlineTeacher
 from golf.train import train
-from helpers import cpu_ctx, dataset_env, make_config, run_inputs, run_script, write_teacher_checkpoint
+from helpers import cpu_ctx, dataset_env, make_config, run_inputs, run_script
 from test_losses import DEVICES, assert_close_rel, value_and_grad
 
 # Sigmas of the convergence bounds: a correct estimator fails one coordinate of a few thousand at 6 sigma with
@@ -215,12 +215,6 @@ def test_distill_draws_is_validated():
                          "DISTILL_SEED_FAITHFUL")):
         with pytest.raises(GolfError, match=expect):
             resolve_config(env=env)
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tiny_dataset, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("teacher") / "teacher.pt")
-    return write_teacher_checkpoint(path, make_config(tiny_dataset, ""), tiny_dataset.tokenizer_path)
 
 
 def draws_config(ds, tmp, teacher_ckpt, **overrides):

@@ -16,7 +16,7 @@ from golf.bundle import arm_settings, code_bytes, single_file_source
 from golf.checkpoint import checkpoint_sha256, save_checkpoint
 from golf.submission import _track_text, teacher_cost
 from golf.config import PRESETS, Config, resolve_config
-from helpers import REPO, dataset_env, run_script
+from helpers import REPO, dataset_env, run_script, side_by_side
 
 
 @pytest.mark.parametrize("preset,changes", [
@@ -44,10 +44,12 @@ def test_arm_settings_rebuild_the_config(preset, changes):
 def dumped(tiny_dataset, tmp_path_factory):
     """Two seeds of a tiny baseline arm laid out as run.sh does (study/<arm>/), and the dump of the first."""
     cwd = tmp_path_factory.mktemp("study")
-    for name, seed in (("arm", 1337), ("arm-s42", 42)):
+
+    def train(name, seed):
         env = {**dataset_env(tiny_dataset), "PRESET": "test", "ITERATIONS": 4, "SEED": seed, "RUN_ID": name,
                "LOG_DIR": f"study/{name}", "CHECKPOINT_PATH": f"study/{name}/{name}.pt"}
-        out = run_script(["train_gpt.py"], env, cwd=str(cwd))
+        return run_script(["train_gpt.py"], env, cwd=str(cwd))
+    for out in side_by_side(lambda: train("arm", 1337), lambda: train("arm-s42", 42)):
         assert out.returncode == 0, out.stderr[-3000:]
     out = run_script(["quantize.py", "study/arm/arm.pt", "--submission", "sub", "--author", "Ada", "--github", "ada"],
                      {}, cwd=str(cwd))

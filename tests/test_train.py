@@ -30,7 +30,7 @@ def test_warmup_then_restore_equals_no_warmup(tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_train_gpt_two_processes(tiny_dataset, tmp_path):
     env = {**dataset_env(tiny_dataset), "PRESET": "test", "RUN_ID": "ddp", "ITERATIONS": 400,
-           "MAX_WALLCLOCK_SECONDS": 4, "MICRO_BATCHES": 2, "TRAIN_BATCH_TOKENS": 1024}
+           "MAX_WALLCLOCK_SECONDS": 2, "MICRO_BATCHES": 2, "TRAIN_BATCH_TOKENS": 1024}
     out = run_script(["train_gpt.py"], env, cwd=str(tmp_path), nproc=2)
     assert out.returncode == 0, out.stderr[-3000:]
     stops = sorted(re.findall(r"rank:(\d) stopped_at_step:(\d+)", out.stdout))

@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from helpers import dataset_env, run_script, synthetic_cache
+from helpers import dataset_env, run_script, side_by_side
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +57,8 @@ def _same_run(one, eight, steps: int):
 def test_eight_ranks_train_the_baseline_as_one_process_with_accumulation(tiny_dataset, tmp_path):
     # The LR scale falls 0.6, 0.5, 0.4, 0.3, ...: late QAT switches on before step 4.
     env = {**dataset_env(tiny_dataset), **COMMON, "ITERATIONS": 6, "QAT_THRESHOLD": 0.35}
-    one = _train("train_gpt.py", env, tmp_path / "one")
-    eight = _train("train_gpt.py", env, tmp_path / "eight", nproc=WORLD)
+    one, eight = side_by_side(lambda: _train("train_gpt.py", env, tmp_path / "one"),
+                              lambda: _train("train_gpt.py", env, tmp_path / "eight", nproc=WORLD))
     for stdout in (one[0], eight[0]):
         assert "late_qat:enabled step:4 " in stdout
     assert "world_size:1 grad_accum_steps:8" in one[0] and "world_size:8 grad_accum_steps:1" in eight[0]
@@ -66,12 +66,11 @@ def test_eight_ranks_train_the_baseline_as_one_process_with_accumulation(tiny_da
     _same_run(one, eight, 6)
 
 
-def test_eight_ranks_distill_from_the_cache_as_one_process_and_stop_together(tiny_dataset, tmp_path):
+def test_eight_ranks_distill_from_the_cache_as_one_process_and_stop_together(tiny_dataset, teacher_cache, tmp_path):
     """The 8-rank run stops on the wall clock; the one-process run then trains exactly that many steps. No
     warm-down (WARMDOWN_ITERS=0), so the LR schedule does not depend on the clock and the runs are comparable."""
-    cache = synthetic_cache(str(tmp_path / "cache"), tiny_dataset.train_files)
     env = {**dataset_env(tiny_dataset), **COMMON, "DISTILL_TEACHER": "cache", "DISTILL_TARGET": "soft",
-           "LOGIT_CACHE": cache, "WARMDOWN_ITERS": 0}
+           "LOGIT_CACHE": teacher_cache, "WARMDOWN_ITERS": 0}
     eight = _train("distill.py", {**env, "ITERATIONS": STEP_CAP, "MAX_WALLCLOCK_SECONDS": 1}, tmp_path / "eight",
                    nproc=WORLD)
     stops = _stops(eight[0])
