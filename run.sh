@@ -24,7 +24,7 @@
 # `quantize.py --submission` into runs/<preset>/submission/, which `check_submission.py` then judges by the
 # challenge's rules (a failed check fails the step; RESULTS.md's check column shows the verdict). The challenge
 # wants the author's name and GitHub id in submission.json: `AUTHOR="Ada L" GITHUB_ID=ada ./run.sh demo`
-# (without GITHUB_ID the check fails on it).
+# (without GITHUB_ID the check fails on it, which the summary reports as "unsigned" without failing the study).
 #
 # Choices (the study leaves them open):
 # - The "best distillation arm" that gets the extended run and the extra seeds is fixed up front: cached soft
@@ -32,9 +32,10 @@
 #   of each other). Fixed, so that every command is known before anything runs and --dry-run is exact. The
 #   tail-bucket arm uses the same setting, with the same extended run and extra seeds.
 # - In-budget teachers (record track; chosen before the first run, the main distillation setting T 2, alpha 0.5):
-#   the n-gram teacher at orders 3 and 4 (interpolated Witten-Bell, leave-one-out; demo: every train token counted
-#   in the first timed step, 2^18-row tables, ~1 GiB per order; full/gpu1: the first 500M tokens, an estimate
-#   of what fits ~2% of the budget) plus order 3 with memorised counts (NGRAM_LEAVE_ONE_OUT=0); the student's
+#   the n-gram teacher at orders 3 and 4 (exact contexts, interpolated modified Kneser-Ney, leave-one-out, its
+#   exact KL at T 1 (a count teacher's only temperature); demo: every train token counted in the first timed step,
+#   18-42 MB; full/gpu1: the first 500M tokens, an estimate of what fits ~2% of the budget) plus order 3 with
+#   memorised counts (NGRAM_LEAVE_ONE_OUT=0); the student's
 #   own EMA (DISTILL_EMA_DECAY of the preset) switched on at 0.5 and 0.7 of the run. Three seeds: ngram3-a0.5
 #   and ema-f0.7-a0.5. Each n-gram order's model is also scored alone on val (score-ngramN, eval_bpb.py).
 # - Sampled targets: 16 draws per position from the big teacher at T 2 (cache-big-n16, sampled-packed, 20
@@ -50,10 +51,12 @@
 #   clock (what a submission gets; 81-96 baseline steps measured) and a fixed 120 steps without a clock (what the teacher
 #   signal does per step, free of this shared machine's throughput noise). Arms: baseline, top-32 bucket, the
 #   same from a cache whose windows advance by half their length (the teacher-context pair), top-32 renorm,
-#   sampled n16, hard top-1, n-gram order 3, EMA from 0.7, online full KD (all at T 2, alpha 0.5), and the
+#   sampled n16, hard top-1, EMA from 0.7, online full KD (all at T 2, alpha 0.5), the count teacher (modified
+#   Kneser-Ney, T 1, alpha 0.5) at orders 3 and 5 and at order 5 on for the first half of the run only, and the
 #   seed-faithful cached arm (D1+D2+D4, alpha 0.1 as the study ran it). Plus the compute-matched baseline: the
 #   student alone for 420 s at 3 seeds, at most what a non-record arm spends in all (the big teacher's 401 s of
-#   training, its cache's ~30 s, the arm's 20 s). golf.results pairs seeds and reports each arm's Δ at equal
+#   training, its cache's ~30 s, the arm's 20 s); and the count teacher's trend with budget: order 5 at 80 s
+#   (beside a baseline of 80 s) and at 420 s (beside the compute-matched baseline), 3 seeds each. golf.results pairs seeds and reports each arm's Δ at equal
 #   steps, equal wall clock and equal total compute with p-values and the minimum detectable effect. Validation
 #   only at the end. Measured: 84m33s with the teacher built (README, "Results").
 # - full: the big teacher is the study's (16x768, 50,000 steps); the self teacher is the student's
@@ -254,6 +257,8 @@ if [ "$PRESET" = study ]; then
       arm sampled-$x      distill.py    cache:big-n16  "$c $SOFT DISTILL_ALPHA=0.5"
       arm hard-$x         distill.py    cache:big      "$c $HARD DISTILL_ALPHA=0.5"
       arm ngram3-$x       distill.py    ngram:3        "$c $COUNT DISTILL_ALPHA=0.5"
+      arm ngram5-$x       distill.py    ngram:5        "$c $COUNT DISTILL_ALPHA=0.5"
+      arm ngram5-half-$x  distill.py    ngram:5        "$c $COUNT DISTILL_ALPHA=0.5 DISTILL_STOP_FRAC=0.5"
       arm ema-$x          distill.py    ema            "$c $SOFT DISTILL_ALPHA=0.5 DISTILL_START_FRAC=0.7"
       arm online-$x       distill.py    online:big     "$c $SOFT DISTILL_ALPHA=0.5"
       arm faithful-$x     distill.py    cache:big      "$c DISTILL_SEED_FAITHFUL=D1,D2,D4 $SOFT DISTILL_ALPHA=0.1"
@@ -263,6 +268,15 @@ if [ "$PRESET" = study ]; then
   # caching and its own run; golf.results compares each arm with the longest such baseline not above its total).
   for seed in $CM_SEEDS; do
     arm baseline-cm-s$seed train_gpt.py "" "ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=$CM_BUDGET SEED=$seed"
+  done
+  # The count teacher's gain as the student grows: the order-5 arm against baselines of the same length at the
+  # long budget and at the compute-matched baseline's (3 seeds each; the 20 s pair is in the loop above).
+  for seed in $CM_SEEDS; do
+    arm baseline-long-s$seed train_gpt.py "" "ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=$LONG_BUDGET SEED=$seed"
+    for budget in long:$LONG_BUDGET cm:$CM_BUDGET; do
+      arm ngram5-${budget%%:*}-s$seed distill.py ngram:5 \
+        "ITERATIONS=100000 MAX_WALLCLOCK_SECONDS=${budget#*:} SEED=$seed $COUNT DISTILL_ALPHA=0.5"
+    done
   done
 else
 #   name                     script        teacher      settings                                   (study's name)
@@ -490,7 +504,12 @@ done
 if run_cmd results "" "$(results_cmd)"; then
   if best="$("$PY" -m golf.results --best "$R")"; then
     if run_cmd submission "" "$(dump_cmd "$best")"; then
-      run_cmd check "" "$(check_cmd)"
+      # An unsigned dump (no GITHUB_ID) fails the challenge's files check for that alone: reported, not a failed
+      # study (the check column of RESULTS.md and the report above still say so).
+      if ! run_cmd check "" "$(check_cmd)" && [ -z "${GITHUB_ID:-}" ]; then
+        unset 'FAILED[-1]'
+        SUMMARY[-1]="${SUMMARY[-1]/FAILED/unsigned} (set AUTHOR and GITHUB_ID to sign the dump)"
+      fi
       bash -c "$(results_cmd)" > /dev/null  # RESULTS.md again: its check column shows the verdict
     fi
   else

@@ -39,7 +39,7 @@ from golf.tokenizer import ByteLuts
 
 _CHUNK = 1 << 20  # rows per write
 VAL_TARGETS = 62_021_632  # the challenge's FineWeb val set (seed-factsheet 1.4): eval times are projected to it
-STAGE_JSON = ("env", "attention", "steps", "train", "eval", "cache_read", "cache_write")  # stages that write JSON
+STAGE_JSON = ("env", "attention", "steps", "count", "train", "eval", "cache_read", "cache_write")  # stages that write JSON
 
 
 def write_json(path: str, obj: dict):
@@ -322,8 +322,8 @@ def read_stages(out: str) -> dict:
 
 def key_figures(f: dict) -> dict:
     """The figures a reader wants first, from each stage's JSON (None where a stage gave none)."""
-    env, att, steps, train, ev, read, write = (f.get(k) or {} for k in ("env", "attention", "steps", "train", "eval",
-                                                                        "cache_read", "cache_write"))
+    env, att, steps, count, train, ev, read, write = (f.get(k) or {} for k in (
+        "env", "attention", "steps", "count", "train", "eval", "cache_read", "cache_write"))
     kernels, arms = att.get("kernels", {}), steps.get("arms", {})
     gpus = env.get("gpus") or [{}]
     return {
@@ -336,6 +336,9 @@ def key_figures(f: dict) -> dict:
         "step_peak_mib": {k: a.get("peak_mib") for k, a in arms.items()}, "steps_max_rss_mib": steps.get("max_rss_mib"),
         "attention_peak_mib": {k: v.get("peak_mib") for k, v in kernels.items() if v.get("status") == "ok"},
         "steps_warmup_s": steps.get("warmup_s"), "steps_rounds": steps.get("rounds"),
+        "count_step_ratio": (count.get("arms", {}).get("ngram") or {}).get("paired_ratio"),
+        "count_build_ms": (count.get("ngram_build") or {}).get("ms"),
+        "count_bytes": (count.get("ngram_build") or {}).get("count_bytes"),
         "train_step_ms": train.get("step_ms_median"), "train_timed_compiles": train.get("timed_compiles"),
         "train_peak_memory": train.get("peak_memory_line"),
         "cache_read_mb_per_s": read.get("mb_per_s"),

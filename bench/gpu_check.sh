@@ -10,6 +10,9 @@
 #                student config on one device, MICRO_BATCHES=8 accumulated micro-batches standing in for 8 ranks,
 #                compiled, each paired with the baseline in the same round (bench/distill_step.py): ratios, peak
 #                memory per arm, the warm-up's seconds (compiles of every arm included);
+#   count        the count teacher (order-5 modified Kneser-Ney over the real-text dataset): its tables built
+#                inside the first timed round, then its step with the exact count KL against the baseline in
+#                the same rounds (bench/distill_step.py --arms baseline,ngram): the build's ms and bytes, the ratio;
 #   cache_read   the cache read rate from local disk, warm and cold (page cache dropped), fp16 and packed, as a
 #                fraction of a student step (bench/cache_read.py);
 #   train        train_gpt.py itself, end to end: the real student for a few steps on a small real-text dataset
@@ -129,6 +132,7 @@ stages() {
     stage data 120 "$p bench/gpu_check.py data $DATA --tokens $TOKENS --val-tokens $VAL_TOKENS --text $TEXT && $p bench/gpu_check.py cache $DATA $WORK/cache --k 32"
     stage attention 150 "${ATTN_COMPILE}PRESET=$STUDENT $p bench/gpu_check.py attention $OUT/attention.json --steps $ATTN_STEPS$ATTN_FLAG"
     stage steps $((TIMED + 200)) "$EAGER$p bench/distill_step.py --preset $STUDENT --teacher-preset $TEACHER --arms baseline,soft,hard,online --cache-dir $WORK/cache --warmup $WARMUP --seconds $TIMED --max-total-seconds $((TIMED + 170)) --json $OUT/steps.json"
+    stage count $((TIMED + 120)) "${EAGER}NGRAM_ORDER=5 DATA_PATH=$TEXT/datasets/gpucheck_sp1024 $p bench/distill_step.py --preset $STUDENT --arms baseline,ngram --cache-shards 0 --warmup $WARMUP --seconds $((TIMED / 2 + 1)) --max-total-seconds $((TIMED / 2 + 100)) --json $OUT/count.json"
     stage train 180 "${EAGER}PRESET=$STUDENT DATA_PATH=$TEXT/datasets/gpucheck_sp1024 TOKENIZER_PATH=$TEXT/tokenizers/gpucheck_1024_bpe.model ITERATIONS=$TRAIN_STEPS WARMDOWN_ITERS=$TRAIN_STEPS QAT_THRESHOLD=0.5 WARMUP_STEPS=1 MAX_WALLCLOCK_SECONDS=0 VAL_LOSS_EVERY=0 TRAIN_LOG_EVERY=1 RUN_ID=train LOG_DIR=$OUT/train CHECKPOINT_PATH=$WORK/train/train.pt $p train_gpt.py && $p bench/gpu_check.py train-report $OUT/train $OUT/train.json"
     stage eval 120 "${EAGER}PRESET=$STUDENT VAL_MAX_TOKENS=0 $VAL_BATCH$p bench/gpu_check.py eval $DATA $OUT/eval.json"
     stage cache_read 120 "$EAGER$p bench/cache_read.py --preset $STUDENT --cache-dir $WORK/cache --no-distortion $READ --tmp $WORK --json $OUT/cache_read.json"

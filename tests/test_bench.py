@@ -122,7 +122,7 @@ def test_cache_read_bench_reports_small_packed_distortion(tiny_dataset, tmp_path
 
 
 GPU_CHECK = os.path.join(REPO, "bench", "gpu_check.sh")
-GPU_STAGES = ["env", "data", "attention", "steps", "train", "eval", "cache_read", "cache_write"]
+GPU_STAGES = ["env", "data", "attention", "steps", "count", "train", "eval", "cache_read", "cache_write"]
 
 
 def _gpu_check(args, tmp_path, **env):
@@ -139,7 +139,7 @@ def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
     plan = lines[lines.index("plan (stage, time limit, command):") + 1:][:len(GPU_STAGES)]
     assert [line.split()[0] for line in plan] == GPU_STAGES, out[:3000]
     assert "--arms baseline,soft,hard,online" in out and "--preset test" in out
-    assert lines[-2].startswith("gpu_check mode=dry-run device=cpu fa3=False stages_ok=8/8 soft_ratio=")
+    assert lines[-2].startswith("gpu_check mode=dry-run device=cpu fa3=False stages_ok=9/9 soft_ratio=")
     rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert {n: s["status"] for n, s in rep["stages"].items()} == dict.fromkeys(GPU_STAGES, "ok")
     fig, details = rep["figures"], rep["details"]
@@ -151,6 +151,7 @@ def test_gpu_check_dry_run_prints_the_plan_then_runs_every_stage(tmp_path):
     assert fig["steps_max_rss_mib"] > 0 and fig["steps_warmup_s"] >= 0
     assert fig["cache_read_mb_per_s"]["fp16_cold"] > 0 and fig["eval_targets_per_s"]["sliding"] > 0
     assert fig["eval_fineweb_val_s_8gpu"]["standard"] > 0 and fig["cache_write_ratio"] > 0
+    assert fig["count_step_ratio"] > 0 and fig["count_build_ms"] > 0 and fig["count_bytes"] > 0
     # train_gpt.py itself ran: WARMUP_STEPS=1 warmed both graphs, QAT switched on, the artifact was scored.
     train = details["train"]
     assert fig["train_step_ms"] > 0 and train["steps"] == 6 and train["qat_enabled"] and train["sliding_val_bpb"] > 0
@@ -168,15 +169,15 @@ def test_gpu_check_goes_on_past_a_failed_stage_and_reports_it(tmp_path):
     rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     status = {n: s["status"] for n, s in rep["stages"].items()}
     # --quick leaves out cache_write
-    assert status == {"env": "ok", "data": "failed", "attention": "ok", "steps": "failed", "train": "failed",
-                      "eval": "failed", "cache_read": "failed"}
+    assert status == {"env": "ok", "data": "failed", "attention": "ok", "steps": "failed", "count": "failed",
+                      "train": "failed", "eval": "failed", "cache_read": "failed"}
     assert "not found" in (tmp_path / "out" / "steps.log").read_text()
     assert rep["figures"]["fwd_bwd_ms"]["sdpa"] > 0 and rep["figures"]["step_ratio"] == {}
     assert "| eval | failed |" in (tmp_path / "out" / "summary.md").read_text()
-    assert "stages_ok=2/7 not_ok=data,steps,train,eval,cache_read" in p.stdout
+    assert "stages_ok=2/8 not_ok=data,steps,count,train,eval,cache_read" in p.stdout
 
 
-ALL_BUT_ENV = "data,attention,steps,train,eval,cache_read"  # made to fail at once: only env runs
+ALL_BUT_ENV = "data,attention,steps,count,train,eval,cache_read"  # made to fail at once: only env runs
 
 
 def test_gpu_check_dry_run_needs_no_outdir_and_reports_a_slow_stage_as_slow(tmp_path):
@@ -191,16 +192,16 @@ def test_gpu_check_dry_run_needs_no_outdir_and_reports_a_slow_stage_as_slow(tmp_
     data = rep["stages"]["data"]
     assert data["status"] == "slow" and data["limit_s"] == 1 and data["seconds"] > 1 and data["exit"] == 0
     line = p.stdout.splitlines()[-2]  # env (1 s too) may be slow as well
-    assert re.fullmatch(r".* stages_ok=2/7 not_ok=attention,steps,train,eval,cache_read slow=(env,)?data", line), line
+    assert re.fullmatch(r".* stages_ok=2/8 not_ok=attention,steps,count,train,eval,cache_read slow=(env,)?data", line), line
 
 
 def test_gpu_check_dry_run_scales_its_limits_by_the_measured_slowdown(tmp_path):
     p = _gpu_check(["--dry-run", "--quick", str(tmp_path / "out")], tmp_path, GPU_CHECK_SLOWDOWN="2.5",
                    GPU_CHECK_FAIL=ALL_BUT_ENV)
     plan = dict(re.findall(r"^  (\w+) +<= *(\d+)s ", p.stdout, re.M))
-    # 60, 120, 150, 1 + 200 (GPU_CHECK_SECONDS=1), 180, 120, 120 s on the reference CPU
-    assert plan == {"env": "150", "data": "300", "attention": "375", "steps": "503", "train": "450", "eval": "300",
-                    "cache_read": "300"}, p.stdout[:3000]
+    # 60, 120, 150, 1 + 200 (GPU_CHECK_SECONDS=1), 1 + 120, 180, 120, 120 s on the reference CPU
+    assert plan == {"env": "150", "data": "300", "attention": "375", "steps": "503", "count": "303", "train": "450",
+                    "eval": "300", "cache_read": "300"}, p.stdout[:3000]
     assert "slowdown 2.5x" in p.stdout and "budget 375s" in p.stdout
     assert json.loads((tmp_path / "out" / "gpu_check.json").read_text())["stages"]["env"]["status"] == "ok"
 

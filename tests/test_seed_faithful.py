@@ -6,6 +6,7 @@ alignment machinery in tests/test_distill.py.
 Run: python -m pytest tests/test_seed_faithful.py -q
 """
 import re
+import types
 
 import pytest
 import torch
@@ -57,7 +58,7 @@ def test_a_combination_the_study_never_had_is_refused(value, teacher, target, wh
 def test_d1_divides_the_kl_term_exactly_and_keeps_the_parts():
     cfg = Config(distill_alpha=0.1, distill_temp=2.0, train_seq_len=2048)
     batch, model = _batch_and_logits()
-    plain = distill_objective(cfg, teacher=None)
+    plain = distill_objective(cfg, teacher=types.SimpleNamespace(name="cache", gives_counts=False))  # rows ride with the batch
     faithful = _wrap(cfg, plain, {"D1"})
     loss, parts = plain(model, batch)
     loss_sf, parts_sf = faithful(model, batch)
