@@ -130,7 +130,7 @@ def test_dry_run_study_every_arm_at_five_seeds_two_clocks_and_compute_matched(tm
     seeds = (1337, 42, 2024, 7, 31)
     assert names == [f"{a}-{clock}-s{seed}" for seed in seeds for clock in ("wall", "steps") for a in STUDY_ARMS] + [
         f"baseline-cm-s{seed}" for seed in (1337, 42, 2024)] + [
-        f"{a}-s{seed}" for seed in (1337, 42, 2024) for a in ("baseline-long", "ngram5-long", "ngram5-cm")]
+        f"{a}-s{seed}" for seed in (1337, 42, 2024) for a in ("baseline-long", "ngram3-long", "ngram5-long", "ngram3-cm")]
     for name, cmd in zip(names, students):
         assert f"LOG_DIR=runs/study/{name} " in cmd and cmd.startswith("PRESET=demo-student WARMDOWN_ITERS=60 ")
         seed = name.rsplit("-s", 1)[1]
@@ -143,8 +143,8 @@ def test_dry_run_study_every_arm_at_five_seeds_two_clocks_and_compute_matched(tm
     assert "LOGIT_CACHE=runs/demo/cache-big-half " in by_name["bucket-half-wall-s7"]
     assert "DISTILL_SEED_FAITHFUL=D1,D2,D4 " in by_name["faithful-steps-s31"]
     assert "DISTILL_TEACHER=online TEACHER_PATH=runs/demo/teacher-big/teacher-big.pt " in by_name["online-wall-s42"]
-    for name in ("ngram5-wall-s7", "ngram5-half-steps-s42", "ngram5-long-s2024", "ngram5-cm-s1337"):
-        assert "DISTILL_TEACHER=ngram NGRAM_ORDER=5 " in by_name[name] and "DISTILL_TEMP=1 " in by_name[name]
+    for name in ("ngram5-wall-s7", "ngram5-half-steps-s42", "ngram5-long-s2024", "ngram3-cm-s1337"):
+        assert f"DISTILL_TEACHER=ngram NGRAM_ORDER={name[5]} " in by_name[name] and "DISTILL_TEMP=1 " in by_name[name]
     assert "DISTILL_STOP_FRAC=0.5" in by_name["ngram5-half-steps-s42"] and "STOP_FRAC" not in by_name["ngram5-wall-s7"]
     assert "-m golf.results runs/study" in out.stdout
     assert not os.listdir(tmp_path)
