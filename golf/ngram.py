@@ -308,7 +308,7 @@ class CountModel:
         n, v, m = self.order, self.vocab_size, len(targets)
         y, out = targets, leave_out.long()
         keys = context_and_gram_keys(windows, y, n, v)
-        terms, use, weight_of = [], [], []
+        terms, use = [], []
         for k in range(1, n + 1):
             if self.smoothing == "wb" or k == n:
                 delta = out

@@ -21,7 +21,7 @@ from golf.data import Batch
 from golf.dist import compile_enabled
 from golf.errors import GolfError
 from golf.losses import cross_entropy, distill_terms, mix, sample_targets
-from golf.signals import CountDist, Logits, Sampled
+from golf.signals import Logits, Sampled
 from golf.teachers import Teacher, TeacherWrapper, build_teacher
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import types
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import pytest
