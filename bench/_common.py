@@ -204,8 +204,9 @@ def bootstrap_ci(stat, num: list[float], den: list[float], reps: int = 2000, see
 def synthetic_count_dist(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, width: int = 64, seed: int = 0):
     """A count teacher's signal of realistic widths for timing (golf.signals.CountDist): per position `width`
     sparse entries (distinct ids that depend on the previous token, half of them carrying 0.5 of the mass, the
-    other half padding), the bigram row of the previous token (`rows` (V, V), rho 0.3) and a shared vector (beta
-    0.2). Its numbers are random; what it costs is a real count teacher's at these widths. On x's device."""
+    other half padding), the bigram row of the previous token (rows[:V], rho 0.3) and the shared last row (beta
+    0.2) of `rows` (V + 1, V) (synthetic_count_rows). Its numbers are random; what it costs is a real count
+    teacher's at these widths. On x's device."""
     from golf.signals import CountDist
 
     v, dev = rows.shape[1], x.device
@@ -215,21 +216,16 @@ def synthetic_count_dist(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, w
     ids = (a[:, None] * 7 + 13 * torch.arange(width, device=dev)) % v  # 13 j mod 2^k: distinct in a row
     weight = torch.rand(n, width, generator=g, device=dev) * (torch.arange(width, device=dev) < width // 2)
     weight *= 0.5 / weight.sum(-1, keepdim=True)
-    shared = torch.rand(v, generator=g, device=dev) + 0.1
-    shared /= shared.sum()
     rho, beta = torch.full((n,), 0.3, device=dev), torch.full((n,), 0.2, device=dev)
-    at_y = (weight * (ids == y[:, None])).sum(-1) + rho * rows[a, y] + beta * shared[y]
-    return CountDist(ids, weight, rows, a, rho, shared, beta, at_y.log())
+    at_y = (weight * (ids == y[:, None])).sum(-1) + rho * rows[a, y] + beta * rows[-1, y]
+    entry_row = torch.arange(n, device=dev).repeat_interleave(width)
+    return CountDist(ids.reshape(-1), weight.reshape(-1), entry_row, rows, a, rho, beta, at_y.log())
 
 
 def synthetic_count_rows(v: int, device, seed: int = 0) -> torch.Tensor:
-    """(V, V) float32 rows that each sum to 1: stand-ins for the bigram rows of a count teacher."""
+    """(V + 1, V) float32 rows that each sum to 1: stand-ins for the bigram rows of a count teacher, and its
+    shared order-1 model (every entry > 0) last."""
     g = torch.Generator(device).manual_seed(seed)
-    rows = torch.rand(v, v, generator=g, device=device) ** 4
+    rows = torch.cat([torch.rand(v, v, generator=g, device=device) ** 4,
+                      torch.rand(1, v, generator=g, device=device) + 0.1])
     return rows / rows.sum(-1, keepdim=True)
-
-
-def dense_count_logprobs(signal) -> torch.Tensor:
-    """The CountDist's p as (N, V) log-probabilities: what a count teacher that gives Logits hands the dense KL."""
-    p = signal.rows[signal.row_of] * signal.rho[:, None] + signal.beta[:, None] * signal.shared
-    return p.scatter_add_(-1, signal.ids, signal.weight).log_()

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from tqdm import tqdm
 
-from _common import (CLOCKS, dense_count_logprobs, load_note, machine_line, median_ms, rotations, set_threads, spread,
+from _common import (CLOCKS, load_note, machine_line, median_ms, rotations, set_threads, spread,
                      synthetic_count_dist, synthetic_count_rows, timed)
 from golf.atomic import atomic_write_text
 from golf.dist import init_dist
@@ -59,7 +59,7 @@ def main():
     y = torch.randint(0, args.v, (args.n,), generator=g).to(ctx.device)
     signal = synthetic_count_dist(x, y, synthetic_count_rows(args.v, ctx.device), args.width)
     count_inputs = signal.loss_inputs(y.shape)
-    dense_logp = dense_count_logprobs(signal)
+    dense_logp = signal.dense_log_probs()
 
     def mixed(z, **teacher):
         ce, kl, parts = distill_terms(z, y, mode="soft", temperature=1.0, **teacher)

@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from tqdm import tqdm
 
-from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, dense_count_logprobs, load_note,
+from _common import (CLOCKS, bench_config, bootstrap_ci, build_temp_cache, load_note,
                      machine_line, make_teacher, max_rss_mib, median_ms, paired_ratio, rotations, set_threads, spread,
                      synthetic_count_dist, synthetic_count_rows, teacher_config, timed, train_files)
 from golf.atomic import atomic_write_text
@@ -86,7 +86,7 @@ class SyntheticCountTeacher(Teacher):
     def fetch(self, batch):
         x, y = batch.x.to(self.rows.device), batch.y.to(self.rows.device)
         signal = synthetic_count_dist(x, y, self.rows, self.width)
-        return Logits(dense_count_logprobs(signal).view(*x.shape, -1)) if self.dense else signal
+        return Logits(signal.dense_log_probs().view(*x.shape, -1)) if self.dense else signal
 
 
 class Arm:

@@ -187,73 +187,90 @@ class _TwoTemperatureLogSoftmax(torch.autograd.Function):
 class _CountSoftCE(torch.autograd.Function):
     """The CE at y and the soft cross-entropy H(p, q) = -sum_v p_v log q_v to a count teacher, from one node at
     T = 1, with no N x V teacher tensor (golf.signals.CountDist):
-        p[n] = sum_j weight[n, j] e(ids[n, j]) + rho[n] rows[row_of[n]] + beta[n] shared,   sum_v p[n, v] = 1.
+        p[n] = sum over the entries e of row n of weight[e] e(ids[e]) + rho[n] rows[row_of[n]] + beta[n] rows[-1].
 
-    With log q = z - lse(z), a row's H(p, q) = lse - p . z, and p . z = sum_j weight_j z[ids_j] + rho rows[row_of] . z
-    + beta shared . z: a gather, and the dense parts' dot products as one sampled dense x dense product with the
-    table of shared rows (`rows` and `shared` under it, `_dense_parts`), which reads each position's rows once
-    without gathering them into a buffer. z is the logits the loss sees (after the model's softcap); lse comes from
-    the softmax the CE computes anyway (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is
-    no function of the student (see `_count_entropy`).
+    With log q = z - lse(z), a row's H(p, q) = lse - p . z, and p . z = the entries' weight . z[n, ids] (a gather
+    over the flat entries, summed per row) + rho rows[row_of] . z + beta rows[-1] . z (one sampled dense x dense
+    product with `rows`, which reads each position's rows once without gathering them into a buffer). z is the
+    logits the loss sees (after the model's softcap); lse comes from the softmax the CE computes anyway
+    (`_log_normaliser`). KL(p || q) = H(p, q) - H(p): the teacher's entropy is no function of the student (see
+    `_count_entropy`).
 
-    z (N, V) any float dtype, y (N,), ids / weight (N, W), table (R', V), table_cols / table_coef (N, c): each
-    position's dense parts (`_dense_parts`), kl_w (N,): each row's weight in the soft term's mean (1/N, or
-    valid / #valid). Returns float32 (mean CE, weighted mean H(p, q)). With g, h their incoming gradients and
-    k = h kl_w:
-        dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_j weight_j e(ids_j) + rho rows[row_of] + beta shared),
+    z (N, V) any float dtype, y (N,), ids / weight / entry_row (E,): the sparse entries, entry_row ascending (an
+    id may repeat within a row: the entries add), rows (R, V), row_of / rho / beta (N,), kl_w (N,): each row's
+    weight in the soft term's mean (1/N, or valid / #valid). Returns float32 (mean CE, weighted mean H(p, q)).
+    With g, h their incoming gradients and k = h kl_w:
+        dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_e weight_e e(ids_e) + rho rows[row_of] + beta rows[-1]),
     formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in one
-    pass over N x V, p's dense parts added into it as one sparse x dense product, without building p; a second
-    backward is refused as in _GatherLogSoftmax.
+    pass over N x V, p's dense parts added into it as one sparse x dense product and its entries by one
+    index_add, without building p; a second backward is refused as in _GatherLogSoftmax.
     """
 
     @staticmethod
-    def forward(ctx, z, y, ids, weight, table, table_cols, table_coef, kl_w):
+    def forward(ctx, z, y, ids, weight, entry_row, rows, row_of, rho, beta, kl_w):
         n, v = z.shape
         q = torch.empty((n, v), dtype=torch.float32, device=z.device)
         ce, soft_ce = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(2))
-        cols = torch.cat([ids, y[:, None]], -1)  # the sparse part's columns, then y
-        for a, b in _row_blocks(q):
+        dense_cols, dense_coef = _dense_parts(rows, row_of, rho, beta)
+        blocks = _row_blocks(q)
+        for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
             zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
             qb = torch.softmax(zb, -1, out=q[a:b])
-            z_cols = zb.gather(-1, cols[a:b])
-            lse = _log_normaliser(zb, qb, z_cols, cols[a:b])
-            torch.sub(lse, z_cols[:, -1], out=ce[a:b])
-            pattern = _table_rows(table_cols[a:b], torch.zeros_like(table_coef[a:b]), table.shape[0])
-            dots = torch.sparse.sampled_addmm(pattern, zb, table.T).values().view(b - a, -1)
-            p_dot_z = (dots.mul_(table_coef[a:b])).sum(-1).add_((weight[a:b] * z_cols[:, :-1]).sum(-1))
+            z_y = zb.gather(-1, y[a:b, None])
+            lse = _log_normaliser(zb, qb, z_y, y[a:b, None])
+            torch.sub(lse, z_y[:, 0], out=ce[a:b])
+            pattern = _table_rows(dense_cols[a:b], torch.zeros_like(dense_coef[a:b]), rows.shape[0])
+            dots = torch.sparse.sampled_addmm(pattern, zb, rows.T).values().view(b - a, -1)
+            z_e = zb.reshape(-1).take(_flat_index(entry_row[ea:eb], ids[ea:eb], a, v))
+            p_dot_z = dots.mul_(dense_coef[a:b]).sum(-1).index_add_(0, entry_row[ea:eb] - a, z_e.mul_(weight[ea:eb]))
             torch.sub(lse, p_dot_z, out=soft_ce[a:b])
-        ctx.save_for_backward(q, cols, weight, table, table_cols, table_coef, kl_w)
+        ctx.save_for_backward(q, y, ids, weight, entry_row, rows, dense_cols, dense_coef, kl_w)
         ctx.z_dtype = z.dtype
         # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
         return ce.double().mean().float(), soft_ce.double().dot(kl_w.double()).float()
 
     @staticmethod
     def backward(ctx, g_ce, g_soft):
-        grad, cols, weight, table, table_cols, table_coef, kl_w = ctx.saved_tensors  # grad holds q
-        n = grad.shape[0]
+        grad, y, ids, weight, entry_row, rows, dense_cols, dense_coef, kl_w = ctx.saved_tensors  # grad holds q
+        n, v = grad.shape
         g = g_ce / n
         k = kl_w * g_soft
-        coef, dense_coef = (k + g)[:, None], table_coef * -k[:, None]
-        src = torch.cat([weight * -k[:, None], g.neg().expand(n, 1)], -1)  # at cols: the sparse part's, then y
+        coef, dense_coef = (k + g)[:, None], dense_coef * -k[:, None]
+        entry_grad = weight * -k[entry_row]
         out = _grad_out(grad, ctx.z_dtype)
-        for a, b in _row_blocks(grad):
+        blocks = _row_blocks(grad)
+        for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
             gb = grad[a:b].mul_(coef[a:b])
-            gb.addmm_(_table_rows(table_cols[a:b], dense_coef[a:b], table.shape[0]), table)
-            gb.scatter_add_(-1, cols[a:b], src[a:b])
+            gb.addmm_(_table_rows(dense_cols[a:b], dense_coef[a:b], rows.shape[0]), rows)
+            gb.view(-1).index_add_(0, _flat_index(entry_row[ea:eb], ids[ea:eb], a, v), entry_grad[ea:eb])
+            gb.scatter_add_(-1, y[a:b, None], g.neg().expand(b - a, 1))
             if out is not grad:
                 out[a:b].copy_(gb)
-        return out, None, None, None, None, None, None, None
+        return out, None, None, None, None, None, None, None, None, None
 
 
-def _dense_parts(rows, row_of, rho, shared, beta):
-    """A count teacher's dense parts as one table: (table (R', V), cols (N, c), coef (N, c)) with
-    rho rows[row_of] + beta shared = sum over c of coef[:, c] table[cols[:, c]]: the table is `rows` with
-    `shared` as its last row (one copy of rows per micro-batch, so that one sparse x dense product covers both
-    parts), or `shared` alone without rows."""
-    if not rows.shape[0]:
-        return shared[None], torch.zeros_like(row_of)[:, None], beta[:, None]
-    table = torch.cat([rows, shared[None]])
-    return table, torch.stack([row_of, torch.full_like(row_of, rows.shape[0])], -1), torch.stack([rho, beta], -1)
+def _dense_parts(rows, row_of, rho, beta):
+    """A count teacher's dense parts rho rows[row_of] + beta rows[-1] as (cols (N, c), coef (N, c)): the sum over
+    c of coef[:, c] rows[cols[:, c]], each column at most once per position (row_of < R - 1; a table of the shared
+    row alone is one column)."""
+    if rows.shape[0] == 1:
+        return torch.zeros_like(row_of)[:, None], (rho + beta)[:, None]
+    return torch.stack([row_of, torch.full_like(row_of, rows.shape[0] - 1)], -1), torch.stack([rho, beta], -1)
+
+
+def _entry_ranges(entry_row, blocks):
+    """The (start, end) entries of each row block (entry_row ascending): one block, all of them, with no host read
+    (CUDA's single block); else found on the host."""
+    if len(blocks) == 1:
+        return [(0, entry_row.shape[0])]
+    bounds = torch.searchsorted(entry_row, torch.tensor([a for a, _ in blocks] + [blocks[-1][1]],
+                                                        device=entry_row.device)).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _flat_index(entry_row, ids, first_row: int, v: int):
+    """Each entry's place in a row-major (rows, V) block that starts at row first_row."""
+    return (entry_row - first_row).mul_(v).add_(ids)
 
 
 def _table_rows(cols, values, width: int) -> torch.Tensor:
@@ -269,7 +286,7 @@ def _table_rows(cols, values, width: int) -> torch.Tensor:
 
 def _log_normaliser(z, q, z_cols, cols):
     """lse(z) per row from its softmax q: z_c - log q_c at the gathered column c with the largest logit (so the
-    largest q among them: a count teacher's columns hold its likely tokens, and the target), exact to float32
+    largest q among them; the count loss gathers the target's alone), exact to float32
     rounding while that q_c is a normal float32; rows where it is not (a logit gap near 87, beyond any softcap)
     take max z - log max q (max q >= 1/V). On CUDA every row computes both (two passes there cost less than the
     device sync a test for such rows would)."""
@@ -284,19 +301,20 @@ def _log_normaliser(z, q, z_cols, cols):
     return lse
 
 
-def _count_entropy(ids, weight, table, table_cols, table_coef, kl_w) -> torch.Tensor:
+def _count_entropy(ids, weight, entry_row, rows, row_of, rho, beta, kl_w) -> torch.Tensor:
     """The weighted mean entropy H(p) of a count teacher's rows (flat inputs as _CountSoftCE's), float32, exact:
     p is built row block by row block in a block-sized buffer (the dense parts as one sparse x dense product, the
-    sparse part scattered in), then sum p log p with 0 log 0 = 0. It costs about what the soft cross-entropy does
+    entries added in), then sum p log p with 0 log 0 = 0. It costs about what the soft cross-entropy does
     (V logarithms per row), for a constant of the student: golf.objectives computes it only for the steps whose
     values are logged."""
-    n, v = ids.shape[0], table.shape[1]
-    entropy = torch.empty(n, dtype=torch.float32, device=table.device)
-    blocks = _blocks(n, v, table.is_cuda, _CUDA_BLOCK_FLOATS)
-    p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=table.device) for _ in range(2))
-    for a, b in blocks:
-        pb = p[: b - a].zero_().addmm_(_table_rows(table_cols[a:b], table_coef[a:b], table.shape[0]), table)
-        pb.scatter_add_(-1, ids[a:b], weight[a:b])
+    n, v = row_of.shape[0], rows.shape[1]
+    entropy = torch.empty(n, dtype=torch.float32, device=rows.device)
+    blocks = _blocks(n, v, rows.is_cuda, _CUDA_BLOCK_FLOATS)
+    p, log_p = (torch.empty((blocks[0][1], v), dtype=torch.float32, device=rows.device) for _ in range(2))
+    dense_cols, dense_coef = _dense_parts(rows, row_of, rho, beta)
+    for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
+        pb = p[: b - a].zero_().addmm_(_table_rows(dense_cols[a:b], dense_coef[a:b], rows.shape[0]), rows)
+        pb.view(-1).index_add_(0, _flat_index(entry_row[ea:eb], ids[ea:eb], a, v), weight[ea:eb])
         # a p below _TINY (0, or a float32 rounding of 0 below it) adds ~0
         terms = torch.clamp_min(pb, _TINY, out=log_p[: b - a]).log_().mul_(pb)
         torch.sum(terms, -1, out=entropy[a:b]).neg_()
@@ -513,23 +531,24 @@ def full_kl(z, teacher_logits, temperature: float):
     return _full_mean(z, teacher_logits, temperature)
 
 
-def _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, temperature: float, kl_w, entropy: bool = True):
-    """(mean CE at y, the count teacher's term, its value for the logs) for flat z (N, V); kl_w (N,) each row's
-    weight in the term's mean. The term is KL(p || q) = H(p, q) - H(p) with entropy=True; with entropy=False it is
-    H(p, q) alone (the same gradient: H(p) is a constant of the student) and its logged value NaN (not computed)."""
+def _count_means(z, y, signal, temperature: float, kl_w, entropy: bool = True):
+    """(mean CE at y, the count teacher's term, its value for the logs) for flat z (N, V) and the count teacher's
+    golf.signals.CountDist; kl_w (N,) each row's weight in the term's mean. The term is KL(p || q) = H(p, q) - H(p)
+    with entropy=True; with entropy=False it is H(p, q) alone (the same gradient: H(p) is a constant of the
+    student) and its logged value NaN (not computed)."""
     if temperature != 1.0:
         raise ValueError(f"temperature={temperature}: a count teacher's exact KL is at T = 1 only (p^(1/T) "
                          "renormalised has no sparse + shared form)")
     n = z.shape[0]
-    ids, weight = ids.reshape(n, ids.shape[-1]).long(), weight.reshape(n, weight.shape[-1]).detach().float()
-    dense = _dense_parts(rows.detach().float(), row_of.reshape(n).long(), rho.reshape(n).detach().float(),
-                         shared.detach().float(), beta.reshape(n).detach().float())
+    parts = (signal.ids.long(), signal.weight.detach().float(), signal.entry_row.long(), signal.rows.detach().float(),
+             signal.row_of.reshape(n).long(), signal.rho.reshape(n).detach().float(),
+             signal.beta.reshape(n).detach().float())
     # float32 throughout: under CUDA autocast the matrix products here would run in bf16
     with torch.autocast(z.device.type, enabled=False):
-        ce, soft_ce = _CountSoftCE.apply(z, y.long(), ids, weight, *dense, kl_w)
+        ce, soft_ce = _CountSoftCE.apply(z, y.long(), *parts, kl_w)
         if not entropy:
             return ce, soft_ce, torch.full_like(soft_ce.detach(), float("nan"))
-        kl = soft_ce - _count_entropy(ids, weight, *dense, kl_w)
+        kl = soft_ce - _count_entropy(*parts, kl_w)
     return ce, kl, kl.detach()
 
 
@@ -540,32 +559,30 @@ def _row_weights(n: int, valid, device) -> torch.Tensor:
     return valid.float() / valid.sum().clamp_min(1)
 
 
-def count_kl(z, ids, weight, rows, row_of, rho, shared, beta):
-    """Per-token mean exact KL(p || softmax(z)) over the full vocabulary for a count teacher's p at T = 1:
-        p[n, v] = sum_j weight[n, j] [ids[n, j] = v] + rho[n] rows[row_of[n], v] + beta[n] shared[v]
-    (golf.signals.CountDist: ids, weight (..., W), padding slots weight 0; rows (R, V); row_of, rho, beta (...);
-    shared (V,)), without an N x V teacher tensor: per row the value is lse(z) - p . z - H(p) and the gradient
-    q - p is formed in the softmax's buffer (_CountSoftCE). z is what the loss sees (after any softcap)."""
+def count_kl(z, signal):
+    """Per-token mean exact KL(p || softmax(z)) over the full vocabulary for a count teacher's p at T = 1
+    (golf.signals.CountDist: sparse entries, a row of its table and the table's last row per position), without
+    an N x V teacher tensor: per row the value is lse(z) - p . z - H(p) and the gradient q - p is formed in the
+    softmax's buffer (_CountSoftCE). z is what the loss sees (after any softcap)."""
     (z,) = _flat(z)
     n = z.shape[0]
     # the node computes a CE too (distill_terms shares it with the KL); any target will do for the KL alone
     y = torch.zeros(n, dtype=torch.long, device=z.device)
-    return _count_means(z, y, ids, weight, rows, row_of, rho, shared, beta, 1.0, _row_weights(n, None, z.device))[1]
+    return _count_means(z, y, signal, 1.0, _row_weights(n, None, z.device))[1]
 
 
 def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "renorm", idx=None, vals=None,
-                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, count_ids=None,
-                  count_weight=None, count_rows=None, count_row_of=None, count_rho=None, count_shared=None,
-                  count_beta=None, count_target_logprob=None, count_entropy: bool = True, teacher_valid=None):
+                  teacher_top1=None, teacher_logits=None, sample_ids=None, sample_counts=None, count=None,
+                  count_entropy: bool = True, teacher_valid=None):
     """The two terms of a distillation objective, unmixed -> (ce, teacher_term, parts).
 
     mode="soft": teacher_term = KL(p_T || q_T), a per-token mean, parts {"ce", "kl"}. The teacher is the cache
         (idx, vals; see `topk_kl` for `tail`), or sampled targets (sample_ids, sample_counts (..., M): distinct
         ids and their draw counts from p_T, 0 on padding; see below), or, given teacher_logits (..., V), an
-        online teacher with the exact full-vocabulary KL, or a count teacher's distribution (count_*: the fields of
-        golf.signals.CountDist, the per-position ones shaped like y; see `count_kl`), its exact full-vocabulary KL
+        online teacher with the exact full-vocabulary KL, or a count teacher's distribution (`count`, a
+        golf.signals.CountDist over the positions of y flattened; see `count_kl`), its exact full-vocabulary KL
         at T = 1 only, parts then also {"teacher_ce"}: the teacher's mean cross-entropy on the targets
-        (-count_target_logprob), over the positions of teacher_valid. With count_entropy=False the teacher's
+        (-count.target_logprob), over the positions of teacher_valid. With count_entropy=False the teacher's
         entropy H(p) is not computed: the term is the soft cross-entropy H(p, q) = KL + H(p) (the KL's gradient
         exactly; its value a constant of the student higher) and parts["kl"] is NaN.
     mode="hard": teacher_term = CE(z, teacher label), parts {"ce", "hard_ce"}. The label is teacher_top1, else
@@ -589,13 +606,12 @@ def distill_terms(z, y, *, mode: str, temperature: float = 1.0, tail: str = "ren
         raise ValueError(f"mode={mode!r}: use one of {MODES}")
     z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, valid = _flat(
         z, y, idx, vals, teacher_top1, teacher_logits, sample_ids, sample_counts, teacher_valid)
-    if count_ids is not None:
+    if count is not None:
         if mode != "soft":
-            raise ValueError("a count teacher (count_*) gives a distribution, no label: use mode='soft'")
+            raise ValueError("a count teacher (count) gives a distribution, no label: use mode='soft'")
         kl_w = _row_weights(z.shape[0], valid, z.device)
-        ce, term, kl = _count_means(z, y, count_ids, count_weight, count_rows, count_row_of, count_rho, count_shared,
-                                    count_beta, temperature, kl_w, count_entropy)
-        teacher_ce = -count_target_logprob.detach().reshape(-1).double().dot(kl_w.double()).float()
+        ce, term, kl = _count_means(z, y, count, temperature, kl_w, count_entropy)
+        teacher_ce = -count.target_logprob.detach().reshape(-1).double().dot(kl_w.double()).float()
         return ce, term, {"ce": ce.detach(), "kl": kl, "teacher_ce": teacher_ce}
 
     if mode == "hard":

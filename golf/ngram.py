@@ -86,17 +86,19 @@ from golf.signals import CountDist
 SMOOTHINGS = ("mkn", "kn", "wb")
 _SENTINEL = torch.iinfo(torch.int64).max  # ends every sorted key array: a lookup never runs past it
 _COUNT_CHUNK = 1 << 20  # positions counted per merge in the build: bounds its temporary memory
-# Bytes per distinct n-gram, an upper bound: key, raw count, model count, last token (int64), numerator (float32)
-# = 36, and at most one context per n-gram: key, total, first follower, follower count (int64), gnum (float32) = 36.
-BYTES_PER_NGRAM = 72
+# Bytes per distinct n-gram, an upper bound: key, raw count, model count, last token, slot among its order-3
+# suffix's followers (int64), numerator (float32) = 44; at most one context per n-gram: key, total, first
+# follower, follower count (int64), gnum (float32) = 36; its index as a context of the order above (int64) = 8.
+BYTES_PER_NGRAM = 88
 _MIN_DISCOUNT = 0.1
 
 
 def bound_bytes(distinct: list[int], vocab_size: int) -> int:
     """The memory bound NGRAM_MAX_MB caps: BYTES_PER_NGRAM per distinct n-gram of each order, plus the shared
-    float32 rows (at most 4V + 1: the V bigram rows, uniform, and at most 3 leave-one-out rows per token, as
-    only a token with at most 3 distinct predecessors (mkn; 1 for kn, 1 occurrence for wb) has them)."""
-    return BYTES_PER_NGRAM * sum(distinct) + 4 * (4 * vocab_size + 1) * vocab_size
+    float32 rows (at most 4V + 2: the V bigram rows, uniform, at most 3 leave-one-out rows per token, as only a
+    token with at most 3 distinct predecessors (mkn; 1 for kn, 1 occurrence for wb) has them, and the order-1
+    model)."""
+    return BYTES_PER_NGRAM * sum(distinct) + 4 * (4 * vocab_size + 2) * vocab_size
 
 
 def check_settings(cfg: Config):
@@ -125,11 +127,10 @@ def context_and_gram_keys(windows: torch.Tensor, targets: torch.Tensor, order: i
     return out
 
 
-def _lookup(sorted_keys: torch.Tensor, values: torch.Tensor, keys: torch.Tensor):
-    """(found, index) of `keys` in a sentinel-ended sorted array; values[index] where found, else 0."""
+def _find(sorted_keys: torch.Tensor, keys: torch.Tensor):
+    """(found, index) of `keys` in a sentinel-ended sorted array (index valid, its entry any, where not found)."""
     i = torch.searchsorted(sorted_keys, keys)
-    found = sorted_keys[i] == keys
-    return found, i, torch.where(found, values[i], torch.zeros((), dtype=values.dtype, device=values.device))
+    return sorted_keys.index_select(0, i) == keys, i
 
 
 def _discounts(a: torch.Tensor, smoothing: str) -> list[float]:
@@ -161,6 +162,10 @@ class _Order:
     followers: torch.Tensor = None
     dtab: torch.Tensor = None  # [0, D1, D2, D3+] (mkn, kn)
     discounts: tuple = ()
+    context_of: torch.Tensor = None  # order >= 2: each (k-1)-gram's index among these contexts (else the sentinel's)
+    orphans: torch.Tensor = None  # order >= 2: the contexts that are no (k-1)-gram (at most one: see _derive_maps)
+    orphan_index: torch.Tensor = None  # their indices among the contexts
+    suffix_slot: torch.Tensor = None  # order >= 4: each k-gram's place among the followers of its order-3 suffix
 
 
 @dataclasses.dataclass
@@ -200,7 +205,7 @@ class CountModel:
     def nbytes(self) -> int:
         """Bytes the tensors hold now (each storage once)."""
         seen = {}
-        for t in [self.rows, self.shared, self.bigram_keys] + [
+        for t in [self.rows, self.bigram_keys] + [
                 x for o in self.orders for x in dataclasses.astuple(o) if isinstance(x, torch.Tensor)]:
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return sum(seen.values())
@@ -249,15 +254,46 @@ class CountModel:
             o.gnum = torch.cat([gnum.float(), zero.float()])
             o.start = torch.cat([torch.cumsum(followers, 0) - followers, zero + len(real)])
             o.followers = torch.cat([followers, zero])
+        self._derive_maps()
         self._derive_shared()
 
-    def _terms(self, k: int, h: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> _Terms:
-        """Order k's quantities for contexts `h` and targets `y` (m,), `delta` (m,) occurrences of (h, y) left
-        out (module docstring); den = 0 where the context is unseen."""
+    def _derive_maps(self):
+        """What lets a query find every order from one search per order (`query`): each order's contexts by the
+        (k-1)-gram index of the order below, and each k-gram's slot in the sparse part (k >= 4: its last token's
+        place among the followers of its order-3 suffix); and, on the host, the order-3 contexts' follower counts
+        that size the sparse part (`_entries`)."""
+        v = self.vocab_size
+        for k in range(2, self.order + 1):
+            o, below = self.orders[k - 1], self.orders[k - 2].keys
+            # The (k-1)-gram ending at position g is counted with the event g - 1: every context is a (k-1)-gram
+            # but those of the first counted event (the stream's start, its context the stream's end) while the
+            # end is not counted. Those few "orphans" are found apart.
+            j = torch.searchsorted(below, o.ctx)
+            found = below[j] == o.ctx  # the sentinels too
+            index = torch.arange(len(o.ctx), device=o.ctx.device)
+            o.context_of = torch.full_like(below, len(o.ctx) - 1)
+            o.context_of[j[found]] = index[found]
+            o.orphans = torch.cat([o.ctx[~found], o.ctx[-1:]])
+            o.orphan_index = torch.cat([index[~found], index[-1:]])
+        if self.order >= 3:
+            o3 = self.orders[2]
+            # an order-3 gram's slot is its place among its context's followers; a longer gram's, its suffix's
+            grams = len(o3.keys) - 1
+            slot = torch.arange(grams + 1, device=o3.keys.device)
+            slot[:-1] -= torch.repeat_interleave(o3.start[:-1], o3.followers[:-1], output_size=grams)
+            for k in range(4, self.order + 1):
+                o, below = self.orders[k - 1], self.orders[k - 2]
+                o.suffix_slot = slot = slot[torch.searchsorted(below.keys, o.keys % v ** (k - 1))]  # sentinel's: any
+            # a host copy only on CUDA (derive already waits for the device); on CPU the same memory
+            self.host_followers3 = (o3.ctx.cpu().numpy(), o3.followers.cpu().numpy())
+
+    def _terms(self, k: int, ci: torch.Tensor, found: torch.Tensor, gi: torch.Tensor, delta: torch.Tensor) -> _Terms:
+        """Order k's quantities at positions whose context has index `ci` among the order's contexts (the
+        sentinel's where unseen: den = 0) and whose k-gram has index `gi` among its keys where `found`, `delta`
+        (m,) occurrences of it left out (module docstring)."""
         o = self.orders[k - 1]
-        found, ci, den = _lookup(o.ctx, o.den, h)
-        gnum = torch.where(found, o.gnum[ci], 0.0)
-        _, _, a = _lookup(o.keys, o.a, h * self.vocab_size + y)
+        den, gnum = o.den.index_select(0, ci), o.gnum.index_select(0, ci)
+        a = torch.where(found, o.a.index_select(0, gi), 0)
         a_out = a - delta
         if self.smoothing == "wb":
             lost = ((a > 0) & (a_out == 0)).long()
@@ -266,6 +302,13 @@ class CountModel:
             den_out = den - delta
             change = (o.dtab[a_out.clamp(max=3)] - o.dtab[a.clamp(max=3)]).float()
         return _Terms(ci, den, gnum, den_out, change, self._num(o, a).float(), self._num(o, a_out).float(), delta)
+
+    def _terms_of(self, k: int, h: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> _Terms:
+        """_terms for contexts `h` and targets `y` (m,) given as keys."""
+        o = self.orders[k - 1]
+        ci = torch.searchsorted(o.ctx, h)
+        found, gi = _find(o.keys, h * self.vocab_size + y)
+        return self._terms(k, torch.where(o.ctx[ci] == h, ci, len(o.ctx) - 1), found, gi, delta)
 
     def _derive_shared(self):
         """shared = P_1 of the full counts; rows = [bigram numerators by previous token (uniform where unseen),
@@ -287,39 +330,72 @@ class CountModel:
         # Leave-one-out rows: bigrams counted once (delta 1 at orders 1 and 2, see `query`).
         once = o2.keys[:-1][o2.raw[:-1] == 1]
         ones = torch.ones_like(once)
-        t1 = self._terms(1, torch.zeros_like(once), once % v, ones)
-        t2 = self._terms(2, once // v, once % v, ones)
+        t1 = self._terms_of(1, torch.zeros_like(once), once % v, ones)
+        t2 = self._terms_of(2, once // v, once % v, ones)
         need = (t1.gnum_change != 0) & (t1.den_out > 0) & (t2.den_out > 0)
         t1, t2, once = t1.select(need), t2.select(need), once[need]
         a_part = (t2.den - t2.gnum.double()) / t2.den_out
         u_part = ((t2.gnum.double() + t2.gnum_change.double()) / t2.den_out) * t1.gnum_change.double() / t1.den_out
         mixed = (a_part[:, None] * bigram[once // v] + u_part[:, None] * uniform) / (a_part + u_part)[:, None]
         self.bigram_keys = torch.cat([once, torch.full((1,), _SENTINEL, dtype=torch.int64, device=dev)])
-        self.rows = torch.cat([bigram, uniform[None], mixed]).float()
-        self.shared = p1.float()
-        # Most followers of any context, per order: the sparse part's fixed widths until the counts change.
-        self.widths = [int(o.followers.max()) for o in self.orders]
+        self.rows = torch.cat([bigram, uniform[None], mixed, p1[None]]).float()
+        self.max_followers = [int(o.followers.max()) for o in self.orders]  # of any context, per order (logged)
 
-    def query(self, windows: torch.Tensor, available: torch.Tensor, targets: torch.Tensor, leave_out: torch.Tensor):
-        """The distributions after contexts `windows` (m, order-1, each position's whole stream context when it
-        is left out), as a golf.signals.CountDist. available (m, order) bool: whether position i has an order-k
-        context (column k-1; a row's first positions lack the longer ones). leave_out (m,) bool: position i was
-        counted and its own occurrence is taken out (module docstring). Fixed shapes, no host read."""
-        n, v, m = self.order, self.vocab_size, len(targets)
-        y, out = targets, leave_out.long()
-        keys = context_and_gram_keys(windows, y, n, v)
+    def _entries(self, seq: torch.Tensor) -> torch.Tensor:
+        """Host int64 (m,): the sparse part's entries per position of the host token sequence `seq` (as `query`'s):
+        the target's, and one per follower of the order-3 context (ORDER >= 3); at least what the query fills
+        (a position without that order, or whose only occurrence is left out, leaves its followers' entries 0).
+        Read on the host from the tokens, so the query's shapes need no read from the device."""
+        m = len(seq) - (self.order - 1)
+        if self.order < 3:
+            return torch.ones(m, dtype=torch.int64)
+        tokens = seq.numpy()
+        n, (ctx, followers) = self.order, self.host_followers3
+        keys = tokens[n - 3:n - 3 + m] * self.vocab_size + tokens[n - 2:n - 2 + m]
+        i = np.searchsorted(ctx, keys)
+        return torch.from_numpy(1 + np.where(ctx[i] == keys, followers[i], 0))
+
+    def query(self, seq: torch.Tensor, available: torch.Tensor, leave_out: torch.Tensor) -> CountDist:
+        """The distributions at m positions as a golf.signals.CountDist. seq: host int64 (m + order - 1,) tokens,
+        position i's context seq[i : i + order - 1] (its whole stream context when it is left out) and its target
+        seq[i + order - 1]. available (m, order) bool: whether position i has an order-k context (column k-1; a
+        row's first positions lack the longer ones). leave_out (m,) bool: position i was counted and its own
+        occurrence is taken out (module docstring). No host read of the device: the sparse part's size comes from
+        the host tokens (`_entries`)."""
+        n, v, dev = self.order, self.vocab_size, self.device
+        m = len(seq) - (n - 1)
+        entries = self._entries(seq)
+        size = int(entries.sum())
+        seq, entries = _to_device(seq, dev), _to_device(entries, dev)
+        y, out = seq[n - 1:], leave_out.long()
+        # One search per order: the k-grams ending at places s = 0..m of seq[-1:] (the order-k gram of position
+        # s - 1, and as the order below's gram, the order-(k+1) context of position s).
+        windows = torch.nn.functional.pad(seq, (1, 0)).unfold(0, n, 1)  # (m + 1, n): seq[s - 1 : s + n - 1]
+        key, keys, grams = torch.zeros(m + 1, dtype=torch.int64, device=dev), [], []
+        for k in range(1, n + 1):
+            key = key + windows[:, n - k] * v ** (k - 1)  # place 0 of the top order reads the pad: never used
+            keys.append(key)
+            grams.append(_find(self.orders[k - 1].keys, key))
         terms, use = [], []
         for k in range(1, n + 1):
+            o = self.orders[k - 1]
+            if k == 1:  # the empty context: index 0 (the sentinel's when nothing is counted)
+                ci = torch.zeros(m, dtype=torch.int64, device=dev)
+            else:
+                found_below, below = grams[k - 2]
+                orphan, j = _find(o.orphans, keys[k - 2][:-1])
+                ci = torch.where(found_below[:-1], o.context_of.index_select(0, below[:-1]),
+                                 torch.where(orphan, o.orphan_index.index_select(0, j), len(o.ctx) - 1))
             if self.smoothing == "wb" or k == n:
                 delta = out
             else:  # a continuation count drops only if the whole-context (k+1)-gram was counted once
-                _, _, raw = _lookup(self.orders[k].keys, self.orders[k].raw, keys[k][1])
-                delta = out * (raw == 1)
-            t = self._terms(k, keys[k - 1][0], y, delta)
+                found_above, above = grams[k]
+                delta = out * (found_above[1:] & (self.orders[k].raw.index_select(0, above[1:]) == 1))
+            t = self._terms(k, ci, grams[k - 1][0][1:], grams[k - 1][1][1:], delta)
             terms.append(t)
             use.append(available[:, k - 1] & (t.den_out > 0))
         # g[k-1]: the weight of order k's own part, the product of the gammas of the orders above it
-        g, above = [None] * n, torch.ones(m, dtype=torch.float32, device=self.device)
+        g, above = [None] * n, torch.ones(m, dtype=torch.float32, device=dev)
         for k in range(n, 0, -1):
             t = terms[k - 1]
             g[k - 1] = above
@@ -330,49 +406,54 @@ class CountModel:
             t = terms[k - 1]
             p_target = p_target + torch.where(use[k - 1], g[k - 1] * t.num_out / t.den_out.clamp_min(1), 0.0)
 
-        # The sparse part: orders >= 3 over the followers of the order-3 context (ascending ids, padding V), each
-        # longer order's followers (a contiguous range of its keys) placed at their slots by a search within the
-        # row; then the leave-one-out corrections of every order at the target's slot.
-        width = self.widths[2] + 1 if n >= 3 else 1  # one slot more than any order-3 context's followers
-        weight = torch.zeros(m, width, dtype=torch.float32, device=self.device)
-        ids = torch.full((m, width), v, dtype=torch.int64, device=self.device)
-        count3 = torch.zeros(m, dtype=torch.int64, device=self.device)
-        for k in range(3, n + 1):
+        # The sparse part, ragged (golf.signals.CountDist): per position its target's entry (the leave-one-out
+        # corrections of every order), then one entry per follower of its order-3 context in ascending id, which
+        # carries order 3's numerator and every longer order's (the longer contexts' followers are among them:
+        # each at its precomputed slot, suffix_slot).
+        entry_row = torch.repeat_interleave(entries, output_size=size)
+        first = torch.cumsum(entries, 0) - entries  # the target's entry
+        slot = torch.arange(size, device=dev) - first.index_select(0, entry_row) - 1  # -1: the target's entry
+        follower = slot >= 0
+        ids, weight = y.index_select(0, entry_row), torch.zeros(size, dtype=torch.float32, device=dev)
+        count3 = torch.zeros(m, dtype=torch.int64, device=dev)
+        for k in range(3, n + 1):  # index_select: on CPU several times faster than indexing with a tensor
             o, t = self.orders[k - 1], terms[k - 1]
-            count = torch.where(use[k - 1], o.followers[t.ctx_index], 0)
-            j = torch.arange(width if k == 3 else self.widths[k - 1], device=self.device)
-            real = j[None, :] < count[:, None]
-            at = (o.start[t.ctx_index][:, None] + j).clamp(max=len(o.keys) - 1)
-            scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0)
-            part = torch.where(real, o.num[at] * scale[:, None], 0.0)
-            followers = torch.where(real, o.last_token[at], v)
+            count = torch.where(use[k - 1], o.followers.index_select(0, t.ctx_index), 0)
+            count3 = count if k == 3 else count3
+            real = follower & (slot < torch.minimum(count, count3).index_select(0, entry_row))
+            at = (o.start.index_select(0, t.ctx_index).index_select(0, entry_row) + slot).clamp_(0, len(o.keys) - 1)
+            scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0).index_select(0, entry_row)
+            part = torch.where(real, o.num.index_select(0, at) * scale, 0.0)
             if k == 3:
-                ids, weight, count3 = followers, part, count
+                ids, weight = torch.where(real, o.last_token.index_select(0, at), ids), part
             else:
-                weight.scatter_add_(1, torch.searchsorted(ids, followers).clamp(max=width - 1), part)
-        # The target's slot: its place among the (ascending) followers, else the first padding slot.
-        at_y = torch.searchsorted(ids, y[:, None]).clamp(max=width - 1)
-        y_slot = torch.where(ids.gather(1, at_y)[:, 0] == y, at_y[:, 0], count3)
-        ids.scatter_(1, y_slot[:, None], y[:, None])
-        ids.masked_fill_(ids == v, 0)
-        correction = torch.zeros(m, dtype=torch.float32, device=self.device)
+                to = (first.index_select(0, entry_row) + 1 + o.suffix_slot.index_select(0, at)).clamp_(0, size - 1)
+                weight.index_add_(0, to, part)
+        correction = torch.zeros(m, dtype=torch.float32, device=dev)
         for k in range(1, n + 1):
             t = terms[k - 1]
             correction += torch.where(use[k - 1], g[k - 1] * (t.num_out - t.num) / t.den_out.clamp_min(1), 0.0)
-        weight.scatter_add_(1, y_slot[:, None], correction[:, None])
+        weight[first] = correction
 
         # The shared parts: the bigram row (or its leave-one-out mix with uniform), P_1, and uniform.
         t1, t2 = terms[0], terms[1]
         rho2 = torch.where(use[1], g[1] * (t2.den - t2.gnum) / t2.den_out.clamp_min(1), 0.0)
         beta = torch.where(use[0], g[0] * t1.den / t1.den_out.clamp_min(1), 0.0)
         rest = torch.where(use[0], g[0] * t1.gnum_change / t1.den_out.clamp_min(1), g[0])  # uniform's own weight
-        prev = windows[:, -1]
+        prev = seq[n - 2:n - 2 + m]
         mixed = (rho2 != 0) & (rest != 0)
         b = torch.searchsorted(self.bigram_keys, prev * v + y)
         row_of = torch.where(mixed, v + 1 + b, torch.where(rho2 != 0, prev, v))
         rho = torch.where(rho2 != 0, rho2 + torch.where(mixed, rest, 0.0), rest)
-        return CountDist(ids=ids, weight=weight, rows=self.rows, row_of=row_of, rho=rho, shared=self.shared,
+        return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
                          beta=beta, target_logprob=p_target.log())
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device: on CUDA pinned and asynchronous (the step does not wait for the device)."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host
 
 
 class TrainStream:
@@ -483,9 +564,7 @@ class StreamNgram:
     def _events(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(contexts (b-a, order-1), targets (b-a,)) of the stream positions [a, b), cyclic, on the device."""
         n = self.order
-        tokens = torch.from_numpy(self.stream.read(a - (n - 2), b + 1))
-        if self.device.type == "cuda":  # pinned and asynchronous: the step does not wait for the device here
-            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
+        tokens = _to_device(self._tokens(a, b), self.device)
         return tokens[:-1].unfold(0, n - 1, 1), tokens[n - 1:]
 
     def _count(self, upto: int, step: int | None = None):
@@ -536,13 +615,17 @@ class StreamNgram:
         n = self.order
         return (j[:, None] >= torch.arange(n, device=self.device)[None, :] - 1).expand(rows, seq, n).reshape(-1, n)
 
+    def _tokens(self, a: int, b: int) -> torch.Tensor:
+        """Host int64 tokens of the stream positions [a - (order - 2), b + 1), cyclic: the contexts and targets of
+        the positions [a, b) (a query's `seq`)."""
+        return torch.from_numpy(self.stream.read(a - (self.order - 2), b + 1))
+
     def stream_signal(self, a: int, b: int):
         """The CountDist at the stream positions [a, b) with their whole (cyclic) contexts, each counted
         position's own event left out as in training (the logit cache of the n-gram teacher)."""
-        windows, targets = self._events(a, b)
         leave_out = (torch.arange(a, b, device=self.device) < self.counted) & self.leave_one_out
         available = torch.ones(b - a, self.order, dtype=torch.bool, device=self.device)
-        return self.counts.query(windows, available, targets, leave_out)
+        return self.counts.query(self._tokens(a, b), available, leave_out)
 
     def stream_log_probs(self, a: int, b: int) -> torch.Tensor:
         """float32 (b-a, V) log-probabilities of `stream_signal` (dense: for the logit cache's top-K)."""
@@ -551,12 +634,13 @@ class StreamNgram:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """float32 (rows, seq, V) log-probabilities after every position of the rows `x` (any tokens: nothing is
         left out; contexts from the row), e.g. to score the validation set."""
-        x = x.to(self.device)
         rows, seq = x.shape
         n = self.order
-        windows = torch.nn.functional.pad(x, (n - 2, 0)).unfold(1, n - 1, 1).reshape(-1, n - 1)
+        # the rows one after another: a context reaching into the row before is not available (_available), the
+        # targets (the next token, a pad after the last) are not read when nothing is left out
+        tokens = torch.nn.functional.pad(x.reshape(-1).cpu(), (n - 2, 1))
         nothing = torch.zeros(x.numel(), dtype=torch.bool, device=self.device)
-        signal = self.counts.query(windows, self._available(rows, seq), torch.zeros_like(x).reshape(-1), nothing)
+        signal = self.counts.query(tokens, self._available(rows, seq), nothing)
         return signal.dense_log_probs().view(rows, seq, self.vocab_size)
 
     def signal(self, batch: Batch):
@@ -564,18 +648,12 @@ class StreamNgram:
         left out (NGRAM_LEAVE_ONE_OUT) with its whole stream context; then, with NGRAM_ONLINE, the micro-batch's
         stream is counted."""
         g = self.positions(batch)
-        x = batch.x.to(self.device)
-        rows, seq = x.shape
-        n = self.order
-        # The micro-batch is one contiguous piece of the stream: its whole contexts are the ORDER-2 tokens before
-        # it (read from the shards, a few bytes) and its own tokens.
+        rows, seq = batch.x.shape
+        # The micro-batch is one contiguous piece of the stream: its tokens, whole contexts (the ORDER-2 tokens
+        # before it) and targets are read from the shards on the host, a few KB, as the loader read them.
         first = self.stream.position(*batch.segments[0][:2])
-        before = torch.from_numpy(self.stream.read(first - (n - 2), first))
-        if self.device.type == "cuda":  # pinned: an asynchronous copy, the step does not wait for the device
-            before = before.pin_memory().to(self.device, non_blocking=True)
-        windows = torch.cat([before, x.reshape(-1)]).unfold(0, n - 1, 1)
         leave_out = (g < self.counted) & self.leave_one_out
-        signal = self.counts.query(windows, self._available(rows, seq), batch.y.to(self.device).reshape(-1), leave_out)
+        signal = self.counts.query(self._tokens(first, first + rows * seq), self._available(rows, seq), leave_out)
         if self.online:
             self._advance(first)
         return signal
@@ -597,9 +675,9 @@ class StreamNgram:
     def counts_line(self) -> str:
         """What was counted (after a build): distinct n-grams per order, bytes, build time."""
         c = self.counts
-        width = c.widths[2] + 1 if self.order >= 3 else 1
         return (f"ngram:counts counted:{self.counted} distinct:{','.join(map(str, c.distinct()))} "
-                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} width:{width} build_ms:{self.build_ms:.0f}")
+                f"bytes:{c.nbytes()} bound_bytes:{c.bound_bytes()} max_followers:{','.join(map(str, c.max_followers))} "
+                f"build_ms:{self.build_ms:.0f}")
 
 
 class NgramLM(torch.nn.Module):

@@ -84,25 +84,42 @@ class Logits(Signal):
 
 @dataclass
 class CountDist(Signal):
-    """A count teacher's distribution at T = 1, never as an N x V tensor:
-    p[n, v] = sum of weight[n, j] over j with ids[n, j] == v  +  rho[n] * rows[row_of[n], v]  +  beta[n] * shared[v].
+    """A count teacher's distribution at T = 1 over N positions, never as an N x V tensor:
+    p[n, v] = sum of weight[e] over the entries e of position n (entry_row[e] == n) with ids[e] == v
+              + rho[n] * rows[row_of[n], v]  +  beta[n] * rows[-1, v].
 
-    sum_v p[n, v] = weight[n].sum() + rho[n] + beta[n] = 1. How golf.ngram splits its model between the parts
-    is in its docstring (orders >= 3 sparse; bigram rows by previous token; the order-1 model shared)."""
+    sum_v p[n, v] = the entries' weights + rho[n] + beta[n] = 1. The sparse part is ragged: each position has its
+    own number of entries, stored flat and grouped by position (entry_row ascending); an id may repeat within a
+    position (its entries add) and a padding entry has weight 0. rows[-1] is shared by every position (a count
+    model's lowest order, every entry > 0). How golf.ngram splits its model between the parts is in its
+    docstring (orders >= 3 sparse; bigram rows by previous token; the order-1 model last)."""
 
-    ids: torch.Tensor  # (N, W) int64, padded: a padding slot has weight 0 (any id); within a row, non-padding ids are distinct
-    weight: torch.Tensor  # (N, W) float32; may be negative (a leave-one-out correction of a shared part), p >= 0 overall
-    rows: torch.Tensor  # (R, V) float32 shared row distributions, each sums to 1 (may be (0, V) with rho == 0)
-    row_of: torch.Tensor  # (N,) int64
+    ids: torch.Tensor  # (E,) int64 token id of each entry
+    weight: torch.Tensor  # (E,) float32; may be negative (a leave-one-out correction of a shared part), p >= 0 overall
+    entry_row: torch.Tensor  # (E,) int64 the position of each entry, ascending
+    rows: torch.Tensor  # (R, V) float32 shared row distributions, each sums to 1; the last one is every position's
+    row_of: torch.Tensor  # (N,) int64, < R - 1 (any where R = 1: rows is the shared row alone, rho adds to beta)
     rho: torch.Tensor  # (N,) float32
-    shared: torch.Tensor  # (V,) float32, every entry > 0, sums to 1 (the order-1 model: continuation unigram and uniform)
-    beta: torch.Tensor  # (N,) float32
+    beta: torch.Tensor  # (N,) float32: the weight of rows[-1]
     target_logprob: torch.Tensor  # (N,) float32: log p[n, y_n], the teacher's log-prob of the target
 
+    @classmethod
+    def padded(cls, ids, weight, rows, row_of, rho, shared, beta, target_logprob) -> "CountDist":
+        """From a sparse part padded to a common width, ids / weight (N, W), and the shared vector apart from the
+        rows (tests, benchmarks)."""
+        n, w = ids.shape
+        return cls(ids.reshape(-1), weight.reshape(-1),
+                   torch.arange(n, device=ids.device).repeat_interleave(w), torch.cat([rows.to(shared.dtype),
+                                                                                       shared[None]]),
+                   row_of, rho, beta, target_logprob)
+
     def _dense(self, dtype: torch.dtype) -> torch.Tensor:
-        p = self.rows.to(dtype)[self.row_of] * self.rho.to(dtype)[:, None]
-        p += self.beta.to(dtype)[:, None] * self.shared.to(dtype)
-        return p.scatter_add_(1, self.ids, self.weight.to(dtype))
+        rows = self.rows.to(dtype)
+        p = rows[self.row_of] * self.rho.to(dtype)[:, None]
+        p += self.beta.to(dtype)[:, None] * rows[-1]
+        v = rows.shape[1]
+        p.view(-1).index_add_(0, self.entry_row * v + self.ids, self.weight.to(dtype))
+        return p
 
     def dense(self) -> torch.Tensor:
         """float64 (N, V) probabilities: for tests and references only (the point of the type is not to make it)."""
@@ -114,8 +131,4 @@ class CountDist(Signal):
         return self._dense(torch.float32).clamp_min_(torch.finfo(torch.float32).tiny).log_()
 
     def loss_inputs(self, shape):
-        w = self.ids.shape[-1]
-        return {"count_ids": self.ids.view(*shape, w), "count_weight": self.weight.view(*shape, w),
-                "count_rows": self.rows, "count_row_of": self.row_of.view(shape), "count_rho": self.rho.view(shape),
-                "count_shared": self.shared, "count_beta": self.beta.view(shape),
-                "count_target_logprob": self.target_logprob.view(shape)}
+        return {"count": self}

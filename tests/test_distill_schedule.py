@@ -167,8 +167,9 @@ class TargetTeacher(Teacher):
         y = batch.y.reshape(-1)
         n, v = y.shape[0], self.vocab_size
         full = torch.full((n,), 1.0)
-        return CountDist(y[:, None], full[:, None] * self.mass, torch.zeros(0, v), torch.zeros(n, dtype=torch.long),
-                         torch.zeros(n), torch.full((v,), 1.0 / v), full * (1 - self.mass), full * -self.ce)
+        return CountDist.padded(y[:, None], full[:, None] * self.mass, torch.zeros(0, v),
+                                torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.full((v,), 1.0 / v),
+                                full * (1 - self.mass), full * -self.ce)
 
 
 def test_overtaking_rule_by_hand():

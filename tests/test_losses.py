@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import golf.losses
 from golf.losses import cross_entropy, distill_loss, distill_terms, full_kl, topk_kl
+from golf.signals import CountDist
 
 # The in-place kernels of the top-K path are also checked on a GPU when there is one (the reference stays on CPU).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -335,50 +336,55 @@ def test_full_kl_value_is_accurate_for_a_large_batch():
 
 
 def make_count_case(n, v, w, r, seed=0, negative=True, rows_part=True, shared_part=True):
-    """A random count teacher's p (golf.signals.CountDist fields, float64) with distinct ids per row, padding slots
-    (weight 0, ids that may repeat the row's own), negative sparse weights (taking back part of a shared part's
-    mass at a token: p >= 0 stays), rows with zeros, and some rows without a row part (rho = 0)."""
+    """A random count teacher's p (golf.signals.CountDist fields, float64): ragged rows of 0..w entries (some ids
+    repeated within a row, whose weights add; some padding entries of weight 0), negative entry weights (taking
+    back part of a shared part's mass at a token: p >= 0 stays), `r` rows with zeros and the shared row last,
+    some positions without a row part (rho = 0)."""
     g = torch.Generator().manual_seed(seed)
     rows = torch.rand(r, v, generator=g, dtype=torch.float64) ** 3
     rows *= torch.rand(r, v, generator=g, dtype=torch.float64) < 0.6  # zero entries
+    shared = torch.rand(1, v, generator=g, dtype=torch.float64) + 0.05
+    rows = torch.cat([rows, shared])
     rows /= rows.sum(-1, keepdim=True)
-    shared = torch.rand(v, generator=g, dtype=torch.float64) + 0.05
-    shared /= shared.sum()
     row_of = torch.randint(0, r, (n,), generator=g)
     rho = torch.rand(n, generator=g, dtype=torch.float64) * (torch.rand(n, generator=g) < 0.8) * rows_part
     beta = (torch.rand(n, generator=g, dtype=torch.float64) + 0.1) * shared_part
-    real = torch.randint(0, w + 1, (n,), generator=g)  # non-padding slots per row
-    ids = torch.empty(n, w, dtype=torch.long)
-    weight = torch.zeros(n, w, dtype=torch.float64)
+    ids, weight, entry_row = [], [], []
     for i in range(n):
-        perm = torch.randperm(v, generator=g)
-        ids[i, : real[i]] = perm[: real[i]]
-        weight[i, : real[i]] = torch.rand(int(real[i]), generator=g, dtype=torch.float64) * 0.5
-        ids[i, real[i]:] = torch.randint(0, v, (w - int(real[i]),), generator=g)  # padding: any id, repeats allowed
-        if negative and real[i] > 0 and torch.rand(1, generator=g) < 0.5:  # a leave-one-out correction at one id
-            j = ids[i, 0]
-            shared_mass = rho[i] * rows[row_of[i], j] + beta[i] * shared[j]
-            weight[i, 0] = -0.7 * shared_mass
-    total = weight.sum(-1) + rho + beta
-    weight, rho, beta = weight / total[:, None], rho / total, beta / total
-    return dict(ids=ids, weight=weight, rows=rows, row_of=row_of, rho=rho, shared=shared, beta=beta)
+        real = int(torch.randint(0, w + 1, (), generator=g))
+        row_ids = torch.randperm(v, generator=g)[:real]
+        row_w = torch.rand(real, generator=g, dtype=torch.float64) * 0.5
+        if real > 1 and torch.rand(1, generator=g) < 0.3:  # a repeated id: its entries add
+            row_ids, row_w = torch.cat([row_ids, row_ids[:1]]), torch.cat([row_w, row_w[:1] * 0.5])
+        if real and torch.rand(1, generator=g) < 0.3:  # padding: weight 0, any id
+            row_ids, row_w = torch.cat([row_ids, row_ids[-1:]]), torch.cat([row_w, torch.zeros(1, dtype=torch.float64)])
+        if negative and real > 0 and torch.rand(1, generator=g) < 0.5:  # a leave-one-out correction at one id
+            j = row_ids[0]
+            shared_mass = rho[i] * rows[row_of[i], j] + beta[i] * rows[-1, j]
+            row_ids, row_w = torch.cat([row_ids, row_ids[:1]]), torch.cat([row_w, (-0.7 * shared_mass).view(1)])
+        ids.append(row_ids), weight.append(row_w), entry_row.append(torch.full((len(row_ids),), i))
+    ids, weight, entry_row = torch.cat(ids), torch.cat(weight), torch.cat(entry_row)
+    total = torch.zeros(n, dtype=torch.float64).index_add_(0, entry_row, weight) + rho + beta
+    weight, rho, beta = weight / total[entry_row], rho / total, beta / total
+    return dict(ids=ids, weight=weight, entry_row=entry_row, rows=rows, row_of=row_of, rho=rho, beta=beta)
 
 
-def dense_count_p(ids, weight, rows, row_of, rho, shared, beta):
-    """The count teacher's p as an N x V float64 tensor, slot by slot (the reference the loss never builds)."""
-    n, v = ids.shape[0], shared.shape[0]
+def dense_count_p(ids, weight, entry_row, rows, row_of, rho, beta):
+    """The count teacher's p as an N x V float64 tensor, entry by entry (the reference the loss never builds)."""
+    n, v = row_of.shape[0], rows.shape[1]
     p = torch.zeros(n, v, dtype=torch.float64)
+    for i, j, x in zip(entry_row.tolist(), ids.tolist(), weight.tolist()):
+        p[i, j] += x
     for i in range(n):
-        for j in range(ids.shape[1]):
-            p[i, ids[i, j]] += weight[i, j]
-        p[i] += beta[i] * shared
-        if rows.shape[0]:
-            p[i] += rho[i] * rows[row_of[i]]
+        p[i] += beta[i] * rows[-1] + rho[i] * rows[row_of[i]]
     return p
 
 
-def count_float32(case):
-    return {k: t.float() if t.is_floating_point() else t for k, t in case.items()}
+def count_signal(case, target_logprob=None):
+    """The case as the float32 golf.signals.CountDist a teacher gives."""
+    f32 = {k: t.float() if t.is_floating_point() else t for k, t in case.items()}
+    n = case["row_of"].shape[0]
+    return CountDist(**f32, target_logprob=torch.zeros(n) if target_logprob is None else target_logprob.float())
 
 
 @pytest.mark.parametrize("parts", ["all", "no rows", "no shared", "positive only"])
@@ -387,12 +393,13 @@ def test_count_kl_value_and_grad_match_dense_reference(parts, row_blocks):
     kw = dict(negative=parts != "positive only", rows_part=parts != "no rows", shared_part=parts != "no shared")
     case = make_count_case(n, v, w, r, seed=3, **kw)
     if parts == "no rows":
-        case["rows"] = case["rows"][:0]  # (0, V): no row part at all
+        case["rows"] = case["rows"][-1:]  # the shared row alone: no row part at all
+        case["row_of"] = torch.zeros_like(case["row_of"])
     p = dense_count_p(**case)
     assert p.min() >= 0 and torch.allclose(p.sum(-1), torch.ones(n, dtype=torch.float64))
     assert (case["weight"] < 0).any() == kw["negative"]
     z = torch.randn(n, v, generator=torch.Generator().manual_seed(4)) * 3.0
-    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, count_signal(case)), z)
     ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
     assert val.dtype == torch.float32 and ref.item() > 0.1
     assert val.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -411,9 +418,7 @@ def test_count_terms_are_ce_and_kl_from_one_node_with_the_teachers_ce():
     y = torch.randint(0, v, (b, s), generator=g)
     valid = torch.rand(b, s, generator=g) > 0.2
     target_logprob = p.gather(-1, y.reshape(n, 1))[:, 0].log()
-    f32 = count_float32(case)
-    inputs = {f"count_{k}": (t if k in ("rows", "shared") else t.view(b, s, *t.shape[1:])) for k, t in f32.items()}
-    inputs["count_target_logprob"] = target_logprob.float().view(b, s)
+    inputs = count_signal(case, target_logprob).loss_inputs(y.shape)
     alpha = 0.3
 
     def ours(x):
@@ -446,13 +451,12 @@ def test_count_teacher_equal_to_the_student_has_zero_kl():
     case = make_count_case(32, 128, 6, 3, seed=8)
     p = dense_count_p(**case)
     z = p.clamp_min(1e-12).log().float()
-    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, count_signal(case)), z)
     assert abs(val.item()) < 1e-5 and grad.abs().max().item() < 1e-6
 
 
 def test_count_teacher_refuses_a_temperature_and_a_hard_target():
-    case = count_float32(make_count_case(4, 16, 3, 2, seed=1))
-    inputs = {f"count_{k}": t for k, t in case.items()} | {"count_target_logprob": torch.zeros(4)}
+    inputs = count_signal(make_count_case(4, 16, 3, 2, seed=1)).loss_inputs((4,))
     z, y = torch.randn(4, 16), torch.randint(0, 16, (4,))
     with pytest.raises(ValueError, match="T = 1 only"):
         distill_terms(z, y, mode="soft", temperature=2.0, **inputs)
@@ -468,7 +472,7 @@ def test_count_term_without_the_entropy_is_the_soft_ce_with_the_same_gradient(ro
     p = dense_count_p(**case)
     z = torch.randn(n, v, generator=torch.Generator().manual_seed(13)) * 2
     y = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(14))
-    inputs = {f"count_{k}": t for k, t in count_float32(case).items()} | {"count_target_logprob": torch.zeros(n)}
+    inputs = count_signal(case).loss_inputs(y.shape)
     terms = {}
     for entropy in (True, False):
         x = z.clone().requires_grad_(True)
@@ -489,13 +493,14 @@ def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student()
     g = torch.Generator().manual_seed(21)
     ids = torch.stack([torch.randperm(v, generator=g)[:w] for _ in range(n)])
     weight = torch.rand(n, w, generator=g, dtype=torch.float64) + 0.1
-    case = dict(ids=ids, weight=weight / weight.sum(-1, keepdim=True), rows=torch.zeros(0, v, dtype=torch.float64),
+    case = dict(ids=ids.reshape(-1), weight=(weight / weight.sum(-1, keepdim=True)).reshape(-1),
+                entry_row=torch.arange(n).repeat_interleave(w), rows=torch.full((1, v), 1.0 / v, dtype=torch.float64),
                 row_of=torch.zeros(n, dtype=torch.long), rho=torch.zeros(n, dtype=torch.float64),
-                shared=torch.full((v,), 1.0 / v, dtype=torch.float64), beta=torch.zeros(n, dtype=torch.float64))
+                beta=torch.zeros(n, dtype=torch.float64))
     p = dense_count_p(**case)
     z = torch.where(p > 0, -60.0, 60.0) + torch.randn(n, v, generator=g)
     assert torch.softmax(z, -1)[p > 0].max() == 0  # underflowed in float32
-    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, **count_float32(case)), z)
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, count_signal(case)), z)
     ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
     assert ref.item() > 100
     assert val.item() == pytest.approx(ref.item(), rel=1e-6)
@@ -511,7 +516,7 @@ def test_count_kl_under_bf16_autocast_computes_in_float32():
 
     def under_autocast(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return golf.losses.count_kl(x, **count_float32(case))
+            return golf.losses.count_kl(x, count_signal(case))
 
     val, grad = value_and_grad(under_autocast, z)
     ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())

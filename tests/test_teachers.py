@@ -139,8 +139,8 @@ class BigramCountTeacher(Teacher):
         if self.form == "mixed":  # the row over-weighted by half, the excess taken back slot by slot
             weight, ids = (-0.5 * lam[:, None] * self.bigram[a]).topk(self.width, -1, largest=False)
             rho = 1.5 * lam
-        return CountDist(ids, weight.float(), rows.float(), row_of, rho.float(), self.unigram.float(), beta.float(),
-                         target_logprob.float())
+        return CountDist.padded(ids, weight.float(), rows.float(), row_of, rho.float(), self.unigram.float(),
+                                beta.float(), target_logprob.float())
 
 
 @pytest.mark.parametrize("form", ["sparse", "rows"])
