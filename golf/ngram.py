@@ -35,24 +35,33 @@ position was its only occurrence); den, the followers and N1/N2/N3+ of h follow 
 delta_k. The discounts D stay those of the full counts (docs/decisions.md: one occurrence moves n1..n4 by at
 most one in ~10^5, and per-position discounts would change every order's numerators at every position).
 
-The distribution as a golf.signals.CountDist (p = sparse + rho * rows[row_of] + beta * shared), never N x V:
-  sparse: orders >= 3, over the followers of the position's order-3 context (every follower of a longer
-    context follows its order-3 suffix too), padded to W = the most followers of any order-3 context + 1 (one
-    slot for the target when it is not a follower), fixed when the counts are; plus the leave-one-out
-    corrections of orders 1 and 2 at the target's slot. ORDER 2: W = 1, the corrections only.
+The distribution as a golf.signals.CountDist (p = sparse + rho * rows[row_of] + beta * rows[-1]), never N x V:
+  sparse, ragged: per position, first its target's entry (the leave-one-out corrections of every order at the
+    target), then one entry per follower of its order-3 context (ORDER >= 3), ascending by id, carrying the
+    numerators of orders 3..ORDER (a longer context's followers follow its order-3 suffix too: each k-gram's
+    place among them is precomputed, `suffix_slot`). The entries per position are read on the host from the
+    batch's tokens and a host copy of the order-3 follower counts (`_entries`), so the query's shapes need no
+    read from the device; a position that lacks the order (a row's first, or its only occurrence left out)
+    keeps its entries at weight 0. Per position 1 + 22 entries on average over the demo stream at 737k
+    tokens, against 223 for a width padded to the most followers of any order-3 context.
   rows[prev]: the bigram's discounted part num_2(a(prev, .)) normalised, shared by every position after the
     token prev (rho = its weight there); rows[V]: uniform; rows[V + 1 + b]: for a bigram b = (prev, y) counted
     once whose removal changes the unigram's gamma, that bigram row mixed with uniform in the ratio the
     removal makes (only there does the uniform need its own weight beside both shared parts).
-  shared: the order-1 model P_1 of the full counts (continuation unigram mixed with uniform), beta its weight.
+  rows[-1]: the order-1 model P_1 of the full counts (continuation unigram mixed with uniform), beta its weight.
+
+A query searches each order's keys once (the k-grams ending at each place of the micro-batch's tokens): a
+position's order-k context is the (k-1)-gram ending at it, so its index comes from the order below's search
+(`context_of`), except the contexts of the first counted event (the stream's start, whose context is the
+stream's end) while the end is not counted (`orphans`, at most one per order).
 
 The stream: the train shards in order, cyclic, exactly as the loader reads them (golf.data.TokenStream).
 Position g is the event (the tokens up to stream position g as context, the token at g + 1 as target); the
 loader's x at g has that target as its y. Counting reads the stream from the shards, with cyclic contexts; a
-query reads its contexts from the batch's rows, so the first k-2 positions of a row have no order-k context
-and are predicted by the orders they have (1 position in 2048 at TRAIN_SEQ_LEN=2048, order 3; the cost of
-not fetching tokens from before the row). Leave-one-out uses the whole stream context (a micro-batch is a
-contiguous piece of the stream; the ORDER-2 tokens before it are read from the shards).
+query reads the micro-batch's tokens from the shards too (on the host: the tokens the loader read, and the
+ORDER-2 before them), but uses only the contexts inside each row, so the first k-2 positions of a row have no
+order-k context and are predicted by the orders they have (1 position in 2048 at TRAIN_SEQ_LEN=2048, order 3;
+what the student sees of the row is all the teacher uses). Leave-one-out uses the whole stream context.
 
 What is counted: the stream's positions [0, F). The first fetch of the timed run counts [0,
 NGRAM_PREPASS_TOKENS) (the "prepass"; `reset` drops the counts before the timed run and the first fetch after
@@ -64,7 +73,8 @@ once. Every rank reads the same shards and counts the same positions, so all ran
 without any communication. Validation shards are never opened.
 
 Device work: the build (and each online merge) runs torch.unique and reads sizes on the host, so it waits for
-the device once per chunk; a query is fixed-shape searchsorted/gather work with no host read.
+the device once per chunk (and copies the order-3 follower counts to the host); a query is searchsorted/gather
+work whose shapes come from the host's tokens, with no read from the device.
 
 A resumed run (CHECKPOINT_EVERY) sees exactly the counts the interrupted run had: the teacher's resumable
 state carries (counted, read_upto), and the first build after the resume counts [0, counted).
@@ -412,23 +422,30 @@ class CountModel:
         # each at its precomputed slot, suffix_slot).
         entry_row = torch.repeat_interleave(entries, output_size=size)
         first = torch.cumsum(entries, 0) - entries  # the target's entry
-        slot = torch.arange(size, device=dev) - first.index_select(0, entry_row) - 1  # -1: the target's entry
+        first_e = first.index_select(0, entry_row)
+        slot = torch.arange(size, device=dev) - first_e - 1  # -1: the target's entry
         follower = slot >= 0
-        ids, weight = y.index_select(0, entry_row), torch.zeros(size, dtype=torch.float32, device=dev)
-        count3 = torch.zeros(m, dtype=torch.int64, device=dev)
-        for k in range(3, n + 1):  # index_select: on CPU several times faster than indexing with a tensor
+        weight = torch.zeros(size, dtype=torch.float32, device=dev)
+        ids, count3 = None, None
+        # On the entries, masks multiply (torch.where and masked_fill are ~6x slower on the CPU) and gathers are
+        # index_select (several times faster than indexing with a tensor); a masked-out entry reads any valid
+        # index and adds 0.
+        for k in range(3, n + 1):
             o, t = self.orders[k - 1], terms[k - 1]
-            count = torch.where(use[k - 1], o.followers.index_select(0, t.ctx_index), 0)
-            count3 = count if k == 3 else count3
-            real = follower & (slot < torch.minimum(count, count3).index_select(0, entry_row))
+            count = o.followers.index_select(0, t.ctx_index) * use[k - 1]
+            count3 = count if k == 3 else torch.minimum(count, count3)
+            real = follower & (slot < count3.index_select(0, entry_row))
             at = (o.start.index_select(0, t.ctx_index).index_select(0, entry_row) + slot).clamp_(0, len(o.keys) - 1)
-            scale = torch.where(use[k - 1], g[k - 1] / t.den_out.clamp_min(1), 0.0).index_select(0, entry_row)
-            part = torch.where(real, o.num.index_select(0, at) * scale, 0.0)
+            scale = (g[k - 1] / t.den_out.clamp_min(1) * use[k - 1]).index_select(0, entry_row)
+            part = o.num.index_select(0, at).mul_(scale).mul_(real)
             if k == 3:
-                ids, weight = torch.where(real, o.last_token.index_select(0, at), ids), part
+                ids, weight = o.last_token.index_select(0, at), part
             else:
-                to = (first.index_select(0, entry_row) + 1 + o.suffix_slot.index_select(0, at)).clamp_(0, size - 1)
-                weight.index_add_(0, to, part)
+                weight.index_add_(0, (first_e + 1 + o.suffix_slot.index_select(0, at)).clamp_(0, size - 1), part)
+        if ids is None:
+            ids = y  # one entry per position
+        else:
+            ids[first] = y
         correction = torch.zeros(m, dtype=torch.float32, device=dev)
         for k in range(1, n + 1):
             t = terms[k - 1]
