@@ -52,11 +52,11 @@
 #   signal does per step, free of this shared machine's throughput noise). Arms: baseline, top-32 bucket, the
 #   same from a cache whose windows advance by half their length (the teacher-context pair), top-32 renorm,
 #   sampled n16, hard top-1, EMA from 0.7, online full KD (all at T 2, alpha 0.5), the count teacher (modified
-#   Kneser-Ney, T 1, alpha 0.5) at orders 3 and 5 and at order 5 on for the first half of the run only, and the
-#   seed-faithful cached arm (D1+D2+D4, alpha 0.1 as the study ran it). Plus the compute-matched baseline: the
+#   Kneser-Ney, T 1, alpha 0.5) at orders 3 and 5 and at order 5 on for the first half of the run only, order 3
+#   at alpha 0.9, and the seed-faithful cached arm (D1+D2+D4, alpha 0.1 as the study ran it). Plus the compute-matched baseline: the
 #   student alone for 420 s at 3 seeds, at most what a non-record arm spends in all (the big teacher's 401 s of
 #   training, its cache's ~30 s, the arm's 20 s); and the count teacher's trend with budget: orders 3 and 5 at
-#   80 s (beside a baseline of 80 s) and order 3 (the best count arm at 20 s) at 420 s (beside the
+#   alpha 0.5 and order 3 at alpha 0.9 at 80 s (beside a baseline of 80 s) and order 3 at 420 s (beside the
 #   compute-matched baseline), 3 seeds each. golf.results pairs seeds and reports each arm's Δ at equal
 #   steps, equal wall clock and equal total compute with p-values and the minimum detectable effect. Validation
 #   only at the end. Measured: 84m33s with the teacher built (README, "Results").

@@ -6,12 +6,16 @@ The n-gram model of the NGRAM_* settings (golf/ngram.py; the whole train stream 
 NGRAM_PREPASS_TOKENS says otherwise) is built once, then each piece is timed (median of --reps calls, after
 one untimed call) on the first micro-batch of the train stream:
   query: the teacher's signal for the micro-batch (NgramTeacher.fetch without online counting: the sparse
-      golf.signals.CountDist, not yet the dense log-probabilities its fallback loss_inputs makes);
+      golf.signals.CountDist);
   query_online: the same with NGRAM_ONLINE counting (what a training step runs);
-  full_kl: the dense soft loss every Logits teacher pays, golf.losses.distill_terms (CE + KL at DISTILL_TEMP)
-      forward and backward w.r.t. student logits of the micro-batch's shape;
+  count_kl: the loss the n-gram teacher pays, golf.losses.distill_terms with that CountDist (CE + its exact KL
+      at T = 1, the teacher's entropy not computed, as on the steps whose values are not logged), forward and
+      backward w.r.t. student logits of the micro-batch's shape;
+  full_kl: the dense soft loss a Logits teacher pays (the same p as N x V log-probabilities, CE + KL at T = 1);
   ce: cross-entropy alone, forward and backward (what the baseline pays for its loss).
-Last line: `ngram_cost build_ms=B query_ms=Q query_online_ms=O full_kl_ms=K ce_ms=C` (milliseconds, on --clock).
+A line gives the sparse part's mean entries per position on this micro-batch (`entries_per_position:`).
+Last line: `ngram_cost build_ms=B query_ms=Q query_online_ms=O count_kl_ms=C full_kl_ms=K ce_ms=E` (milliseconds,
+on --clock).
 """
 import dataclasses
 import os
@@ -56,18 +60,25 @@ def main():
         fn()
         return median_ms([timed(fn, ctx, args.clock) for _ in range(args.reps)])
 
-    logits = ngram.signal(batch).dense_log_probs()
+    signal = ngram.signal(batch)
+    print(f"entries_per_position:{signal.ids.shape[0] / batch.x.numel():.2f}")
+    logits = signal.dense_log_probs()
     z = torch.randn(logits.shape, device=ctx.device, requires_grad=True)
     y = batch.y.reshape(-1).to(ctx.device)
 
+    def count_kl():
+        ce, kl, _ = distill_terms(z, y, mode="soft", count_entropy=False, **signal.loss_inputs(y.shape))
+        (ce + kl).backward()
+
     def full_kl():
-        ce, kl, _ = distill_terms(z, y, mode="soft", temperature=cfg.distill_temp, teacher_logits=logits)
+        ce, kl, _ = distill_terms(z, y, mode="soft", temperature=1.0, teacher_logits=logits)
         (ce + kl).backward()
 
     ngram.online = False
     figures = {"build_ms": 1000 * build_s, "query_ms": median_of(lambda: ngram.signal(batch))}
     ngram.online = True
     figures["query_online_ms"] = median_of(lambda: ngram.signal(batch))
+    figures["count_kl_ms"] = median_of(count_kl)
     figures["full_kl_ms"] = median_of(full_kl)
     figures["ce_ms"] = median_of(lambda: cross_entropy(z, y).backward())
     print("ngram_cost " + " ".join(f"{k}={v:.1f}" for k, v in figures.items()))

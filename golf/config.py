@@ -122,7 +122,7 @@ class Config:
     ngram_order: int = _f(3, "DISTILL_TEACHER=ngram: the n-gram order (contexts of ORDER-1 tokens), at least 2", "distill")
     ngram_smoothing: str = _f("mkn", "DISTILL_TEACHER=ngram: mkn (interpolated modified Kneser-Ney), kn (Kneser-Ney, one "
                               "discount per order) or wb (Witten-Bell) (golf/ngram.py)", "distill")
-    ngram_max_mb: float = _f(4096.0, "DISTILL_TEACHER=ngram: cap on the exact n-gram counts' memory (at most 72 bytes per "
+    ngram_max_mb: float = _f(4096.0, "DISTILL_TEACHER=ngram: cap on the exact n-gram counts' memory (at most 88 bytes per "
                              "distinct n-gram of each order); once reached nothing more is counted (a prefix of the "
                              "stream), logged as ngram:max_mb_reached", "distill")
     ngram_prepass_tokens: int = _f(0, "DISTILL_TEACHER=ngram: count the first N positions of the train stream in the first "

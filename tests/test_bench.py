@@ -275,5 +275,5 @@ def test_ngram_cost_bench_times_every_piece(tiny_dataset, tmp_path):
     out = _ok(run_script(["bench/ngram_cost.py", "--preset", "test", "--reps", "2"],
                          dataset_env(tiny_dataset), str(tmp_path)))
     figures = _summary(out, "ngram_cost")
-    assert set(figures) == {"build_ms", "query_ms", "query_online_ms", "full_kl_ms", "ce_ms"}
+    assert set(figures) == {"build_ms", "query_ms", "query_online_ms", "count_kl_ms", "full_kl_ms", "ce_ms"}
     _positive(figures)
