@@ -378,8 +378,9 @@ class CountModel:
         size = int(entries.sum())
         seq, entries = _to_device(seq, dev), _to_device(entries, dev)
         y, out = seq[n - 1:], leave_out.long()
-        # One search per order: the k-grams ending at places s = 0..m of seq[-1:] (the order-k gram of position
-        # s - 1, and as the order below's gram, the order-(k+1) context of position s).
+        # One search per order: the k-grams ending at the m + 1 places s = 0..m, the tokens seq[s + n - 2] (place 0
+        # ends position 0's context): the k-gram ending at place s + 1 is position s's order-k gram, the one
+        # ending at place s its order-(k+1) context.
         windows = torch.nn.functional.pad(seq, (1, 0)).unfold(0, n, 1)  # (m + 1, n): seq[s - 1 : s + n - 1]
         key, keys, grams = torch.zeros(m + 1, dtype=torch.int64, device=dev), [], []
         for k in range(1, n + 1):
@@ -426,15 +427,16 @@ class CountModel:
         slot = torch.arange(size, device=dev) - first_e - 1  # -1: the target's entry
         follower = slot >= 0
         weight = torch.zeros(size, dtype=torch.float32, device=dev)
-        ids, count3 = None, None
+        ids, limit = None, None
         # On the entries, masks multiply (torch.where and masked_fill are ~6x slower on the CPU) and gathers are
         # index_select (several times faster than indexing with a tensor); a masked-out entry reads any valid
         # index and adds 0.
         for k in range(3, n + 1):
             o, t = self.orders[k - 1], terms[k - 1]
             count = o.followers.index_select(0, t.ctx_index) * use[k - 1]
-            count3 = count if k == 3 else torch.minimum(count, count3)
-            real = follower & (slot < count3.index_select(0, entry_row))
+            # entries this order fills: its followers, which are among order 3's (the minimum only guards that)
+            limit = count if k == 3 else torch.minimum(count, limit)
+            real = follower & (slot < limit.index_select(0, entry_row))
             at = (o.start.index_select(0, t.ctx_index).index_select(0, entry_row) + slot).clamp_(0, len(o.keys) - 1)
             scale = (g[k - 1] / t.den_out.clamp_min(1) * use[k - 1]).index_select(0, entry_row)
             part = o.num.index_select(0, at).mul_(scale).mul_(real)
