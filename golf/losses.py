@@ -236,7 +236,7 @@ class _CountSoftCE(torch.autograd.Function):
         g = g_ce / n
         k = kl_w * g_soft
         coef, dense_coef = (k + g)[:, None], dense_coef * -k[:, None]
-        entry_grad = weight * -k[entry_row]
+        entry_grad = weight * -k.index_select(0, entry_row)
         out = _grad_out(grad, ctx.z_dtype)
         blocks = _row_blocks(grad)
         for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
@@ -284,15 +284,13 @@ def _table_rows(cols, values, width: int) -> torch.Tensor:
                                        values.reshape(-1), size=(b, width))
 
 
-def _log_normaliser(z, q, z_cols, cols):
-    """lse(z) per row from its softmax q: z_c - log q_c at the gathered column c with the largest logit (so the
-    largest q among them; the count loss gathers the target's alone), exact to float32
-    rounding while that q_c is a normal float32; rows where it is not (a logit gap near 87, beyond any softcap)
-    take max z - log max q (max q >= 1/V). On CUDA every row computes both (two passes there cost less than the
-    device sync a test for such rows would)."""
-    top, at = z_cols.max(-1)
-    best = q.gather(-1, cols.gather(-1, at[:, None]))[:, 0]
-    lse = top.sub_(best.log())
+def _log_normaliser(z, q, z_y, y):
+    """lse(z) per row from its softmax q: z_y - log q_y at the target's column (z_y, y: (N, 1)), exact to float32
+    rounding while q_y is a normal float32; rows where it is not (a logit gap near 87, beyond any softcap) take
+    max z - log max q (max q >= 1/V). On CUDA every row computes both (two passes there cost less than the device
+    sync a test for such rows would)."""
+    best = q.gather(-1, y)[:, 0]
+    lse = z_y[:, 0] - best.log()
     if z.is_cuda:
         return torch.where(best >= _TINY, lse, z.amax(-1).sub_(q.amax(-1).log_()))
     small = (best < _TINY).nonzero()[:, 0]

@@ -316,9 +316,9 @@ class CountModel:
     def _terms_of(self, k: int, h: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> _Terms:
         """_terms for contexts `h` and targets `y` (m,) given as keys."""
         o = self.orders[k - 1]
-        ci = torch.searchsorted(o.ctx, h)
+        seen, ci = _find(o.ctx, h)
         found, gi = _find(o.keys, h * self.vocab_size + y)
-        return self._terms(k, torch.where(o.ctx[ci] == h, ci, len(o.ctx) - 1), found, gi, delta)
+        return self._terms(k, torch.where(seen, ci, len(o.ctx) - 1), found, gi, delta)
 
     def _derive_shared(self):
         """shared = P_1 of the full counts; rows = [bigram numerators by previous token (uniform where unseen),

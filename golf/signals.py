@@ -108,10 +108,9 @@ class CountDist(Signal):
         """From a sparse part padded to a common width, ids / weight (N, W), and the shared vector apart from the
         rows (tests, benchmarks)."""
         n, w = ids.shape
-        return cls(ids.reshape(-1), weight.reshape(-1),
-                   torch.arange(n, device=ids.device).repeat_interleave(w), torch.cat([rows.to(shared.dtype),
-                                                                                       shared[None]]),
-                   row_of, rho, beta, target_logprob)
+        entry_row = torch.arange(n, device=ids.device).repeat_interleave(w)
+        table = torch.cat([rows.to(shared.dtype), shared[None]])
+        return cls(ids.reshape(-1), weight.reshape(-1), entry_row, table, row_of, rho, beta, target_logprob)
 
     def _dense(self, dtype: torch.dtype) -> torch.Tensor:
         rows = self.rows.to(dtype)

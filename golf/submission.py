@@ -136,7 +136,7 @@ def _readme(info: dict, run: RunRecord, seeds: list[RunRecord], settings: dict, 
            "| seed | steps | ms/step | val_bpb rt | val_bpb sliding | model bytes | total bytes |",
            "|---|---|---|---|---|---|---|", rows]
     if len(seeds) > 1:
-        out += ["", f"Mean over {len(seeds)} seeds: val_bpb {info['mean_val_bpb']:.8f} ± {info['std_val_bpb']:.8f} "
+        out += ["", f"Mean over {len(seeds)} seeds: val_bpb {info['val_bpb']:.8f} ± {info['std_val_bpb']:.8f} "
                 "(sample std)."]
     out += ["", "## Size", "",
             f"- `{ARTIFACT_NAME}`: {info['bytes_model']:,} bytes (int6 + {info['compressor']}; seed {run.seed}, "
@@ -229,8 +229,7 @@ def write_submission(checkpoint_path: str, out_dir: str, *, name: str = "", auth
     if run.track == "non-record":
         info["teacher"] = teacher_cost(cfg)
     if len(seeds) > 1:
-        m, s = mean_std([r.final["sliding_val_bpb"] for r in seeds])
-        info.update(mean_val_bpb=m, std_val_bpb=s, seed_group=group_name(seeds))
+        info.update(std_val_bpb=mean_std([r.final["sliding_val_bpb"] for r in seeds])[1], seed_group=group_name(seeds))
     command_file = os.path.join(run.folder, "command.txt")
     command = open(command_file, encoding="utf-8").read().strip() if os.path.isfile(command_file) else ""
     atomic_write_text(os.path.join(out_dir, "submission.json"), json.dumps(info, indent=2) + "\n")

@@ -86,7 +86,8 @@ def test_submission_folder(dumped, tiny_dataset):
     assert info["artifact_verified"] is True
     assert sorted(info["seed_results"]) == ["1337", "42"]
     assert info["seed_results"]["42"]["val_bpb"] == seed42["sliding_val_bpb"]
-    assert info["mean_val_bpb"] == pytest.approx((final["sliding_val_bpb"] + seed42["sliding_val_bpb"]) / 2)
+    assert info["std_val_bpb"] == pytest.approx(abs(final["sliding_val_bpb"] - seed42["sliding_val_bpb"]) / 2 ** 0.5)
+    assert "mean_val_bpb" not in info  # val_bpb is the mean
     assert (sub / "train_seed42.log").read_text() == (cwd / "study" / "arm-s42" / "arm-s42.txt").read_text()
     readme = (sub / "README.md").read_text()
     assert "SEED=42 python train_gpt.py" in readme and f"{info['bytes_total']:,}" in readme
