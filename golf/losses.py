@@ -18,6 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from golf import native
 from golf.arms import defects
 from golf.config import check_choice, owner_check
 from golf.errors import GolfError
@@ -203,7 +204,9 @@ class _CountSoftCE(torch.autograd.Function):
         dL/dz = (g/N + k) q - (g/N) e(y) - k (sum_e weight_e e(ids_e) + rho rows[row_of] + beta rows[-1]),
     formed in the forward's softmax buffer in place, row block by row block: the CE's gradient and the KL's in one
     pass over N x V, p's dense parts added into it as one sparse x dense product and its entries by one
-    index_add, without building p; a second backward is refused as in _GatherLogSoftmax.
+    index_add, without building p; a second backward is refused as in _GatherLogSoftmax. On the CPU, golf/count.c
+    (golf.native) takes p . z and then the gradient, rounded to z's bfloat16 where it is, in one pass over each
+    row (the products above are the form CUDA runs, and the CPU without a compiler).
     """
 
     @staticmethod
@@ -212,17 +215,35 @@ class _CountSoftCE(torch.autograd.Function):
         q = torch.empty((n, v), dtype=torch.float32, device=z.device)
         ce, soft_ce = (torch.empty(n, dtype=torch.float32, device=z.device) for _ in range(2))
         dense_cols, dense_coef = _dense_parts(rows, row_of, rho, beta)
+        kernels = _count_kernels(z)
+        if kernels:
+            z, y, ids, weight, entry_row, rows, dense_cols, dense_coef = (
+                t.contiguous() for t in (z, y, ids, weight, entry_row, rows, dense_cols, dense_coef))
+            scratch = torch.empty(torch.get_num_threads(), v)  # a bfloat16 row as float32, per thread
         blocks = _row_blocks(q)
         for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
-            zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
-            qb = torch.softmax(zb, -1, out=q[a:b])
-            z_y = zb.gather(-1, y[a:b, None])
+            if kernels:  # softmax upcasts in its one kernel; golf/count.c reads z as it is
+                zb, qb = z[a:b], torch.softmax(z[a:b], -1, dtype=torch.float32, out=q[a:b])
+                z_y = zb.gather(-1, y[a:b, None]).float()
+            else:
+                zb = z[a:b] if z.dtype == torch.float32 else z[a:b].float()
+                qb = torch.softmax(zb, -1, out=q[a:b])
+                z_y = zb.gather(-1, y[a:b, None])
             lse = _log_normaliser(zb, qb, z_y, y[a:b, None])
             torch.sub(lse, z_y[:, 0], out=ce[a:b])
-            pattern = _table_rows(dense_cols[a:b], torch.zeros_like(dense_coef[a:b]), rows.shape[0])
-            dots = torch.sparse.sampled_addmm(pattern, zb, rows.T).values().view(b - a, -1)
-            z_e = zb.reshape(-1).take(_flat_index(entry_row[ea:eb], ids[ea:eb], a, v))
-            p_dot_z = dots.mul_(dense_coef[a:b]).sum(-1).index_add_(0, entry_row[ea:eb] - a, z_e.mul_(weight[ea:eb]))
+            if kernels:
+                p_dot_z = torch.empty(b - a, dtype=torch.float32)
+                bf16 = int(z.dtype == torch.bfloat16)
+                _native_rows(kernels.count_dots, entry_row, a, b, ea, eb, lambda i, j, e0, e1, t: (
+                    j - i, v, z[i].data_ptr(), bf16, rows.data_ptr(), dense_cols.shape[1], dense_cols[i].data_ptr(),
+                    dense_coef[i].data_ptr(), e1 - e0, ids[e0:].data_ptr(), weight[e0:].data_ptr(),
+                    entry_row[e0:].data_ptr(), i, scratch[t].data_ptr(), p_dot_z[i - a].data_ptr()))
+            else:
+                pattern = _table_rows(dense_cols[a:b], torch.zeros_like(dense_coef[a:b]), rows.shape[0])
+                dots = torch.sparse.sampled_addmm(pattern, zb, rows.T).values().view(b - a, -1)
+                z_e = zb.reshape(-1).take(_flat_index(entry_row[ea:eb], ids[ea:eb], a, v))
+                p_dot_z = dots.mul_(dense_coef[a:b]).sum(-1).index_add_(0, entry_row[ea:eb] - a,
+                                                                         z_e.mul_(weight[ea:eb]))
             torch.sub(lse, p_dot_z, out=soft_ce[a:b])
         ctx.save_for_backward(q, y, ids, weight, entry_row, rows, dense_cols, dense_coef, kl_w)
         ctx.z_dtype = z.dtype
@@ -238,8 +259,19 @@ class _CountSoftCE(torch.autograd.Function):
         coef, dense_coef = (k + g)[:, None], dense_coef * -k[:, None]
         entry_grad = weight * -k.index_select(0, entry_row)
         out = _grad_out(grad, ctx.z_dtype)
+        kernels = _count_kernels(grad) if ctx.z_dtype in (torch.float32, torch.bfloat16) else None
+        if kernels:
+            scratch = torch.empty(torch.get_num_threads(), v)  # a row's gradient before rounding, per thread
         blocks = _row_blocks(grad)
         for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
+            if kernels:  # golf/count.c: the whole row's gradient in one pass, rounded to bfloat16 there
+                bf16, g_value = int(out is not grad), float(g)
+                _native_rows(kernels.count_grad, entry_row, a, b, ea, eb, lambda i, j, e0, e1, t: (
+                    j - i, v, grad[i].data_ptr(), coef[i].data_ptr(), g_value, y[i:].data_ptr(), rows.data_ptr(),
+                    dense_cols.shape[1], dense_cols[i].data_ptr(), dense_coef[i].data_ptr(), e1 - e0,
+                    ids[e0:].data_ptr(), entry_grad[e0:].data_ptr(), entry_row[e0:].data_ptr(), i, bf16,
+                    out[i].data_ptr(), scratch[t].data_ptr()))
+                continue
             gb = grad[a:b].mul_(coef[a:b])
             gb.addmm_(_table_rows(dense_cols[a:b], dense_coef[a:b], rows.shape[0]), rows)
             gb.view(-1).index_add_(0, _flat_index(entry_row[ea:eb], ids[ea:eb], a, v), entry_grad[ea:eb])
@@ -247,6 +279,20 @@ class _CountSoftCE(torch.autograd.Function):
             if out is not grad:
                 out[a:b].copy_(gb)
         return out, None, None, None, None, None, None, None, None, None
+
+
+def _count_kernels(z):
+    """golf/count.c's library where it can run the count loss on z: a CPU tensor of float32 or bfloat16."""
+    return native.library("count.c") if not z.is_cuda and z.dtype in (torch.float32, torch.bfloat16) else None
+
+
+def _native_rows(fn, entry_row, a: int, b: int, ea: int, eb: int, args):
+    """A golf/count.c row kernel over rows [a, b) (their entries [ea, eb)), split among torch's threads: args(i,
+    j, e0, e1, t) gives the arguments for rows [i, j), entries [e0, e1), on thread t."""
+    parts = [(a + i, a + j) for i, j in native.row_blocks(b - a)]
+    ranges = [(ea, eb)] if len(parts) == 1 else _entry_ranges(entry_row, parts)
+    native.run_blocks(fn, [args(i, j, e0, e1, t) for t, ((i, j), (e0, e1)) in enumerate(zip(parts, ranges))],
+                      "golf/count.c")
 
 
 def _dense_parts(rows, row_of, rho, beta):
@@ -295,7 +341,7 @@ def _log_normaliser(z, q, z_y, y):
         return torch.where(best >= _TINY, lse, z.amax(-1).sub_(q.amax(-1).log_()))
     small = (best < _TINY).nonzero()[:, 0]
     if small.numel():
-        lse[small] = z[small].amax(-1).sub_(q[small].amax(-1).log_())
+        lse[small] = z[small].float().amax(-1).sub_(q[small].amax(-1).log_())
     return lse
 
 

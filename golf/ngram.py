@@ -54,6 +54,11 @@ A query searches each order's keys once (the k-grams ending at each place of the
 position's order-k context is the (k-1)-gram ending at it, so its index comes from the order below's search
 (`context_of`), except the contexts of the first counted event (the stream's start, whose context is the
 stream's end) while the end is not counted (`orphans`, at most one per order).
+On the CPU the query is golf/count.c's (golf.native; `_query_native`): the same lookups, each k-gram searched
+among its context's followers rather than all of the order's keys, then one pass per position for the weights
+and one for the sparse part, with the torch form's float32 arithmetic, so the CountDist is the same bit for bit
+(tests/test_ngram.py); 0.2x the torch form's time at order 5 on the demo (docs/performance.md). The torch form
+runs on CUDA, and on a CPU without a C compiler or with GOLF_NATIVE=0.
 
 The stream: the train shards in order, cyclic, exactly as the loader reads them (golf.data.TokenStream).
 Position g is the event (the tokens up to stream position g as context, the token at g + 1 as target); the
@@ -79,7 +84,9 @@ work whose shapes come from the host's tokens, with no read from the device.
 A resumed run (CHECKPOINT_EVERY) sees exactly the counts the interrupted run had: the teacher's resumable
 state carries (counted, read_upto), and the first build after the resume counts [0, counted).
 """
+import ctypes
 import dataclasses
+import functools
 import os
 import time
 import types
@@ -87,6 +94,7 @@ import types
 import numpy as np
 import torch
 
+from golf import native
 from golf.config import Config
 from golf.data import Batch, grad_accum_steps, tokens_read_per_batch
 from golf.errors import GolfError
@@ -141,6 +149,12 @@ def _find(sorted_keys: torch.Tensor, keys: torch.Tensor):
     """(found, index) of `keys` in a sentinel-ended sorted array (index valid, its entry any, where not found)."""
     i = torch.searchsorted(sorted_keys, keys)
     return sorted_keys.index_select(0, i) == keys, i
+
+
+def _tables(orders: list, name: str):
+    """The addresses of each order's table `name` as a C array for golf/count.c (NULL where an order has none)."""
+    return (ctypes.c_void_p * len(orders))(*(None if getattr(o, name) is None else getattr(o, name).data_ptr()
+                                             for o in orders))
 
 
 def _discounts(a: torch.Tensor, smoothing: str) -> list[float]:
@@ -232,7 +246,7 @@ class CountModel:
     def _num(self, o: _Order, a: torch.Tensor) -> torch.Tensor:
         if self.smoothing == "wb":
             return a.double()
-        return a.double() - o.dtab[a.clamp(max=3)]
+        return a.double() - o.dtab.index_select(0, a.clamp(max=3))
 
     def derive(self):
         """Model counts, discounts, numerators, context arrays and the shared parts from the raw counts."""
@@ -257,7 +271,7 @@ class CountModel:
             else:
                 den = total
                 gnum = torch.zeros(len(ctx), dtype=torch.float64, device=dev)
-                gnum.index_add_(0, inverse, o.dtab[real.clamp(max=3)])
+                gnum.index_add_(0, inverse, o.dtab.index_select(0, real.clamp(max=3)))
             zero = torch.zeros(1, dtype=torch.int64, device=dev)
             o.ctx = torch.cat([ctx, o.keys[-1:]])
             o.den = torch.cat([den, zero])
@@ -310,7 +324,7 @@ class CountModel:
             den_out, change = den - delta - lost, -lost.float()
         else:
             den_out = den - delta
-            change = (o.dtab[a_out.clamp(max=3)] - o.dtab[a.clamp(max=3)]).float()
+            change = (o.dtab.index_select(0, a_out.clamp(max=3)) - o.dtab.index_select(0, a.clamp(max=3))).float()
         return _Terms(ci, den, gnum, den_out, change, self._num(o, a).float(), self._num(o, a_out).float(), delta)
 
     def _terms_of(self, k: int, h: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> _Terms:
@@ -374,20 +388,54 @@ class CountModel:
         the host tokens (`_entries`)."""
         n, v, dev = self.order, self.vocab_size, self.device
         m = len(seq) - (n - 1)
+        kernels = native.library("count.c") if dev.type == "cpu" else None
+        if kernels:
+            return self._query_native(kernels, seq, available, leave_out)
         entries = self._entries(seq)
         size = int(entries.sum())
         seq, entries = _to_device(seq, dev), _to_device(entries, dev)
-        y, out = seq[n - 1:], leave_out.long()
-        # One search per order: the k-grams ending at the m + 1 places s = 0..m, the tokens seq[s + n - 2] (place 0
-        # ends position 0's context): the k-gram ending at place s + 1 is position s's order-k gram, the one
-        # ending at place s its order-(k+1) context.
+        y, prev = seq[n - 1:], seq[n - 2:n - 2 + m]
+        lookups = self._lookups(seq, m, leave_out)
+        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)  # the leave-one-out row of (prev, y), where it has one
+        p_target, correction, spans, row_of, rho, beta = self._weights(lookups, available, prev, bigram)
+        ids, weight, entry_row = self._fill(entries, size, y, correction, spans)
+        return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
+                         beta=beta, target_logprob=p_target.log())
+
+    def _query_native(self, kernels, seq, available, leave_out) -> CountDist:
+        """`query` on the CPU by golf/count.c (`_lookups_native`, `_weights_native`, `_fill_native`): the same
+        CountDist, field for field. The device being the host, the entries per position come from the lookups'
+        order-3 contexts rather than a host search of their own."""
+        n, v = self.order, self.vocab_size
+        m = len(seq) - (n - 1)
+        y, prev = seq[n - 1:], seq[n - 2:n - 2 + m]
+        lookups = self._lookups_native(kernels, seq, m, leave_out)
+        if n >= 3:
+            entries = 1 + self.orders[2].followers.index_select(0, lookups[0][2, 1:])
+        else:
+            entries = torch.ones(m, dtype=torch.int64)
+        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)
+        p_target, correction, spans, row_of, rho, beta = self._weights_native(kernels, lookups, available, prev,
+                                                                              bigram)
+        ids, weight, entry_row = self._fill_native(kernels, entries, int(entries.sum()), y, correction, spans)
+        return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
+                         beta=beta, target_logprob=p_target.log())
+
+    def _lookups(self, seq, m: int, leave_out):
+        """Per order k, at the m positions: (context index, k-gram found, k-gram index, occurrences left out), (m,)
+        each. One search per order: the k-grams ending at the m + 1 places s = 0..m, the tokens seq[s + n - 2]
+        (place 0 ends position 0's context): the k-gram ending at place s + 1 is position s's order-k gram, the
+        one ending at place s its order-(k+1) context, whose index among the contexts comes from the search of
+        the order below (context_of), or the orphans."""
+        n, v, dev = self.order, self.vocab_size, seq.device
+        out = leave_out.long()
         windows = torch.nn.functional.pad(seq, (1, 0)).unfold(0, n, 1)  # (m + 1, n): seq[s - 1 : s + n - 1]
         key, keys, grams = torch.zeros(m + 1, dtype=torch.int64, device=dev), [], []
         for k in range(1, n + 1):
             key = key + windows[:, n - k] * v ** (k - 1)  # place 0 of the top order reads the pad: never used
             keys.append(key)
             grams.append(_find(self.orders[k - 1].keys, key))
-        terms, use = [], []
+        lookups = []
         for k in range(1, n + 1):
             o = self.orders[k - 1]
             if k == 1:  # the empty context: index 0 (the sentinel's when nothing is counted)
@@ -402,11 +450,40 @@ class CountModel:
             else:  # a continuation count drops only if the whole-context (k+1)-gram was counted once
                 found_above, above = grams[k]
                 delta = out * (found_above[1:] & (self.orders[k].raw.index_select(0, above[1:]) == 1))
-            t = self._terms(k, ci, grams[k - 1][0][1:], grams[k - 1][1][1:], delta)
-            terms.append(t)
-            use.append(available[:, k - 1] & (t.den_out > 0))
+            lookups.append((ci, grams[k - 1][0][1:], grams[k - 1][1][1:], delta))
+        return lookups
+
+    def _lookups_native(self, kernels, seq, m: int, leave_out):
+        """`_lookups` by golf/count.c's count_lookups (CPU), by place: (ci, found, index, delta) as (order, m + 1)
+        tensors, position i in column i + 1, for `_weights_native`. From place 1 on, a k-gram is searched among
+        the followers of its context (a few cache lines), not all the order's keys; the same lookups, and the same
+        k-gram index where found (the sentinel's where not: it is read only where found)."""
+        n = self.order
+        keys, index, ci, delta = (torch.zeros(n, m + 1, dtype=torch.int64) for _ in range(4))
+        found = torch.zeros(n, m + 1, dtype=torch.bool)
+
+        def sizes(name):
+            return torch.tensor([0 if getattr(o, name) is None else len(getattr(o, name)) for o in self.orders])
+        n_keys, n_ctx, n_orphans = sizes("keys"), sizes("ctx"), sizes("orphans")
+        seq, leave_out = seq.contiguous(), leave_out.contiguous()
+        tables = functools.partial(_tables, self.orders)
+        kernels.count_lookups(m, n, self.vocab_size, int(self.smoothing == "wb"), seq.data_ptr(), leave_out.data_ptr(),
+                              tables("keys"), n_keys.data_ptr(), tables("raw"), n_ctx.data_ptr(), tables("start"),
+                              tables("followers"), tables("context_of"), tables("orphans"), n_orphans.data_ptr(),
+                              tables("orphan_index"), keys.data_ptr(), found.data_ptr(), index.data_ptr(), ci.data_ptr(),
+                              delta.data_ptr())
+        return ci, found, index, delta
+
+    def _weights(self, lookups, available, prev, bigram):
+        """The per-position part of `query` from its lookups: (p_target, the target entry's weight `correction`,
+        spans, row_of, rho, beta). spans: per order k >= 3 (rows of (ORDER - 2, m) tensors) and position, where
+        its context's followers start among the k-grams, how many of them it fills (its followers, which are
+        among order 3's: the minimum only guards that), and the weight of their numerators."""
+        n, v, m = self.order, self.vocab_size, len(prev)
+        terms = [self._terms(k, *lookup) for k, lookup in enumerate(lookups, start=1)]
+        use = [available[:, k - 1] & (t.den_out > 0) for k, t in enumerate(terms, start=1)]
         # g[k-1]: the weight of order k's own part, the product of the gammas of the orders above it
-        g, above = [None] * n, torch.ones(m, dtype=torch.float32, device=dev)
+        g, above = [None] * n, torch.ones(m, dtype=torch.float32, device=prev.device)
         for k in range(n, 0, -1):
             t = terms[k - 1]
             g[k - 1] = above
@@ -416,30 +493,72 @@ class CountModel:
         for k in range(1, n + 1):
             t = terms[k - 1]
             p_target = p_target + torch.where(use[k - 1], g[k - 1] * t.num_out / t.den_out.clamp_min(1), 0.0)
+        correction = torch.zeros(m, dtype=torch.float32, device=prev.device)
+        for k in range(1, n + 1):
+            t = terms[k - 1]
+            correction += torch.where(use[k - 1], g[k - 1] * (t.num_out - t.num) / t.den_out.clamp_min(1), 0.0)
+        per_order, limit = [], None
+        for k in range(3, n + 1):
+            o, t = self.orders[k - 1], terms[k - 1]
+            count = o.followers.index_select(0, t.ctx_index) * use[k - 1]
+            limit = count if k == 3 else torch.minimum(count, limit)
+            per_order.append((o.start.index_select(0, t.ctx_index), limit,
+                              g[k - 1] / t.den_out.clamp_min(1) * use[k - 1]))
+        spans = tuple(torch.stack(x) for x in zip(*per_order)) if per_order else None
 
-        # The sparse part, ragged (golf.signals.CountDist): per position its target's entry (the leave-one-out
-        # corrections of every order), then one entry per follower of its order-3 context in ascending id, which
-        # carries order 3's numerator and every longer order's (the longer contexts' followers are among them:
-        # each at its precomputed slot, suffix_slot).
+        # The shared parts: the bigram row (or its leave-one-out mix with uniform), P_1, and uniform.
+        t1, t2 = terms[0], terms[1]
+        rho2 = torch.where(use[1], g[1] * (t2.den - t2.gnum) / t2.den_out.clamp_min(1), 0.0)
+        beta = torch.where(use[0], g[0] * t1.den / t1.den_out.clamp_min(1), 0.0)
+        rest = torch.where(use[0], g[0] * t1.gnum_change / t1.den_out.clamp_min(1), g[0])  # uniform's own weight
+        mixed = (rho2 != 0) & (rest != 0)
+        row_of = torch.where(mixed, v + 1 + bigram, torch.where(rho2 != 0, prev, v))
+        rho = torch.where(rho2 != 0, rho2 + torch.where(mixed, rest, 0.0), rest)
+        return p_target, correction, spans, row_of, rho, beta
+
+    def _weights_native(self, kernels, lookups, available, prev, bigram):
+        """`_weights` by golf/count.c's count_terms (CPU) from `_lookups_native`'s lookups: one pass over the
+        positions, the same float32 arithmetic."""
+        n, m = self.order, len(prev)
+        ci, found, gi, delta = lookups
+        p_target, correction, rho, beta = (torch.empty(m, dtype=torch.float32) for _ in range(4))
+        row_of = torch.empty(m, dtype=torch.int64)
+        spans = (torch.empty(n - 2, m, dtype=torch.int64), torch.empty(n - 2, m, dtype=torch.int64),
+                 torch.empty(n - 2, m, dtype=torch.float32)) if n >= 3 else None
+
+        prev, bigram, available = prev.contiguous(), bigram.contiguous(), available.contiguous()
+        code = kernels.count_terms(
+            m, n, self.vocab_size, int(self.smoothing == "wb"), *(_tables(self.orders, name) for name in (
+                "den", "gnum", "a", "followers", "start", "dtab")), ci.data_ptr(), found.data_ptr(),
+            gi.data_ptr(), delta.data_ptr(), available.data_ptr(), prev.data_ptr(), bigram.data_ptr(),
+            p_target.data_ptr(), correction.data_ptr(), *((t.data_ptr() for t in spans) if spans else (0, 0, 0)),
+            row_of.data_ptr(), rho.data_ptr(), beta.data_ptr())
+        if code:
+            raise RuntimeError("golf/count.c count_terms: a count left out exceeds the count (broken n-gram tables)")
+        return p_target, correction, spans, row_of, rho, beta
+
+    def _fill(self, entries, size: int, y, correction, spans):
+        """The sparse part (ids, weight, entry_row) of `query`: per position its target's entry (id y, weight
+        `correction`: the leave-one-out corrections of every order), then one entry per follower of its order-3
+        context in ascending id, which carries order 3's numerator and every longer order's (the longer contexts'
+        followers are among them: each at its precomputed slot, suffix_slot). spans: per order k >= 3, per
+        position (first follower among the k-grams, followers filled, weight of the numerators)."""
+        dev = entries.device
         entry_row = torch.repeat_interleave(entries, output_size=size)
         first = torch.cumsum(entries, 0) - entries  # the target's entry
         first_e = first.index_select(0, entry_row)
         slot = torch.arange(size, device=dev) - first_e - 1  # -1: the target's entry
         follower = slot >= 0
         weight = torch.zeros(size, dtype=torch.float32, device=dev)
-        ids, limit = None, None
+        ids = None
         # On the entries, masks multiply (torch.where and masked_fill are ~6x slower on the CPU) and gathers are
         # index_select (several times faster than indexing with a tensor); a masked-out entry reads any valid
         # index and adds 0.
-        for k in range(3, n + 1):
-            o, t = self.orders[k - 1], terms[k - 1]
-            count = o.followers.index_select(0, t.ctx_index) * use[k - 1]
-            # entries this order fills: its followers, which are among order 3's (the minimum only guards that)
-            limit = count if k == 3 else torch.minimum(count, limit)
+        for k, (start, limit, scale) in enumerate(zip(*spans) if spans else (), start=3):
+            o = self.orders[k - 1]
             real = follower & (slot < limit.index_select(0, entry_row))
-            at = (o.start.index_select(0, t.ctx_index).index_select(0, entry_row) + slot).clamp_(0, len(o.keys) - 1)
-            scale = (g[k - 1] / t.den_out.clamp_min(1) * use[k - 1]).index_select(0, entry_row)
-            part = o.num.index_select(0, at).mul_(scale).mul_(real)
+            at = (start.index_select(0, entry_row) + slot).clamp_(0, len(o.keys) - 1)
+            part = o.num.index_select(0, at).mul_(scale.index_select(0, entry_row)).mul_(real)
             if k == 3:
                 ids, weight = o.last_token.index_select(0, at), part
             else:
@@ -448,25 +567,24 @@ class CountModel:
             ids = y  # one entry per position
         else:
             ids[first] = y
-        correction = torch.zeros(m, dtype=torch.float32, device=dev)
-        for k in range(1, n + 1):
-            t = terms[k - 1]
-            correction += torch.where(use[k - 1], g[k - 1] * (t.num_out - t.num) / t.den_out.clamp_min(1), 0.0)
         weight[first] = correction
+        return ids, weight, entry_row
 
-        # The shared parts: the bigram row (or its leave-one-out mix with uniform), P_1, and uniform.
-        t1, t2 = terms[0], terms[1]
-        rho2 = torch.where(use[1], g[1] * (t2.den - t2.gnum) / t2.den_out.clamp_min(1), 0.0)
-        beta = torch.where(use[0], g[0] * t1.den / t1.den_out.clamp_min(1), 0.0)
-        rest = torch.where(use[0], g[0] * t1.gnum_change / t1.den_out.clamp_min(1), g[0])  # uniform's own weight
-        prev = seq[n - 2:n - 2 + m]
-        mixed = (rho2 != 0) & (rest != 0)
-        b = torch.searchsorted(self.bigram_keys, prev * v + y)
-        row_of = torch.where(mixed, v + 1 + b, torch.where(rho2 != 0, prev, v))
-        rho = torch.where(rho2 != 0, rho2 + torch.where(mixed, rest, 0.0), rest)
-        return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
-                         beta=beta, target_logprob=p_target.log())
-
+    def _fill_native(self, kernels, entries, size: int, y, correction, spans):
+        """`_fill` by golf/count.c's count_fill (CPU): one pass over the positions, the same float32 arithmetic."""
+        m = len(entries)
+        ids, entry_row = (torch.empty(size, dtype=torch.int64) for _ in range(2))
+        weight = torch.empty(size, dtype=torch.float32)
+        first = torch.cumsum(entries, 0) - entries
+        start, limit, scale = spans if spans else (torch.zeros(0),) * 3
+        orders = self.orders[2:]  # order 3 has no suffix slots: its followers' places are the slots
+        last3 = self.orders[2].last_token if orders else y
+        y, correction = y.contiguous(), correction.contiguous()
+        kernels.count_fill(m, len(orders), first.data_ptr(), entries.data_ptr(), y.data_ptr(), correction.data_ptr(),
+                           start.data_ptr(), limit.data_ptr(), scale.data_ptr(), last3.data_ptr(), len(last3) - 1,
+                           _tables(orders, "num"), _tables(orders, "suffix_slot"), ids.data_ptr(), weight.data_ptr(),
+                           entry_row.data_ptr())
+        return ids, weight, entry_row
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on the device: on CUDA pinned and asynchronous (the step does not wait for the device)."""

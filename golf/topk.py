@@ -1,82 +1,23 @@
 """Top-K of float32 log-probabilities along the last dim, for the logit cache.
 
-CUDA: torch.topk. CPU: golf/topk.c, built with the system C compiler on first use into a per-user cache and
-called through ctypes (which releases the GIL) on torch's threads' worth of row blocks: at K=32, V=1024
+CUDA: torch.topk. CPU: golf/topk.c (golf.native) on torch's threads' worth of row blocks: at K=32, V=1024
 0.33-0.51x the time of torch.topk and 0.40-0.61x that of the fallback (bench/cache_write.py's one-batch
-breakdown; docs/performance.md); exact ties keep the lower id first. Without a compiler, or with
-GOLF_NATIVE_TOPK=0 (or any false spelling the settings take): torch's top-K on integer keys (exact ties in
-torch's order)."""
-import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
+breakdown; docs/performance.md); exact ties keep the lower id first. Without a compiler, or with GOLF_NATIVE=0
+(golf.native): torch's top-K on integer keys (exact ties in torch's order)."""
 import torch
 
-from golf.atomic import atomic_path
-from golf.errors import BOOL_SPELLINGS, GolfError, parse_bool
-
-SOURCE = Path(__file__).with_name("topk.c")
-MIN_ROWS_PER_THREAD = 256  # below this a thread hand-off costs more than it saves
-
-_kernel = None  # ctypes function, False once building failed, None before the first call
-_pool = None
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "distill-golf"
-
-
-def compile_flags() -> list[str]:
-    # AVX2 when torch found it at run time; the library's name hashes the flags, so machines sharing a home
-    # folder never load each other's builds.
-    vector = ["-mavx2"] if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else []
-    return ["-O3", *vector, "-shared", "-fPIC"]
-
-
-def build(compiler: str | None = None) -> Path:
-    """Compile golf/topk.c unless this source, compiler and flags were built before; returns the library.
-    The library appears atomically (golf.atomic), so ranks that build at once each load a whole file."""
-    cc = shutil.which(compiler or os.environ.get("CC", "cc"))
-    if cc is None:
-        raise OSError(f"no C compiler {compiler or os.environ.get('CC', 'cc')!r} on PATH")
-    flags = compile_flags()
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags]).encode()).hexdigest()[:16]
-    lib = cache_dir() / f"topk-{tag}.so"
-    if not lib.exists():
-        with atomic_path(lib) as tmp:
-            done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                raise OSError(f"{cc} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
-    return lib
+from golf import native
 
 
 def load_kernel(compiler: str | None = None):
     """The C kernel's topk_rows, or None (with one line on stderr saying why) when it cannot be built."""
-    try:
-        fn = ctypes.CDLL(str(build(compiler))).topk_rows
-    except (OSError, subprocess.SubprocessError, GolfError) as e:
-        print(f"note: golf/topk.c not built ({e}); the logit cache uses torch's slower CPU top-K", file=sys.stderr)
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
+    lib = native.load("topk.c", compiler)
+    return lib and lib.topk_rows
 
 
 def _native():
-    global _kernel
-    if _kernel is None:
-        raw = os.environ.get("GOLF_NATIVE_TOPK", "1")
-        wanted = parse_bool(raw)
-        if wanted is None:
-            raise GolfError(f"GOLF_NATIVE_TOPK={raw!r} is not a valid bool (use {BOOL_SPELLINGS}); fix or unset it")
-        _kernel = (wanted and load_kernel()) or False
-    return _kernel or None
+    lib = native.library("topk.c")
+    return lib and lib.topk_rows
 
 
 def cpu_backend() -> str:
@@ -91,19 +32,8 @@ def native_topk_ids(logp: torch.Tensor, k: int, kernel, threads: int | None = No
         raise ValueError(f"top-{k} of rows of {v} {logp.dtype} on {logp.device}: needs 1 <= K <= V, CPU float32")
     logp = logp.contiguous()
     out = torch.empty(n, k, dtype=torch.int64)
-    threads = max(1, min(threads or torch.get_num_threads(), n // MIN_ROWS_PER_THREAD))
-    step = -(-n // threads)
-    blocks = [(logp[a:a + step].data_ptr(), min(step, n - a), v, k, out[a:a + step].data_ptr())
-              for a in range(0, n, step)]
-    others = []
-    if len(blocks) > 1:
-        global _pool
-        if _pool is None:  # threads start on demand, up to one per core
-            _pool = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="golf-topk")
-        others = [_pool.submit(kernel, *b) for b in blocks[1:]]
-    codes = [kernel(*blocks[0])] + [f.result() for f in others]  # this thread takes a block too
-    if any(codes):
-        raise MemoryError("golf/topk.c: out of memory")
+    native.run_blocks(kernel, [(logp[a].data_ptr(), b - a, v, k, out[a].data_ptr())
+                               for a, b in native.row_blocks(n, threads)], "golf/topk.c")
     return out
 
 

@@ -22,7 +22,7 @@ UNRELATED_ENV = ["PATH", "HOME", "USER", "SHELL", "LANG", "PWD", "HOSTNAME", "TM
                  "PYTHONHASHSEED", "VIRTUAL_ENV", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
                  "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCH_HOME", "TORCH_LOGS",
                  "HF_HOME", "WANDB_PROJECT", "SLURM_JOB_ID", "XDG_CACHE_HOME", "CC", "LD_LIBRARY_PATH", "DEBUG",
-                 "GOLF_NATIVE_TOPK", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_TRIM_THRESHOLD_",
+                 "GOLF_NATIVE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MALLOC_TRIM_THRESHOLD_",
                  "PYTORCH_CUDA_ALLOC_CONF", "TOKENIZERS_PARALLELISM", "http_proxy"]
 
 
@@ -133,18 +133,6 @@ def test_debug_takes_the_boolean_spellings(value, traceback, monkeypatch, capsys
         with pytest.raises(SystemExit) as e:
             main()
         assert e.value.code == 2 and capsys.readouterr().err == "error: bad input\n"
-
-
-@pytest.mark.parametrize("value", ["0", "false", "no", "OFF"])
-def test_golf_native_topk_takes_the_boolean_spellings(value, monkeypatch):
-    import golf.topk
-    monkeypatch.setattr(golf.topk, "_kernel", None)
-    monkeypatch.setenv("GOLF_NATIVE_TOPK", value)
-    assert golf.topk.cpu_backend() == "torch.topk on integer keys"
-    monkeypatch.setattr(golf.topk, "_kernel", None)
-    monkeypatch.setenv("GOLF_NATIVE_TOPK", "maybe")
-    with pytest.raises(GolfError, match=r"GOLF_NATIVE_TOPK=.*1/true/yes/on"):
-        golf.topk.cpu_backend()
 
 
 # ---- the study's variables as aliases; choices from the registries -------------------------------------------

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import golf.losses
+from golf import native
 from golf.losses import cross_entropy, distill_loss, distill_terms, full_kl, topk_kl
 from golf.signals import CountDist
 
@@ -19,6 +20,17 @@ def row_blocks(request, monkeypatch):
     """The N x V passes run over row blocks on CPU: also check them with many blocks and a partial last one."""
     if request.param == "many blocks":
         monkeypatch.setattr(golf.losses, "_BLOCK_FLOATS", 3100)  # 3 rows of 1024, 6 of 512, 12 of 256
+
+
+@pytest.fixture(params=["golf/count.c", "torch"])
+def count_backend(request, monkeypatch):
+    """The count loss runs golf/count.c's kernels on the CPU where they build and its torch form elsewhere (CUDA, no
+    compiler): check both."""
+    if request.param == "torch":
+        monkeypatch.setitem(native._libraries, "count.c", False)
+    elif native.library("count.c") is None:
+        pytest.skip("no C compiler here: golf/count.c cannot be built (the torch form is tested)")
+    return request.param
 
 
 # ---- float64 dense references: full N x V distributions, KL by definition ------------------------------------------
@@ -388,7 +400,7 @@ def count_signal(case, target_logprob=None):
 
 
 @pytest.mark.parametrize("parts", ["all", "no rows", "no shared", "positive only"])
-def test_count_kl_value_and_grad_match_dense_reference(parts, row_blocks):
+def test_count_kl_value_and_grad_match_dense_reference(parts, row_blocks, count_backend):
     n, v, w, r = 40, 96, 7, 5
     kw = dict(negative=parts != "positive only", rows_part=parts != "no rows", shared_part=parts != "no shared")
     case = make_count_case(n, v, w, r, seed=3, **kw)
@@ -406,7 +418,7 @@ def test_count_kl_value_and_grad_match_dense_reference(parts, row_blocks):
     assert_close_rel(grad, ref_grad, 1e-5)
 
 
-def test_count_terms_are_ce_and_kl_from_one_node_with_the_teachers_ce():
+def test_count_terms_are_ce_and_kl_from_one_node_with_the_teachers_ce(count_backend):
     """distill_terms with count_* inputs shaped like the batch: CE, KL and their mixed gradient against float64, the
     teacher's CE from its target log-probs, and teacher_valid masking the KL (and teacher CE) only."""
     b, s, v, w, r = 3, 16, 64, 5, 4
@@ -445,7 +457,7 @@ def test_count_terms_are_ce_and_kl_from_one_node_with_the_teachers_ce():
     assert set(parts) == {"ce", "kl", "teacher_ce"}
 
 
-def test_count_teacher_equal_to_the_student_has_zero_kl():
+def test_count_teacher_equal_to_the_student_has_zero_kl(count_backend):
     """KL(p || p) = 0: a student whose softmax is the teacher's p (log p as logits, softcap-sized) gets no KL and no
     KL gradient (the exact entropy cancels the soft cross-entropy)."""
     case = make_count_case(32, 128, 6, 3, seed=8)
@@ -464,7 +476,7 @@ def test_count_teacher_refuses_a_temperature_and_a_hard_target():
         distill_terms(z, y, mode="hard", **inputs)
 
 
-def test_count_term_without_the_entropy_is_the_soft_ce_with_the_same_gradient(row_blocks):
+def test_count_term_without_the_entropy_is_the_soft_ce_with_the_same_gradient(row_blocks, count_backend):
     """count_entropy=False (a step whose values are not logged): the term is H(p, q) = KL + H(p) against float64, its
     gradient the KL's, and the logged KL is NaN (not computed), never a wrong number."""
     n, v = 24, 80
@@ -486,7 +498,7 @@ def test_count_term_without_the_entropy_is_the_soft_ce_with_the_same_gradient(ro
     torch.testing.assert_close(terms[False][1], terms[True][1], rtol=0, atol=0)
 
 
-def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student():
+def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student(count_backend):
     """Logits without a softcap: the student puts its mass 120 nats away from every column the teacher names, so
     their q underflow float32 and the log-normaliser falls back to max z - log max q (golf.losses._log_normaliser)."""
     n, v, w = 16, 64, 4
@@ -507,7 +519,37 @@ def test_count_kl_is_exact_where_the_teachers_columns_underflow_in_the_student()
     assert_close_rel(grad, ref_grad, 1e-5)
 
 
-def test_count_kl_under_bf16_autocast_computes_in_float32():
+def test_count_loss_on_bf16_logits_returns_the_float32_gradient_rounded_once(count_backend):
+    """The student's logits in bf16 (CUDA and AMX CPUs train in it): value and gradient against float64 on the same
+    logits, the gradient in bf16 within a rounding of the float32 one, and the two backends within one such
+    rounding of each other (golf/count.c rounds to nearest even as torch does)."""
+    case = make_count_case(300, 128, 6, 4, seed=33)
+    p = dense_count_p(**case)
+    z = (torch.randn(300, 128, generator=torch.Generator().manual_seed(34)) * 3).bfloat16()
+    val, grad = value_and_grad(lambda x: golf.losses.count_kl(x, count_signal(case)), z)
+    ref, ref_grad = value_and_grad(lambda x: _kl(p, torch.softmax(x, -1)), z.double())
+    assert grad.dtype == torch.bfloat16
+    assert val.item() == pytest.approx(ref.item(), rel=1e-5)
+    err = (grad.double() - ref_grad).abs()
+    assert (err <= ref_grad.abs() * 2**-8 + 1e-6 * ref_grad.abs().max()).all()
+
+
+def test_count_loss_kernels_split_rows_among_threads_with_the_same_result():
+    """golf/count.c's loss kernels on three threads (row parts with their own entry ranges) give what one gives."""
+    if native.library("count.c") is None:
+        pytest.skip("no C compiler here: golf/count.c cannot be built")
+    case = make_count_case(900, 64, 5, 3, seed=35)
+    z = torch.randn(900, 64, generator=torch.Generator().manual_seed(36)) * 2
+    results = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        assert len(native.row_blocks(900)) == threads
+        results.append(value_and_grad(lambda x: golf.losses.count_kl(x, count_signal(case)), z))
+    torch.set_num_threads(1)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_count_kl_under_bf16_autocast_computes_in_float32(count_backend):
     """The objective runs under the run's autocast: the count loss's products (matrix-vector, sparse x dense) must not
     drop to bf16 there, and its gradient keeps z's dtype."""
     case = make_count_case(64, 256, 6, 4, seed=31)

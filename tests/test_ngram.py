@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from golf import native
 from golf.cache import CacheReader, cache_manifest_field
 from golf.config import Config
 from golf.data import DistributedTokenLoader
@@ -36,6 +37,16 @@ SHARD_SIZES = (700, 411, 530)  # the batches below cross both shard boundaries a
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def use_backend(name: str, monkeypatch):
+    """Queries run golf/count.c's kernels on the CPU where they build, the torch form elsewhere (CUDA, no compiler)."""
+    if name == "torch":
+        monkeypatch.setitem(native._libraries, "count.c", False)
+    else:
+        monkeypatch.delitem(native._libraries, "count.c", raising=False)
+        if native.library("count.c") is None:
+            pytest.skip("no C compiler here: golf/count.c cannot be built (the torch form is tested)")
 
 
 def markov_tokens(n: int, v: int, seed: int) -> np.ndarray:
@@ -192,15 +203,17 @@ def check_stream_signal(model: StreamNgram, brute: BruteForce, a: int, b: int):
     check_signal(model.stream_signal(a, b), np.array(want), y, f"stream [{a}, {b})")
 
 
+@pytest.mark.parametrize("backend", ["golf/count.c", "torch"])
 @pytest.mark.parametrize("order", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("smoothing", ["mkn", "kn", "wb"])
 @pytest.mark.parametrize("leave_one_out", [True, False])
-def test_probabilities_equal_a_brute_force_model(tmp_path, order, smoothing, leave_one_out):
+def test_probabilities_equal_a_brute_force_model(tmp_path, order, smoothing, leave_one_out, backend, monkeypatch):
     """Every order and smoothing, leave-one-out on and off, online counting (odd orders) and not: each batch's
     distribution equals the float64 dict model's, across the shard boundaries and the wrap-around (the loader
     reads 14 x 129 tokens of a 1641-token stream), and the stream's first and last positions with their
     cyclic contexts. Two rare tokens (3 occurrences, 1) make the leave-one-out rows that mix a bigram row with
-    uniform (golf/ngram.py) appear."""
+    uniform (golf/ngram.py) appear. Both backends: golf/count.c and the torch form."""
+    use_backend(backend, monkeypatch)
     tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V - 2, seed=order)
     tokens[[150, 420, 1300]], tokens[700] = SMALL_V - 2, SMALL_V - 1
     files = write_split(tmp_path, tokens, SHARD_SIZES)
@@ -229,6 +242,32 @@ def test_probabilities_equal_a_brute_force_model(tmp_path, order, smoothing, lea
     check_stream_signal(model, brute, 0, 30)
     check_stream_signal(model, brute, len(tokens) - 30, len(tokens))
     assert int(model.counts.orders[0].raw.sum()) == model.counted
+
+
+@pytest.mark.parametrize("order", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("smoothing", ["mkn", "kn", "wb"])
+def test_the_c_query_is_the_torch_query_field_for_field(tmp_path, order, smoothing, monkeypatch):
+    """golf/count.c's query (lookups among a context's followers, one pass per position) gives the torch form's
+    CountDist bit for bit: over the whole stream with its cyclic contexts, each counted position left out (the
+    contexts of the stream's first event are orphans: the stream's end is not counted), and on rows whose first
+    positions lack the longer orders (`predict`)."""
+    tokens = markov_tokens(sum(SHARD_SIZES), SMALL_V - 2, seed=10 + order)
+    tokens[[150, 420, 1300]], tokens[700] = SMALL_V - 2, SMALL_V - 1
+    # the stream ends in the rare token after another predecessor: contexts across the wrap are counted nowhere
+    tokens[-1], tokens[-2] = SMALL_V - 1, (tokens[699] + 1) % (SMALL_V - 2)
+    cfg = ngram_config(ngram_order=order, ngram_prepass_tokens=900, ngram_online=False, ngram_smoothing=smoothing)
+    model = open_model(cfg, write_split(tmp_path, tokens, SHARD_SIZES))
+    model.build()
+    assert order == 2 or any(len(o.orphans) > 1 for o in model.counts.orders[1:])  # beside the sentinel
+    rows = torch.from_numpy(tokens[:6 * 50].reshape(6, 50))
+    got = {}
+    for backend in ("golf/count.c", "torch"):
+        use_backend(backend, monkeypatch)
+        got[backend] = (model.stream_signal(0, len(tokens)), model.predict(rows))
+    (c_signal, c_logp), (t_signal, t_logp) = got.values()
+    for field in dataclasses.fields(c_signal):
+        assert torch.equal(getattr(c_signal, field.name), getattr(t_signal, field.name)), field.name
+    assert torch.equal(c_logp, t_logp)
 
 
 def test_kneser_ney_counts_and_discounts_by_hand():
