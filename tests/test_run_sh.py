@@ -131,7 +131,7 @@ def test_dry_run_study_every_arm_at_five_seeds_two_clocks_and_compute_matched(tm
     assert names == [f"{a}-{clock}-s{seed}" for seed in seeds for clock in ("wall", "steps") for a in STUDY_ARMS] + [
         f"baseline-cm-s{seed}" for seed in (1337, 42, 2024)] + [
         f"{a}-s{seed}" for seed in (1337, 42, 2024) for a in ("baseline-long", "ngram3-long", "ngram5-long", "ngram3-a0.9-long",
-                                                   "ngram3-cm")]
+                                                   "ngram3-cm", "ngram3-a0.9-cm")]
     for name, cmd in zip(names, students):
         assert f"LOG_DIR=runs/study/{name} " in cmd and cmd.startswith("PRESET=demo-student WARMDOWN_ITERS=60 ")
         seed = name.rsplit("-s", 1)[1]
@@ -147,7 +147,7 @@ def test_dry_run_study_every_arm_at_five_seeds_two_clocks_and_compute_matched(tm
     for name in ("ngram5-wall-s7", "ngram5-half-steps-s42", "ngram5-long-s2024", "ngram3-cm-s1337"):
         assert f"DISTILL_TEACHER=ngram NGRAM_ORDER={name[5]} " in by_name[name] and "DISTILL_TEMP=1 " in by_name[name]
     assert "DISTILL_STOP_FRAC=0.5" in by_name["ngram5-half-steps-s42"] and "STOP_FRAC" not in by_name["ngram5-wall-s7"]
-    for name in ("ngram3-a0.9-wall-s31", "ngram3-a0.9-long-s42"):
+    for name in ("ngram3-a0.9-wall-s31", "ngram3-a0.9-long-s42", "ngram3-a0.9-cm-s2024"):
         assert "DISTILL_ALPHA=0.9 DISTILL_TEACHER=ngram NGRAM_ORDER=3 " in by_name[name]
     assert "-m golf.results runs/study" in out.stdout
     assert not os.listdir(tmp_path)
