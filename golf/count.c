@@ -1,13 +1,14 @@
-/* The count teacher's CPU kernels, built by golf/native.py: the sparse part of a query (count_fill, for
-   golf/ngram.py) and the passes over the student's logits its exact soft loss adds to the cross-entropy's
-   (count_dots, count_grad, for golf/losses.py). Each does what the torch form beside its caller does in one pass
-   instead of a dozen whole-tensor operations; count_fill's float32 arithmetic is that form's, operation for
-   operation (no fused multiply-adds: golf/native.py's flags), so its output is identical. */
+/* The count teacher's CPU kernels, built by golf/native.py. For golf/ngram.py's query: count_lookups (each
+   order's k-grams and contexts at every position), count_terms (the smoothing's per-position weights),
+   count_fill (the ragged sparse part); their float32 arithmetic is the torch form's, operation for operation
+   (no fused multiply-adds: golf/native.py's flags), so the CountDist they make is the torch form's bit for bit.
+   For golf/losses.py's exact soft loss: count_dots (p . z) and count_grad (its gradient row), each one pass over
+   a row of the student's logits where the torch form makes several over the whole batch. */
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_ORDER 64 /* V^ORDER < 2^63 with V >= 2 */
-#define PREFETCH 16 /* places the lookups fetch ahead: a few memory latencies' worth of them */
+#define PREFETCH 16 /* places / positions whose table entries are fetched ahead: a few memory latencies' worth */
 #define LANES 16 /* independent partial sums in a dot product: the compiler keeps them in vector registers */
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -183,7 +184,8 @@ int count_terms(int64_t m, int64_t n, int64_t v, int wb, const int64_t *const *d
    correction[i]), then one per slot j = 0 .. entries[i] - 2 among its order-3 context's followers, with id
    last3[min(base[i] + j, last3_max)] and weight num[0][base[i] + j] * scale[i] while j < limit[i], else 0.
    Each longer order o = 1 .. orders - 1 (order 3 + o) adds num[o][b + j] * s to the entry of slot
-   suffix_slot[o][b + j] for j < l, with b, l, s its row o of the (orders, m) base, limit and scale. */
+   suffix_slot[o][b + j] for j < l, with b, l, s its row o of the (orders, m) base, limit and scale. Returns 2
+   where a slot falls outside its position's entries (broken tables), else 0. */
 int count_fill(int64_t m, int64_t orders, const int64_t *first, const int64_t *entries, const int64_t *y,
                const float *correction, const int64_t *base, const int64_t *limit, const float *scale,
                const int64_t *last3, int64_t last3_max, const float *const *num, const int64_t *const *suffix_slot,
@@ -208,7 +210,11 @@ int count_fill(int64_t m, int64_t orders, const int64_t *first, const int64_t *e
         for (int64_t o = 1; o < orders; o++) {
             int64_t bo = base[o * m + i], lo = limit[o * m + i];
             float so = scale[o * m + i];
-            for (int64_t j = 0; j < lo; j++) weight[e0 + 1 + suffix_slot[o][bo + j]] += num[o][bo + j] * so;
+            for (int64_t j = 0; j < lo; j++) {
+                int64_t slot = suffix_slot[o][bo + j];
+                if (slot >= slots) return 2; /* a follower that is not its suffix's: broken tables */
+                weight[e0 + 1 + slot] += num[o][bo + j] * so;
+            }
         }
     }
     return 0;

@@ -27,7 +27,8 @@ SIGNATURES = {
                 "count_terms": [_I, _I, _I, ctypes.c_int] + [_P] * 21,
                 "count_fill": [_I, _I] + [_P] * 8 + [_I] + [_P] * 5,
                 "count_dots": [_I, _I, _P, ctypes.c_int, _P, _I] + [_P] * 2 + [_I] + [_P] * 3 + [_I, _P, _P],
-                "count_grad": [_I, _I, _P, _P, _F, _P, _P, _I] + [_P] * 2 + [_I] + [_P] * 3 + [_I, ctypes.c_int, _P, _P]},
+                "count_grad": [_I, _I, _P, _P, _F, _P, _P, _I] + [_P] * 2 + [_I] + [_P] * 3
+                + [_I, ctypes.c_int, _P, _P]},
 }
 FALLBACKS = {"topk.c": "the logit cache uses torch's slower CPU top-K",
              "count.c": "the count teacher's query and loss use their slower torch forms"}

@@ -396,7 +396,7 @@ class CountModel:
         seq, entries = _to_device(seq, dev), _to_device(entries, dev)
         y, prev = seq[n - 1:], seq[n - 2:n - 2 + m]
         lookups = self._lookups(seq, m, leave_out)
-        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)  # the leave-one-out row of (prev, y), where it has one
+        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)  # the leave-one-out row of (prev, y), if any
         p_target, correction, spans, row_of, rho, beta = self._weights(lookups, available, prev, bigram)
         ids, weight, entry_row = self._fill(entries, size, y, correction, spans)
         return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
@@ -470,8 +470,8 @@ class CountModel:
         kernels.count_lookups(m, n, self.vocab_size, int(self.smoothing == "wb"), seq.data_ptr(), leave_out.data_ptr(),
                               tables("keys"), n_keys.data_ptr(), tables("raw"), n_ctx.data_ptr(), tables("start"),
                               tables("followers"), tables("context_of"), tables("orphans"), n_orphans.data_ptr(),
-                              tables("orphan_index"), keys.data_ptr(), found.data_ptr(), index.data_ptr(), ci.data_ptr(),
-                              delta.data_ptr())
+                              tables("orphan_index"), keys.data_ptr(), found.data_ptr(), index.data_ptr(),
+                              ci.data_ptr(), delta.data_ptr())
         return ci, found, index, delta
 
     def _weights(self, lookups, available, prev, bigram):
@@ -580,10 +580,14 @@ class CountModel:
         orders = self.orders[2:]  # order 3 has no suffix slots: its followers' places are the slots
         last3 = self.orders[2].last_token if orders else y
         y, correction = y.contiguous(), correction.contiguous()
-        kernels.count_fill(m, len(orders), first.data_ptr(), entries.data_ptr(), y.data_ptr(), correction.data_ptr(),
-                           start.data_ptr(), limit.data_ptr(), scale.data_ptr(), last3.data_ptr(), len(last3) - 1,
-                           _tables(orders, "num"), _tables(orders, "suffix_slot"), ids.data_ptr(), weight.data_ptr(),
-                           entry_row.data_ptr())
+        code = kernels.count_fill(m, len(orders), first.data_ptr(), entries.data_ptr(), y.data_ptr(),
+                                  correction.data_ptr(), start.data_ptr(), limit.data_ptr(), scale.data_ptr(),
+                                  last3.data_ptr(), len(last3) - 1, _tables(orders, "num"),
+                                  _tables(orders, "suffix_slot"), ids.data_ptr(), weight.data_ptr(),
+                                  entry_row.data_ptr())
+        if code:
+            raise RuntimeError("golf/count.c count_fill: a longer order's follower is not among its order-3 "
+                               "context's (broken n-gram tables)")
         return ids, weight, entry_row
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
