@@ -220,6 +220,7 @@ class _CountSoftCE(torch.autograd.Function):
             z, y, ids, weight, entry_row, rows, dense_cols, dense_coef = (
                 t.contiguous() for t in (z, y, ids, weight, entry_row, rows, dense_cols, dense_coef))
             scratch = torch.empty(torch.get_num_threads(), v)  # a bfloat16 row as float32, per thread
+            bf16 = int(z.dtype == torch.bfloat16)
         blocks = _row_blocks(q)
         for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
             if kernels:  # softmax upcasts in its one kernel; golf/count.c reads z as it is
@@ -233,7 +234,6 @@ class _CountSoftCE(torch.autograd.Function):
             torch.sub(lse, z_y[:, 0], out=ce[a:b])
             if kernels:
                 p_dot_z = torch.empty(b - a, dtype=torch.float32)
-                bf16 = int(z.dtype == torch.bfloat16)
                 _native_rows(kernels.count_dots, entry_row, a, b, ea, eb, lambda i, j, e0, e1, t: (
                     j - i, v, z[i].data_ptr(), bf16, rows.data_ptr(), dense_cols.shape[1], dense_cols[i].data_ptr(),
                     dense_coef[i].data_ptr(), e1 - e0, ids[e0:].data_ptr(), weight[e0:].data_ptr(),
@@ -246,7 +246,7 @@ class _CountSoftCE(torch.autograd.Function):
                                                                          z_e.mul_(weight[ea:eb]))
             torch.sub(lse, p_dot_z, out=soft_ce[a:b])
         ctx.save_for_backward(q, y, ids, weight, entry_row, rows, dense_cols, dense_coef, kl_w)
-        ctx.z_dtype = z.dtype
+        ctx.z_dtype, ctx.kernels = z.dtype, kernels
         # float64 means: float32 sums over many rows lose ~1e-3 nats (see _mean_kl)
         return ce.double().mean().float(), soft_ce.double().dot(kl_w.double()).float()
 
@@ -258,14 +258,13 @@ class _CountSoftCE(torch.autograd.Function):
         k = kl_w * g_soft
         coef, dense_coef = (k + g)[:, None], dense_coef * -k[:, None]
         entry_grad = weight * -k.index_select(0, entry_row)
-        out = _grad_out(grad, ctx.z_dtype)
-        kernels = _count_kernels(grad) if ctx.z_dtype in (torch.float32, torch.bfloat16) else None
-        if kernels:
+        out, kernels = _grad_out(grad, ctx.z_dtype), ctx.kernels  # the forward's backend
+        if kernels:  # golf/count.c: the whole row's gradient in one pass, rounded to bfloat16 there
             scratch = torch.empty(torch.get_num_threads(), v)  # a row's gradient before rounding, per thread
+            bf16, g_value = int(out is not grad), float(g)
         blocks = _row_blocks(grad)
         for (a, b), (ea, eb) in zip(blocks, _entry_ranges(entry_row, blocks)):
-            if kernels:  # golf/count.c: the whole row's gradient in one pass, rounded to bfloat16 there
-                bf16, g_value = int(out is not grad), float(g)
+            if kernels:
                 _native_rows(kernels.count_grad, entry_row, a, b, ea, eb, lambda i, j, e0, e1, t: (
                     j - i, v, grad[i].data_ptr(), coef[i].data_ptr(), g_value, y[i:].data_ptr(), rows.data_ptr(),
                     dense_cols.shape[1], dense_cols[i].data_ptr(), dense_coef[i].data_ptr(), e1 - e0,

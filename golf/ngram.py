@@ -54,7 +54,7 @@ A query searches each order's keys once (the k-grams ending at each place of the
 position's order-k context is the (k-1)-gram ending at it, so its index comes from the order below's search
 (`context_of`), except the contexts of the first counted event (the stream's start, whose context is the
 stream's end) while the end is not counted (`orphans`, at most one per order).
-On the CPU the query is golf/count.c's (golf.native; `_query_native`): the same lookups, each k-gram searched
+On the CPU the query is golf/count.c's (golf.native; the `_native` methods): the same lookups, each k-gram searched
 among its context's followers rather than all of the order's keys, then one pass per position for the weights
 and one for the sparse part, with the torch form's float32 arithmetic, so the CountDist is the same bit for bit
 (tests/test_ngram.py); 0.2x the torch form's time at order 5 on the demo (docs/performance.md). The torch form
@@ -388,36 +388,26 @@ class CountModel:
         the host tokens (`_entries`)."""
         n, v, dev = self.order, self.vocab_size, self.device
         m = len(seq) - (n - 1)
-        kernels = native.library("count.c") if dev.type == "cpu" else None
-        if kernels:
-            return self._query_native(kernels, seq, available, leave_out)
-        entries = self._entries(seq)
-        size = int(entries.sum())
-        seq, entries = _to_device(seq, dev), _to_device(entries, dev)
-        y, prev = seq[n - 1:], seq[n - 2:n - 2 + m]
-        lookups = self._lookups(seq, m, leave_out)
-        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)  # the leave-one-out row of (prev, y), if any
-        p_target, correction, spans, row_of, rho, beta = self._weights(lookups, available, prev, bigram)
-        ids, weight, entry_row = self._fill(entries, size, y, correction, spans)
-        return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
-                         beta=beta, target_logprob=p_target.log())
-
-    def _query_native(self, kernels, seq, available, leave_out) -> CountDist:
-        """`query` on the CPU by golf/count.c (`_lookups_native`, `_weights_native`, `_fill_native`): the same
-        CountDist, field for field. The device being the host, the entries per position come from the lookups'
-        order-3 contexts rather than a host search of their own."""
-        n, v = self.order, self.vocab_size
-        m = len(seq) - (n - 1)
-        y, prev = seq[n - 1:], seq[n - 2:n - 2 + m]
-        lookups = self._lookups_native(kernels, seq, m, leave_out)
-        if n >= 3:
-            entries = 1 + self.orders[2].followers.index_select(0, lookups[0][2, 1:])
+        kernels = native.library("count.c") if dev.type == "cpu" else None  # golf/count.c: the same CountDist
+        if kernels:  # the device is the host: the entries per position from the lookups' order-3 contexts
+            lookups = self._lookups_native(kernels, seq, m, leave_out)
+            entries = (1 + self.orders[2].followers.index_select(0, lookups[0][2, 1:]) if n >= 3
+                       else torch.ones(m, dtype=torch.int64))
+            size = int(entries.sum())
         else:
-            entries = torch.ones(m, dtype=torch.int64)
-        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)
-        p_target, correction, spans, row_of, rho, beta = self._weights_native(kernels, lookups, available, prev,
-                                                                              bigram)
-        ids, weight, entry_row = self._fill_native(kernels, entries, int(entries.sum()), y, correction, spans)
+            entries = self._entries(seq)
+            size = int(entries.sum())
+            seq, entries = _to_device(seq, dev), _to_device(entries, dev)
+            lookups = self._lookups(seq, m, leave_out)
+        y, prev = seq[n - 1:], seq[n - 2:n - 2 + m]
+        bigram = torch.searchsorted(self.bigram_keys, prev * v + y)  # the leave-one-out row of (prev, y), if any
+        if kernels:
+            p_target, correction, spans, row_of, rho, beta = self._weights_native(kernels, lookups, available, prev,
+                                                                                  bigram)
+            ids, weight, entry_row = self._fill_native(kernels, entries, size, y, correction, spans)
+        else:
+            p_target, correction, spans, row_of, rho, beta = self._weights(lookups, available, prev, bigram)
+            ids, weight, entry_row = self._fill(entries, size, y, correction, spans)
         return CountDist(ids=ids, weight=weight, entry_row=entry_row, rows=self.rows, row_of=row_of, rho=rho,
                          beta=beta, target_logprob=p_target.log())
 

@@ -272,8 +272,9 @@ def test_kd_fidelity_bench_prints_every_target(tiny_dataset, tmp_path):
 
 
 def test_ngram_cost_bench_times_every_piece(tiny_dataset, tmp_path):
-    out = _ok(run_script(["bench/ngram_cost.py", "--preset", "test", "--reps", "2"],
+    out = _ok(run_script(["bench/ngram_cost.py", "--preset", "test", "--reps", "2", "--evict-mb", "4"],
                          dataset_env(tiny_dataset), str(tmp_path)))
     figures = _summary(out, "ngram_cost")
-    assert set(figures) == {"build_ms", "query_ms", "query_online_ms", "count_kl_ms", "full_kl_ms", "ce_ms"}
+    assert set(figures) == {"build_ms", "query_ms", "query_online_ms", "query_cold_ms", "count_kl_ms", "full_kl_ms",
+                            "ce_ms"}
     _positive(figures)
